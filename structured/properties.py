@@ -1,0 +1,155 @@
+"""Rank properties of materialized matrices (any dense tensor ``(*batch, m, n)``).
+
+All measurements are made in float64 on the CPU. A *numerical rank* counts singular values above
+``tol * ||M||_2`` where ``||M||_2`` is the spectral norm of the **whole** matrix under test (so tiny
+corner blocks do not produce spurious ranks; Beckermann & Townsend, "Bounds on the singular values of
+matrices with displacement structure", SIAM Review 61(2), 2019, define the epsilon-rank the same way).
+Default tolerances: 1e-10 for float64 matrices, 1e-5 for float32 / half-precision ones.
+
+Checks test an **upper bound** (rank <= bound), never equality: strong decay makes true ranks look
+smaller. Every check can fail: a random dense matrix fails each of them.
+
+Functions
+---------
+numerical_rank(M, tol)                     rank over the batch
+low_rank_order(M, tol)                     = numerical_rank
+displacement_rank(M, A, B, tol, sign)      rank of A M + sign * M B (Sylvester displacement)
+toeplitz_displacement_rank(M, tol)         rank of Z M - M Z, Z the down-shift (<= 2 for Toeplitz)
+cauchy_displacement_rank(M, x, y, tol, sign) rank of D_x M + sign * M D_y (1 for 1/(x_i -/+ y_j))
+cosine_displacement_rank(M, nodes, tol)    rank of 2 D_cos(theta) M - M (Z + Z^T) (<= 2 for cos(theta_i j))
+semiseparable_order(M, tol)                max rank of M[k:, :k+1]; also the size of the strict upper part
+quasiseparable_order(M, tol)               (max rank of M[k+1:, :k+1], max rank of M[:k+1, k+1:])
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import StructureReport
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """1e-10 for float64 materializations, 1e-5 for anything built in lower precision."""
+    return 1e-10 if dtype == torch.float64 else 1e-5
+
+
+def _f64(M: torch.Tensor) -> torch.Tensor:
+    if not isinstance(M, torch.Tensor) or M.dim() < 2:
+        raise ValueError(f"M must be a tensor of shape (*batch, m, n), got {getattr(M, 'shape', type(M))}")
+    return M.detach().to(device="cpu", dtype=torch.float64)
+
+
+def _check_tol(tol: float) -> float:
+    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
+        raise ValueError(f"tol must be a float in (0, 1), got {tol!r}")
+    return float(tol)
+
+
+def spectral_norm(M: torch.Tensor) -> torch.Tensor:
+    """||M||_2 per matrix of the batch, float64, shape ``batch``."""
+    return torch.linalg.matrix_norm(_f64(M), ord=2)
+
+
+def _rank_against(block: torch.Tensor, ref: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Number of singular values of each block above ``tol * ref`` and the largest such ratio."""
+    s = torch.linalg.svdvals(block)                      # (*batch, min(m, n))
+    ratio = s / ref.clamp_min(torch.finfo(torch.float64).tiny)[..., None]
+    return (ratio > tol).sum(-1), ratio
+
+
+def numerical_rank(M: torch.Tensor, tol: float = 1e-10, ref_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """Number of singular values above ``tol * ||M||_2`` (or ``tol * ref_norm``), per matrix.
+
+    M: ``(*batch, m, n)``. Returns a long tensor of shape ``batch``. Cost O(mn min(m, n)).
+    """
+    tol = _check_tol(tol)
+    M = _f64(M)
+    ref = spectral_norm(M) if ref_norm is None else ref_norm.to(torch.float64)
+    if M.shape[-1] == 0 or M.shape[-2] == 0:
+        return torch.zeros(M.shape[:-2], dtype=torch.long)
+    return _rank_against(M, ref, tol)[0]
+
+
+low_rank_order = numerical_rank
+
+
+def shift_matrix(n: int, dtype=torch.float64) -> torch.Tensor:
+    """Down-shift Z (Z[i, i-1] = 1)."""
+    return torch.diag(torch.ones(n - 1, dtype=dtype), -1) if n > 1 else torch.zeros(1, 1, dtype=dtype)
+
+
+def displacement_rank(M: torch.Tensor, A: torch.Tensor, B: torch.Tensor, tol: float = 1e-10,
+                      sign: float = -1.0) -> torch.Tensor:
+    """Numerical rank of the Sylvester displacement ``A M + sign * M B`` (default ``A M - M B``).
+
+    The tolerance is relative to ``||A|| ||M|| + ||M|| ||B||`` (the size of the terms that cancel).
+    M: ``(*batch, n, n)``; A, B: ``(n, n)`` or ``(*batch, n, n)``.
+    """
+    M = _f64(M)
+    A, B = _f64(A), _f64(B)
+    D = A @ M + sign * (M @ B)
+    ref = spectral_norm(M) * (spectral_norm(A) + spectral_norm(B))
+    return numerical_rank(D, tol, ref_norm=ref)
+
+
+def toeplitz_displacement_rank(M: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
+    """rank(Z M - M Z): at most 2 for a Toeplitz matrix (Kailath, Kung & Morf 1979)."""
+    Z = shift_matrix(M.shape[-1])
+    return displacement_rank(M, Z, Z, tol)
+
+
+def cauchy_displacement_rank(M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, tol: float = 1e-10,
+                             sign: float = -1.0) -> torch.Tensor:
+    """rank(D_x M + sign * M D_y): 1 for ``m_ij = 1/(x_i - y_j)`` with sign -1 (D_x C - C D_y = 1 1^T)
+    and for ``m_ij = 1/(x_i + y_j)`` with sign +1. x: ``(*batch, m)``, y: ``(*batch, n)``."""
+    x, y = _f64(x[..., None])[..., 0], _f64(y[..., None])[..., 0]
+    return displacement_rank(M, torch.diag_embed(x), torch.diag_embed(y), tol, sign=sign)
+
+
+def cosine_displacement_rank(M: torch.Tensor, theta: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
+    """rank(2 D_{cos theta} M - M (Z + Z^T)) for ``m_ij = cos(theta_i j)``: at most 2 (only the first
+    and last columns survive, from cos((j+1)t) + cos((j-1)t) = 2 cos(t) cos(jt)). theta: ``(*batch, n)``."""
+    n = M.shape[-1]
+    Z = shift_matrix(n)
+    c = torch.cos(_f64(theta[..., None])[..., 0])
+    return displacement_rank(M, 2 * torch.diag_embed(c), Z + Z.T, tol)
+
+
+def semiseparable_order(M: torch.Tensor, tol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Semiseparable order: max over k of rank(M[k:, :k+1]) (every submatrix on or below the diagonal lies
+    in one of these maximal blocks), and the largest |entry| of the strict upper triangle relative to
+    ||M||_2 (zero for a semiseparable matrix). Returns (order, upper_ratio), each of shape ``batch``.
+    Cost O(L^4) (L SVDs); intended for L up to a few hundred."""
+    tol = _check_tol(tol)
+    M = _f64(M)
+    L = M.shape[-1]
+    ref = spectral_norm(M)
+    order = torch.zeros(M.shape[:-2], dtype=torch.long)
+    for k in range(L):
+        r, _ = _rank_against(M[..., k:, : k + 1], ref, tol)
+        order = torch.maximum(order, r)
+    upper = torch.triu(M, 1).abs().amax(dim=(-1, -2)) / ref.clamp_min(torch.finfo(torch.float64).tiny)
+    return order, upper
+
+
+def quasiseparable_order(M: torch.Tensor, tol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quasiseparable orders (lower, upper): max over k of rank(M[k+1:, :k+1]) and of rank(M[:k+1, k+1:]);
+    the diagonal is unconstrained (Pernet & Storjohann, arXiv 1701.00396). Each of shape ``batch``."""
+    tol = _check_tol(tol)
+    M = _f64(M)
+    L = M.shape[-1]
+    ref = spectral_norm(M)
+    lower = torch.zeros(M.shape[:-2], dtype=torch.long)
+    upper = torch.zeros(M.shape[:-2], dtype=torch.long)
+    for k in range(L - 1):
+        lower = torch.maximum(lower, _rank_against(M[..., k + 1:, : k + 1], ref, tol)[0])
+        upper = torch.maximum(upper, _rank_against(M[..., : k + 1, k + 1:], ref, tol)[0])
+    return lower, upper
+
+
+def report(cls: str, prop: str, measured: torch.Tensor | int, bound: int, tol: float, detail: str = "",
+           extra_ok: bool = True, parts: tuple = ()) -> StructureReport:
+    """Build a :class:`StructureReport` from a measured rank tensor (worst over the batch)."""
+    worst = int(torch.as_tensor(measured).max()) if torch.as_tensor(measured).numel() else 0
+    ok = worst <= bound and extra_ok and all(p.ok for p in parts)
+    return StructureReport(cls=cls, property=prop, ok=ok, measured=worst, bound=bound, tol=tol, detail=detail,
+                           parts=tuple(parts))
