@@ -135,6 +135,11 @@ class StructuredMatrix:
     has_order: ClassVar[bool] = True
     #: True when ``_fast_matmul`` is approximate (then ``error_bound`` documents the bound).
     approximate: ClassVar[bool] = False
+    #: For approximate classes: the stated error bound of the fast product (also in the class docstring).
+    error_bound: ClassVar[str | None] = None
+    #: True when the parameters are themselves an L x L tensor (dense): the fast product is the explicit
+    #: one and building an instance costs O(L^2) memory (benchmarks size their runs by it).
+    materializes: ClassVar[bool] = False
 
     def __init__(self, length: int, batch_shape, dtype: torch.dtype, device, order: int | None):
         self._length = check_length(length)
@@ -264,3 +269,23 @@ def randn(shape, dtype, device, generator) -> torch.Tensor:
 def rand(shape, dtype, device, generator) -> torch.Tensor:
     """Uniform [0, 1) samples, drawn like :func:`randn`."""
     return torch.rand(tuple(shape), dtype=torch.float64, generator=generator).to(dtype=dtype, device=device)
+
+
+#: Elements per working tensor that the blocked fast paths aim for on the CPU (2 MiB in float32): large
+#: products are computed block by block so their temporaries stay in cache and time stays ~linear in L.
+BLOCK_ELEMENTS = 2 ** 19
+#: The same on accelerators, where caches do not reward small blocks and each block costs kernel
+#: launches: blocks only bound the temporaries' memory.
+DEVICE_BLOCK_ELEMENTS = 2 ** 26
+
+
+def block_slices(n: int, elements_per_item: int, multiple: int = 1, device: torch.device | None = None,
+                 budget: int | None = None) -> list[slice]:
+    """Split ``range(n)`` into consecutive slices of about ``budget / elements_per_item`` items each
+    (at least ``multiple`` items, a multiple of ``multiple``, except possibly the last one).
+    ``budget`` defaults to ``BLOCK_ELEMENTS`` on the CPU and ``DEVICE_BLOCK_ELEMENTS`` elsewhere (module
+    globals read at call time, so tests can shrink them)."""
+    if budget is None:
+        budget = BLOCK_ELEMENTS if device is None or torch.device(device).type == "cpu" else DEVICE_BLOCK_ELEMENTS
+    size = max(1, budget // max(1, elements_per_item) // multiple) * multiple
+    return [slice(s, min(s + size, n)) for s in range(0, n, size)]

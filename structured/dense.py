@@ -19,6 +19,7 @@ class Dense(StructuredMatrix):
 
     property_name = "none (numerical rank <= L)"
     has_order = False
+    materializes = True
 
     def __init__(self, m: torch.Tensor):
         check_tensor("m", m, trailing=(None, None))

@@ -1,0 +1,157 @@
+"""Quasiseparable matrices: Hydra's bidirectional SSM (a forward SSM, a backward SSM and a free diagonal).
+
+    QS(x) = shift(SS_fwd(x)) + flip(shift(SS_bwd(flip(x)))) + delta * x
+
+with ``shift`` the one-step delay (row 0 zero). Entries (0-based, i = row, j = column), shift=True:
+
+    m_ij = c_{i-1} . b_j   exp(sum_{t=j+1..i-1} log_a_t)    (i > j)
+    m_ii = delta_i
+    m_ij = c'_{i+1} . b'_j exp(sum_{t=i+1..j-1} log_a'_t)   (i < j)
+
+shift=False (the addition-based bidirectional SSM, "add" in Table 3 of the Hydra paper):
+
+    m_ij = c_i . b_j exp(sum_{t=j+1..i} log_a_t) (i > j),  m_ij = c'_i . b'_j exp(sum_{t=i..j-1} log_a'_t) (i < j),
+    m_ii = c_i . b_i + c'_i . b'_i + delta_i                (a diagonal tied to the generators).
+
+Reference: Hwang, Lahoti, Dao, Gu, "Hydra: Bidirectional State Space Models Through Generalized Matrix
+Mixers", NeurIPS 2024 (arXiv 2407.09941), Section 3; the shift makes the diagonal independent of b, c
+(goombalab/hydra issue #2).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import properties as P
+from . import register
+from .base import StructuredMatrix, StructureReport, broadcast_batch, check_tensor, compute_dtype, promote, rand, randn
+from .semiseparable import _check_generators, semiseparable_dense, ssd_chunked
+
+
+def _delay(y: torch.Tensor) -> torch.Tensor:
+    """One-step delay along the sequence dim -2: out[0] = 0, out[i] = y[i-1]."""
+    return F.pad(y[..., :-1, :], (0, 0, 1, 0))
+
+
+@register("quasiseparable")
+class Quasiseparable(StructuredMatrix):
+    """N-quasiseparable matrix of Hydra's bidirectional SSM (see the module docstring for entries).
+
+    Parameters
+    ----------
+    b, c : ``(*batch, L, N)`` forward generators.
+    log_a : ``(*batch, L)`` forward log-decays, <= 0.
+    delta : ``(*batch, L)`` diagonal (added to the tied diagonal when shift=False).
+    b_bwd, c_bwd, log_a_bwd : backward generators, same shapes; default to the forward ones (Hydra's
+        quasiseparable mixer shares B, C between directions; the Hydra module does not).
+    shift : True for Hydra's matrix (free diagonal), False for the addition-based bidirectional SSM.
+    validate : check log_a, log_a_bwd <= 0 (ValueError otherwise); False skips the check.
+
+    ``order`` is N. Fast product: two chunked SSD passes (:func:`structured.semiseparable.ssd_chunked`),
+    the backward one on the flipped sequence; then the shifts and delta * x.
+    O(L Q (N + P) + L N P) flops, no L x L tensor. On CUDA the fused Triton kernel
+    ``kernels.quasiseparable_matmul`` is used instead (see :mod:`kernels`). Defining property: every
+    submatrix strictly below or strictly above the diagonal has rank <= N; the diagonal is free
+    (:func:`structured.properties.quasiseparable_order`).
+    """
+
+    property_name = "quasiseparable order (lower, upper) <= N, diagonal free"
+    chunk_size = 64
+
+    def __init__(self, b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor, delta: torch.Tensor,
+                 b_bwd: torch.Tensor | None = None, c_bwd: torch.Tensor | None = None,
+                 log_a_bwd: torch.Tensor | None = None, shift: bool = True, validate: bool = True):
+        if not isinstance(shift, bool):
+            raise ValueError(f"shift must be a bool, got {shift!r}")
+        _check_generators(b, c, log_a, validate)
+        L, N = b.shape[-2:]
+        check_tensor("delta", delta, trailing=(None,))
+        if delta.shape[-1] != L:
+            raise ValueError(f"delta must have shape (*batch, L) with L={L} (from b); got shape {tuple(delta.shape)}")
+        shared = b_bwd is None and c_bwd is None and log_a_bwd is None
+        b_bwd = b if b_bwd is None else b_bwd
+        c_bwd = c if c_bwd is None else c_bwd
+        log_a_bwd_given = log_a_bwd is not None
+        log_a_bwd = log_a if log_a_bwd is None else log_a_bwd
+        _check_generators(b_bwd, c_bwd, log_a_bwd, validate and log_a_bwd_given, suffix="_bwd")
+        if b_bwd.shape[-2:] != (L, N):
+            raise ValueError(f"b_bwd and c_bwd must have shape (*batch, L={L}, N={N}) like b; "
+                             f"got b_bwd {tuple(b_bwd.shape)}, c_bwd {tuple(c_bwd.shape)}")
+        if log_a_bwd.shape[-1] != L:
+            raise ValueError(f"log_a_bwd must have shape (*batch, L={L}); got shape {tuple(log_a_bwd.shape)}")
+        batch = broadcast_batch(b=(b, 2), c=(c, 2), log_a=(log_a, 1), delta=(delta, 1), b_bwd=(b_bwd, 2),
+                                c_bwd=(c_bwd, 2), log_a_bwd=(log_a_bwd, 1))
+        dtype = promote(b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd)
+        super().__init__(L, batch, dtype, b.device, N)
+        self.b, self.c, self.log_a, self.delta = b, c, log_a, delta
+        self.b_bwd, self.c_bwd, self.log_a_bwd = b_bwd, c_bwd, log_a_bwd
+        self.shift = shift
+        self.shared = shared
+
+    # ---------------------------------------------------------------------------------- explicit
+    def to_dense(self) -> torch.Tensor:
+        """Materialize from segment sums (exp of non-positive numbers only). ``(*batch, L, L)``."""
+        dt = compute_dtype(self.dtype)
+        lower = semiseparable_dense(self.b.to(dt), self.c.to(dt), self.log_a.to(dt))
+        # The backward SSM is a causal SSM on the flipped sequence: flip its matrix back on both axes.
+        flipped = semiseparable_dense(self.b_bwd.to(dt).flip(-2), self.c_bwd.to(dt).flip(-2),
+                                      self.log_a_bwd.to(dt).flip(-1))
+        if self.shift:
+            # Delay both passes (row i takes row i-1); the backward one in flipped coordinates.
+            lower, flipped = _delay(lower), _delay(flipped)
+        M = lower + flipped.flip(-1, -2)
+        return M + torch.diag_embed(self.delta.to(dt))  # broadcasts: delta may carry more batch dims
+
+    # ---------------------------------------------------------------------------------- fast
+    def _generators(self, dtype, batch):
+        L, N = self.length, self.order
+
+        def ex(t, trailing):
+            return t.to(dtype).expand(*batch, *trailing)
+
+        b, c, log_a = ex(self.b, (L, N)), ex(self.c, (L, N)), ex(self.log_a, (L,))
+        if self.shared:
+            b_bwd, c_bwd, log_a_bwd = b, c, log_a
+        else:
+            b_bwd, c_bwd, log_a_bwd = ex(self.b_bwd, (L, N)), ex(self.c_bwd, (L, N)), ex(self.log_a_bwd, (L,))
+        return b, c, log_a, ex(self.delta, (L,)), b_bwd, c_bwd, log_a_bwd
+
+    def _fast_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd = self._generators(x.dtype, x.shape[:-2])
+        import kernels
+        if kernels.enabled(x):
+            # Shared generators are passed as the same objects (b_bwd is b), so a kernel may share C B^T.
+            return kernels.quasiseparable_matmul(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, self.shift)
+        # The backward SSM is a causal SSM on the flipped sequence. (Two calls rather than one on stacked
+        # directions: stacking copies every tensor, which costs more than it saves on the CPU.)
+        fwd = ssd_chunked(x, b, c, log_a, chunk_size=self.chunk_size)
+        bwd = ssd_chunked(x.flip(-2), b_bwd.flip(-2), c_bwd.flip(-2), log_a_bwd.flip(-1), chunk_size=self.chunk_size)
+        if self.shift:
+            fwd, bwd = _delay(fwd), _delay(bwd)
+        return fwd + bwd.flip(-2) + delta[..., None] * x
+
+    # ---------------------------------------------------------------------------------- property
+    def check_structure(self, tol: float | None = None) -> StructureReport:
+        D = self.to_dense()
+        tol = P.default_tol(D.dtype) if tol is None else tol
+        lower, upper = P.quasiseparable_order(D, tol)
+        lo = int(lower.max()) if lower.numel() else 0
+        up = int(upper.max()) if upper.numel() else 0
+        return P.report(self.name, self.property_name, torch.maximum(lower, upper), self.order, tol,
+                        detail=f"lower order {lo}, upper order {up} (bound {self.order} each)")
+
+    @classmethod
+    def random(cls, length, batch_shape=(), order=None, dtype=None, device=None, generator=None):
+        """Hydra-like instance with separate backward generators: b, c ~ N(0, 1/N), log_a ~ -U(0, 0.5),
+        delta ~ N(0, 1); shift=True."""
+        L, batch, N, dtype = cls._random_args(length, batch_shape, order, dtype, default_order=4)
+
+        def gen():
+            return (randn((*batch, L, N), dtype, device, generator) / N ** 0.5,
+                    randn((*batch, L, N), dtype, device, generator) / N ** 0.5,
+                    -0.5 * rand((*batch, L), dtype, device, generator))
+
+        b, c, log_a = gen()
+        b_bwd, c_bwd, log_a_bwd = gen()
+        delta = randn((*batch, L), dtype, device, generator)
+        return cls(b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, shift=True)

@@ -1,0 +1,26 @@
+"""Shared test fixtures: a seeded random generator and a normwise relative error."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Normwise relative error ||a - b|| / ||b|| computed in float64 (0 when both are zero)."""
+    a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
+    num = float(torch.linalg.vector_norm(a64 - b64))
+    den = float(torch.linalg.vector_norm(b64))
+    return num / den if den > 0 else num
+
+
+@pytest.fixture(name="rel_err")
+def rel_err_fixture():
+    """The :func:`rel_err` helper as a fixture (tests need not import conftest)."""
+    return rel_err
+
+
+@pytest.fixture
+def gen(request) -> torch.Generator:
+    """A torch.Generator seeded from the test's node id: fresh, reproducible inputs per test."""
+    seed = sum(ord(ch) * (k + 1) for k, ch in enumerate(request.node.nodeid)) % (2 ** 31)
+    return torch.Generator().manual_seed(seed)
