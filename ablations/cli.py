@@ -1,0 +1,321 @@
+"""The ``mixerzoo`` command line: list, check, ablate, report, bench.
+
+Every subcommand has ``--help``. Exit codes (stable, for scripts):
+
+* 0  success
+* 1  the work ran but something failed: a structure check failed (``check``), a run failed
+     (``ablate``; the other runs completed), a benchmark reported failure
+* 2  usage or specification error: bad arguments, an invalid grid or config (nothing was run)
+* 3  a required component is missing (mixers, a task's data, ray, a benchmark module)
+* 130 interrupted (Ctrl-C); rerunning ``ablate`` resumes where it stopped
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EXIT_CODES_HELP = """exit codes:
+  0    success
+  1    the work ran but something failed (a structure check, a run, a benchmark)
+  2    usage or specification error (bad arguments, invalid grid); nothing was run
+  3    a required component is missing (mixers, ray, a benchmark module, ...)
+  130  interrupted; rerunning `mixerzoo ablate` resumes where it stopped"""
+
+SCALE_HELP = {
+    "smoke": "CPU, minutes: tiny models, a few dozen steps; the whole table2 grid in <= 5 min on 2 cores",
+    "lab": "one GPU (H100), bf16: small models, the whole table2 grid in <= 30 min with --jobs",
+    "paper": "the paper's recipe: 12 layers, d_model 768, qk_dim 16, headdim 128, seq 128, MLM on C4, then GLUE",
+}
+BENCHES = ("structured", "kernels", "blocks")
+
+
+def _err(msg: str) -> None:
+    print(f"mixerzoo: error: {msg}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------ list
+def cmd_list(args) -> int:
+    status = EXIT_OK
+    print("Structured classes (name: defining property):")
+    try:
+        import structured
+        for name in structured.names():
+            cls = structured.get(name)
+            approx = "  [approximate fast path]" if getattr(cls, "approximate", False) else ""
+            print(f"  {name:16s} {cls.property_name}{approx}")
+    except Exception as e:  # noqa: BLE001 - a half-installed package must not hide the rest of the listing
+        print(f"  (structured is not importable: {type(e).__name__}: {e})")
+        status = EXIT_MISSING
+    print("\nMixers (name: parameterizations):")
+    try:
+        import mixers
+        for name, params in sorted(mixers.names().items()):
+            print(f"  {name:16s} {', '.join(params)}")
+    except Exception as e:  # noqa: BLE001
+        print(f"  (mixers is not importable: {type(e).__name__}: {e})")
+        status = EXIT_MISSING
+    if args.params:
+        print("\nParameter counts (mixers.param_table(), BERT-base sizes):")
+        try:
+            import mixers
+            rows = mixers.param_table()
+            print(f"  {'mixer':16s} {'parameterization':18s} {'params':>14s}")
+            for r in rows:
+                kind = "sequence_aligned" if r["sequence_aligned"] else "fixed"
+                print(f"  {r['mixer']:16s} {kind:18s} {r['params']:>14,d}")
+        except Exception as e:  # noqa: BLE001
+            print(f"  (mixers.param_table() is not available: {type(e).__name__}: {e})")
+            status = EXIT_MISSING
+    print("\nGrids:")
+    from . import grid as grid_mod
+    for name in grid_mod.grid_names():
+        try:
+            g = grid_mod.load_grid(name)
+            first = g.description.strip().split(". ")[0].rstrip(".")
+            print(f"  {name:16s} {len(g.points()):3d} points x {len(g.seeds)} seed(s); scales: "
+                  f"{', '.join(g.scales) or '-'}; {first[:100]}")
+        except (ValueError, KeyError) as e:
+            print(f"  {name:16s} (invalid: {e})")
+            status = status or EXIT_FAILED
+    print("\nTasks:")
+    try:
+        from . import tasks
+        names = tasks.names()
+        for name in names:
+            doc = (tasks.get_task(name).__doc__ or "").strip().splitlines()
+            print(f"  {name:18s} {doc[0] if doc else ''}")
+        if not names:
+            print("  (none registered yet)")
+    except Exception as e:  # noqa: BLE001
+        print(f"  (ablations.tasks is not importable: {type(e).__name__}: {e})")
+        status = EXIT_MISSING
+    print("\nScales:")
+    for s, text in SCALE_HELP.items():
+        print(f"  {s:8s} {text}")
+    return status
+
+
+# ------------------------------------------------------------------------------------------ check
+def cmd_check(args) -> int:
+    try:
+        import structured
+        import torch
+    except Exception as e:  # noqa: BLE001
+        _err(f"the structured package is not importable ({type(e).__name__}: {e})")
+        return EXIT_MISSING
+    names = structured.names() if args.name == "all" else [args.name]
+    for n in names:
+        if n not in structured.names():
+            _err(f"NAME: unknown structured class {n!r}; registered: {', '.join(structured.names())} (or 'all')")
+            return EXIT_USAGE
+    if args.length < 1:
+        _err(f"--length must be >= 1, got {args.length}")
+        return EXIT_USAGE
+    if args.count < 1:
+        _err(f"--count must be >= 1, got {args.count}")
+        return EXIT_USAGE
+    failed = 0
+    for n in names:
+        cls = structured.get(n)
+        print(f"{n}: {cls.property_name} (length {args.length}, {args.count} random instance(s), "
+              f"batch {tuple(args.batch)}, float64)")
+        for k in range(args.count):
+            g = torch.Generator().manual_seed(args.seed + k)
+            kwargs = {} if args.order is None or not cls.has_order else {"order": args.order}
+            M = cls.random(args.length, batch_shape=tuple(args.batch), dtype=torch.float64, generator=g, **kwargs)
+            report = M.check_structure()
+            print(f"  instance {k} (seed {args.seed + k}, {M!r}):")
+            print("\n".join("    " + ln for ln in str(report).splitlines()))
+            failed += not report.ok
+    total = len(names) * args.count
+    print(f"{total - failed}/{total} instance(s) have their defining property")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ ablate
+def cmd_ablate(args) -> int:
+    from . import grid as grid_mod
+    from . import runner
+    try:
+        seeds = grid_mod.parse_seeds(args.seeds) if args.seeds else None
+        specs = grid_mod.expand(args.grid, scale=args.scale, seeds=seeds)
+        specs = runner.filter_specs(specs, args.filter or [])
+    except grid_mod.MissingComponent as e:
+        _err(str(e))
+        return EXIT_MISSING
+    except (ValueError, KeyError) as e:
+        _err(str(e.args[0]) if isinstance(e, KeyError) else str(e))
+        return EXIT_USAGE
+    if args.dry_run:
+        for s in specs:
+            print(f"{s.run_id}  {s.label}")
+        print(f"{len(specs)} run(s)")
+        return EXIT_OK
+    out = args.out or f"runs/{specs[0].config.labels['grid']}-{specs[0].config.labels['scale']}"
+    try:
+        results = runner.run_grid(specs, out, jobs=args.jobs, backend=args.backend, ray_address=args.ray_address,
+                                  retry_failed=args.retry_failed, progress=not args.no_progress)
+    except runner.MissingBackend as e:
+        _err(str(e))
+        return EXIT_MISSING
+    except KeyboardInterrupt:
+        _err(f"interrupted; rerun the same command to resume (finished runs in {out} are kept)")
+        return EXIT_INTERRUPTED
+    from .trainer import dist_info
+    if dist_info()[1] != 0:  # under torchrun only rank 0 reports
+        _finish_distributed()
+        return EXIT_OK
+    _finish_distributed()
+    if not args.no_report:
+        from . import report
+        try:
+            df = report.build_table(out, run_ids=[s.run_id for s in specs])
+            report.write_tables(df, out)
+            print()
+            print(report.format_table(df, "md"))
+        except ValueError as e:
+            _err(f"report: {e}")
+    failed = [r for r in results if r.get("status") != "completed"]
+    print(f"\n{len(results) - len(failed)}/{len(results)} run(s) completed; results in {out}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _finish_distributed():
+    try:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    except ImportError:  # pragma: no cover - torch always ships torch.distributed on supported platforms
+        pass
+
+
+# ------------------------------------------------------------------------------------------ report
+def cmd_report(args) -> int:
+    from . import report
+    try:
+        df = report.build_table(args.dir, reference=args.reference)
+    except (ValueError, FileNotFoundError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    written = report.write_tables(df, args.dir)
+    print(report.format_table(df, args.format))
+    if args.plots:
+        written += report.write_plots(args.dir)
+    print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ bench
+def cmd_bench(args) -> int:
+    modname = f"benchmarks.{args.which}"
+    try:
+        mod = importlib.import_module(modname)
+    except ModuleNotFoundError as e:
+        if e.name in (modname, "benchmarks"):
+            _err(f"{modname} is not installed in this checkout (benchmark {args.which!r} is missing)")
+            return EXIT_MISSING
+        raise
+    if not hasattr(mod, "main"):
+        _err(f"{modname} has no main(argv) entry point")
+        return EXIT_MISSING
+    rc = mod.main(list(args.bench_args))
+    # benchmark mains return an exit status, or something else (e.g. the output path) on success
+    return rc if isinstance(rc, int) and not isinstance(rc, bool) else EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ parser
+def _jobs(text: str):
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}")
+    return n
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="mixerzoo", formatter_class=fmt,
+        description="A zoo of structured-matrix sequence mixers and a framework to ablate them "
+                    "(Hydra, arXiv 2407.09941, Tables 2 and 3).",
+        epilog="main job:\n  mixerzoo ablate table2 --scale smoke --out runs/t2\n\n" + EXIT_CODES_HELP)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    q = sub.add_parser("list", help="structured classes, mixers, grids, tasks, scales", formatter_class=fmt,
+                       epilog=EXIT_CODES_HELP)
+    q.add_argument("--params", action="store_true", help="also print mixers.param_table() (BERT-base sizes)")
+    q.set_defaults(func=cmd_list)
+
+    q = sub.add_parser("check", help="rank-property report of random instances of a structured class",
+                       formatter_class=fmt, epilog="exit 1 if any instance fails its check\n\n" + EXIT_CODES_HELP)
+    q.add_argument("name", metavar="NAME", help="a structured class (see `mixerzoo list`) or 'all'")
+    q.add_argument("--length", type=int, default=32, help="sequence length L (default 32)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the first instance (default 0)")
+    q.add_argument("--count", type=int, default=3, help="number of random instances (default 3)")
+    q.add_argument("--order", type=int, default=None, help="structural order (rank, state size); class default")
+    q.add_argument("--batch", type=int, nargs="*", default=[2], help="batch shape of each instance (default 2)")
+    q.set_defaults(func=cmd_check)
+
+    q = sub.add_parser("ablate", help="run an ablation grid (pretrain + fine-tune + synthetic tasks)",
+                       formatter_class=fmt,
+                       epilog="Reruns skip finished runs and resume interrupted ones from their last checkpoint.\n"
+                              "Under torchrun each run is trained with DistributedDataParallel.\n\n"
+                              + EXIT_CODES_HELP)
+    q.add_argument("grid", metavar="GRID", help="a shipped grid (table2, table3, smoke) or a path to a .yaml spec")
+    q.add_argument("--scale", choices=("smoke", "lab", "paper"), default=None,
+                   help="scale overlay (default: the grid's default_scale)")
+    q.add_argument("--out", default=None, help="output directory (default runs/<grid>-<scale>)")
+    q.add_argument("--jobs", type=_jobs, default="auto",
+                   help="concurrent runs on this device (worker processes); 'auto' (default): one single-threaded "
+                        "worker per core on the CPU, 1 on a GPU (use 4-8 there for small models)")
+    q.add_argument("--backend", choices=("local", "ray"), default="local")
+    q.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local one)")
+    q.add_argument("--seeds", default=None, help="override the seeds, e.g. 0,1,2 or 0-4")
+    q.add_argument("--filter", action="append", metavar="KEY=VALUE",
+                   help="only runs whose config has KEY=VALUE (dotted, e.g. model.mixer=cauchy); repeatable")
+    q.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+    q.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
+    q.add_argument("--no-report", action="store_true", help="do not print the table at the end")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.set_defaults(func=cmd_ablate)
+
+    q = sub.add_parser("report", help="tables (Markdown/CSV/LaTeX) and plots from a results directory",
+                       formatter_class=fmt, epilog="Writes table.md, table.csv and table.tex into DIR.\n\n"
+                                                   + EXIT_CODES_HELP)
+    q.add_argument("dir", metavar="DIR", help="the --out directory of `mixerzoo ablate`")
+    q.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="what to print (default md)")
+    q.add_argument("--plots", action="store_true", help="write PNG plots (loss curves, delta bars)")
+    q.add_argument("--reference", default=None,
+                   help="paper table to compare with (default: the grid's reference, e.g. table2)")
+    q.set_defaults(func=cmd_report)
+
+    q = sub.add_parser("bench", help="speed/memory benchmarks (structured products, kernels, blocks)",
+                       formatter_class=fmt,
+                       epilog="Options after WHICH go to the benchmark, e.g. --device cuda --out DIR --quick\n\n"
+                              + EXIT_CODES_HELP)
+    q.add_argument("which", choices=BENCHES, metavar="WHICH", help="one of " + ", ".join(BENCHES))
+    q.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to benchmarks.<WHICH>.main(argv)")
+    q.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

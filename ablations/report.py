@@ -1,0 +1,323 @@
+"""Reports: results directory -> pandas DataFrame in the layout of the Hydra paper's Table 2 ->
+Markdown / CSV / LaTeX, plus PNG plots.
+
+Rows are (structure, parameterization) pairs, aggregated over seeds (mean, with the sample standard
+deviation in ``<column> std`` columns, shown as ``mean ± std`` when there are several seeds). Columns:
+``Structure | Seq.-aligned | #Params | <pretraining MLM loss/acc> | <one per downstream stage> | Avg |
+Δ SA−fixed``, then the paper's reference average and Δ when the grid names a reference table. The
+Spearman rank correlation between our averages and the paper's (over rows present in both) is kept in
+``df.attrs["spearman"]`` and printed under the table.
+
+Rows are ordered as in the reference table (the paper's order), then by first appearance in the grid.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .trainer import atomic_write_text, read_jsonl
+
+REFERENCE_DIR = Path(__file__).with_name("reference")
+REFERENCES = {"table2": "hydra_table2.csv"}
+
+# How the paper names the structures (anything else is shown by its registry name).
+DISPLAY = {"dense": "Dense", "toeplitz": "Toeplitz", "dft": "DFT", "vandermonde": "Vandermonde",
+           "cauchy": "Cauchy", "low_rank": "Low-rank", "attention": "Attention",
+           "quasiseparable": "Quasiseparable", "semiseparable": "Semiseparable (causal)",
+           "bidir_add": "Add", "bidir_mult": "Mult", "bidir_concat": "Concat"}
+METRIC_SHORT = {"accuracy": "acc", "loss": "loss", "matthews": "MCC", "matthews_correlation": "MCC",
+                "pearson": "Pearson", "spearman": "Spearman", "f1": "F1"}
+
+
+# ----------------------------------------------------------------------------------------- loading
+def load_reference(name: str) -> pd.DataFrame:
+    """The paper's numbers for ``name`` (e.g. ``table2``): columns mixer, sequence_aligned, glue_avg."""
+    if name not in REFERENCES:
+        raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {name!r}")
+    with open(REFERENCE_DIR / REFERENCES[name]) as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    df = pd.DataFrame(rows)
+    df["sequence_aligned"] = df["sequence_aligned"].str.lower() == "true"
+    df["glue_avg"] = df["glue_avg"].astype(float)
+    return df
+
+
+def load_runs(out_dir, run_ids=None) -> list[dict]:
+    """Summaries of the finished runs under ``out_dir`` (restricted to ``run_ids`` when given)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"DIR {str(out_dir)!r} is not a directory of runs")
+    runs = []
+    for p in sorted(out_dir.glob("*/summary.json")):
+        if run_ids is not None and p.parent.name not in run_ids:
+            continue
+        try:
+            runs.append(json.loads(p.read_text()))
+        except json.JSONDecodeError:
+            continue
+    if not runs:
+        raise ValueError(f"no finished runs (*/summary.json) under {str(out_dir)!r}")
+    return runs
+
+
+# ----------------------------------------------------------------------------------------- table
+def _stage_columns(runs: list[dict]) -> list[tuple[str, str | None, str, str]]:
+    """(stage, split, metric key, column name) in first-appearance order. The pretraining stage gives
+    its loss and accuracy (the paper's L_ce and Acc); every other stage its primary metric on its first
+    split, plus one column per further split (e.g. ``val_2x``, the 2x-length extrapolation)."""
+    cols, seen = [], set()
+    for r in runs:
+        for name, st in r.get("stages", {}).items():
+            splits = list(st.get("metrics", {}))
+            metric = st.get("primary_metric") or "accuracy"
+            wanted = [(None, "loss", f"{name} loss"), (None, "accuracy", f"{name} acc")] \
+                if st.get("role") == "pretrain" else [(None, metric, f"{name} {METRIC_SHORT.get(metric, metric)}")]
+            if st.get("role") != "pretrain":
+                wanted += [(sp, metric, f"{name} {METRIC_SHORT.get(metric, metric)} [{sp}]") for sp in splits[1:]]
+            for split, key, col in wanted:
+                if col not in seen:
+                    seen.add(col)
+                    cols.append((name, split, key, col))
+    return cols
+
+
+def _metric_value(stage: dict, key: str, split: str | None = None):
+    """The metric in percent (scores in [0, 1]) or as is (losses); NaN when missing; +inf marks a
+    split the parameterization cannot be evaluated on (not extendable)."""
+    if stage is None or stage.get("status") != "completed":
+        return np.nan
+    metrics = stage.get("metrics", {})
+    candidates = [metrics.get(split, {})] if split is not None else list(metrics.values())[:1]
+    for split_metrics in candidates:
+        if split_metrics.get("not_extendable"):
+            return np.inf
+        if key in split_metrics:
+            v = float(split_metrics[key])
+            return 100.0 * v if key != "loss" and stage.get("higher_is_better", True) and abs(v) <= 1.0 else v
+    return np.nan
+
+
+def build_table(out_dir, run_ids=None, reference: str | None = None) -> pd.DataFrame:
+    """The Table-2-layout DataFrame of the runs in ``out_dir`` (see the module docstring)."""
+    runs = load_runs(out_dir, run_ids)
+    if reference is None:
+        refs = {r.get("labels", {}).get("reference") for r in runs} - {None, ""}
+        reference = refs.pop() if len(refs) == 1 else None
+    cols = _stage_columns(runs)
+    groups: dict[tuple, list[dict]] = {}
+    order: dict[tuple, int] = {}
+    for r in runs:
+        key = (r["mixer"], bool(r["sequence_aligned"]))
+        groups.setdefault(key, []).append(r)
+        order.setdefault(key, r.get("labels", {}).get("index", len(order)))
+    ref_df = load_reference(reference) if reference else None
+    ref_order = {}
+    if ref_df is not None:
+        ref_order = {(m, sa): i for i, (m, sa) in enumerate(zip(ref_df.mixer, ref_df.sequence_aligned))}
+    keys = sorted(groups, key=lambda k: (ref_order.get(k, len(ref_order)), order[k]))
+    rows = []
+    for key in keys:
+        rs = groups[key]
+        ok = [r for r in rs if r.get("status") == "completed"]
+        row = {"Structure": DISPLAY.get(key[0], key[0]), "mixer": key[0], "Seq.-aligned": key[1],
+               "#Params": float(np.mean([r["params"] for r in ok if r.get("params")])) if any(
+                   r.get("params") for r in ok) else np.nan}
+        for stage, split, metric, col in cols:
+            vals = [_metric_value(r.get("stages", {}).get(stage), metric, split) for r in ok]
+            _put(row, col, vals)
+        _put(row, "Avg", [r["average"] if r.get("average") is not None else np.nan for r in ok])
+        row["Seeds"] = len(ok)
+        failed = [r for r in rs if r.get("status") != "completed"]
+        row["Status"] = "ok" if not failed else f"{len(failed)} failed: {failed[0].get('reason', '')}"[:80]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    # Δ between the two parameterizations of a class, shown on the sequence-aligned row (as in the paper).
+    df["Δ SA−fixed"] = np.nan
+    for i, row in df.iterrows():
+        if row["Seq.-aligned"]:
+            fixed = df[(df.mixer == row.mixer) & (~df["Seq.-aligned"])]
+            if len(fixed):
+                df.loc[i, "Δ SA−fixed"] = row["Avg"] - fixed["Avg"].iloc[0]
+    df.attrs["reference"] = reference
+    df.attrs["spearman"] = None
+    if ref_df is not None:
+        ref = {(m, sa): v for m, sa, v in zip(ref_df.mixer, ref_df.sequence_aligned, ref_df.glue_avg)}
+        df["Paper Avg"] = [ref.get((m, sa), np.nan) for m, sa in zip(df.mixer, df["Seq.-aligned"])]
+        df["Paper Δ"] = np.nan
+        for i, row in df.iterrows():
+            if row["Seq.-aligned"] and (row.mixer, False) in ref and (row.mixer, True) in ref:
+                df.loc[i, "Paper Δ"] = ref[(row.mixer, True)] - ref[(row.mixer, False)]
+        df.attrs["spearman"] = spearman(df["Avg"], df["Paper Avg"])
+    tail = ["Seeds", "Status"]
+    df = df[[c for c in df.columns if c not in tail] + tail]
+    return df
+
+
+def _put(row: dict, col: str, vals: list) -> None:
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if vals and all(np.isinf(v) for v in vals):
+        row[col], row[f"{col} std"] = np.inf, np.nan
+        return
+    vals = [v for v in vals if not np.isinf(v)]
+    row[col] = float(np.mean(vals)) if vals else np.nan
+    row[f"{col} std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else np.nan
+
+
+def spearman(ours, paper) -> dict | None:
+    """Spearman rank correlation over the rows where both values exist (None with fewer than 3)."""
+    from scipy.stats import spearmanr
+    a, b = np.asarray(ours, dtype=float), np.asarray(paper, dtype=float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    if keep.sum() < 3:
+        return None
+    res = spearmanr(a[keep], b[keep])
+    return {"rho": float(res.statistic), "p": float(res.pvalue), "n": int(keep.sum())}
+
+
+# ----------------------------------------------------------------------------------------- formatting
+def _display_columns(df: pd.DataFrame) -> list[str]:
+    hidden = {"mixer"} | {c for c in ("Δ SA−fixed", "Paper Δ") if c in df.columns and df[c].isna().all()}
+    return [c for c in df.columns if c not in hidden and not c.endswith(" std")]
+
+
+def _fmt_cell(df, i, col) -> str:
+    v = df.loc[i, col]
+    if col == "Seq.-aligned":
+        return "✓" if v else "✗"
+    if col == "#Params":
+        return "" if pd.isna(v) else (f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v / 1e3:.1f}K")
+    if isinstance(v, (float, np.floating)):
+        if np.isnan(v):
+            return "" if col.startswith(("Δ", "Paper Δ")) else "–"
+        if np.isinf(v):
+            return "n/e"  # not extendable: a fixed parameterization has no matrix at this length
+        txt = f"{v:+.1f}" if "Δ" in col else f"{v:.2f}" if "loss" in col else f"{v:.1f}"
+        std = df.loc[i, f"{col} std"] if f"{col} std" in df.columns else np.nan
+        if not pd.isna(std):
+            txt += " ± " + (f"{std:.2f}" if "loss" in col else f"{std:.1f}")
+        return txt
+    return str(v)
+
+
+_LATEX = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "_": "\\_", "#": "\\#", "$": "\\$",
+          "{": "\\{", "}": "\\}", "Δ": "$\\Delta$", "−": "-", "±": "$\\pm$", "–": "--",
+          "✓": "\\checkmark", "✗": "\\texttimes"}
+
+
+def _latex_escape(s: str) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in s)
+
+
+def _footer(df) -> str:
+    sp = df.attrs.get("spearman")
+    if sp is None:
+        return ""
+    return (f"Spearman rank correlation of Avg with the paper's {df.attrs.get('reference')} averages: "
+            f"rho = {sp['rho']:.3f} (p = {sp['p']:.3g}, n = {sp['n']})")
+
+
+def format_table(df: pd.DataFrame, fmt: str = "md") -> str:
+    """The table as Markdown (``md``), CSV (``csv``: numbers unformatted, std columns included) or
+    LaTeX (``latex``: a booktabs tabular)."""
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    cols = _display_columns(df)
+    if fmt == "md":
+        lines = ["| " + " | ".join(cols) + " |",
+                 "|" + "|".join("---" if c in ("Structure", "Status") else "---:" for c in cols) + "|"]
+        for i in df.index:
+            lines.append("| " + " | ".join(_fmt_cell(df, i, c).replace("|", "/") for c in cols) + " |")
+        foot = _footer(df)
+        return "\n".join(lines) + (f"\n\n{foot}" if foot else "")
+    if fmt == "latex":
+        spec = "l" + "c" + "r" * (len(cols) - 2)
+        lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+                 " & ".join(_latex_escape(c) for c in cols) + " \\\\", "\\midrule"]
+        for i in df.index:
+            cells = [_latex_escape(_fmt_cell(df, i, c)) for c in cols]
+            lines.append(" & ".join(cells) + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        foot = _footer(df)
+        if foot:
+            lines.append("% " + foot)
+        return "\n".join(lines)
+    raise ValueError(f"format must be one of md, csv, latex; got {fmt!r}")
+
+
+def write_tables(df: pd.DataFrame, out_dir) -> list[Path]:
+    """Write ``table.md``, ``table.csv`` and ``table.tex`` into ``out_dir`` (atomically)."""
+    out_dir = Path(out_dir)
+    paths = []
+    for fmt, name in (("md", "table.md"), ("csv", "table.csv"), ("latex", "table.tex")):
+        atomic_write_text(out_dir / name, format_table(df, fmt) + "\n")
+        paths.append(out_dir / name)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------- plots
+def write_plots(out_dir, run_ids=None) -> list[Path]:
+    """``plots/val_loss.png`` (validation loss vs step of the first stage, one line per mixer and
+    parameterization: the paper's Fig. 3 analogue) and ``plots/delta.png`` (per class, Avg of the
+    sequence-aligned minus the fixed parameterization, ours beside the paper's)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(out_dir, run_ids)
+    written = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    stage0 = next((next(iter(r["stages"])) for r in runs if r.get("stages")), None)
+    curves: dict[tuple, dict[int, list[float]]] = {}
+    for r in runs:
+        recs = read_jsonl(out_dir / r["run_id"] / "metrics.jsonl")
+        split0 = next((x["split"] for x in recs if x.get("stage") == stage0 and "split" in x), None)
+        for x in recs:
+            if x.get("stage") == stage0 and x.get("split") == split0 and "loss" in x:
+                curves.setdefault((r["mixer"], r["sequence_aligned"]), {}).setdefault(x["step"], []).append(x["loss"])
+    cmap = plt.get_cmap("tab10")
+    mixers_seen = sorted({k[0] for k in curves})
+    for (mixer, sa), pts in sorted(curves.items()):
+        steps = sorted(pts)
+        ax.plot(steps, [np.mean(pts[s]) for s in steps], linestyle="-" if sa else "--", marker=".",
+                color=cmap(mixers_seen.index(mixer) % 10),
+                label=f"{DISPLAY.get(mixer, mixer)} ({'SA' if sa else 'fixed'})")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"validation loss ({stage0})")
+    ax.set_title("Validation loss per mixer (solid: sequence-aligned, dashed: fixed)")
+    if curves:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    p = plot_dir / "val_loss.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    written.append(p)
+
+    df = build_table(out_dir, run_ids)
+    sa_rows = df[df["Seq.-aligned"] & df["Δ SA−fixed"].notna()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(sa_rows))
+    has_paper = "Paper Δ" in df.columns
+    w = 0.4 if has_paper else 0.6
+    ax.bar(x - (w / 2 if has_paper else 0), sa_rows["Δ SA−fixed"], width=w, label="ours")
+    if has_paper:
+        ax.bar(x + w / 2, sa_rows["Paper Δ"], width=w, label="paper (Table 2)")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x, sa_rows["Structure"], rotation=30, ha="right")
+    ax.set_ylabel("Avg(sequence-aligned) − Avg(fixed)")
+    ax.set_title("Effect of sequence alignment per structured class")
+    ax.legend()
+    fig.tight_layout()
+    p = plot_dir / "delta.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    written.append(p)
+    return written

@@ -1,0 +1,518 @@
+"""Run a grid: one directory per run, skip/resume, local worker processes, Ray, torchrun.
+
+Layout of ``OUT/<run-id>/``:
+
+* ``config.json``  -- the resolved config, run id, seed, library versions, device (atomic write)
+* ``metrics.jsonl`` -- one JSON record per log/eval event (``stage``, ``step``, ...)
+* ``ckpt/<stage>.pt`` -- resumable checkpoints; a finished stage keeps its final weights only
+* ``summary.json`` -- written last, atomically: ``status`` completed | failed (with ``reason``), the
+  final metrics of every stage, the parameter count, the average; its presence marks the run finished
+* ``error.txt`` -- the traceback of an unexpected failure
+
+Rerunning skips finished runs (``retry_failed`` reruns failed ones) and resumes the others from their
+checkpoints, so killing a grid loses at most ``checkpoint_every`` steps of the runs in flight and never
+a finished run.
+
+Backends: ``local`` with ``jobs == 1`` runs in this process; ``jobs > 1`` runs that many spawned worker
+processes sharing the device (each with ``cpu_count // jobs`` torch threads on the CPU). ``ray`` submits
+one Ray task per run (``ray.init()`` locally, or ``ray_address`` to join a cluster; ``OUT`` must then be a
+shared filesystem). Under ``torchrun`` every process walks the same runs and each run trains with DDP.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig, StageConfig, canonical_json, config_to_dict, run_config_from_dict
+from .grid import RunSpec, run_id as compute_run_id
+from .trainer import (MetricsLog, NonFiniteError, TrainingFailed, atomic_write_json, autocast_dtype, dist_info,
+                      resolve_device, seed_everything, stage_seed, train_stage)
+
+FINISHED = ("completed", "failed")
+
+
+class MissingBackend(RuntimeError):
+    """The requested backend (ray) is not installed."""
+
+
+class DataUnavailable(RuntimeError):
+    pass
+
+
+def _unavailable_errors() -> tuple:
+    """Exceptions a task raises when its data cannot be reached (no file, no network, no `datasets`):
+    an ``optional`` stage becomes "unavailable" instead of failing the run."""
+    from .tasks import base
+    return (getattr(base, "DataUnavailableError", OSError), FileNotFoundError, ConnectionError)
+
+
+# ----------------------------------------------------------------------------------------- models
+def build_model(model_cfg, task, stage: StageConfig, max_seq_len: int) -> torch.nn.Module:
+    """The model for one stage: ``mixers.MixerEncoder`` with the head the task needs
+    (``MixerForMaskedLM`` for token tasks, ``MixerForSequenceClassification`` for sequence tasks), or
+    ``model_cfg.builder(model_cfg, task, stage, max_seq_len)`` when a custom builder is configured."""
+    if model_cfg.builder is not None:
+        mod, fn = model_cfg.builder.split(":")
+        return getattr(importlib.import_module(mod), fn)(model_cfg, task, stage, max_seq_len)
+    import mixers
+    enc = mixers.MixerEncoder(
+        vocab_size=task.vocab_size, d_model=model_cfg.d_model, n_layers=model_cfg.n_layers, mixer=model_cfg.mixer,
+        sequence_aligned=model_cfg.sequence_aligned, max_seq_len=max_seq_len,
+        position_embeddings=model_cfg.position_embeddings, mlp_ratio=model_cfg.mlp_ratio,
+        dropout=model_cfg.dropout, expand=model_cfg.expand, headdim=model_cfg.headdim, qk_dim=model_cfg.qk_dim,
+        d_conv=model_cfg.d_conv, impl=model_cfg.impl, **model_cfg.mixer_kwargs)
+    if task.kind == "token":
+        return mixers.MixerForMaskedLM(enc)
+    return mixers.MixerForSequenceClassification(enc, num_labels=task.num_labels, pooling=stage.pooling)
+
+
+def num_parameters(model) -> int:
+    f = getattr(model, "num_parameters", None)
+    return int(f()) if callable(f) else sum(p.numel() for p in model.parameters())
+
+
+_TASK_CACHE: dict[str, object] = {}
+
+
+def build_task(stage: StageConfig):
+    """``ablations.tasks.build(stage.task, **stage.options)``, memoized per process: tasks are immutable
+    (batches are pure functions of their arguments), and building a text task parses a corpus, so the
+    runs a worker executes share one instance per (task, options)."""
+    from . import tasks
+    key = canonical_json([stage.task, stage.options])
+    if key not in _TASK_CACHE:
+        try:
+            _TASK_CACHE[key] = tasks.build(stage.task, **stage.options)
+        except _unavailable_errors() as e:
+            if stage.optional:
+                raise DataUnavailable(f"{type(e).__name__}: {e}") from None
+            raise
+    return _TASK_CACHE[key]
+
+
+def resolve_jobs(jobs, specs) -> int:
+    """``"auto"``: one single-threaded worker per CPU core when every run is on the CPU (tiny models
+    scale better over processes than over threads), else 1. An int is returned as is (validated)."""
+    if jobs == "auto":
+        on_cpu = all(s.config.device == "cpu" or (s.config.device == "auto" and not torch.cuda.is_available())
+                     for s in specs)
+        return max(1, min(os.cpu_count() or 1, len(specs))) if on_cpu else 1
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer or 'auto', got {jobs!r}")
+    return jobs
+
+
+# ----------------------------------------------------------------------------------------- one run
+def versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+    for mod in ("numpy", "triton", "tokenizers", "datasets", "mixerzoo"):
+        try:
+            if mod == "mixerzoo":
+                from importlib.metadata import version
+                out[mod] = version("mixerzoo")
+            else:
+                out[mod] = importlib.import_module(mod).__version__
+        except Exception:  # noqa: BLE001 - optional packages: record absence, do not fail a run over it
+            out[mod] = None
+    out["git"] = _git_revision()
+    return out
+
+
+def _git_revision() -> str | None:
+    """``<commit>[+dirty]`` of the checkout the code runs from (None outside a git checkout): run ids hash
+    the config, not the code, so results record which code made them."""
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        if not head:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index} {torch.cuda.get_device_name(device)}"
+    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+def read_summary(run_dir) -> dict | None:
+    p = Path(run_dir) / "summary.json"
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:  # only possible if written by something else: treat as unfinished
+        return None
+
+
+def _primary(task, metrics: dict) -> float | None:
+    for split in task.eval_splits:
+        m = metrics.get(split, {})
+        if task.primary_metric in m:
+            return float(m[task.primary_metric])
+    return None
+
+
+def execute_run(cfg: RunConfig | RunSpec, out_dir, *, retry_failed: bool = False, progress: bool = False,
+                callbacks=()) -> dict:
+    """Run (or resume, or skip) one run into ``out_dir/<run-id>/`` and return its summary dict
+    (``skipped: True`` when it was already finished).
+
+    Non-finite losses/gradients, CUDA out-of-memory and any other exception in the run are recorded
+    as ``status: failed`` with a ``reason``; KeyboardInterrupt / SystemExit propagate and leave the run
+    resumable.
+    """
+    if isinstance(cfg, RunSpec):
+        cfg = cfg.config
+    rid = compute_run_id(cfg)
+    run_dir = Path(out_dir) / rid
+    world, rank, local_rank = dist_info()
+    main = rank == 0
+    prev = read_summary(run_dir)
+    if prev is not None and (prev.get("status") == "completed" or (prev.get("status") == "failed"
+                                                                    and not retry_failed)):
+        return {**prev, "skipped": True}
+    for mod in cfg.plugins:
+        importlib.import_module(mod)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = None
+    if world == 1:
+        lock = _try_lock(run_dir)
+        if lock is None:
+            return {"run_id": rid, "seed": cfg.seed, "mixer": cfg.model.mixer,
+                    "sequence_aligned": cfg.model.sequence_aligned, "stages": {}, "status": "running",
+                    "reason": "another process is running it (lock held on .lock)", "skipped": True,
+                    "wall_s": 0.0}
+    try:
+        prev = read_summary(run_dir)  # finished by another process between the first check and the lock?
+        if prev is not None and (prev.get("status") == "completed" or (prev.get("status") == "failed"
+                                                                        and not retry_failed)):
+            return {**prev, "skipped": True}
+        return _execute(cfg, rid, run_dir, world, rank, local_rank, main, progress, callbacks)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _try_lock(run_dir: Path):
+    """An exclusive advisory lock on ``run_dir/.lock`` (released when the process ends, even when
+    killed), so two invocations on the same OUT never train the same run at once; None if held."""
+    import fcntl
+    f = open(run_dir / ".lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
+def _execute(cfg, rid, run_dir, world, rank, local_rank, main, progress, callbacks) -> dict:
+    device = resolve_device(cfg.device, local_rank if world > 1 else None)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if main:
+        atomic_write_json(run_dir / "config.json", {
+            "run_id": rid, "seed": cfg.seed, "config": config_to_dict(cfg), "versions": versions(),
+            "device": device_description(device), "precision": str(autocast_dtype(cfg.precision, device)
+                                                                   or "float32"),
+            "world_size": world, "argv": sys.argv})
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
+    t0 = time.perf_counter()
+    summary = {"run_id": rid, "seed": cfg.seed, "mixer": cfg.model.mixer,
+               "sequence_aligned": cfg.model.sequence_aligned, "labels": dict(cfg.labels),
+               "device": device_description(device), "stages": {}, "params": None}
+    status, reason = "completed", None
+    try:
+        pretrained = None
+        pre_len = None
+        stages = ([cfg.pretrain] if cfg.pretrain is not None else []) + list(cfg.tasks)
+        for i, stage in enumerate(stages):
+            name = stage.stage_name
+            st0 = time.perf_counter()
+            try:
+                task = build_task(stage)
+            except DataUnavailable as e:
+                summary["stages"][name] = {"status": "unavailable", "reason": str(e), "task": stage.task,
+                                           "in_average": stage.in_average}
+                continue
+            is_pretrain = cfg.pretrain is not None and i == 0
+            if cfg.model.max_seq_len is not None:
+                max_len = cfg.model.max_seq_len
+            elif stage.init == "pretrain":
+                max_len = pre_len
+            else:
+                max_len = task.seq_len
+            seed_everything(stage_seed(cfg.seed, name, "init"))
+            model = build_model(cfg.model, task, stage, max_len).to(device)
+            if stage.init == "pretrain":
+                try:
+                    model.encoder.load_state_dict(pretrained)
+                except RuntimeError as e:
+                    raise TrainingFailed(f"stage {name!r}: the pretrained encoder does not fit this task's model "
+                                         f"(vocab_size {task.vocab_size}? max_seq_len {max_len}?): {e}") from None
+            fixed_len = None if cfg.model.sequence_aligned else max_len
+            final = train_stage(model, task, stage, seed=cfg.seed, device=device, precision=cfg.precision,
+                                ckpt_path=run_dir / "ckpt" / f"{name}.pt", log=log,
+                                checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                                fixed_length=fixed_len, callbacks=callbacks, progress=progress)
+            if is_pretrain:
+                pretrained = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
+                pre_len = max_len
+            if is_pretrain or summary["params"] is None:
+                summary["params"] = num_parameters(model)
+            summary["stages"][name] = {
+                "status": "completed", "task": stage.task, "kind": task.kind, "metrics": final,
+                "primary_metric": task.primary_metric, "higher_is_better": task.higher_is_better,
+                "primary": _primary(task, final), "in_average": stage.in_average and not is_pretrain,
+                "steps": stage.steps, "init": stage.init, "wall_s": time.perf_counter() - st0,
+                "role": "pretrain" if is_pretrain else ("finetune" if stage.init == "pretrain" else "scratch"),
+                "task_info": _describe(task)}
+            del model
+    except NonFiniteError as e:
+        status, reason = "failed", f"non-finite: {e.reason}"
+    except TrainingFailed as e:
+        status, reason = "failed", e.reason
+    except torch.OutOfMemoryError as e:
+        status, reason = "failed", f"out of memory: {str(e).splitlines()[0] if str(e) else 'CUDA OOM'}"
+        _free_cuda()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # noqa: BLE001 - one broken run must not stop the grid; the reason is kept
+        status, reason = "failed", f"{type(e).__name__}: {e}"
+        if main:
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+    summary.update(status=status, reason=reason, wall_s=time.perf_counter() - t0,
+                   average=_average(summary["stages"]), finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                  time.gmtime()))
+    if main:
+        atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _describe(task) -> dict:
+    try:
+        return task.describe()
+    except Exception as e:  # noqa: BLE001 - descriptive metadata only
+        return {"error": str(e)}
+
+
+def _free_cuda():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _average(stages: dict) -> float | None:
+    """Mean (in percent) of the primary metrics of the stages counted in the average (the fine-tuned
+    downstream tasks: the paper's GLUE average); None when none of them completed."""
+    vals = [s["primary"] for s in stages.values()
+            if s.get("status") == "completed" and s.get("in_average") and s.get("higher_is_better")
+            and s.get("primary") is not None]
+    return 100.0 * sum(vals) / len(vals) if vals else None
+
+
+def one_line(summary: dict) -> str:
+    """The one-line summary printed per finished run."""
+    head = f"{summary['run_id']:<40s}"
+    if summary.get("skipped"):
+        head += " [skipped: already " + summary.get("status", "?") + "]"
+    if summary.get("status") == "running":
+        return f"{summary['run_id']:<40s} [skipped: {summary.get('reason')}]"
+    if summary.get("status") != "completed":
+        return f"{head} FAILED ({summary.get('wall_s', 0):.0f}s): {summary.get('reason')}"
+    parts = []
+    for name, st in summary["stages"].items():
+        if st.get("status") == "unavailable":
+            parts.append(f"{name}=n/a")
+        elif st.get("primary") is not None:
+            parts.append(f"{name}.{st['primary_metric']}={st['primary']:.3f}")
+    avg = summary.get("average")
+    avg_txt = f" avg={avg:.1f}" if avg is not None else ""
+    return f"{head} ok ({summary.get('wall_s', 0):.0f}s){avg_txt} " + " ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------- grids
+def filter_specs(specs: list[RunSpec], filters: list[str]) -> list[RunSpec]:
+    """Keep the runs whose resolved config has every ``dotted.key=value`` of ``filters``."""
+    out = specs
+    for f in filters:
+        if "=" not in f:
+            raise ValueError(f"--filter must look like KEY=VALUE (e.g. model.mixer=cauchy), got {f!r}")
+        key, value = f.split("=", 1)
+        keep = []
+        for s in out:
+            node = config_to_dict(s.config)
+            for part in key.split("."):
+                if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                    node = node[int(part)]
+                elif isinstance(node, dict) and part in node:
+                    node = node[part]
+                else:
+                    raise ValueError(f"--filter: {key!r} is not a config field (e.g. model.mixer, seed)")
+            if str(node).lower() == value.lower():
+                keep.append(s)
+        out = keep
+    if not out:
+        raise ValueError(f"--filter {' '.join(filters)} selects no run of the grid")
+    return out
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_in_worker(cfg_dict: dict, out_dir: str, retry_failed: bool) -> dict:
+    cfg = run_config_from_dict(cfg_dict)
+    return execute_run(cfg, out_dir, retry_failed=retry_failed)
+
+
+def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str = "local", ray_address=None,
+             retry_failed: bool = False, progress: bool = True, ray_init_kwargs: dict | None = None,
+             echo=print) -> list[dict]:
+    """Run every spec (skipping finished ones), print one line per finished run, return the summaries
+    in the order of ``specs``. ``jobs``: concurrent runs (worker processes, or Ray tasks sharing a GPU),
+    or ``"auto"`` (see :func:`resolve_jobs`)."""
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be one of local, ray; got {backend!r}")
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    world, rank, _ = dist_info()
+    if world > 1:
+        if backend != "local" or jobs not in (1, "auto"):
+            raise ValueError("under torchrun use --backend local --jobs 1 (each run is spread over the processes)")
+        jobs = 1
+        echo = echo if rank == 0 else (lambda *a, **k: None)
+        progress = progress and rank == 0
+    results: dict[str, dict] = {}
+    todo = []
+    for s in specs:
+        prev = read_summary(out_dir / s.run_id)
+        if prev is not None and (prev.get("status") == "completed" or (prev.get("status") == "failed"
+                                                                        and not retry_failed)):
+            results[s.run_id] = {**prev, "skipped": True}
+            echo(one_line(results[s.run_id]))
+        else:
+            todo.append(s)
+    jobs = resolve_jobs(jobs, todo) if todo else 1
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(todo), desc="runs", unit="run", dynamic_ncols=True)
+
+    def done(summary):
+        results[summary["run_id"]] = summary
+        line = one_line(summary)
+        if bar is not None:
+            bar.write(line)
+            bar.update(1)
+        else:
+            echo(line)
+
+    if todo and (backend == "ray" or jobs > 1):
+        _warm_tasks(todo)
+    try:
+        if backend == "ray":
+            _run_ray(todo, out_dir, jobs, ray_address, retry_failed, ray_init_kwargs or {}, done)
+        elif jobs == 1 or len(todo) <= 1:
+            for s in todo:
+                done(execute_run(s.config, out_dir, retry_failed=retry_failed, progress=progress))
+        else:
+            _run_pool(todo, out_dir, jobs, retry_failed, done)
+    finally:
+        if bar is not None:
+            bar.close()
+    return [results[s.run_id] for s in specs if s.run_id in results]
+
+
+def _warm_tasks(todo) -> None:
+    """Build every distinct task once in this process before workers start, so that on-disk caches
+    (corpus, trained tokenizer) exist and all workers load the same files: tokenizer training is not
+    deterministic, and concurrent workers each training their own would make runs incomparable.
+    Errors are left for the runs themselves to report."""
+    seen = set()
+    for s in todo:
+        for mod in s.config.plugins:
+            importlib.import_module(mod)
+        for stage in ([s.config.pretrain] if s.config.pretrain is not None else []) + list(s.config.tasks):
+            key = canonical_json([stage.task, stage.options])
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                build_task(stage)
+            except Exception:  # noqa: BLE001 - reported by the run that needs the task
+                pass
+
+
+def _run_pool(todo, out_dir, jobs, retry_failed, done):
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    ctx = mp.get_context("spawn")  # fork after torch/CUDA initialization is unsafe
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                                initargs=(threads,)) as pool:
+        futs = {pool.submit(_run_in_worker, config_to_dict(s.config), str(out_dir), retry_failed): s for s in todo}
+        try:
+            for fut in cf.as_completed(futs):
+                s = futs[fut]
+                try:
+                    done(fut.result())
+                except cf.process.BrokenProcessPool as e:  # a worker died (e.g. killed by the OOM killer)
+                    done(_crashed(s, out_dir, f"worker process died: {e}"))
+        except KeyboardInterrupt:
+            for f in futs:
+                f.cancel()
+            raise
+
+
+def _crashed(spec: RunSpec, out_dir, reason: str) -> dict:
+    """Summary for a run whose worker died without writing one; not written to disk, so a rerun retries."""
+    return {"run_id": spec.run_id, "status": "failed", "reason": reason, "mixer": spec.config.model.mixer,
+            "sequence_aligned": spec.config.model.sequence_aligned, "stages": {}, "wall_s": 0.0}
+
+
+def _run_ray(todo, out_dir, jobs, ray_address, retry_failed, init_kwargs, done):
+    try:
+        import ray
+    except ImportError:
+        raise MissingBackend("--backend ray needs the ray package (pip install 'mixerzoo[ray]')") from None
+    started = False
+    if not ray.is_initialized():
+        kwargs = {"include_dashboard": False, "log_to_driver": False, **init_kwargs}
+        if ray_address:
+            kwargs["address"] = ray_address
+        ray.init(**kwargs)
+        started = True
+    try:
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        # --jobs runs share one GPU: each asks for 1/jobs of it; without GPUs one CPU per run.
+        opts = {"num_cpus": 1, "num_gpus": (1.0 / jobs if gpus else 0), "max_retries": 0}
+        remote = ray.remote(**opts)(_run_in_worker)
+        refs = {remote.remote(config_to_dict(s.config), str(out_dir), retry_failed): s for s in todo}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            s = refs[ready[0]]
+            try:
+                done(ray.get(ready[0]))
+            except ray.exceptions.RayError as e:
+                done(_crashed(s, out_dir, f"ray task failed: {type(e).__name__}: {str(e).splitlines()[0]}"))
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,400 @@
+"""Training loop for one stage: AdamW, warmup + decay, clipping, bf16 autocast, periodic evaluation,
+checkpoint/resume, a non-finite guard, and DistributedDataParallel under ``torchrun``.
+
+Determinism: training batches are a pure function of ``(step, batch size, stage seed)`` (the Task
+contract), the model is initialized from a seeded generator state, and a checkpoint stores the model,
+optimizer, scheduler, step and every RNG state (torch CPU/CUDA, Python, NumPy). So on the CPU a run
+interrupted at any step and resumed from its last checkpoint ends with exactly the weights and metrics
+of an uninterrupted run (tested).
+
+Learning-rate schedule (:func:`lr_factor`): linear warmup from 0 over ``warmup_steps`` optimizer steps,
+then linear or cosine decay to ``min_lr_ratio * lr`` at the last step (BERT / RoBERTa recipe; Liu et
+al., "RoBERTa", 2019, Sec. 3.1), or constant.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from .config import OptimConfig, StageConfig
+
+
+class TrainingFailed(RuntimeError):
+    """A run cannot continue; ``reason`` is recorded in its summary."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NonFiniteError(TrainingFailed):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------------------- files
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new content, never a part:
+    write a temporary file in the same directory, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def atomic_torch_save(obj, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    return str(o)
+
+
+class MetricsLog:
+    """Append-only JSON-lines log (``metrics.jsonl``). Each record is one line, flushed at once;
+    :meth:`truncate` drops the records a resumed stage will write again (rewritten atomically), so a
+    resumed run's log has no duplicate steps. ``enabled=False`` (non-zero DDP ranks) writes nothing."""
+
+    def __init__(self, path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def append(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
+            f.flush()
+
+    def records(self) -> list[dict]:
+        return read_jsonl(self.path)
+
+    def truncate(self, stage: str, after_step: int) -> None:
+        """Remove the records of ``stage`` with ``step > after_step``."""
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [r for r in self.records() if not (r.get("stage") == stage and r.get("step", 0) > after_step)]
+        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n"
+                                             for r in keep))
+
+
+def read_jsonl(path) -> list[dict]:
+    """Records of a JSON-lines file; a torn last line (killed mid-write) is skipped."""
+    out = []
+    path = Path(path)
+    if not path.exists():
+        return out
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+# ----------------------------------------------------------------------------------------- devices
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device is 'cuda' but no CUDA device is available; allowed here: auto, cpu")
+        return torch.device("cuda", local_rank if local_rank is not None else torch.cuda.current_device())
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"device must be one of auto, cpu, cuda; got {name!r}")
+
+
+def autocast_dtype(precision: str, device: torch.device):
+    """The autocast dtype: bf16 on CUDA for ``auto``/``bf16``; None (fp32) on the CPU for ``auto``."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    raise ValueError(f"precision must be one of auto, fp32, bf16; got {precision!r}")
+
+
+def stage_seed(seed: int, stage: str, purpose: str = "") -> int:
+    """A 31-bit seed derived from the run seed and the stage name (stable across processes)."""
+    import hashlib
+    h = hashlib.sha256(f"{seed}:{stage}:{purpose}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+# ----------------------------------------------------------------------------------------- schedule
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
+    """Multiplier of the base learning rate for optimizer step ``step`` (0-based).
+
+    Warmup: (step + 1) / warmup_steps for step < warmup_steps. Then progress
+    p = (step - warmup) / max(1, total - warmup) in [0, 1) decays as ``linear`` 1 - p or ``cosine``
+    (1 + cos(pi p)) / 2, scaled into [min_lr_ratio, 1]; ``constant`` stays 1.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    p = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    p = min(max(p, 0.0), 1.0)
+    if schedule == "linear":
+        decay = 1.0 - p
+    elif schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * p))
+    else:
+        raise ValueError(f"schedule must be one of linear, cosine, constant; got {schedule!r}")
+    return min_lr_ratio + (1.0 - min_lr_ratio) * decay
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
+    """AdamW (decoupled weight decay; Loshchilov & Hutter 2019) with no decay on vectors and scalars
+    (biases, norm gains, per-position tables of one channel) and the schedule of :func:`lr_factor`."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                            eps=cfg.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule, cfg.min_lr_ratio))
+    return opt, sched
+
+
+# ----------------------------------------------------------------------------------------- RNG
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+
+
+# ----------------------------------------------------------------------------------------- DDP
+def dist_info() -> tuple[int, int, int]:
+    """(world_size, rank, local_rank) from the torchrun environment; (1, 0, 0) otherwise."""
+    return (int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def is_main_process() -> bool:
+    return dist_info()[1] == 0
+
+
+def shard_batch(batch: dict, rank: int, world: int) -> dict:
+    """Rows ``[rank * B/world, (rank + 1) * B/world)`` of every tensor: with DDP's gradient averaging,
+    a step on the shards equals a step on the whole batch (exactly so for per-sequence losses)."""
+    b = next(iter(batch.values())).shape[0]
+    if b % world:
+        raise ValueError(f"batch_size ({b}) must be divisible by the number of DDP processes ({world})")
+    n = b // world
+    return {k: v[rank * n:(rank + 1) * n] for k, v in batch.items()}
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") and isinstance(
+        model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def evaluate(model, task, splits: Iterable[str], batch_size: int, device: torch.device, amp_dtype,
+             fixed_length: int | None = None) -> dict:
+    """``{split: metrics}`` over the task's evaluation splits.
+
+    ``fixed_length``: for a fixed (not sequence-aligned) parameterization, the length of its learned
+    tables; a split whose sequences are longer is reported as ``{"not_extendable": True}`` without
+    running (such a matrix is not defined beyond its training length -- the paper's point about SAMs).
+    """
+    model.eval()
+    out = {}
+    ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+
+    def predict(batch):
+        batch = _to_device(batch, device)
+        with ctx:
+            return model(batch["input_ids"], batch["attention_mask"])
+
+    for split in splits:
+        if fixed_length is not None:
+            first = next(iter(task.eval_batches(split, batch_size)), None)
+            if first is not None and first["input_ids"].shape[1] > fixed_length:
+                out[split] = {"not_extendable": True}
+                continue
+        with torch.no_grad():
+            out[split] = task.evaluate(predict, split, batch_size)
+    model.train()
+    return out
+
+
+# ----------------------------------------------------------------------------------------- training
+def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, device: torch.device,
+                precision: str = "auto", ckpt_path=None, log: MetricsLog | None = None,
+                checkpoint_every: int = 0, log_every: int = 10, fixed_length: int | None = None,
+                callbacks: Iterable[Callable] = (), progress: bool = False) -> dict:
+    """Train ``model`` on ``task`` for ``stage.steps`` optimizer steps and return the final evaluation
+    ``{split: metrics}``.
+
+    model: ``forward(input_ids (B, L), attention_mask (B, L)) -> logits`` (token tasks (B, L, V),
+    sequence tasks (B, num_labels)), already on ``device``. Under torchrun (``WORLD_SIZE > 1`` and an
+    initialized process group) it is wrapped in DistributedDataParallel and each process trains on its
+    shard of every batch; only rank 0 writes the log and checkpoints.
+
+    Resume: when ``ckpt_path`` holds a checkpoint of this stage, training continues from its step
+    (a finished stage returns its recorded metrics after loading its weights). Checkpoints are
+    written every ``checkpoint_every`` steps (0: only at the end) and at the end (weights only).
+
+    ``callbacks``: called as ``cb(stage_name, step, model)`` after every optimizer step (and after
+    that step's checkpoint); an exception from a callback propagates (tests use this to simulate
+    a kill).
+
+    Raises :class:`NonFiniteError` when the loss or the gradient norm is NaN/inf, and lets
+    ``torch.OutOfMemoryError`` propagate (the runner records both as failures).
+    """
+    name = stage.stage_name
+    log = log or MetricsLog(os.devnull, enabled=False)
+    world, rank, _ = dist_info()
+    distributed = world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    amp_dtype = autocast_dtype(precision, device)
+    splits = list(stage.eval_splits) if stage.eval_splits else list(task.eval_splits)
+    for s in splits:
+        if s not in task.eval_splits:
+            raise ValueError(f"eval_splits of stage {name!r}: {s!r} is not a split of task {task.name!r}; "
+                             f"allowed: {', '.join(task.eval_splits)}")
+    data_seed = stage_seed(seed, name, "data")
+
+    opt, sched = build_optimizer(model, stage.optim, stage.steps)
+    start = 0
+    ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        if ck.get("done"):
+            return ck["final"]
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        set_rng_state(ck["rng"], device)
+        start = int(ck["step"])
+    log.truncate(name, start)
+
+    train_model = model
+    if distributed:
+        kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        train_model = torch.nn.parallel.DistributedDataParallel(model, **kw)
+
+    def save(step: int, done: bool, final=None):
+        if ckpt_path is None or rank != 0:
+            return
+        if done:
+            atomic_torch_save({"model": model.state_dict(), "step": step, "done": True, "final": final}, ckpt_path)
+        else:
+            atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "rng": rng_state(device), "step": step,
+                               "done": False}, ckpt_path)
+
+    ctx = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip = stage.optim.grad_clip if stage.optim.grad_clip > 0 else float("inf")
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=stage.steps, initial=start, desc=name, leave=False, dynamic_ncols=True)
+    train_model.train()
+    loss_sum, loss_n, t0 = 0.0, 0, time.perf_counter()
+    for step in range(start, stage.steps):
+        batch = task.train_batch(step, stage.batch_size, data_seed)
+        if distributed:
+            batch = shard_batch(batch, rank, world)
+        batch = _to_device(batch, device)
+        with ctx():
+            logits = train_model(batch["input_ids"], batch["attention_mask"])
+            loss = task.loss(logits, batch)
+        finite = torch.isfinite(loss.detach()).to(torch.float32)
+        if distributed:  # every rank must stop together, or the others hang in the next all-reduce
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if finite.item() < 1:
+            raise NonFiniteError(f"non-finite loss ({loss.item()}) at step {step + 1} of stage {name!r}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteError(f"non-finite gradient norm ({grad_norm.item()}) at step {step + 1} of stage "
+                                 f"{name!r}")
+        opt.step()
+        sched.step()
+        done_steps = step + 1
+        loss_sum += float(loss.detach())
+        loss_n += 1
+        if done_steps % log_every == 0 or done_steps == stage.steps:
+            log.append({"stage": name, "step": done_steps, "train_loss": loss_sum / loss_n,
+                        "lr": opt.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                        "time_s": time.perf_counter() - t0})
+            loss_sum, loss_n = 0.0, 0
+        if stage.eval_every and done_steps % stage.eval_every == 0 and done_steps < stage.steps:
+            metrics = evaluate(model, task, splits, stage.eval_batch_size, device, amp_dtype, fixed_length)
+            for split, m in metrics.items():
+                log.append({"stage": name, "step": done_steps, "split": split, **m})
+        if checkpoint_every and done_steps % checkpoint_every == 0 and done_steps < stage.steps:
+            save(done_steps, done=False)
+            if distributed:
+                torch.distributed.barrier()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+        for cb in callbacks:
+            cb(name, done_steps, model)
+    if bar is not None:
+        bar.close()
+    final = evaluate(model, task, splits, stage.eval_batch_size, device, amp_dtype, fixed_length)
+    for split, m in final.items():
+        log.append({"stage": name, "step": stage.steps, "split": split, "final": True, **m})
+    save(stage.steps, done=True, final=final)
+    if distributed:
+        torch.distributed.barrier()
+    return final

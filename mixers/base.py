@@ -1,0 +1,375 @@
+"""The fixed matrix-mixer block and the base class every mixer derives from.
+
+Hydra paper (Hwang, Lahoti, Dao, Gu, arXiv 2407.09941), Section 2 and Figure 1: a sequence mixer is
+``Y = M . f(X)`` inside one fixed block,
+
+    in_proj -> split [gate z | values v | per-position matrix parameters]
+            -> depthwise conv (kernel d_conv, non-causal, padding d_conv // 2) + SiLU
+            -> mixer (the structured matrix M, multi-head)
+            -> gated RMSNorm: RMSNorm(y) * SiLU(z)  (normalize before the gate, as the paper's code)
+            -> out_proj.
+
+A mixer (:class:`Mixer`) declares only what differs between classes: its structured class
+(``structure``), the per-position channels its matrix needs (:meth:`Mixer.token_channels`), how to
+build the matrix from them (:meth:`Mixer.matrix`), and which parameterizations it supports. The
+*parameterization is the block's job*: sequence-aligned parameters are projected from the tokens by
+``in_proj`` (and pass through the conv like the paper's ``xBC``); fixed parameters are rows of a
+learned table of ``max_seq_len`` rows (not data-dependent, hence not extendable). One code path serves
+every class.
+
+Padding. ``block(u, mask)`` with ``mask`` (B, L) True on real tokens zeroes the padded positions of
+the in_proj output (so the non-causal conv sees zeros there, exactly as at a sequence boundary) and
+again after the conv (so the padded values and parameters are zero). Each mixer receives the mask and
+makes padded positions inert in its own terms (decays set to 1 so a state passes through unchanged,
+keys excluded from the softmax). With right padding, the outputs at the real positions then equal
+those of the unpadded sequence for every mixer except ``dft`` (whose matrix depends on the padded
+length; see :class:`mixers.zoo.DFTMixer`).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import registry
+
+IMPLS = ("fast", "explicit")
+_COMMON = ("nheads", "headdim", "qk_dim", "max_seq_len", "sequence_aligned")
+
+
+@dataclass(frozen=True)
+class Channels:
+    """Declaration of one per-position parameter group of a mixer.
+
+    size:   channels per head (or in total when ``shared``)
+    conv:   sequence-aligned only: pass through the depthwise conv like the values (the paper convolves
+            q/k and B/C, not dt)
+    act:    sequence-aligned only: apply SiLU after the conv (the paper does for low-rank and SSM
+            generators, not for the Vandermonde/Cauchy/attention q, k)
+    shared: one group for all heads, delivered as ``(B, 1, L, size)`` instead of ``(B, H, L, size)``
+    """
+
+    size: int
+    conv: bool = True
+    act: bool = True
+    shared: bool = False
+
+
+class Mixer(nn.Module):
+    """Base class of a matrix mixer (one structured class, multi-head).
+
+    Subclasses set the class attributes and implement :meth:`token_channels` and :meth:`matrix`; they
+    own their learned per-head scalars (e.g. ``A_log``, ``dt_bias``, ``D``) as ordinary parameters.
+    Register with ``@mixers.register_mixer("name")``.
+
+    Class attributes
+    ----------------
+    structure:          name of the structured class :meth:`matrix` returns (``structured.get(name)``).
+    parameterizations:  supported subset of ``("fixed", "sequence_aligned")``.
+    sequence_aligned_definition: True when ``M[:i+1, :i+1]`` is built only from the per-position
+                        parameters of positions ``0..i`` (the paper's Definition of sequence-aligned
+                        matrices); tested at the parameter level.
+    has_matrix:         False for mixers that are not one matrix (they override :meth:`apply` and
+                        :meth:`matrices`; :meth:`matrix` raises).
+
+    Constructor arguments (passed by the block; subclasses add keyword-only options of their own):
+    nheads, headdim, qk_dim, max_seq_len, sequence_aligned.
+    """
+
+    name: ClassVar[str] = ""
+    structure: ClassVar[str] = ""
+    parameterizations: ClassVar[tuple[str, ...]] = ("fixed", "sequence_aligned")
+    sequence_aligned_definition: ClassVar[bool] = True
+    has_matrix: ClassVar[bool] = True
+
+    #: Length the paper's 1/sqrt(L ...) output scalings refer to when ``max_seq_len`` is not given
+    #: (the paper's pretraining length). A *constant* reference length keeps a sequence's output
+    #: independent of the padding of its batch and of extension to longer inputs.
+    DEFAULT_NORM_LENGTH: ClassVar[int] = 128
+
+    def __init__(self, *, nheads: int, headdim: int, qk_dim: int, max_seq_len: int | None,
+                 sequence_aligned: bool, **unknown):
+        if unknown:
+            allowed = sorted({p.name for klass in type(self).__mro__ if "__init__" in vars(klass)
+                              for p in inspect.signature(vars(klass)["__init__"]).parameters.values()
+                              if p.kind == p.KEYWORD_ONLY and p.name not in _COMMON})
+            raise ValueError(f"unknown keyword argument(s) {sorted(unknown)} for mixer {self.name!r}; "
+                             f"its options are: {allowed if allowed else 'none'}")
+        super().__init__()
+        self.nheads, self.headdim, self.qk_dim = nheads, headdim, qk_dim
+        self.max_seq_len, self.sequence_aligned = max_seq_len, sequence_aligned
+        self.norm_length = max_seq_len if max_seq_len is not None else self.DEFAULT_NORM_LENGTH
+        # A 0-d buffer that follows .to(dtype/device): parameter-free matrices (dft) read it.
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    # ------------------------------------------------------------------------------ declarations
+    def token_channels(self) -> dict[str, int | Channels]:
+        """Per-position parameter groups: ``{name: channels per head}`` (or a :class:`Channels`)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement token_channels()")
+
+    #: Multiplies the values before the matrix (for classes whose matrix has no amplitude parameter
+    #: to fold the paper's output scaling into, e.g. Vandermonde); the mixing step is ``y = M (s v)``.
+    value_scale: float = 1.0
+
+    def init_fixed(self, name: str, table: torch.Tensor) -> None:
+        """Initialize the fixed-parameterization table of group ``name`` (shape (H or 1, max_seq_len,
+        size)) in place. Default: standard normal (the sequence-aligned conv outputs are O(1) too)."""
+        with torch.no_grad():
+            table.normal_()
+
+    # ------------------------------------------------------------------------------ the matrix
+    def matrix(self, params: dict[str, torch.Tensor], length: int, mask: torch.Tensor | None = None):
+        """The structured matrix of every (batch, head) from per-position parameters.
+
+        params: ``{name: (B, H, L, size)}`` (``(B, 1, L, size)`` for shared groups); zero at padded
+        positions. mask: ``(B, L)`` bool, True on real tokens, or None. Returns a StructuredMatrix with
+        batch shape ``(B, H)`` (or broadcastable to it).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement matrix()")
+
+    def matrices(self, params, length, mask=None) -> dict:
+        """All structured matrices the mixer applies, by name (``{"matrix": M}`` for one-matrix mixers)."""
+        return {"matrix": self.matrix(params, length, mask)}
+
+    def apply(self, v: torch.Tensor, params: dict[str, torch.Tensor], mask: torch.Tensor | None = None,
+              impl: str = "fast") -> torch.Tensor:
+        """The mixing step: v ``(B, H, L, P)`` -> ``(B, H, L, P)``. Default ``matrix(...).matmul(v)``
+        with the class's fast algorithm (``impl="fast"``) or its materialization (``"explicit"``)."""
+        return self.matrix(params, v.shape[-2], mask).matmul(v, method=impl)
+
+
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class GatedRMSNorm(nn.Module):
+    """``RMSNorm(y) * SiLU(z)`` over the last dim (normalize before the gate, as Mamba-2/Hydra's
+    ``RMSNormGated(norm_before_gate=True)``). y, z: ``(..., d)``."""
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return y * F.silu(z)
+
+
+class MatrixMixerBlock(nn.Module):
+    """The fixed matrix-mixer block (Hydra paper, Section 2, Figure 1).
+
+    Parameters
+    ----------
+    d_model:          model width; the block maps ``(B, L, d_model)`` to ``(B, L, d_model)``.
+    mixer:            a registered mixer name (see :func:`mixers.names`) or a :class:`Mixer` subclass.
+    sequence_aligned: True: per-position matrix parameters are projected from the tokens (data-dependent,
+                      any length); False: *fixed*, rows of a learned ``(max_seq_len, channels)`` table
+                      (inputs longer than ``max_seq_len`` raise ValueError: not extendable).
+    max_seq_len:      required for the fixed parameterization; also the reference length of the
+                      paper's 1/sqrt(L) output scalings (default 128 when None).
+    expand:           d_inner = expand * d_model.
+    headdim:          channels per head P; nheads H = d_inner / headdim.
+    qk_dim:           per-head width of q/k (and the default SSM state size ``d_state``).
+    d_conv:           kernel of the depthwise conv (odd; non-causal, padding d_conv // 2).
+    impl:             "fast" (the structured class's fast algorithm) or "explicit" (materialized matrix).
+    mixer_kwargs:     options of the mixer (e.g. ``d_state`` for the SSM mixers).
+
+    Shapes: u ``(B, L, d_model)``, mask ``(B, L)`` bool (True = real token) -> ``(B, L, d_model)``.
+    Cost: two projections O(B L d_model d_inner), the conv O(B L d_inner d_conv), plus the mixer's
+    product (see the structured class).
+    """
+
+    def __init__(self, d_model: int, mixer, sequence_aligned: bool, max_seq_len: int | None = None,
+                 expand: int = 2, headdim: int = 64, qk_dim: int = 16, d_conv: int = 7, impl: str = "fast",
+                 **mixer_kwargs):
+        super().__init__()
+        _check_int("d_model", d_model)
+        _check_int("expand", expand)
+        _check_int("headdim", headdim)
+        _check_int("qk_dim", qk_dim)
+        _check_int("d_conv", d_conv)
+        if d_conv % 2 == 0:
+            raise ValueError(f"d_conv must be odd (a non-causal conv with padding d_conv // 2 keeps the length), "
+                             f"got {d_conv}")
+        if not isinstance(sequence_aligned, bool):
+            raise ValueError(f"sequence_aligned must be True or False, got {sequence_aligned!r}")
+        if max_seq_len is not None:
+            _check_int("max_seq_len", max_seq_len)
+        d_inner = expand * d_model
+        if d_inner % headdim != 0:
+            raise ValueError(f"headdim={headdim} must divide d_inner = expand * d_model = {d_inner}")
+        if isinstance(mixer, str):
+            mixer_cls = registry.get(mixer)
+        elif isinstance(mixer, type) and issubclass(mixer, Mixer):
+            mixer_cls = mixer
+        else:
+            raise ValueError(f"mixer must be a registered mixer name ({', '.join(registry.names())}) or a "
+                             f"mixers.base.Mixer subclass, got {mixer!r}")
+        parameterization = "sequence_aligned" if sequence_aligned else "fixed"
+        if parameterization not in mixer_cls.parameterizations:
+            raise ValueError(f"mixer {mixer_cls.name or mixer_cls.__name__!r} does not support the {parameterization} "
+                             f"parameterization (sequence_aligned={sequence_aligned}); it supports: "
+                             f"{', '.join(mixer_cls.parameterizations)}")
+        if not sequence_aligned and max_seq_len is None:
+            raise ValueError(f"max_seq_len is required for the fixed parameterization (sequence_aligned=False) of "
+                             f"mixer {mixer_cls.name!r}: it is the number of rows of the learned table")
+
+        self.d_model, self.d_inner, self.headdim = d_model, d_inner, headdim
+        self.nheads = d_inner // headdim
+        self.max_seq_len, self.sequence_aligned, self.d_conv = max_seq_len, sequence_aligned, d_conv
+        self.impl = impl
+        self.mixer = mixer_cls(nheads=self.nheads, headdim=headdim, qk_dim=qk_dim, max_seq_len=max_seq_len,
+                               sequence_aligned=sequence_aligned, **mixer_kwargs)
+
+        specs = {}
+        for name, spec in self.mixer.token_channels().items():
+            spec = spec if isinstance(spec, Channels) else Channels(spec)
+            _check_int(f"token_channels()[{name!r}].size", spec.size)
+            specs[name] = spec
+        self._specs = specs
+        width = {n: s.size * (1 if s.shared else self.nheads) for n, s in specs.items()}
+        self._width = width
+        if sequence_aligned:
+            self._conv_groups = [n for n, s in specs.items() if s.conv]
+            self._raw_groups = [n for n, s in specs.items() if not s.conv]
+        else:
+            self._conv_groups, self._raw_groups = [], []
+        n_conv = sum(width[n] for n in self._conv_groups)
+        n_raw = sum(width[n] for n in self._raw_groups)
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + n_conv + n_raw, bias=False)
+        conv_dim = d_inner + n_conv
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, kernel_size=d_conv, groups=conv_dim, padding=d_conv // 2)
+        self.tables = nn.ParameterDict()
+        if not sequence_aligned:
+            for n, s in specs.items():
+                t = nn.Parameter(torch.empty(1 if s.shared else self.nheads, max_seq_len, s.size))
+                self.mixer.init_fixed(n, t)
+                self.tables[n] = t
+        self.norm = GatedRMSNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    # ------------------------------------------------------------------------------ properties
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {value!r}")
+        self._impl = value
+
+    @property
+    def parameterization(self) -> str:
+        return "sequence_aligned" if self.sequence_aligned else "fixed"
+
+    def extra_repr(self) -> str:
+        return (f"mixer={self.mixer.name!r}, {self.parameterization}, d_model={self.d_model}, "
+                f"nheads={self.nheads}, headdim={self.headdim}, max_seq_len={self.max_seq_len}, impl={self.impl!r}")
+
+    # ------------------------------------------------------------------------------ pieces
+    def _check_inputs(self, u, mask):
+        if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"u must be a tensor of shape (B, L, d_model={self.d_model}), got "
+                             f"{tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}")
+        if u.shape[1] < 1 or u.shape[0] < 1:
+            raise ValueError(f"u must have B >= 1 and L >= 1, got shape {tuple(u.shape)}")
+        L = u.shape[1]
+        if not self.sequence_aligned and L > self.max_seq_len:
+            raise ValueError(f"input length L={L} exceeds max_seq_len={self.max_seq_len}: the fixed parameterization "
+                             f"of mixer {self.mixer.name!r} is a learned table of max_seq_len rows and is not "
+                             f"extendable (use sequence_aligned=True, or a larger max_seq_len)")
+        if mask is None:
+            return None
+        if not isinstance(mask, torch.Tensor) or mask.shape != u.shape[:2]:
+            raise ValueError(f"mask must be a bool tensor of shape (B, L)={tuple(u.shape[:2])}, got "
+                             f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must have dtype torch.bool (True on real tokens), got {mask.dtype}")
+        if not bool(mask.any(-1).all()):
+            empty = (~mask.any(-1)).nonzero().flatten().tolist()
+            raise ValueError(f"mask must mark at least one real token per sequence; rows {empty} are all padding")
+        # An all-real mask is no mask: keeps the unmasked fast paths (e.g. SDPA without attn_mask).
+        return None if bool(mask.all()) else mask
+
+    def _split_heads(self, name, x):
+        """(B, L, width) -> (B, H or 1, L, size)."""
+        s = self._specs[name]
+        B, L, _ = x.shape
+        return x.reshape(B, L, -1, s.size).transpose(1, 2)
+
+    def mixer_inputs(self, u: torch.Tensor, mask: torch.Tensor | None = None):
+        """Everything before the mixing step: ``(z, v, params)`` with z ``(B, L, d_inner)``, v
+        ``(B, H, L, P)`` (already multiplied by the mixer's ``value_scale``) and params
+        ``{name: (B, H or 1, L, size)}``; padded positions are zero in v and params. The block output is
+        ``out_proj(norm(y, z))`` with ``y = mixer.apply(v, params, mask)``."""
+        return self._prepare(u, mask)[:3]
+
+    def _prepare(self, u, mask):
+        mask = self._check_inputs(u, mask)
+        B, L, _ = u.shape
+        m = None if mask is None else mask.to(u.dtype)[..., None]
+        h = self.in_proj(u)
+        if m is not None:
+            h = h * m
+        n_conv = sum(self._width[n] for n in self._conv_groups)
+        z, xc, raw = torch.split(h, [self.d_inner, self.d_inner + n_conv, h.shape[-1] - 2 * self.d_inner - n_conv],
+                                 dim=-1)
+        xc = self.conv1d(xc.transpose(1, 2)).transpose(1, 2)
+        if m is not None:
+            xc = xc * m
+            # raw (unconvolved) groups were zeroed with h
+        pieces = torch.split(xc, [self.d_inner] + [self._width[n] for n in self._conv_groups], dim=-1)
+        v = F.silu(pieces[0])
+        params = {}
+        for name, x in zip(self._conv_groups, pieces[1:]):
+            params[name] = F.silu(x) if self._specs[name].act else x
+        if self._raw_groups:
+            for name, x in zip(self._raw_groups, torch.split(raw, [self._width[n] for n in self._raw_groups], -1)):
+                params[name] = F.silu(x) if self._specs[name].act else x
+        params = {n: self._split_heads(n, x) for n, x in params.items()}
+        if not self.sequence_aligned:
+            for name, t in self.tables.items():
+                p = t[:, :L].to(u.dtype).unsqueeze(0).expand(B, -1, -1, -1)
+                params[name] = p if m is None else p * m[:, None]
+        v = v.reshape(B, L, self.nheads, self.headdim).transpose(1, 2)
+        if self.mixer.value_scale != 1.0:
+            v = v * self.mixer.value_scale
+        return z, v, params, mask
+
+    # ------------------------------------------------------------------------------ public
+    def forward(self, u: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """u ``(B, L, d_model)``, mask ``(B, L)`` bool or None -> ``(B, L, d_model)``."""
+        z, v, params, mask = self._prepare(u, mask)
+        y = self.mixer.apply(v, params, mask, impl=self.impl)
+        B, H, L, P = y.shape
+        y = y.transpose(1, 2).reshape(B, L, H * P)
+        return self.out_proj(self.norm(y, z))
+
+    def matrix(self, u: torch.Tensor, mask: torch.Tensor | None = None):
+        """The StructuredMatrix the block applies to its values for input ``u`` (batch ``(B, heads)``,
+        or broadcastable to it for parameter-free classes). ``matrix(u).to_dense() @ v`` with ``v`` from
+        :meth:`mixer_inputs` reproduces the mixing step. Mixers that are not one matrix (``bidir_mult``,
+        ``bidir_concat``) raise ValueError; use :meth:`matrices`."""
+        _, v, params, mask = self._prepare(u, mask)
+        return self.mixer.matrix(params, v.shape[-2], mask)
+
+    def matrices(self, u: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+        """All structured matrices the mixer applies for input ``u``, by name."""
+        _, v, params, mask = self._prepare(u, mask)
+        return self.mixer.matrices(params, v.shape[-2], mask)
+
+
+def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    """softplus^{-1}(x) = log(expm1(x)) for x > 0."""
+    return x + torch.log(-torch.expm1(-x))
+
+
+__all__ = ["Mixer", "Channels", "MatrixMixerBlock", "GatedRMSNorm", "IMPLS", "inverse_softplus"]

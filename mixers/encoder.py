@@ -1,0 +1,180 @@
+"""A BERT-style encoder around :class:`mixers.MatrixMixerBlock`, with MLM and sequence-classification heads.
+
+Architecture (pre-norm): token embeddings (+ optional learned position embeddings) -> dropout ->
+n_layers x [h += Dropout(Block(LayerNorm(h), mask)); h += Dropout(MLP(LayerNorm(h)))] -> LayerNorm.
+``mlp_ratio=0`` drops the MLP: the Hydra paper's BERT layers are mixer-only (goombalab/hydra's
+``BertLayer`` wraps just the mixer and a norm), which is how its Table 2 models have 70M-72M parameters.
+
+The mixer and its parameterization are constructor arguments, so every registered mixer (built-in or
+plug-in) gives an encoder by name.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import registry
+from .base import MatrixMixerBlock
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+class MixerEncoder(nn.Module):
+    """BERT-style pre-norm encoder with a matrix mixer in every layer.
+
+    Parameters
+    ----------
+    vocab_size, d_model, n_layers: sizes.
+    mixer, sequence_aligned: the mixer name and parameterization (see :class:`MatrixMixerBlock`).
+    max_seq_len: longest input (rows of the fixed tables and of the position embeddings).
+    position_embeddings: add learned absolute position embeddings (then inputs are limited to
+        ``max_seq_len`` even for sequence-aligned mixers).
+    mlp_ratio: hidden width of the MLP as a multiple of d_model (0 = no MLP, the paper's layer).
+    dropout: dropout after the embeddings and on each residual branch.
+    block_kwargs: passed to every :class:`MatrixMixerBlock` (expand, headdim, qk_dim, d_conv, impl, mixer options).
+
+    forward(input_ids (B, L) long, attention_mask (B, L) bool or None) -> hidden (B, L, d_model).
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, n_layers: int, mixer, sequence_aligned: bool,
+                 max_seq_len: int, position_embeddings: bool = False, mlp_ratio: int = 4, dropout: float = 0.0,
+                 **block_kwargs):
+        super().__init__()
+        _check_int("vocab_size", vocab_size, 1)
+        _check_int("d_model", d_model, 1)
+        _check_int("n_layers", n_layers, 1)
+        _check_int("max_seq_len", max_seq_len, 1)
+        _check_int("mlp_ratio", mlp_ratio, 0)
+        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        self.vocab_size, self.d_model, self.n_layers, self.max_seq_len = vocab_size, d_model, n_layers, max_seq_len
+        self.mixer_name = mixer if isinstance(mixer, str) else getattr(mixer, "name", repr(mixer))
+        self.sequence_aligned = sequence_aligned
+        self.embeddings = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.embeddings.weight, std=0.02)
+        self.position_embeddings = nn.Embedding(max_seq_len, d_model) if position_embeddings else None
+        if self.position_embeddings is not None:
+            nn.init.normal_(self.position_embeddings.weight, std=0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.mixer_norms = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        self.mlp_norms = nn.ModuleList()
+        self.mlps = nn.ModuleList()
+        for _ in range(n_layers):
+            self.mixer_norms.append(nn.LayerNorm(d_model))
+            self.blocks.append(MatrixMixerBlock(d_model, mixer, sequence_aligned, max_seq_len=max_seq_len,
+                                                **block_kwargs))
+            if mlp_ratio > 0:
+                self.mlp_norms.append(nn.LayerNorm(d_model))
+                self.mlps.append(nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
+                                               nn.Linear(mlp_ratio * d_model, d_model)))
+        self.final_norm = nn.LayerNorm(d_model)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+            raise ValueError(f"input_ids must be a long tensor of shape (B, L), got "
+                             f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} "
+                             f"{tuple(getattr(input_ids, 'shape', ()))}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
+            raise ValueError(f"input_ids must lie in [0, vocab_size={self.vocab_size}), got values in "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+        L = input_ids.shape[1]
+        h = self.embeddings(input_ids)
+        if self.position_embeddings is not None:
+            if L > self.max_seq_len:
+                raise ValueError(f"input length L={L} exceeds max_seq_len={self.max_seq_len}: learned position "
+                                 f"embeddings are not extendable (use position_embeddings=False)")
+            h = h + self.position_embeddings(torch.arange(L, device=input_ids.device))
+        h = self.dropout(h)
+        for i, block in enumerate(self.blocks):
+            h = h + self.dropout(block(self.mixer_norms[i](h), attention_mask))
+            if self.mlps:
+                h = h + self.dropout(self.mlps[i](self.mlp_norms[i](h)))
+        return self.final_norm(h)
+
+    def num_parameters(self) -> int:
+        """Number of distinct parameters (tied weights counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+class MixerForMaskedLM(nn.Module):
+    """Masked-LM head on a :class:`MixerEncoder`: dense + GELU + LayerNorm, then a decoder tied to the
+    token embeddings (plus a bias). forward(input_ids, attention_mask=None) -> logits (B, L, vocab)."""
+
+    def __init__(self, encoder: MixerEncoder):
+        super().__init__()
+        if not isinstance(encoder, MixerEncoder):
+            raise ValueError(f"encoder must be a MixerEncoder, got {type(encoder).__name__}")
+        d = encoder.d_model
+        self.encoder = encoder
+        self.transform = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
+        self.bias = nn.Parameter(torch.zeros(encoder.vocab_size))
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.transform(self.encoder(input_ids, attention_mask))
+        return F.linear(h, self.encoder.embeddings.weight, self.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class MixerForSequenceClassification(nn.Module):
+    """Sequence-classification head on a :class:`MixerEncoder`.
+
+    pooling: "mean" (mean over the real tokens of attention_mask) or "first" (the first token).
+    Pooled -> dense + tanh -> dropout -> linear to ``num_labels`` (1 = regression).
+    forward(input_ids, attention_mask=None) -> logits (B, num_labels).
+    """
+
+    POOLINGS = ("mean", "first")
+
+    def __init__(self, encoder: MixerEncoder, num_labels: int, pooling: str = "mean", dropout: float = 0.0):
+        super().__init__()
+        if not isinstance(encoder, MixerEncoder):
+            raise ValueError(f"encoder must be a MixerEncoder, got {type(encoder).__name__}")
+        _check_int("num_labels", num_labels, 1)
+        if pooling not in self.POOLINGS:
+            raise ValueError(f"pooling must be one of {self.POOLINGS}, got {pooling!r}")
+        d = encoder.d_model
+        self.encoder, self.num_labels, self.pooling = encoder, num_labels, pooling
+        self.pooler = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Dropout(dropout))
+        self.classifier = nn.Linear(d, num_labels)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.encoder(input_ids, attention_mask)
+        if self.pooling == "first":
+            pooled = h[:, 0]
+        elif attention_mask is None:
+            pooled = h.mean(1)
+        else:
+            w = attention_mask.to(h.dtype)[..., None]
+            pooled = (h * w).sum(1) / w.sum(1)
+        return self.classifier(self.pooler(pooled))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def param_table(d_model: int = 768, n_layers: int = 12, vocab_size: int = 30522, max_seq_len: int = 128,
+                headdim: int = 128, qk_dim: int = 16, mlp_ratio: int = 0, position_embeddings: bool = True,
+                **block_kwargs) -> list[dict]:
+    """Encoder parameter counts for every registered mixer x supported parameterization.
+
+    Defaults are the paper's BERT-base setting (Table 2: hidden 768, 12 layers, expand 2, headdim 128,
+    qk_dim 16, L = 128, learned position embeddings, mixer-only layers: ``mlp_ratio=0``). The models
+    are built on the ``meta`` device (no memory, no initialization cost).
+    Returns ``[dict(mixer=name, sequence_aligned=bool, params=int), ...]`` sorted by name.
+    """
+    rows = []
+    for name, params in registry.names().items():
+        for p in params:
+            with torch.device("meta"):
+                enc = MixerEncoder(vocab_size, d_model, n_layers, name, p == "sequence_aligned", max_seq_len,
+                                   position_embeddings=position_embeddings, mlp_ratio=mlp_ratio, headdim=headdim,
+                                   qk_dim=qk_dim, **block_kwargs)
+            rows.append(dict(mixer=name, sequence_aligned=p == "sequence_aligned", params=enc.num_parameters()))
+    return rows
