@@ -144,16 +144,3 @@ def test_banded_fast_product_gradcheck(banded):
         M = banded.Banded(q, k, w)
         torch.testing.assert_close(M.matmul(x), M.matmul(x, method="explicit"), rtol=1e-12, atol=1e-12)
 
-
-def test_readme_snippet_runs():
-    import pathlib
-    text = (pathlib.Path(mixers.__file__).parent / "examples" / "README.md").read_text()
-    code = text.split("```python")[1].split("```")[0]
-    ns = {}
-    try:
-        exec(compile(code, "README snippet", "exec"), ns)
-        assert ns["y"].shape == (2, 100, 64)
-        assert type(ns["M"]).__name__ == "Semiseparable" and tuple(ns["M"].batch_shape) == (2, 8)
-    finally:
-        if "decay_attention" in registry._REGISTRY:
-            mixers.unregister_mixer("decay_attention")
