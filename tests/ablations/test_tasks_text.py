@@ -3,6 +3,9 @@ BERT masking statistics, packing, and the docstring_package labels (checked agai
 import hashlib
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -166,6 +169,94 @@ def test_tokenizer_special_tokens_round_trip_and_cache(corpus, cache):
     assert text.tokenizer_sha256(again) == text.tokenizer_sha256(tok)
     with pytest.raises(ValueError, match="vocab_size"):
         text.get_tokenizer(3, corpus, cache_dir=cache)
+
+
+def test_wordpiece_vocabulary_rule_by_hand():
+    # worked by hand: alphabet = [UNK], a b q y z (any position), ##a ##b ##q (after a first character);
+    # pairs (z,##a)=2 (##a,##b)=2+1=3 (y,##a)=1 (z,##q)=2 -> merge ##a+##b = "##ab" (count 3);
+    # then (z,##ab)=2 ties with (z,##q)=2: the older token ##q (id 8) beats ##ab (id 9) -> "zq",
+    # although "##ab" < "##q" as strings; then "zab" (2), "yab" (1); then every word is one token
+    counts = {"zab": 2, "yab": 1, "zq": 2}
+    full = ["[UNK]", "a", "b", "q", "y", "z", "##a", "##b", "##q", "##ab", "zq", "zab", "yab"]
+    assert text.wordpiece_vocabulary(counts, 100, special_tokens=["[UNK]"]) == full
+    assert text.wordpiece_vocabulary(dict(reversed(counts.items())), 11, special_tokens=["[UNK]"]) == full[:11]
+    assert text.wordpiece_vocabulary({**counts, "never": 0}, 9, special_tokens=["[UNK]"]) == full[:9]
+    # overlapping occurrences: "aaaa" = a ##a ##a ##a has (##a,##a) twice -> merged left to right into
+    # a ##aa ##a; then (a,##aa) ties with (##aa,##a): ids (1, 3) < (3, 2) -> "aaa"; then "aaaa"
+    assert text.wordpiece_vocabulary({"aaaa": 1}, 100, special_tokens=["[UNK]"]) == [
+        "[UNK]", "a", "##a", "##aa", "aaa", "aaaa"]
+    with pytest.raises(ValueError, match="vocab_size=8 .* 9 tokens"):
+        text.wordpiece_vocabulary(counts, 8, special_tokens=["[UNK]"])
+    with pytest.raises(ValueError, match="word_counts.*'zab': -1"):
+        text.wordpiece_vocabulary({"zab": -1}, 50)
+    with pytest.raises(ValueError, match="vocab_size"):
+        text.wordpiece_vocabulary(counts, 1, special_tokens=["[UNK]"])
+
+
+def _zipf_corpus(path, n_docs=300, n_words=250, seed=5):
+    """Random words (letters, digits, accented capitals) with Zipf frequencies: many equal counts."""
+    g = torch.Generator().manual_seed(seed)
+    letters = list("abcdefghijklmnopqrstuvwxyz0123456789") + ["É", "Ü", "ß", "Ç"]
+    vocab = ["".join(letters[int(i)] for i in torch.randint(len(letters), (int(torch.randint(1, 9, (1,),
+             generator=g)),), generator=g)) for _ in range(n_words)]
+    weights = 1.0 / torch.arange(1, n_words + 1, dtype=torch.float64)
+    with open(path, "w", encoding="utf-8") as fh:
+        for _ in range(n_docs):
+            idx = torch.multinomial(weights, int(torch.randint(3, 30, (1,), generator=g)), True, generator=g)
+            fh.write(json.dumps({"text": " ".join(vocab[int(i)] for i in idx)}, ensure_ascii=False) + "\n")
+    return str(path)
+
+
+_TRAIN_IN_SUBPROCESS = """
+import json, sys
+from ablations.tasks import text
+tok = text.get_tokenizer(int(sys.argv[1]), sys.argv[2], cache_dir=sys.argv[3])
+print(json.dumps({"sha256": text.tokenizer_sha256(tok), "vocab": tok.get_vocab()}))
+"""
+
+
+def test_tokenizer_deterministic_across_processes(tmp_path):
+    """Trained from scratch in two fresh interpreters (different hash seeds, own caches): one tokenizer.
+    The library's own trainer fails this (its ``##`` ids follow a per-process random hash order)."""
+    corpus_path = _zipf_corpus(tmp_path / "zipf.jsonl")
+    vocab_size = 300
+    results = []
+    for run, hash_seed in enumerate(("1", "2")):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run([sys.executable, "-c", _TRAIN_IN_SUBPROCESS, str(vocab_size), corpus_path,
+                              str(tmp_path / f"cache{run}")], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert results[0]["vocab"] == results[1]["vocab"]
+    assert results[0]["sha256"] == results[1]["sha256"]
+    tok = text.get_tokenizer(vocab_size, corpus_path, cache_dir=tmp_path / "cache-here")
+    assert text.tokenizer_sha256(tok) == results[0]["sha256"] and tok.get_vocab_size() == vocab_size
+    # a usable WordPiece tokenizer: special tokens at 0..4, never split; texts round-trip without [UNK]
+    assert [tok.token_to_id(t) for t in text.SPECIAL_TOKENS] == list(range(5))
+    vocab = tok.get_vocab()  # continuation characters and longer continuation pieces
+    assert "##a" in vocab and any(t.startswith("##") and len(t) > 3 for t in vocab)
+    assert text.MASK_ID in tok.encode("abc [MASK] abc", add_special_tokens=False).ids
+    corpus = text.load_corpus(corpus_path)
+    for doc in corpus.documents[:50] + corpus.split("val")[:50]:
+        enc = tok.encode(doc.text)
+        assert enc.ids[0] == text.CLS_ID and enc.ids[-1] == text.SEP_ID and text.UNK_ID not in enc.ids
+        assert tok.decode(enc.ids) == " ".join(tok.normalizer.normalize_str(doc.text).split())
+
+
+def test_wordpiece_vocabulary_matches_library_trainer_up_to_ties(corpus):
+    """Same training rule as ``tokenizers.trainers.WordPieceTrainer``: the token sets agree except for
+    the library's random tie-breaking (a handful of low-count merges)."""
+    from tokenizers import Tokenizer, models, trainers
+    train = [d.text for d in corpus.split("train")]
+    reference = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    reference.normalizer, reference.pre_tokenizer = text._bert_text_pipeline()
+    reference.train_from_iterator(train, trainers.WordPieceTrainer(
+        vocab_size=VOCAB, special_tokens=list(text.SPECIAL_TOKENS), show_progress=False))
+    ours = text.wordpiece_vocabulary(text.count_words(train), VOCAB)
+    assert len(ours) == len(set(ours)) == VOCAB == reference.get_vocab_size()
+    assert len(set(ours) ^ set(reference.get_vocab())) <= 0.02 * VOCAB
+    assert ours[:5] == list(text.SPECIAL_TOKENS)
 
 
 # ----------------------------------------------------------------------------------------- masking
