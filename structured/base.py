@@ -67,6 +67,25 @@ def check_tensor(name: str, t, *, trailing: Sequence[int | None], dtype_float: b
     return t
 
 
+def check_batch_shape(batch_shape) -> torch.Size:
+    """Validate a batch shape: a sequence of positive ints."""
+    try:
+        batch_shape = torch.Size(batch_shape)
+    except TypeError:
+        raise ValueError(f"batch_shape must be a tuple of positive ints, got {batch_shape!r}") from None
+    if any(s < 1 for s in batch_shape):
+        raise ValueError(f"batch_shape must contain positive sizes, got {tuple(batch_shape)}")
+    return batch_shape
+
+
+def check_dtype(dtype) -> torch.dtype:
+    """Validate a floating dtype (None = torch's default dtype)."""
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be one of float64, float32, bfloat16, float16, got {dtype}")
+    return dtype
+
+
 def broadcast_batch(**named: tuple[torch.Tensor, int]) -> torch.Size:
     """Broadcast the batch dims of several parameters.
 
@@ -240,12 +259,7 @@ class StructuredMatrix:
     def _random_args(cls, length, batch_shape, order, dtype, default_order):
         """Shared validation for ``random``: returns (length, batch_shape, order, dtype)."""
         check_length(length)
-        try:
-            batch_shape = torch.Size(batch_shape)
-        except TypeError:
-            raise ValueError(f"batch_shape must be a tuple of non-negative ints, got {batch_shape!r}") from None
-        if any(s < 1 for s in batch_shape):
-            raise ValueError(f"batch_shape must contain positive sizes, got {tuple(batch_shape)}")
+        batch_shape = check_batch_shape(batch_shape)
         if not cls.has_order:
             if order is not None:
                 raise ValueError(f"order must be None for {cls.name or cls.__name__} (it has no structural order), "
@@ -254,10 +268,7 @@ class StructuredMatrix:
             order = default_order if order is None else order
             if isinstance(order, bool) or not isinstance(order, int) or order < 1:
                 raise ValueError(f"order must be a positive int for {cls.name or cls.__name__}, got {order!r}")
-        dtype = torch.get_default_dtype() if dtype is None else dtype
-        if dtype not in FLOAT_DTYPES:
-            raise ValueError(f"dtype must be one of float64, float32, bfloat16, float16, got {dtype}")
-        return length, batch_shape, order, dtype
+        return length, batch_shape, order, check_dtype(dtype)
 
 
 def randn(shape, dtype, device, generator) -> torch.Tensor:

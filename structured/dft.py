@@ -13,7 +13,8 @@ import torch
 
 from . import properties as P
 from . import register
-from .base import FLOAT_DTYPES, StructuredMatrix, StructureReport, block_slices, check_length, compute_dtype
+from .base import (StructuredMatrix, StructureReport, block_slices, check_batch_shape, check_dtype, check_length,
+                   compute_dtype)
 
 
 def dft_cos_nodes(length: int, dtype=torch.float64, device=None) -> torch.Tensor:
@@ -42,16 +43,7 @@ class DFT(StructuredMatrix):
 
     def __init__(self, length: int, batch_shape=(), dtype: torch.dtype | None = None, device=None):
         check_length(length)
-        try:
-            batch_shape = torch.Size(batch_shape)
-        except TypeError:
-            raise ValueError(f"batch_shape must be a tuple of positive ints, got {batch_shape!r}") from None
-        if any(s < 1 for s in batch_shape):
-            raise ValueError(f"batch_shape must contain positive sizes, got {tuple(batch_shape)}")
-        dtype = torch.get_default_dtype() if dtype is None else dtype
-        if dtype not in FLOAT_DTYPES:
-            raise ValueError(f"dtype must be one of float64, float32, bfloat16, float16, got {dtype}")
-        super().__init__(length, batch_shape, dtype, device, None)
+        super().__init__(length, check_batch_shape(batch_shape), check_dtype(dtype), device, None)
 
     def to_dense(self) -> torch.Tensor:
         L = self.length
