@@ -1,0 +1,344 @@
+"""GPU benchmarks of the Triton scans (kernels/ssd.py) against their peers; then the matrix-free ones.
+
+    python -m benchmarks.kernels --device cuda --out results/bench     # or: mixerzoo bench kernels ...
+
+Shapes follow issue 5 (Hydra's quasiseparable mixer): batch 8, heads 24, headdim P = 64, d_state N = 64,
+ngroups = 1 (one B, C per batch element shared by all heads, passed as an expanded view), bfloat16 inputs,
+float32 decays and diagonal, L = 1024 ... 16384 (``--quick``: 1024 and 4096). Methods, each timed forward
+and forward+backward (gradients for x, B, C, log_a, delta) with ``triton.testing.do_bench`` (median;
+warm-up and repetitions in ms as below) on random inputs, plus the peak memory of one forward+backward
+(``torch.cuda.max_memory_allocated`` after a reset, minus the inputs already allocated):
+
+* ``qs_fused``: :func:`kernels.ssd.quasiseparable_matmul` (shift=True, shared B, C) -- this project's kernel;
+* ``qs_paper``: the Hydra paper's arrangement of the same product: one causal SSD on the batch
+  concatenation ``[x; flip(x)]`` (B, C, log_a concatenated likewise), then roll by one, flip the second
+  half back, add, plus ``delta * x``. The causal SSD is ``mamba_ssm``'s ``mamba_chunk_scan_combined``
+  when importable, else this project's causal kernel (:func:`kernels.ssd.semiseparable_matmul`);
+  the JSON records which;
+* ``qs_torch``: ``structured``'s torch algorithm (``Quasiseparable.matmul`` with ``MIXERZOO_KERNELS=off``);
+* ``ss_causal``: one causal SSD call (:func:`kernels.ssd.semiseparable_matmul`), the yardstick for
+  "a bidirectional product within 2x of a causal scan";
+* ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (non-causal) with q = k = v shapes
+  (B, H, L, 64).
+
+The device's copy bandwidth (a 1 GiB device-to-device copy, bytes read + written) and bf16 matmul rate
+(8192^3) are measured once; each result carries ``bound_ms`` = max(min bytes / bandwidth, flops / rate)
+and ``fraction_of_bound`` = bound_ms / time. Outputs in ``out``: ``kernels-<device>[-quick].json`` and
+``kernels-<device>[-quick].png`` (log-log time vs L, forward and forward+backward); then, if
+``benchmarks.kernels_matfree`` is importable, its ``run(device, out, quick)``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+B, H, P, N = 8, 24, 64, 64
+LENGTHS = (1024, 2048, 4096, 8192, 16384)
+QUICK_LENGTHS = (1024, 4096)
+TORCH_PATH_MAX_L = 8192  # the torch algorithm is ~20x slower; longer L adds minutes and nothing new
+WARMUP_MS, REP_MS = 25, 100
+
+
+# -------------------------------------------------------------------------------------------- device
+def measure_bounds(device) -> dict:
+    """Copy bandwidth (bytes read + written per second) and bf16 matmul rate of this device."""
+    from triton.testing import do_bench
+    src = torch.empty(2 ** 28, dtype=torch.float32, device=device).normal_()
+    dst = torch.empty_like(src)
+    t = do_bench(lambda: dst.copy_(src), warmup=WARMUP_MS, rep=REP_MS, return_mode="median")
+    bw = 2 * src.numel() * 4 / (t * 1e-3)
+    del src, dst
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    bm = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    t = do_bench(lambda: a @ bm, warmup=WARMUP_MS, rep=REP_MS, return_mode="median")
+    rate = 2 * 8192 ** 3 / (t * 1e-3)
+    del a, bm
+    torch.cuda.empty_cache()
+    return {"copy_bytes_per_s": bw, "bf16_matmul_flops_per_s": rate}
+
+
+def _mamba_chunk_scan():
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        return mamba_chunk_scan_combined
+    except Exception:
+        return None
+
+
+# -------------------------------------------------------------------------------------------- methods
+def make_inputs(L, device, dtype=torch.bfloat16, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    r = lambda *s, dt=dtype: torch.randn(*s, generator=g, device=device, dtype=torch.float32).to(dt)  # noqa
+    x = r(B, H, L, P)
+    b = r(B, 1, L, N) / N ** 0.5
+    c = r(B, 1, L, N) / N ** 0.5
+    log_a = -torch.rand(B, H, L, generator=g, device=device) * 0.1
+    delta = r(B, H, L, dt=torch.float32)
+    return dict(x=x, b=b, c=c, log_a=log_a, delta=delta)
+
+
+def qs_fused(t):
+    from kernels.ssd import quasiseparable_matmul
+    b, c = t["b"], t["c"]  # (B, 1, L, N): broadcast over heads inside the kernel (ngroups = 1)
+    return quasiseparable_matmul(t["x"], b, c, t["log_a"], t["delta"], b, c, t["log_a"], shift=True)
+
+
+def ss_causal(t):
+    from kernels.ssd import semiseparable_matmul
+    return semiseparable_matmul(t["x"], t["b"], t["c"], t["log_a"])
+
+
+def qs_paper(t, mamba=None):
+    """Hydra's arrangement: causal SSD on [x; flip(x)], roll by one (row 0 zeroed), flip back, add, + delta x."""
+    x, b, c, log_a, delta = t["x"], t["b"], t["c"], t["log_a"], t["delta"]
+    x2 = torch.cat([x, x.flip(-2)], 0)
+    b2 = torch.cat([b, b.flip(-2)], 0)
+    c2 = torch.cat([c, c.flip(-2)], 0)
+    la2 = torch.cat([log_a, log_a.flip(-1)], 0)
+    if mamba is not None:
+        # mamba's layout: x (batch, L, heads, P), dt (batch, L, heads), A (heads,), B/C (batch, L, groups, N);
+        # dt = 1, A = log_a would need per-step A: pass dt = -log_a with A = -1 (log a_t = A dt_t).
+        y2 = mamba(x2.transpose(1, 2), (-la2).transpose(1, 2), -torch.ones(H, device=x.device),
+                   b2.transpose(1, 2), c2.transpose(1, 2), chunk_size=256)
+        y2 = y2.transpose(1, 2)
+    else:
+        from kernels.ssd import semiseparable_matmul
+        y2 = semiseparable_matmul(x2, b2, c2, la2)
+    y2 = torch.roll(y2, shifts=1, dims=-2)
+    y2[..., 0, :] = 0
+    yf, yb = y2[:B], y2[B:]
+    return yf + yb.flip(-2) + delta[..., None].to(x.dtype) * x
+
+
+def qs_torch(t):
+    import structured
+    os.environ["MIXERZOO_KERNELS"] = "off"
+    try:
+        M = structured.get("quasiseparable")(t["b"], t["c"], t["log_a"], t["delta"], shift=True,
+                                             validate=False)
+        return M.matmul(t["x"])
+    finally:
+        os.environ.pop("MIXERZOO_KERNELS", None)
+
+
+def sdpa(t):
+    q = t["x"]
+    return torch.nn.functional.scaled_dot_product_attention(q, t["k"], t["v"])
+
+
+def _sdpa_inputs(t):
+    t = dict(t)
+    t["k"] = torch.randn_like(t["x"])
+    t["v"] = torch.randn_like(t["x"])
+    return t
+
+
+# -------------------------------------------------------------------------------------------- costs
+def cost(method, L) -> tuple[float, float, float, float]:
+    """(fwd bytes, fwd flops, fwd+bwd bytes, fwd+bwd flops): the fewest bytes (each input read once, each
+    output written once) and the flops of the chunked algorithm (Q = 64) for the bidirectional product."""
+    e = 2  # bf16
+    xs = B * H * L * P * e
+    bcs = 2 * B * L * N * e
+    small = 2 * B * H * L * 4
+    Q = 64
+    chunks = B * H * L / Q
+    if method == "sdpa":
+        f = 4 * B * H * L * L * P
+        return 4 * xs, f, 8 * xs, 3.5 * f
+    per_dir = 2 * Q * Q * N + 4 * Q * N * P  # Gram + state in/out per chunk
+    dirs = 1 if method == "ss_causal" else 2
+    fwd_f = chunks * (dirs * per_dir + 2 * Q * Q * P)
+    fwd_b = 2 * xs + bcs + small
+    # backward: dx (same as fwd) + one pass per generator gradient and direction (same cost each)
+    bwd_f = fwd_f + 2 * dirs * chunks * (per_dir + 2 * Q * Q * N)
+    bwd_b = 3 * xs + 2 * bcs + 2 * small
+    return fwd_b, fwd_f, fwd_b + bwd_b, fwd_f + bwd_f
+
+
+# -------------------------------------------------------------------------------------------- runner
+def bench_one(fn, t, grad_keys, do_bench):
+    leaves = {k: v.detach().clone().requires_grad_(k in grad_keys) for k, v in t.items()}
+    with torch.no_grad():
+        t_fwd = do_bench(lambda: fn(leaves), warmup=WARMUP_MS, rep=REP_MS, return_mode="median")
+    y = fn(leaves)
+    dy = torch.randn_like(y)
+    del y
+    grads = [leaves[k] for k in grad_keys]
+
+    def fwd_bwd():
+        fn(leaves).backward(dy)
+
+    t_fb = do_bench(fwd_bwd, warmup=WARMUP_MS, rep=REP_MS, grad_to_none=grads, return_mode="median")
+    for gtensor in grads:
+        gtensor.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fwd_bwd()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    for gtensor in grads:
+        gtensor.grad = None
+    return t_fwd, t_fb, peak
+
+
+def run_scans(device, out, quick) -> dict:
+    from triton.testing import do_bench
+    import triton
+    lengths = QUICK_LENGTHS if quick else LENGTHS
+    bounds = measure_bounds(device)
+    mamba = _mamba_chunk_scan()
+    methods = {"qs_fused": qs_fused, "qs_paper": lambda t: qs_paper(t, mamba), "ss_causal": ss_causal,
+               "qs_torch": qs_torch, "sdpa": sdpa}
+    results = []
+    for L in lengths:
+        t = make_inputs(L, device)
+        for name, fn in methods.items():
+            if name == "qs_torch" and L > TORCH_PATH_MAX_L:
+                continue
+            tt = _sdpa_inputs(t) if name == "sdpa" else t
+            keys = ("x", "k", "v") if name == "sdpa" else ("x", "b", "c", "log_a", "delta")
+            try:
+                t_fwd, t_fb, peak = bench_one(fn, tt, keys, do_bench)
+            except torch.cuda.OutOfMemoryError as e:
+                results.append(dict(method=name, L=L, error=f"out of memory: {e}"[:200]))
+                torch.cuda.empty_cache()
+                continue
+            fb, ff, fbb, fbf = cost(name, L)
+            bound_f = max(fb / bounds["copy_bytes_per_s"], ff / bounds["bf16_matmul_flops_per_s"]) * 1e3
+            bound_fb = max(fbb / bounds["copy_bytes_per_s"], fbf / bounds["bf16_matmul_flops_per_s"]) * 1e3
+            row = dict(method=name, L=L, fwd_ms=t_fwd, fwd_bwd_ms=t_fb, peak_bytes_fwd_bwd=peak,
+                       bound_fwd_ms=bound_f, bound_fwd_bwd_ms=bound_fb,
+                       fraction_of_bound_fwd=bound_f / t_fwd, fraction_of_bound_fwd_bwd=bound_fb / t_fb)
+            results.append(row)
+            print(f"L={L:6d} {name:10s} fwd {t_fwd:8.3f} ms  fwd+bwd {t_fb:8.3f} ms  peak {peak / 2**30:6.2f} GiB"
+                  f"  bound-frac {row['fraction_of_bound_fwd']:.2f}/{row['fraction_of_bound_fwd_bwd']:.2f}",
+                  flush=True)
+        del t
+        torch.cuda.empty_cache()
+    summary = {}
+    for L in lengths:
+        get = {r["method"]: r for r in results if r["L"] == L and "error" not in r}
+        if "qs_fused" in get and "qs_paper" in get:
+            f, p = get["qs_fused"], get["qs_paper"]
+            summary[str(L)] = dict(speedup_fwd=p["fwd_ms"] / f["fwd_ms"],
+                                   speedup_fwd_bwd=p["fwd_bwd_ms"] / f["fwd_bwd_ms"],
+                                   peak_ratio=f["peak_bytes_fwd_bwd"] / p["peak_bytes_fwd_bwd"])
+    tag = f"kernels-{device}{'-quick' if quick else ''}"
+    doc = dict(benchmark="kernels (scans)", device=torch.cuda.get_device_name(device),
+               torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
+               command=" ".join(["python -m benchmarks.kernels"] + sys.argv[1:]),
+               timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+               config=dict(batch=B, heads=H, headdim=P, d_state=N, ngroups=1, dtype="bfloat16",
+                           shift=True, shared_bc=True, chunk=64, warmup_ms=WARMUP_MS, rep_ms=REP_MS,
+                           timer="triton.testing.do_bench median"),
+               paper_arrangement_scan="mamba_ssm.mamba_chunk_scan_combined" if mamba else
+               "kernels.ssd.semiseparable_matmul (mamba_ssm not importable)",
+               kernel_launch=dict(__import__("kernels.ssd").ssd.TUNING),
+               bounds=bounds, results=results, summary_fused_vs_paper=summary)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, tag + ".json"), "w") as f:
+        json.dump(doc, f, indent=1)
+    _plot(results, os.path.join(out, tag + ".png"), doc["device"])
+    print(json.dumps(summary, indent=1))
+    return doc
+
+
+def tune(device, L=16384) -> list:
+    """Sweep the scan kernels' launch configuration (kernels.ssd.TUNING) on the fused product at one L."""
+    from triton.testing import do_bench
+    from kernels import ssd
+    t = make_inputs(L, device)
+    keys = ("x", "b", "c", "log_a", "delta")
+    rows = []
+    saved = dict(ssd.TUNING)
+    for bv in (32, 64):
+        for nw in (4, 8):
+            for ns in (1, 3):
+                ssd.TUNING.update(block_v=bv, num_warps=nw, num_stages=ns)
+                try:
+                    f, fb, peak = bench_one(qs_fused, t, keys, do_bench)
+                except Exception as e:  # a configuration that does not compile (registers, shared memory)
+                    rows.append(dict(block_v=bv, num_warps=nw, num_stages=ns, error=repr(e)[:200]))
+                    print(f"tune block_v={bv} warps={nw} stages={ns}: failed: {e!r}"[:300], flush=True)
+                    continue
+                rows.append(dict(block_v=bv, num_warps=nw, num_stages=ns, fwd_ms=f, fwd_bwd_ms=fb))
+                print(f"tune L={L} block_v={bv} warps={nw} stages={ns}: fwd {f:.3f} ms fwd+bwd {fb:.3f} ms",
+                      flush=True)
+    ssd.TUNING.clear()
+    ssd.TUNING.update(saved)
+    return rows
+
+
+def _plot(results, path, device_name):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, title in zip(axes, ("fwd_ms", "fwd_bwd_ms"), ("forward", "forward + backward")):
+        for m in sorted({r["method"] for r in results}):
+            rows = sorted((r for r in results if r["method"] == m and "error" not in r), key=lambda r: r["L"])
+            if rows:
+                ax.loglog([r["L"] for r in rows], [r[key] for r in rows], "o-", label=m, base=2)
+        ax.set_xlabel("L")
+        ax.set_ylabel("time (ms)")
+        ax.set_title(f"{title}: B={B}, H={H}, P={P}, N={N}, bf16")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(device_name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="mixerzoo bench kernels", description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda", help="a CUDA device (the kernels need a GPU)")
+    ap.add_argument("--out", default="results/bench", help="output folder")
+    ap.add_argument("--quick", action="store_true", help="L in 1024, 4096 only")
+    ap.add_argument("--only", choices=("scans", "matfree"), default=None, help="run one half only")
+    ap.add_argument("--launch", default=None, metavar="BV,WARPS,STAGES",
+                    help="launch configuration of the scan kernels (kernels.ssd.TUNING; 0 = Triton's default)")
+    ap.add_argument("--tune", action="store_true", help="sweep the scan kernels' launch configuration first "
+                    "(at L = 16384; 4096 with --quick) and use the fastest forward+backward one")
+    args = ap.parse_args(argv)
+    if not str(args.device).startswith("cuda"):
+        raise ValueError(f"--device must be a CUDA device for the kernel benchmarks, got {args.device!r}")
+    if not torch.cuda.is_available():
+        print("no CUDA device: the kernel benchmarks need a GPU", file=sys.stderr)
+        return 1
+    t0 = time.time()
+    if args.launch:
+        from kernels import ssd
+        bv, nw, ns = (int(v) for v in args.launch.split(","))
+        ssd.TUNING.update(block_v=bv, num_warps=nw or None, num_stages=ns or None)
+    if args.tune:
+        from kernels import ssd
+        rows = [r for r in tune(args.device, 4096 if args.quick else 16384) if "error" not in r]
+        best = min(rows, key=lambda r: r["fwd_bwd_ms"])
+        ssd.TUNING.update(block_v=best["block_v"], num_warps=best["num_warps"], num_stages=best["num_stages"])
+        print(f"tuned: {ssd.TUNING}")
+    if args.only in (None, "scans"):
+        run_scans(args.device, args.out, args.quick)
+    if args.only in (None, "matfree"):
+        try:
+            from benchmarks import kernels_matfree
+        except ImportError as e:
+            print(f"benchmarks.kernels_matfree not importable ({e}); skipping the matrix-free benchmarks")
+        else:
+            kernels_matfree.run(args.device, args.out, args.quick)
+    print(f"done in {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

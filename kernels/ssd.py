@@ -1,0 +1,367 @@
+"""Fused chunked scans for the semiseparable (causal SSD) and quasiseparable (Hydra) products.
+
+Public entry points (autograd-aware; forward and backward run Triton kernels):
+
+* :func:`semiseparable_matmul` -- ``y = M x`` with ``m_ij = c_i . b_j exp(sum_{t=j+1..i} log_a_t)`` for
+  ``i >= j`` (Mamba-2's SSD with a scalar decay per head), the product of
+  :class:`structured.semiseparable.Semiseparable`;
+* :func:`quasiseparable_matmul` -- Hydra's bidirectional product
+  ``shift(SS_fwd(x)) + flip(shift(SS_bwd(flip(x)))) + delta * x`` (``shift=False``: the addition-based
+  variant), the product of :class:`structured.quasiseparable.Quasiseparable`.
+
+Both reduce to one generic quasiseparable operator (lower + upper triangle + diagonal, each triangle given by
+row generators, column generators and log-decays with small index offsets; see :mod:`kernels._ssd_triton`).
+The backward pass reuses it: the adjoint of a quasiseparable matrix is quasiseparable with the triangles
+swapped (gives dx), the gradient with respect to the row generators is the same operator with
+``(R, K, V) = (dy, x, K)`` and the one with respect to the column generators the transposed triangle with
+``(R, K, V) = (x, dy, R)``; the log-decay gradient follows from the identity
+``d log_a_t = sum_{pairs (i, j) whose decay span holds t} m_ij (dy_i . x_j)``, which telescopes into
+cumulative sums of ``c . dc`` and ``b . db`` (O(L N), no extra pass).
+
+Reference: T. Dao, A. Gu, "Transformers are SSMs" (arXiv 2405.21060), Section 6 (chunked SSD); S. Hwang,
+A. Lahoti, T. Dao, A. Gu, "Hydra" (arXiv 2407.09941), Section 3 (quasiseparable mixer).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from . import _ssd_triton as _k
+from . import interpreting as _interpreting
+
+import triton
+import triton.language as tl
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_MAX_GRAM_DIM = 256
+DEFAULT_CHUNK = 64
+# Launch configuration (columns of V per program, warps, software-pipelining stages; None = Triton's
+# default). Module-level so that benchmarks can sweep it; chosen on an H100 (see results/bench).
+# H100, triton 3.6, B=8 H=24 P=N=64 bf16, L=16384 fused fwd / fwd+bwd (ms): (64, default, default)
+# 2.89 / 20.3; (64, 8, default) 3.24 / 24.6; (64, 4, 2) 1.97 / 18.8; (32, 4, 3) 3.41 / 22.8;
+# (32, 8, 3) 4.09 / 27.3; (32, 4, 1) failed with an illegal memory access at this L (not at L=4096) -- not
+# understood yet, so that configuration is to be avoided.
+TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2}
+
+
+class _Tri(NamedTuple):
+    """One triangle of the generic operator: generators and index offsets (see :mod:`kernels._ssd_triton`)."""
+    R: torch.Tensor  # (B0, B1, L, G)
+    K: torch.Tensor  # (B0, B1, L, G)
+    lam: torch.Tensor  # (B0, B1, L, 1)
+    r: int
+    k: int
+    u: int
+    v: int
+    s: int
+
+
+def _view4(t: torch.Tensor, nbatch: int) -> torch.Tensor:
+    """``(*batch, L, D)`` -> ``(B0, B1, L, D)`` as a view when the strides allow (expanded views stay views)."""
+    if nbatch == 0:
+        return t[None, None]
+    if nbatch == 1:
+        return t[None]
+    if nbatch == 2:
+        return t
+    try:
+        return t.view(-1, *t.shape[nbatch - 1:])
+    except RuntimeError:  # leading batch dims not mergeable as a view (rare): copy
+        return t.reshape(-1, *t.shape[nbatch - 1:])
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(int(n)))
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when a and b are the same tensor data (object identity or identical view)."""
+    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+                      and a.dtype == b.dtype)
+
+
+def _apply(V: torch.Tensor, lo: Optional[_Tri], up: Optional[_Tri], delta: Optional[torch.Tensor], vo: int,
+           out_dtype: torch.dtype, chunk: int, out: Optional[torch.Tensor] = None,
+           rowdot: Optional[torch.Tensor] = None):
+    """Run the generic operator on 4-D views; returns ``(B0, B1, L, DV)`` in ``out_dtype``.
+
+    ``out``: a zero-filled float32/64 4-D view with stride 0 on broadcast batch dims to *sum* into
+    (atomically) instead of writing per batch element. ``rowdot``: a ``(B0, B1, L, DV)`` view R; then
+    ``(out, rd)`` is returned with ``rd[b, i] = R[b, i] . O[b, i]`` per batch element (float32/64,
+    ``(B0 * B1, L)``); needs DV within one column block (see :func:`_fits_one_block`).
+    """
+    B0, B1, L, DV = V.shape
+    tri = lo if lo is not None else up
+    DG = tri.R.shape[-1]
+    dev = V.device
+    BQ = chunk
+    BG = _pow2(DG)
+    BV = min(TUNING["block_v"], _pow2(DV))
+    n_chunks = triton.cdiv(L, BQ)
+    grid = (B0 * B1, triton.cdiv(DV, BV))
+    prec = "ieee" if V.dtype == torch.float32 else "tf32"
+    upcast = V.dtype == torch.bfloat16 and _interpreting()
+    acc_t = torch.float64 if V.dtype == torch.float64 else torch.float32
+    acc = tl.float64 if V.dtype == torch.float64 else tl.float32
+    atomic = out is not None
+    if out is None:
+        out = torch.empty((B0, B1, L, DV), dtype=out_dtype, device=dev)
+    rdo = None
+    if rowdot is not None:
+        if triton.cdiv(DV, BV) != 1:
+            raise ValueError(f"rowdot needs DV={DV} <= block_v={BV}")
+        rdo = torch.empty((B0 * B1, L), dtype=acc_t, device=dev)
+    num_warps = TUNING["num_warps"] or (4 if BG * BV <= 64 * 64 else 8)
+    launch = dict(num_warps=num_warps)
+    if TUNING["num_stages"]:
+        launch["num_stages"] = TUNING["num_stages"]
+    if up is not None:
+        # Stored in V's dtype: the sweep casts each state to it before its matrix product anyway, so a
+        # wider copy would only double this, the kernel pair's largest, memory traffic.
+        states = torch.empty((B0 * B1, n_chunks, DG, DV), dtype=V.dtype, device=dev)
+        _k._upper_states_kernel[grid](
+            up.K, *up.K.stride(), up.lam, *up.lam.stride()[:3], V, *V.stride(), states,
+            B1, L, DG, DV, n_chunks,
+            UP_K=up.k, UP_U=up.u, VO=vo, BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc,
+            **launch)
+    else:
+        states = out  # unused placeholder pointer
+    dummy_t = lo if lo is not None else up
+    lo_ = lo if lo is not None else dummy_t
+    up_ = up if up is not None else dummy_t
+    shared = (lo is not None and up is not None and _same(lo.R, up.R) and _same(lo.K, up.K)
+              and lo.r == -up.r and lo.k == -up.k)
+    d = delta if delta is not None else lo_.lam
+    _k._sweep_kernel[grid](
+        lo_.R, *lo_.R.stride(), lo_.K, *lo_.K.stride(), lo_.lam, *lo_.lam.stride()[:3],
+        up_.R, *up_.R.stride(), up_.K, *up_.K.stride(), up_.lam, *up_.lam.stride()[:3],
+        V, *V.stride(), d, *d.stride()[:3], states, out, *out.stride(),
+        rowdot if rowdot is not None else V, *(rowdot if rowdot is not None else V).stride(),
+        rdo if rdo is not None else out,
+        B1, L, DG, DV, n_chunks,
+        HAS_LO=lo is not None, LO_R=lo_.r, LO_K=lo_.k, LO_U=lo_.u, LO_V=lo_.v, LO_S=lo_.s,
+        HAS_UP=up is not None, UP_R=up_.r, UP_K=up_.k, UP_U=up_.u, UP_V=up_.v, UP_S=up_.s,
+        SHARED_GRAM=shared, HAS_D=delta is not None, VO=vo, HAS_RD=rowdot is not None, ATOMIC=atomic,
+        BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, **launch)
+    return out if rowdot is None else (out, rdo)
+
+
+def _fits_one_block(DV: int) -> bool:
+    return triton.cdiv(DV, min(TUNING["block_v"], _pow2(DV))) == 1
+
+
+def _grad_call(V, lo, up, vo, acc_dtype, chunk, param, rowdot_with):
+    """One generator-gradient pass: returns (gradient summed to ``param``'s shape in float32/64,
+    per-batch-element row dots ``rowdot_with_i . grad_i`` of shape (*batch, L))."""
+    B0, B1, L, DV = V.shape
+    batch = rowdot_with.shape[:-2]
+    if _fits_one_block(DV) and len(batch) <= 2:
+        # Sum over broadcast dims inside the kernel (atomics), row dots fused: no per-head gradient copy.
+        red = torch.zeros(param.shape, dtype=acc_dtype, device=V.device)
+        target = _view4(red.expand(*batch, *param.shape[-2:]), len(batch))
+        nb = len(batch)
+        _, rdo = _apply(V, lo, up, None, vo, acc_dtype, chunk, out=target, rowdot=_view4(rowdot_with, nb))
+        return red, rdo.view(*batch, L)
+    full = _apply(V, lo, up, None, vo, acc_dtype, chunk).view(*batch, L, DV)
+    rd = (full * rowdot_with).sum(-1)
+    return full.sum_to_size(param.shape), rd
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def _check(x, gens: dict, vecs: dict, chunk_size) -> tuple:
+    """Validate shapes/dtypes; returns (batch_shape, L, N). Parameters broadcast to x's batch dims."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise ValueError(f"x must be a tensor of shape (*batch, L, P); got {getattr(x, 'shape', type(x))}")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"x has dtype {x.dtype}; the Triton kernels take {_DTYPES}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size not in (16, 32, 64, 128):
+        raise ValueError(f"chunk_size must be one of 16, 32, 64, 128; got {chunk_size!r}")
+    batch, L = x.shape[:-2], x.shape[-2]
+    N = None
+    for name, t in gens.items():
+        if not isinstance(t, torch.Tensor) or t.dim() < 2 or t.shape[-2] != L:
+            raise ValueError(f"{name} must have shape (*batch, L={L}, N); got {getattr(t, 'shape', type(t))}")
+        if N is None:
+            N = t.shape[-1]
+        elif t.shape[-1] != N:
+            raise ValueError(f"{name} has state size {t.shape[-1]}, expected N={N} like the other generators")
+    for name, t in vecs.items():
+        if not isinstance(t, torch.Tensor) or t.dim() < 1 or t.shape[-1] != L:
+            raise ValueError(f"{name} must have shape (*batch, L={L}); got {getattr(t, 'shape', type(t))}")
+    for name, t in list(gens.items()) + list(vecs.items()):
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be floating point, got {t.dtype}")
+        tb = t.shape[:t.dim() - (2 if name in gens else 1)]
+        try:
+            ok = torch.broadcast_shapes(tb, batch) == batch
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} whose batch dims {tuple(tb)} do not broadcast "
+                             f"to x's batch shape {tuple(batch)}")
+    if N > _MAX_GRAM_DIM or x.shape[-1] > _MAX_GRAM_DIM:
+        raise ValueError(f"state size N={N} and head dim P={x.shape[-1]} must be <= {_MAX_GRAM_DIM} for the "
+                         f"Triton kernels (one register tile holds a full N- or P-vector)")
+    return batch, L, N
+
+
+# ----------------------------------------------------------------------------------------------- autograd
+def _tri4(R, K, lam, nb, r, k, u, v, s) -> _Tri:
+    return _Tri(_view4(R, nb), _view4(K, nb), _view4(lam.unsqueeze(-1), nb), r, k, u, v, s)
+
+
+class _QSFunction(torch.autograd.Function):
+    """Generic forward: optional lower (b, c, log_a), optional upper (b', c', log_a'), optional delta.
+
+    Parameters arrive with broadcastable batch dims (e.g. (B, 1, L, N), one B for all heads); they are
+    expanded here as views and their gradients are summed back here, so no per-head copy of a shared
+    parameter is made and no per-head float32 gradient outlives its reduction.
+    """
+
+    @staticmethod
+    def forward(ctx, x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, s, has_lo, has_up, chunk):
+        nb = x.dim() - 2
+        batch, L = x.shape[:-2], x.shape[-2]
+        G = lambda t: t.expand(*batch, L, t.shape[-1])  # noqa: E731
+        Vv = lambda t: t.expand(*batch, L)  # noqa: E731
+        lo = _tri4(G(c), G(b), Vv(log_a), nb, s, 0, 0, s, s) if has_lo else None
+        up = _tri4(G(c_bwd), G(b_bwd), Vv(log_a_bwd), nb, s, 0, 0, s, s) if has_up else None
+        d4 = _view4(Vv(delta).unsqueeze(-1), nb) if delta is not None else None
+        y = _apply(_view4(x, nb), lo, up, d4, 0, x.dtype, chunk)
+        ctx.save_for_backward(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd)
+        ctx.cfg = (s, has_lo, has_up, chunk)
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, b0, c0, la0, delta0, bb0, cb0, lab0 = ctx.saved_tensors
+        s, has_lo, has_up, chunk = ctx.cfg
+        nb = x.dim() - 2
+        batch, L = x.shape[:-2], x.shape[-2]
+        G = lambda t: t.expand(*batch, L, t.shape[-1])  # noqa: E731
+        Vv = lambda t: t.expand(*batch, L)  # noqa: E731
+        b, c, log_a, b_bwd, c_bwd, log_a_bwd = G(b0), G(c0), Vv(la0), G(bb0), G(cb0), Vv(lab0)
+        dy = dy.to(x.dtype)
+        if not dy.is_contiguous():
+            dy = dy.contiguous()
+        f32 = torch.float64 if x.dtype == torch.float64 else torch.float32
+        need = ctx.needs_input_grad
+        gx = gb = gc = gla = gd = gbb = gcb = glab = None
+        X, DY = _view4(x, nb), _view4(dy, nb)
+        if need[0]:
+            # Adjoint: the upper triangle of M^T comes from M's lower one and vice versa.
+            lo = _tri4(b_bwd, c_bwd, log_a_bwd, nb, 0, s, 1 - s, 1, s) if has_up else None
+            up = _tri4(b, c, log_a, nb, 0, s, 1 - s, 1, s) if has_lo else None
+            d4 = _view4(Vv(delta0).unsqueeze(-1), nb) if delta0 is not None else None
+            gx = _apply(DY, lo, up, d4, 0, x.dtype, chunk).view(x.shape)
+        lam4 = lambda t: _view4(t.unsqueeze(-1), nb)  # noqa: E731
+        for has, idx, (bt, ct, lt), (bo, co, lo_), reverse in (
+                (has_lo, (1, 2, 3), (b, c, log_a), (b0, c0, la0), False),
+                (has_up, (5, 6, 7), (b_bwd, c_bwd, log_a_bwd), (bb0, cb0, lab0), True)):
+            if not (has and any(need[i] for i in idx)):
+                continue
+            # Row generators c (read at i -/+ s): the same triangle with (R, K, V) = (dy read at i +/- s, x, b).
+            # Column generators b: the transposed triangle with (R, K, V) = (x, dy, c read at j -/+ s).
+            row = _Tri(DY, X, lam4(lt), -s, 0, 0, 0, 0)
+            col = _Tri(X, DY, lam4(lt), 0, 0, 1 - s, 1, s)
+            Vb, Vc = _view4(bt, nb), _view4(ct, nb)
+            if not reverse:
+                gc_, rho = _grad_call(Vb, row, None, 0, f32, chunk, co, ct)
+                gb_, kap = _grad_call(Vc, None, col, -s, f32, chunk, bo, bt)
+            else:
+                gc_, rho = _grad_call(Vb, None, row, 0, f32, chunk, co, ct)
+                gb_, kap = _grad_call(Vc, col, None, s, f32, chunk, bo, bt)
+            gc_, gb_ = gc_.to(co.dtype), gb_.to(bo.dtype)
+            # d log_a_t = sum of m_ij (dy_i . x_j) over the pairs whose decay span holds t; the pair sums
+            # telescope: forward  sum_{i >= t} c_{i-s}.dc_{i-s} - sum_{j >= t} b_j.db_j,
+            #            backward sum_{i <= t} c'_{i+s}.dc'_{i+s} - sum_{j <= t} b'_j.db'_j.
+            diff = rho - kap
+            gl_ = (diff.cumsum(-1) if reverse else diff.flip(-1).cumsum(-1).flip(-1))
+            gl_ = gl_.sum_to_size(lo_.shape).to(lo_.dtype)
+            if not reverse:
+                gb, gc, gla = gb_, gc_, gl_
+            else:
+                gbb, gcb, glab = gb_, gc_, gl_
+        if delta0 is not None and need[4]:
+            # Half inputs: products in the input dtype, summed in float32 (no float32 copy of x or dy).
+            prod = dy * x if x.dtype in (torch.float16, torch.bfloat16) else dy.to(f32) * x.to(f32)
+            gd = prod.sum(-1, dtype=f32).sum_to_size(delta0.shape).to(delta0.dtype)
+            del prod
+        return gx, gb, gc, gla, gd, gbb, gcb, glab, None, None, None, None
+
+
+def semiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor,
+                         chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Causal SSD product ``y = M x``, ``m_ij = c_i . b_j exp(sum_{t=j+1..i} log_a_t)`` (i >= j), in Triton.
+
+    Parameters
+    ----------
+    x : ``(*batch, L, P)``, float16 / bfloat16 / float32 / float64.
+    b, c : ``(*batch, L, N)``, broadcastable to x's batch dims; expanded views (e.g. one B, C shared by all
+        heads, ngroups = 1) are read through their strides, never materialized. Cast to x's dtype.
+    log_a : ``(*batch, L)``, <= 0 (not checked here; :class:`structured.semiseparable.Semiseparable` checks).
+    chunk_size : rows per chunk Q (16, 32, 64 or 128).
+
+    Returns ``(*batch, L, P)`` in x's dtype; products accumulate in float32 (bf16/fp16 operands on the matrix
+    units, float32 operands in IEEE float32, no tf32; float64 operands and accumulation in float64).
+    Differentiable in all inputs; gradients of parameters broadcast over batch dims are summed in the kernel.
+
+    Cost: O(L Q (N + P) + L N P) flops, O(L (N + P)) memory traffic; one program per (batch, 64 columns of P)
+    sweeps the L / Q chunks. Reference: Dao & Gu, arXiv 2405.21060, Section 6.
+    """
+    _check(x, {"b": b, "c": c}, {"log_a": log_a}, chunk_size)
+    b, c = b.to(x.dtype), c.to(x.dtype)
+    return _QSFunction.apply(x, b, c, log_a, None, b, c, log_a, 0, True, False, chunk_size)
+
+
+def quasiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor,
+                          delta: torch.Tensor, b_bwd: Optional[torch.Tensor] = None,
+                          c_bwd: Optional[torch.Tensor] = None, log_a_bwd: Optional[torch.Tensor] = None,
+                          shift: bool = True, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Hydra's quasiseparable product, fused bidirectional chunked scan in Triton.
+
+    ``y = shift(SS(x)) + flip(shift(SS_bwd(flip(x)))) + delta * x``; entries (0-based, see
+    :class:`structured.quasiseparable.Quasiseparable`): with ``shift=True``
+    ``m_ij = c_{i-1}.b_j exp(sum_{t=j+1..i-1} log_a_t)`` (i > j), ``m_ii = delta_i``,
+    ``m_ij = c'_{i+1}.b'_j exp(sum_{t=i+1..j-1} log_a'_t)`` (i < j); with ``shift=False`` (addition-based
+    bidirectional SSM) ``m_ij = c_i.b_j exp(sum_{t=j+1..i} log_a_t)`` (i >= j) plus
+    ``c'_i.b'_j exp(sum_{t=i..j-1} log_a'_t)`` (i <= j) plus ``delta_i`` on the diagonal.
+
+    Parameters
+    ----------
+    x : ``(*batch, L, P)`` float16 / bfloat16 / float32 / float64 (float64 accumulates in float64).
+    b, c, b_bwd, c_bwd : ``(*batch, L, N)`` (broadcastable; expanded views are read through their strides).
+        ``b_bwd``/``c_bwd``/``log_a_bwd`` default to the forward ones. When ``b_bwd`` and ``c_bwd`` are the
+        same data as ``b`` and ``c`` (Hydra's quasiseparable mixer) and ``shift=False``, one ``C B^T`` per
+        chunk serves both triangles; with the shift the two triangles need ``C B^T`` read one row down and
+        one row up, which the kernel forms from the one B tile and two overlapping C row windows (Triton
+        cannot shift a register tile by a row; a shift-matrix product would cost as much as the second Gram).
+    log_a, log_a_bwd : ``(*batch, L)``, <= 0 (not checked here).
+    delta : ``(*batch, L)`` diagonal.
+    shift : Hydra's shifted form (True) or the addition-based variant (False).
+    chunk_size : rows per chunk Q (16, 32, 64 or 128).
+
+    Returns ``(*batch, L, P)`` in x's dtype, float32 accumulation; differentiable in all inputs (the adjoint
+    is the same fused kernel with the triangles swapped).
+
+    Algorithm: one right-to-left sweep stores the backward direction's chunk states, one left-to-right sweep
+    carries the forward state and forms, per chunk, one combined Q x Q matrix (strict lower + strict upper
+    + diagonal) applied to the x tile once. O(L Q (N + P) + L N P) flops; x is read twice (once per sweep),
+    no flipped or doubled copy is made. Reference: Hwang, Lahoti, Dao, Gu, arXiv 2407.09941, Section 3.
+    """
+    if not isinstance(shift, bool):
+        raise ValueError(f"shift must be a bool, got {shift!r}")
+    b_bwd = b if b_bwd is None else b_bwd
+    c_bwd = c if c_bwd is None else c_bwd
+    log_a_bwd = log_a if log_a_bwd is None else log_a_bwd
+    _check(x, {"b": b, "c": c, "b_bwd": b_bwd, "c_bwd": c_bwd},
+                         {"log_a": log_a, "delta": delta, "log_a_bwd": log_a_bwd}, chunk_size)
+    shared_b, shared_c = b_bwd is b, c_bwd is c
+    b, c = b.to(x.dtype), c.to(x.dtype)
+    b_bwd = b if shared_b else b_bwd.to(x.dtype)
+    c_bwd = c if shared_c else c_bwd.to(x.dtype)
+    return _QSFunction.apply(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, 1 if shift else 0, True, True,
+                             chunk_size)

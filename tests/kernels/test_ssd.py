@@ -1,0 +1,246 @@
+"""Triton semiseparable / quasiseparable scans (kernels/ssd.py) against float64 explicit references.
+
+On a machine without CUDA the kernels run under the Triton interpreter (TRITON_INTERPRET=1 must be set before
+``triton.jit`` decorates them, i.e. before ``kernels.ssd`` is imported: done below). With CUDA the same tests
+run the compiled kernels. The references are built here from the contract's entry formulas (independent of
+the kernels' generic-offset formulation) and cross-checked once against ``structured``'s ``to_dense``.
+Gradients: autograd through the kernels (float32 / bfloat16) against float64 autograd through the explicit
+matrix; this stands in for ``gradcheck``, which needs float64 inputs the kernels do not take.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+from kernels import ssd  # noqa: E402  (after TRITON_INTERPRET is set)
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+CHUNK = 16  # small chunks so that short test sequences span several chunks and a ragged last one
+
+
+def _excl_cumsum(lam):
+    """P[..., k] = sum_{t < k} lam_t, length L + 1."""
+    return torch.nn.functional.pad(lam.cumsum(-1), (1, 0))
+
+
+def _span(P, lo, hi):
+    """sum_{t=lo..hi} lam_t (0 when hi < lo), for index tensors lo, hi broadcast to (L, L)."""
+    L = P.shape[-1] - 1
+    lo_c, hi_c = lo.clamp(0, L), (hi + 1).clamp(0, L)
+    val = P[..., hi_c] - P[..., lo_c]
+    return torch.where(hi >= lo, val, torch.zeros_like(val))
+
+
+def ref_dense(b, c, log_a, delta=None, b_bwd=None, c_bwd=None, log_a_bwd=None, shift=None):
+    """Explicit matrix from the contract's entry formulas. shift=None: causal semiseparable."""
+    L = b.shape[-2]
+    i = torch.arange(L, device=b.device)[:, None].expand(L, L)
+    j = torch.arange(L, device=b.device)[None, :].expand(L, L)
+    P = _excl_cumsum(log_a)
+    if shift is None:
+        return torch.where(i >= j, (c @ b.transpose(-1, -2)) * torch.exp(_span(P, j + 1, i)), 0.0)
+    Pb = _excl_cumsum(log_a_bwd)
+    zero_row = torch.zeros_like(c[..., :1, :])
+    if shift:
+        c_prev = torch.cat([zero_row, c[..., :-1, :]], -2)          # c_{i-1}
+        cb_next = torch.cat([c_bwd[..., 1:, :], zero_row], -2)     # c'_{i+1}
+        lower = torch.where(i > j, (c_prev @ b.transpose(-1, -2)) * torch.exp(_span(P, j + 1, i - 1)), 0.0)
+        upper = torch.where(i < j, (cb_next @ b_bwd.transpose(-1, -2)) * torch.exp(_span(Pb, i + 1, j - 1)), 0.0)
+    else:
+        lower = torch.where(i >= j, (c @ b.transpose(-1, -2)) * torch.exp(_span(P, j + 1, i)), 0.0)
+        upper = torch.where(i <= j, (c_bwd @ b_bwd.transpose(-1, -2)) * torch.exp(_span(Pb, i, j - 1)), 0.0)
+    return lower + upper + torch.diag_embed(delta)
+
+
+def rel_err(a, ref, floor=0.0):
+    """||a - ref|| / max(||ref||, floor); floor gives a scale where the exact answer is 0."""
+    a, ref = a.double(), ref.double()
+    scale = max(ref.norm().item(), floor)
+    if scale == 0:
+        return a.norm().item()
+    return ((a - ref).norm() / scale).item()
+
+
+def make_inputs(L, shared, B=1, H=2, N=8, P=16, dtype=torch.float32, seed=0):
+    """Random inputs; b is one tensor per batch shared by all heads (ngroups = 1) as an expanded view."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    t = dict(x=r(B, H, L, P), b=r(B, 1, L, N), c=r(B, H, L, N), log_a=-torch.rand(B, H, L, generator=g),
+             delta=r(B, H, L))
+    if not shared:
+        t.update(b_bwd=r(B, H, L, N), c_bwd=r(B, H, L, N), log_a_bwd=-2 * torch.rand(B, H, L, generator=g))
+    return {k: v.to(DEV) for k, v in t.items()}, (B, H, L, N)
+
+
+def run_both(kind, leaves, shape, dtype, shift=None, shared=True, grad=True, seed=1):
+    """Kernel in `dtype` and reference in float64 on the same (dtype-rounded) inputs; returns outputs, grads."""
+    B, H, L, N = shape
+    g = torch.Generator().manual_seed(seed)
+    dy = torch.randn(B, H, L, leaves["x"].shape[-1], generator=g).to(DEV)
+    out = {}
+    for impl in ("kernel", "ref"):
+        dt = dtype if impl == "kernel" else torch.float64
+        # Generators and x in dtype; decays and delta stay float32 (as Hydra keeps them); the reference
+        # sees the very same rounded values in float64.
+        vs = {k: (v.to(dtype) if k in ("x", "b", "c", "b_bwd", "c_bwd") else v).to(dt).detach()
+              .requires_grad_(grad) for k, v in leaves.items()}
+        b = vs["b"].expand(B, H, L, N)
+        if kind == "ss":
+            if impl == "kernel":  # b unexpanded (B, 1, L, N): the kernel broadcasts it over heads itself
+                y = ssd.semiseparable_matmul(vs["x"], vs["b"], vs["c"], vs["log_a"], chunk_size=CHUNK)
+            else:
+                y = ref_dense(b, vs["c"], vs["log_a"]) @ vs["x"]
+        else:
+            bb = b if shared else vs["b_bwd"]
+            cb = vs["c"] if shared else vs["c_bwd"]
+            lb = vs["log_a"] if shared else vs["log_a_bwd"]
+            if impl == "kernel":
+                y = ssd.quasiseparable_matmul(vs["x"], b, vs["c"], vs["log_a"], vs["delta"], bb, cb, lb,
+                                              shift=shift, chunk_size=CHUNK)
+            else:
+                y = ref_dense(b, vs["c"], vs["log_a"], vs["delta"], bb, cb, lb, shift=shift) @ vs["x"]
+        grads = {}
+        if grad:
+            used = {k: v for k, v in vs.items() if kind != "ss" or k in ("x", "b", "c", "log_a")}
+            gs = torch.autograd.grad((y * dy.to(y.dtype)).sum(), list(used.values()), allow_unused=True)
+            grads = {k: (gv if gv is not None else torch.zeros_like(used[k])) for k, gv in zip(used, gs)}
+        out[impl] = (y.detach(), grads)
+    # Scale of the per-row terms dy_i . y_i that log-decay gradients are sums of: the floor for a log-decay
+    # gradient whose exact value is 0 (L = 1, shift=False: two equal terms cancel in rounding).
+    out["floor"] = (dy.double() * out["ref"][0].double()).sum(-1).norm().item()
+    return out
+
+
+def check(out, tol, grad_tol=None):
+    y, gk = out["kernel"]
+    y_ref, gr = out["ref"]
+    assert torch.isfinite(y).all()
+    assert rel_err(y, y_ref) <= tol, f"output rel err {rel_err(y, y_ref):.2e} > {tol}"
+    for k in gr:
+        e = rel_err(gk[k], gr[k], out["floor"] if k.startswith("log_a") else 0.0)
+        assert e <= (grad_tol or tol), f"grad {k}: rel err {e:.2e} > {grad_tol or tol}"
+
+
+# ------------------------------------------------------------------------------------------ float32
+@pytest.mark.parametrize("L", [1, 37])
+def test_semiseparable_fp32_with_grads(L):
+    leaves, shape = make_inputs(L, shared=True)
+    check(run_both("ss", leaves, shape, torch.float32), 1e-5)
+
+
+@pytest.mark.parametrize("shift", [True, False])
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("L", [1, 37])
+def test_quasiseparable_fp32_with_grads(L, shift, shared):
+    leaves, shape = make_inputs(L, shared=shared, seed=L)
+    check(run_both("qs", leaves, shape, torch.float32, shift=shift, shared=shared), 1e-5)
+
+
+def test_quasiseparable_long_decays_multi_chunk():
+    """Strong decays over many chunks (sum of log_a far below -88): only exp of non-positive numbers."""
+    leaves, shape = make_inputs(50, shared=False, B=2, H=1, N=4, P=8, seed=3)
+    leaves["log_a"] = leaves["log_a"] * 8
+    leaves["log_a_bwd"] = leaves["log_a_bwd"] * 8
+    check(run_both("qs", leaves, shape, torch.float32, shift=True, shared=False), 1e-5)
+
+
+# ------------------------------------------------------------------------------------------ half
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_quasiseparable_half_with_grads(dtype):
+    leaves, shape = make_inputs(33, shared=True, seed=5)
+    out = run_both("qs", leaves, shape, dtype, shift=True, shared=True)
+    assert out["kernel"][0].dtype == dtype
+    check(out, 1e-2)
+
+
+def test_semiseparable_bf16_forward():
+    leaves, shape = make_inputs(33, shared=True, seed=6)
+    out = run_both("ss", leaves, shape, torch.bfloat16, grad=False)
+    assert out["kernel"][0].dtype == torch.bfloat16
+    check(out, 1e-2)
+
+
+# ------------------------------------------------------------------------------------------ plumbing
+def test_reference_matches_structured():
+    """The test's entry-formula reference and structured's to_dense agree (both float64)."""
+    structured = pytest.importorskip("structured")
+    leaves, (B, H, L, N) = make_inputs(9, shared=False, seed=7)
+    d = {k: v.double() for k, v in leaves.items()}
+    for shift in (True, False):
+        M = structured.get("quasiseparable")(d["b"], d["c"], d["log_a"], d["delta"], d["b_bwd"], d["c_bwd"],
+                                             d["log_a_bwd"], shift=shift)
+        R = ref_dense(d["b"].expand(B, H, L, N), d["c"], d["log_a"], d["delta"], d["b_bwd"], d["c_bwd"],
+                      d["log_a_bwd"], shift=shift)
+        torch.testing.assert_close(M.to_dense(), R, rtol=1e-12, atol=1e-12)
+    S = structured.get("semiseparable")(d["b"], d["c"], d["log_a"])
+    torch.testing.assert_close(S.to_dense(), ref_dense(d["b"].expand(B, H, L, N), d["c"], d["log_a"]),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_dispatch_through_structured(monkeypatch):
+    """MIXERZOO_KERNELS=on routes Quasiseparable.matmul to the kernel; the result matches the explicit one."""
+    structured = pytest.importorskip("structured")
+    import kernels
+    monkeypatch.setenv("MIXERZOO_KERNELS", "on")
+    leaves, _ = make_inputs(21, shared=True, seed=8)
+    M = structured.get("quasiseparable")(leaves["b"], leaves["c"], leaves["log_a"], leaves["delta"])
+    calls = []
+    orig = ssd.quasiseparable_matmul
+    monkeypatch.setattr(kernels.ssd, "quasiseparable_matmul", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    y = M.matmul(leaves["x"])
+    assert calls, "structured did not dispatch to kernels.quasiseparable_matmul"
+    ref = M.matmul(leaves["x"].double(), method="explicit")
+    assert rel_err(y, ref) <= 1e-5
+
+
+def test_quasiseparable_fp64_with_grads():
+    """float64 inputs run the same kernels with float64 accumulation: near machine precision."""
+    leaves, shape = make_inputs(21, shared=False, seed=9)
+    check(run_both("qs", leaves, shape, torch.float64, shift=True, shared=False), 1e-12)
+
+
+def test_bad_inputs_raise():
+    leaves, (B, H, L, N) = make_inputs(8, shared=True)
+    x, c, la = leaves["x"], leaves["c"], leaves["log_a"]
+    b = leaves["b"].expand(B, H, L, N)
+    with pytest.raises(ValueError, match="dtype"):
+        ssd.semiseparable_matmul(x.int(), b, c, la)
+    with pytest.raises(ValueError, match="c must have shape"):
+        ssd.semiseparable_matmul(x, b, c[..., :-1, :], la)
+    with pytest.raises(ValueError, match="log_a"):
+        ssd.semiseparable_matmul(x, b, c, la[..., :-1])
+    with pytest.raises(ValueError, match="chunk_size"):
+        ssd.semiseparable_matmul(x, b, c, la, chunk_size=48)
+    with pytest.raises(ValueError, match="shift"):
+        ssd.quasiseparable_matmul(x, b, c, la, leaves["delta"], shift=1)
+    with pytest.raises(ValueError, match="state size"):
+        ssd.quasiseparable_matmul(x, b, c, la, leaves["delta"], c_bwd=c[..., :-1])
+
+
+def test_three_batch_dims_and_column_blocks(monkeypatch):
+    """Several column blocks per row (P, N > block_v) and 3 batch dims: the non-atomic gradient path."""
+    monkeypatch.setitem(ssd.TUNING, "block_v", 16)
+    g = torch.Generator().manual_seed(11)
+    L, N, P = 23, 24, 40
+    leaves = dict(x=torch.randn(2, 1, 2, L, P, generator=g), b=torch.randn(2, 1, 1, L, N, generator=g),
+                  c=torch.randn(2, 1, 2, L, N, generator=g), log_a=-torch.rand(2, 1, 2, L, generator=g),
+                  delta=torch.randn(2, 1, 2, L, generator=g))
+    leaves = {k: v.to(DEV).requires_grad_() for k, v in leaves.items()}
+    dy = torch.randn(2, 1, 2, L, P, generator=g).to(DEV)
+    y = ssd.quasiseparable_matmul(leaves["x"], leaves["b"], leaves["c"], leaves["log_a"], leaves["delta"],
+                                  shift=True, chunk_size=CHUNK)
+    gk = torch.autograd.grad((y * dy).sum(), list(leaves.values()))
+    d = {k: v.detach().double().requires_grad_() for k, v in leaves.items()}
+    M = ref_dense(d["b"].expand(2, 1, 2, L, N), d["c"], d["log_a"], d["delta"], d["b"].expand(2, 1, 2, L, N),
+                  d["c"], d["log_a"], shift=True)
+    y_ref = M @ d["x"]
+    gr = torch.autograd.grad((y_ref * dy.double()).sum(), list(d.values()))
+    assert rel_err(y, y_ref) <= 1e-5
+    for name, a, r in zip(leaves, gk, gr):
+        assert a.shape == leaves[name].shape
+        assert rel_err(a, r) <= 1e-5, name
