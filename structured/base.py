@@ -100,6 +100,13 @@ def broadcast_batch(**named: tuple[torch.Tensor, int]) -> torch.Size:
         raise ValueError(f"batch dimensions of the parameters must broadcast; got {desc}") from None
 
 
+def expand_matrices(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Expand tensors of shapes ``(*batch_k, m_k, n_k)`` to their common broadcast batch shape (views, no
+    copies): the form the matrix-free products take ``x (*batch, L, P)`` and ``q, k (*batch, L, D)`` in."""
+    batch = torch.broadcast_shapes(*(t.shape[:-2] for t in tensors))
+    return tuple(t.expand(*batch, *t.shape[-2:]) for t in tensors)
+
+
 def promote(*tensors: torch.Tensor) -> torch.dtype:
     dt = tensors[0].dtype
     for t in tensors[1:]:
@@ -127,10 +134,8 @@ class StructureReport:
     parts: tuple = field(default_factory=tuple)
 
     def __str__(self) -> str:
-        mark = "PASS" if self.ok else "FAIL"
-        lines = [f"[{mark}] {self.cls}: {self.property}: measured {self.measured} <= bound {self.bound}"
-                 f" (tol {self.tol:.0e})" if self.ok else
-                 f"[{mark}] {self.cls}: {self.property}: measured {self.measured} > bound {self.bound}"
+        mark, relation = ("PASS", "<=") if self.ok else ("FAIL", ">")
+        lines = [f"[{mark}] {self.cls}: {self.property}: measured {self.measured} {relation} bound {self.bound}"
                  f" (tol {self.tol:.0e})"]
         if self.detail:
             lines.append("    " + self.detail)

@@ -49,8 +49,9 @@ Fast products (none builds an L x L tensor)
 
 ``tiled`` -- exact matrix-free product.
     Rows are processed in tiles of T: only a ``(T, L, D)`` block of denominators exists at a time
-    (O(L T D) memory per batch element, O(L^2 (D + P)) flops). A custom ``torch.autograd.Function``
-    saves only ``x, q + c, k`` and recomputes the tiles in backward (flash-attention style) with
+    (O(L T D) memory per batch element, O(L^2 (D + P)) flops). The shared tiled product
+    (:func:`structured.tiled.tiled_matmul`) saves only ``x, q + c, k`` and recomputes the tiles in backward
+    (flash-attention style) with
     ``dL/dx = M^T g``, ``dL/dq_id = -sum_j (g_i . x_j) / den_ijd^2``, ``dL/dk_jd = -sum_i (g_i . x_j) / den_ijd^2``.
     Rounding: componentwise backward-stable like a dense product, |y_hat - y| <= gamma_{L+D} (|M||x|).
     On CUDA with Triton, this path dispatches to ``kernels.cauchy_matmul`` (see :mod:`kernels`).
@@ -60,8 +61,9 @@ on a 2-core CPU in float32, where both paths then cost ~0.4 ns per unit) ``expsu
 with r = D M vs. ``tiled ~ L^2 (8 D + 2P)``; auto takes the smaller. The crossover is
 ``L* ~= r (2P + 12) / (8D + 2P)``: P = 64, R ~ 10 and the default eps give, in float32 (M ~ 46),
 L* ~= 90 for D = 2 and ~= 400 for the paper's D = 16; in float64 (M ~ 141, D = 16) L* ~= 1200.
-Measured (2 cores, float32, batch (2, 4), P = 64, D = 2, L = 4096): expsum ~22 ms vs explicit
-(``to_dense() @ x``) ~2.3 s and tiled ~1.1 s. :meth:`Cauchy.plan` reports the decision.
+Measured speed-ups of the fast path over ``to_dense() @ x`` are in ``results/bench/structured-cpu.json``
+(``mixerzoo bench structured --device cpu --out results/bench --threads 1``; about 33x at L = 4096 with
+the ``random()`` instances). :meth:`Cauchy.plan` reports the decision.
 
 References: DLMF 3.5 (trapezoid rule for analytic integrands); Beckermann & Townsend (2019) for the
 singular-value (rank) bounds of Cauchy matrices; Hwang et al., Hydra (arXiv 2407.09941), Table 2.
@@ -73,9 +75,7 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from . import base
 from . import properties as P
 from . import register
 from .base import (
@@ -84,9 +84,11 @@ from .base import (
     broadcast_batch,
     check_tensor,
     compute_dtype,
+    expand_matrices,
     promote,
     randn,
 )
+from .tiled import check_method_options, check_tile, tiled_matmul
 
 FAST_METHODS = ("auto", "expsum", "tiled")
 #: Default entrywise relative accuracy of the exponential-sum expansion, per compute dtype.
@@ -106,23 +108,6 @@ def _check_eps(eps) -> float | None:
                          f"{DEFAULT_EPS[torch.float32]:g} for float32) or a float in [{EPS_RANGE[0]:g}, "
                          f"{EPS_RANGE[1]:g}], got {eps!r}")
     return float(eps)
-
-
-def _check_tile(tile) -> int | None:
-    if tile is None:
-        return None
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
-        raise ValueError(f"tile must be None (automatic) or a positive int (rows per tile), got {tile!r}")
-    return tile
-
-
-def default_tile(n_batch: int, length: int, inner: int, device=None, budget: int | None = None) -> int:
-    """Rows per tile so that a ``(n_batch, T, length, inner)`` block has about ``budget`` elements (default:
-    the library-wide ``structured.base.BLOCK_ELEMENTS`` on the CPU, ``DEVICE_BLOCK_ELEMENTS`` elsewhere)."""
-    if budget is None:
-        on_cpu = device is None or torch.device(device).type == "cpu"
-        budget = base.BLOCK_ELEMENTS if on_cpu else base.DEVICE_BLOCK_ELEMENTS
-    return max(1, min(length, budget // max(1, n_batch * length * inner)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,11 +155,6 @@ def _node_scaling(xn: torch.Tensor, yn: torch.Tensor) -> tuple[torch.Tensor, flo
     return lo, max(R, 1.0)
 
 
-def _broadcast_all(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-    batch = torch.broadcast_shapes(x.shape[:-2], q.shape[:-2], k.shape[:-2])
-    return (x.expand(*batch, *x.shape[-2:]), q.expand(*batch, *q.shape[-2:]), k.expand(*batch, *k.shape[-2:]))
-
-
 def cauchy_matmul_expsum(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.0,
                          eps: float | None = None) -> torch.Tensor:
     """Approximate ``M x`` with ``m_ij = sum_d 1/(q_id + k_jd + c)`` by the exponential-sum expansion.
@@ -187,7 +167,7 @@ def cauchy_matmul_expsum(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.
     eps = _check_eps(eps)
     if eps is None:
         eps = DEFAULT_EPS.get(x.dtype, DEFAULT_EPS[torch.float32])
-    x, q, k = _broadcast_all(x, q, k)
+    x, q, k = expand_matrices(x, q, k)
     xn, yn = q + c, k
     a, R = _node_scaling(xn, yn)
     tau, w = exp_sum_nodes(eps, R)
@@ -207,53 +187,32 @@ def _expsum_product(x, xn, yn, a, tau, w):
 # --------------------------------------------------------------------------------------------------
 # Exact tiled product with recomputation in backward
 # --------------------------------------------------------------------------------------------------
-def _cauchy_tile(xn_rows: torch.Tensor, yn: torch.Tensor) -> torch.Tensor:
-    """Reciprocal denominators ``1/(xn_i + yn_j)`` for a row tile: ``(*b, T, L, D)``."""
-    return torch.reciprocal(xn_rows[..., :, None, :] + yn[..., None, :, :])
-
-
-class _CauchyTiledProduct(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, xn, yn, tile):
-        ctx.save_for_backward(x, xn, yn)
-        ctx.tile = tile
-        L = x.shape[-2]
-        y = torch.empty_like(x)
-        for i0 in range(0, L, tile):
-            i1 = min(L, i0 + tile)
-            C = _cauchy_tile(xn[..., i0:i1, :], yn).sum(-1)          # (*b, T, L)
-            y[..., i0:i1, :] = C @ x
-        return y
+class _CauchyTiles:
+    """:class:`structured.tiled.TileSpec` of ``m_ij = sum_d 1/(xn_id + yn_jd)``; a tile holds the reciprocal
+    denominators ``(*b, T, L, D)``."""
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        x, xn, yn = ctx.saved_tensors
-        tile = ctx.tile
-        need_x, need_xn, need_yn = ctx.needs_input_grad[:3]
-        L = x.shape[-2]
-        gx = torch.zeros_like(x) if need_x else None
-        gxn = torch.empty_like(xn) if need_xn else None
-        gyn = torch.zeros_like(yn) if need_yn else None
-        for i0 in range(0, L, tile):
-            i1 = min(L, i0 + tile)
-            inv = _cauchy_tile(xn[..., i0:i1, :], yn)                # (*b, T, L, D)
-            g_rows = g[..., i0:i1, :]
-            if need_x:
-                gx += inv.sum(-1).transpose(-1, -2) @ g_rows
-            if need_xn or need_yn:
-                G = g_rows @ x.transpose(-1, -2)                     # (*b, T, L): g_i . x_j
-                W = G[..., None] * inv.square_()                    # (*b, T, L, D)
-                if need_xn:
-                    gxn[..., i0:i1, :] = -W.sum(-2)
-                if need_yn:
-                    gyn -= W.sum(-3)
-        return gx, gxn, gyn, None
+    def tile(rows, xn, yn):
+        return torch.reciprocal(xn[..., rows, None, :] + yn[..., None, :, :])
+
+    @staticmethod
+    def matrix(inv):
+        return inv.sum(-1)
+
+    @staticmethod
+    def add_param_grads(inv, G, rows, grads, xn, yn):
+        # d(1/den)/d xn_id = d(1/den)/d yn_jd = -1/den^2
+        W = G[..., None] * inv.square_()                              # (*b, T, L, D)
+        gxn, gyn = grads
+        if gxn is not None:
+            gxn[..., rows, :] -= W.sum(-2)
+        if gyn is not None:
+            gyn -= W.sum(-3)
 
 
 def cauchy_matmul_tiled(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.0,
                         tile: int | None = None) -> torch.Tensor:
-    """Exact ``M x`` with ``m_ij = sum_d 1/(q_id + k_jd + c)``, matrix-free.
+    """Exact ``M x`` with ``m_ij = sum_d 1/(q_id + k_jd + c)``, matrix-free (:func:`structured.tiled.tiled_matmul`).
 
     x: ``(*batch, L, P)``; q, k: ``(*batch, L, D)``; c float or 0-dim tensor; batch dims broadcast.
     Rows are processed ``tile`` at a time (default: about ``structured.base.BLOCK_ELEMENTS`` elements per
@@ -261,12 +220,9 @@ def cauchy_matmul_tiled(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.0
     O(batch * tile * L * D) in forward and backward (tiles are recomputed in backward; autograd saves
     only x, q + c, k). Cost O(L^2 (D + P)) per batch element. Differentiable in x, q, k, c.
     """
-    tile = _check_tile(tile)
-    x, q, k = _broadcast_all(x, q, k)
-    xn = q + c
-    if tile is None:
-        tile = default_tile(x.shape[:-2].numel(), x.shape[-2], q.shape[-1], x.device)
-    return _CauchyTiledProduct.apply(x, xn, k, tile)
+    tile = check_tile(tile)
+    x, q, k = expand_matrices(x, q, k)
+    return tiled_matmul(_CauchyTiles, x, q + c, k, inner=q.shape[-1], tile=tile)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,10 +282,11 @@ class Cauchy(StructuredMatrix):
     validate : check ``q, k > 0`` and ``c >= 0`` (ValueError naming the argument otherwise). Pass False in
         hot loops whose parameters are positive by construction (shapes are always checked).
     eps : entrywise relative accuracy of the ``expsum`` fast path, in [1e-15, 0.1]; None = 1e-13 for
-        float64 and 1e-6 for float32/half computations.
+        float64 and 1e-6 for float32/half computations. Must be None with ``method_fast="tiled"``.
     method_fast : ``"auto"`` (cheaper of the two by the cost model), ``"expsum"`` or ``"tiled"``.
     tile : rows per tile of the tiled path (None = automatic, ~``structured.base.BLOCK_ELEMENTS`` elements
-        per block on the CPU, ``DEVICE_BLOCK_ELEMENTS`` on accelerators).
+        per block on the CPU, ``DEVICE_BLOCK_ELEMENTS`` on accelerators). Must be None with
+        ``method_fast="expsum"`` (a setting the chosen path never reads is an error, not ignored).
 
     ``order`` is D. ``matmul(x)`` cost: ``expsum`` O(D M L P) (approximate, componentwise bound
     ``|y_hat - y| <= eps (|M| |x|)`` plus rounding, gradients likewise), ``tiled`` O(L^2 (D + P)) exact with
@@ -352,10 +309,9 @@ class Cauchy(StructuredMatrix):
             raise ValueError(f"q and k must both have shape (*batch, L, D) with the same L and D; got q "
                              f"{tuple(q.shape)}, k {tuple(k.shape)}")
         c = _check_c(c)
-        if method_fast not in FAST_METHODS:
-            raise ValueError(f"method_fast must be one of {FAST_METHODS}, got {method_fast!r}")
         self.eps = _check_eps(eps)
-        self.tile = _check_tile(tile)
+        self.tile = check_tile(tile)
+        check_method_options(method_fast, FAST_METHODS, eps, tile)
         if validate:
             for name, t in (("q", q), ("k", k)):
                 if not bool((t > 0).all()):
@@ -425,20 +381,15 @@ class Cauchy(StructuredMatrix):
 
     def _fast_matmul(self, x: torch.Tensor) -> torch.Tensor:
         plan = self.plan(x.shape[-1], x.dtype)
+        # Every path takes the shift folded into the row nodes (xn = q + c, differentiable in c if a tensor).
+        xn, yn = self._nodes(x.dtype)
         if plan.method == "expsum":
-            return cauchy_matmul_expsum(x, self.q.to(x.dtype), self.k.to(x.dtype),
-                                        self.c.to(x.dtype) if isinstance(self.c, torch.Tensor) else self.c,
-                                        eps=plan.eps)
+            return cauchy_matmul_expsum(x, xn, yn, eps=plan.eps)
         import kernels
         if kernels.enabled(x):
             batch = x.shape[:-2]
-            q = self.q.to(x.dtype).expand(*batch, *self.q.shape[-2:])
-            k = self.k.to(x.dtype).expand(*batch, *self.k.shape[-2:])
-            if isinstance(self.c, torch.Tensor):    # fold a tensor shift into q: kernels take a float c
-                return kernels.cauchy_matmul(x, q + self.c.to(x.dtype), k, 0.0)
-            return kernels.cauchy_matmul(x, q, k, self.c)
-        xn, yn = self._nodes(x.dtype)
-        return cauchy_matmul_tiled(x, xn, yn, 0.0, tile=self.tile)
+            return kernels.cauchy_matmul(x, xn.expand(*batch, *xn.shape[-2:]), yn.expand(*batch, *yn.shape[-2:]), 0.0)
+        return cauchy_matmul_tiled(x, xn, yn, tile=self.tile)
 
     def check_structure(self, tol: float | None = None) -> StructureReport:
         terms = self.term_matrices()                                      # (*b, D, L, L)

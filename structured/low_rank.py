@@ -21,7 +21,8 @@ class LowRank(StructuredMatrix):
     ----------
     q, k : ``(*batch, L, r)`` tensors (batch dims broadcast).
 
-    ``order`` is r. Defining property: numerical rank <= r.
+    ``order`` is r. Fast product ``Q (K^T x)``: O(L r P) flops, O(r P) extra memory. Defining property:
+    numerical rank <= r (:func:`structured.properties.numerical_rank`).
     """
 
     property_name = "numerical rank <= r"

@@ -133,7 +133,8 @@ def semiseparable_order(M: torch.Tensor, tol: float = 1e-10) -> tuple[torch.Tens
 
 def quasiseparable_order(M: torch.Tensor, tol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
     """Quasiseparable orders (lower, upper): max over k of rank(M[k+1:, :k+1]) and of rank(M[:k+1, k+1:]);
-    the diagonal is unconstrained (Pernet & Storjohann, arXiv 1701.00396). Each of shape ``batch``."""
+    the diagonal is unconstrained (Pernet & Storjohann, arXiv 1701.00396). Each of shape ``batch``.
+    Cost O(L^4) (2(L-1) SVDs); intended for L up to a few hundred."""
     tol = _check_tol(tol)
     M = _f64(M)
     L = M.shape[-1]

@@ -22,8 +22,9 @@ Fast products (none builds an L x L tensor)
 ``tiled`` -- exact matrix-free product.
     Rows are processed in tiles of T; for a tile only a ``(T, L, D)`` block of angles exists at a time,
     ``C_tile = sum_d cos(theta_id j) - cos(phi_jd i)``, ``y_tile = C_tile x``: O(L^2 D) cosines and
-    O(L^2 P) multiply-adds per batch element, O(L T D) memory. A custom ``torch.autograd.Function`` saves
-    only ``x, theta, phi`` and recomputes the tiles in backward, with (``G_ij = g_i . x_j``)
+    O(L^2 P) multiply-adds per batch element, O(L T D) memory. The shared tiled product
+    (:func:`structured.tiled.tiled_matmul`) saves only ``x, theta, phi`` and recomputes the tiles in
+    backward, with (``G_ij = g_i . x_j``)
 
         dL/dx        = M^T g
         dL/dtheta_id = -sum_j G_ij j sin(theta_id j),      dL/dq = 2 pi s dL/dtheta
@@ -63,8 +64,9 @@ Fast products (none builds an L x L tensor)
     transform, which makes E computable exactly.
 
 Choosing (``method_fast="auto"``): cost per batch element (multiply-add units, fitted on a 2-core CPU in
-float32) ``tiled ~ L^2 (16 D + 2P)`` vs. ``nufft ~ 2 n P (5 log2 n + 40) + 12 L D S P + 2e6``; auto takes
-the smaller. Crossover at P = 64, float32: L ~ 500 (D = 2), ~ 1000 (D = 16). :meth:`Vandermonde.plan`
+float32) ``tiled ~ L^2 (16 D + 2P)`` vs. ``nufft ~ 2 n P (5 log2 n + 40) + 24 L D S P + 2e6`` (two windows of
+2 L D S entries, each applied to 2P real columns at 3 units); auto takes the smaller. Model crossover at
+P = 64, float32 (S = 7): L ~ 320 (D = 2), ~ 520 (D = 16). :meth:`Vandermonde.plan`
 reports the decision.
 
 Defining property (``check_structure``): ``cos((j+1)t) + cos((j-1)t) = 2 cos t cos(jt)`` gives
@@ -87,8 +89,9 @@ from torch.autograd.function import once_differentiable
 
 from . import properties as P
 from . import register
-from .base import StructuredMatrix, StructureReport, broadcast_batch, check_tensor, compute_dtype, promote, randn
-from .cauchy import _check_tile, default_tile
+from .base import (StructuredMatrix, StructureReport, broadcast_batch, check_tensor, compute_dtype, expand_matrices,
+                   promote, randn)
+from .tiled import check_method_options, check_tile, tiled_matmul
 
 
 def _check_scale(scale) -> float:
@@ -98,57 +101,31 @@ def _check_scale(scale) -> float:
     return float(scale)
 
 
-def _tile_angles(theta_rows, phi, rows, cols):
-    """Angle blocks ``theta_id * j`` and ``phi_jd * i`` for a row tile, each ``(*b, T, L, D)`` (the same
-    products ``to_dense`` forms, so fast and explicit round identically)."""
-    ang_q = theta_rows[..., :, None, :] * cols[:, None]             # (*b, T, L, D)
-    ang_k = phi[..., None, :, :] * rows[:, None, None]              # (*b, T, L, D)
-    return ang_q, ang_k
-
-
-class _VandermondeTiledProduct(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, theta, phi, tile):
-        ctx.save_for_backward(x, theta, phi)
-        ctx.tile = tile
-        L = x.shape[-2]
-        idx = torch.arange(L, dtype=x.dtype, device=x.device)
-        y = torch.empty_like(x)
-        for i0 in range(0, L, tile):
-            i1 = min(L, i0 + tile)
-            ang_q, ang_k = _tile_angles(theta[..., i0:i1, :], phi, idx[i0:i1], idx)
-            C = (torch.cos(ang_q) - torch.cos(ang_k)).sum(-1)
-            y[..., i0:i1, :] = C @ x
-        return y
+class _VandermondeTiles:
+    """:class:`structured.tiled.TileSpec` of ``m_ij = sum_d cos(theta_id j) - cos(phi_jd i)``; a tile holds the
+    angle blocks ``theta_id * j`` and ``phi_jd * i``, each ``(*b, T, L, D)`` (the same products ``to_dense``
+    forms, so fast and explicit round identically), and the row and column indices."""
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        x, theta, phi = ctx.saved_tensors
-        tile = ctx.tile
-        need_x, need_t, need_p = ctx.needs_input_grad[:3]
-        L = x.shape[-2]
-        idx = torch.arange(L, dtype=x.dtype, device=x.device)
-        gx = torch.zeros_like(x) if need_x else None
-        gt = torch.empty_like(theta) if need_t else None
-        gp = torch.zeros_like(phi) if need_p else None
-        for i0 in range(0, L, tile):
-            i1 = min(L, i0 + tile)
-            rows = idx[i0:i1]
-            ang_q, ang_k = _tile_angles(theta[..., i0:i1, :], phi, rows, idx)
-            g_rows = g[..., i0:i1, :]
-            if need_x:
-                C = (torch.cos(ang_q) - torch.cos(ang_k)).sum(-1)
-                gx += C.transpose(-1, -2) @ g_rows
-            if need_t or need_p:
-                G = g_rows @ x.transpose(-1, -2)                      # (*b, T, L): g_i . x_j
-                if need_t:
-                    # d cos(theta_i j)/d theta_i = -j sin(theta_i j)
-                    gt[..., i0:i1, :] = -((G * idx)[..., None] * torch.sin(ang_q)).sum(-2)
-                if need_p:
-                    # d(-cos(phi_j i))/d phi_j = i sin(phi_j i)
-                    gp += ((G * rows[:, None])[..., None] * torch.sin(ang_k)).sum(-3)
-        return gx, gt, gp, None
+    def tile(rows, theta, phi):
+        idx = torch.arange(theta.shape[-2], dtype=theta.dtype, device=theta.device)
+        ang_q = theta[..., rows, None, :] * idx[:, None]
+        ang_k = phi[..., None, :, :] * idx[rows, None, None]
+        return ang_q, ang_k, idx[rows], idx
+
+    @staticmethod
+    def matrix(tile):
+        ang_q, ang_k = tile[:2]
+        return (torch.cos(ang_q) - torch.cos(ang_k)).sum(-1)
+
+    @staticmethod
+    def add_param_grads(tile, G, rows, grads, theta, phi):
+        ang_q, ang_k, row_idx, col_idx = tile
+        gt, gp = grads
+        if gt is not None:      # d cos(theta_i j)/d theta_i = -j sin(theta_i j)
+            gt[..., rows, :] -= ((G * col_idx)[..., None] * torch.sin(ang_q)).sum(-2)
+        if gp is not None:      # d(-cos(phi_j i))/d phi_j = i sin(phi_j i)
+            gp += ((G * row_idx[:, None])[..., None] * torch.sin(ang_k)).sum(-3)
 
 
 def vandermonde_matmul_tiled(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float = 1.0,
@@ -156,19 +133,16 @@ def vandermonde_matmul_tiled(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
     """Exact ``M x`` with ``m_ij = sum_d cos(2 pi s q_id j) - cos(2 pi s k_jd i)``, matrix-free.
 
     x: ``(*batch, L, P)``; q, k: ``(*batch, L, D)`` (batch dims broadcast); scale s > 0. Rows are processed
-    ``tile`` at a time (default: about ``structured.base.BLOCK_ELEMENTS`` elements per angle block on the CPU): O(batch tile L D)
-    memory in forward and backward (recomputed in backward), O(L^2 (D + P)) work per batch element.
+    ``tile`` at a time (default: about ``structured.base.BLOCK_ELEMENTS`` elements per angle block on the CPU):
+    O(batch tile L D) memory in forward and backward (recomputed in backward, :func:`structured.tiled.tiled_matmul`),
+    O(L^2 (D + P)) work per batch element.
     Differentiable in x, q, k.
     """
     scale = _check_scale(scale)
-    tile = _check_tile(tile)
-    batch = torch.broadcast_shapes(x.shape[:-2], q.shape[:-2], k.shape[:-2])
-    x = x.expand(*batch, *x.shape[-2:])
-    theta = (2 * math.pi * scale) * q.expand(*batch, *q.shape[-2:])
-    phi = (2 * math.pi * scale) * k.expand(*batch, *k.shape[-2:])
-    if tile is None:
-        tile = default_tile(batch.numel(), x.shape[-2], 2 * q.shape[-1], x.device)
-    return _VandermondeTiledProduct.apply(x, theta, phi, tile)
+    tile = check_tile(tile)
+    x, q, k = expand_matrices(x, q, k)
+    theta, phi = (2 * math.pi * scale) * q, (2 * math.pi * scale) * k
+    return tiled_matmul(_VandermondeTiles, x, theta, phi, inner=2 * q.shape[-1], tile=tile)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,10 +339,8 @@ def vandermonde_matmul_nufft(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
     """
     scale = _check_scale(scale)
     eps = NUFFT_DEFAULT_EPS.get(x.dtype, NUFFT_DEFAULT_EPS[torch.float32]) if eps is None else _check_nufft_eps(eps)
-    batch = torch.broadcast_shapes(x.shape[:-2], q.shape[:-2], k.shape[:-2])
-    x = x.expand(*batch, *x.shape[-2:])
-    theta = (2 * math.pi * scale) * q.expand(*batch, *q.shape[-2:])
-    phi = (2 * math.pi * scale) * k.expand(*batch, *k.shape[-2:])
+    x, q, k = expand_matrices(x, q, k)
+    theta, phi = (2 * math.pi * scale) * q, (2 * math.pi * scale) * k
     return _VandermondeNufftProduct.apply(x, theta, phi, nufft_plan(x.shape[-2], eps))
 
 
@@ -377,7 +349,7 @@ FAST_METHODS = ("auto", "nufft", "tiled")
 _COST_TILED_COS = 16.0        # one angle product + cosine + accumulate per (i, j, d) and term kind
 _COST_FFT = 5.0               # per grid point, column and log2(n) of a complex FFT
 _COST_GRID_PASS = 40.0        # elementwise passes over the (n, P) grid per transform
-_COST_SPARSE = 6.0            # per window entry and real column (sparse matmul + phases)
+_COST_SPARSE = 3.0            # per window entry and real column (sparse matmul + phases)
 _COST_OVERHEAD = 2e6          # fixed per-call overhead of the NUFFT path (index building, launches)
 
 
@@ -402,8 +374,10 @@ class Vandermonde(StructuredMatrix):
     scale : s > 0, the angle scale (Hydra's sequence-aligned code uses 1e-3; the paper's formula 1).
     validate : check that q, k are finite (ValueError otherwise); shapes are always checked.
     eps : accuracy target of the NUFFT path, in [1e-14, 0.1]; None = 1e-12 for float64, 1e-6 for float32.
+        Must be None with ``method_fast="tiled"``.
     method_fast : ``"auto"`` (cheaper by the cost model), ``"nufft"`` or ``"tiled"``.
-    tile : rows per tile of the exact matrix-free product (None = automatic).
+    tile : rows per tile of the exact matrix-free product (None = automatic). Must be None with
+        ``method_fast="nufft"`` (a setting the chosen path never reads is an error, not ignored).
 
     ``order`` is D. ``matmul(x)``: ``nufft`` O(L S D P + L log L P) (S ~ log10(1/eps)), approximate with the
     bound ``|y_hat_i - y_i| <= 2 D E ||x_p||_1`` per column p (E <= eps, :attr:`error_eps`); ``tiled``
@@ -425,10 +399,9 @@ class Vandermonde(StructuredMatrix):
             raise ValueError(f"q and k must both have shape (*batch, L, D) with the same L and D; got q "
                              f"{tuple(q.shape)}, k {tuple(k.shape)}")
         self.scale = _check_scale(scale)
-        self.tile = _check_tile(tile)
+        self.tile = check_tile(tile)
         self.eps = None if eps is None else _check_nufft_eps(eps)
-        if method_fast not in FAST_METHODS:
-            raise ValueError(f"method_fast must be one of {FAST_METHODS}, got {method_fast!r}")
+        check_method_options(method_fast, FAST_METHODS, eps, tile)
         if validate:
             for name, t in (("q", q), ("k", k)):
                 if not bool(torch.isfinite(t).all()):
@@ -466,8 +439,9 @@ class Vandermonde(StructuredMatrix):
         eps = self._eps_for(dtype)
         nplan = nufft_plan(L, eps)
         n = nplan.n
+        window_entries = L * D * 2 * nplan.half_width              # per window (q-side and k-side)
         cost_nufft = (2 * n * P * (_COST_FFT * math.log2(n) + _COST_GRID_PASS)
-                      + 2 * L * D * 2 * nplan.half_width * 2 * P * _COST_SPARSE / 2 + _COST_OVERHEAD)
+                      + 2 * window_entries * 2 * P * _COST_SPARSE + _COST_OVERHEAD)
         method = self.method_fast
         if method == "auto":
             method = "nufft" if cost_nufft < cost_tiled else "tiled"

@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 import kernels
 import structured
@@ -170,22 +168,7 @@ def test_tiled_gradients_match_explicit_autograd():
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
 
 
-class MaxNumel(TorchDispatchMode):
-    """Records the largest tensor produced by any op (forward and backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.max_numel, self.op = 0, None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.numel() > self.max_numel:
-                self.max_numel, self.op = t.numel(), func
-        return out
-
-
-def test_tiled_memory_is_linear_in_L():
+def test_tiled_memory_is_linear_in_L(max_numel):
     g = gen(9)
     L, D, tile, B, Pn = 160, 2, 4, 2, 3
     q = positive((B, L, D), g).requires_grad_()
@@ -198,7 +181,7 @@ def test_tiled_memory_is_linear_in_L():
         return t
 
     M = Cauchy(q, k, method_fast="tiled", tile=tile)
-    with MaxNumel() as mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with max_numel as mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = M.matmul(x)
         y.sum().backward()
     assert mode.max_numel <= B * tile * L * D, (mode.max_numel, mode.op)
@@ -325,12 +308,14 @@ def test_kernel_dispatch_hook(monkeypatch):
 
     def fake(x_, q_, k_, c_):
         calls.append((x_.shape, q_.shape, k_.shape, q_.dtype, c_))
+        assert torch.equal(q_, (q + 0.5).expand(3, L, 2)) and torch.equal(k_, k.expand(3, L, 2))
         return torch.zeros_like(x_)
 
     monkeypatch.setattr(kernels, "enabled", lambda t: True)
     monkeypatch.setattr(kernels, "cauchy_matmul", fake)
     y = Cauchy(q, k, c=0.5, method_fast="tiled").matmul(x)
-    assert calls == [((3, L, 4), (3, L, 2), (3, L, 2), torch.float32, 0.5)] and (y == 0).all()
+    # the shift reaches the kernel folded into the row nodes (q + c), as on every other path
+    assert calls == [((3, L, 4), (3, L, 2), (3, L, 2), torch.float32, 0.0)] and (y == 0).all()
     Cauchy(q, k, method_fast="expsum").matmul(x)                 # the expansion is GEMMs: no kernel
     assert len(calls) == 1
 
@@ -349,6 +334,8 @@ def test_kernel_dispatch_hook(monkeypatch):
     (dict(eps=0.5), "eps must be"),
     (dict(method_fast="fft"), "method_fast must be one of"),
     (dict(tile=0), "tile must be"),
+    (dict(eps=1e-3, method_fast="tiled"), "eps=0.001 sets the accuracy of the 'expsum' path, .* method_fast='tiled'"),
+    (dict(tile=4, method_fast="expsum"), "tile=4 sets the row tile .* method_fast='expsum' never uses"),
     (dict(k=torch.ones(3, 2)), "q and k must both have shape"),
     (dict(q=torch.ones(2)), "q must have shape"),
     (dict(q=torch.ones(2, 2, dtype=torch.long)), "q must be a floating tensor"),
@@ -433,7 +420,7 @@ def test_random_signature_and_positivity():
         Cauchy.random(8, order=0)
 
 
-def test_default_tile_follows_library_block_budget(monkeypatch):
+def test_default_tile_follows_library_block_budget(monkeypatch, max_numel):
     monkeypatch.setattr(structured.base, "BLOCK_ELEMENTS", 4096)
     g = gen(25)
     L, D, B = 160, 2, 2
@@ -441,6 +428,6 @@ def test_default_tile_follows_library_block_budget(monkeypatch):
     k = positive((B, L, D), g).requires_grad_()
     x = torch.randn(B, L, 3, dtype=F64, generator=g, requires_grad=True)
     M = Cauchy(q, k, method_fast="tiled")
-    with MaxNumel() as mode:
+    with max_numel as mode:
         M.matmul(x).sum().backward()
     assert mode.max_numel <= 4096, (mode.max_numel, mode.op)

@@ -131,3 +131,45 @@ def test_block_slices():
     assert [(b.start, b.stop) for b in s] == [(0, 12), (12, 24), (24, 36), (36, 48), (48, 60), (60, 72),
                                              (72, 84), (84, 96), (96, 100)]
     assert [(b.start, b.stop) for b in block_slices(5, 10 ** 9, multiple=2, budget=1)] == [(0, 2), (2, 4), (4, 5)]
+
+
+def test_tiled_scaffold_with_a_custom_spec(gen, rel_err):
+    """structured.tiled serves any entry formula: m_ij = sum_d u_id v_jd exp(-(i - j)^2 w_d) (three parameters,
+    w of shape (*b, 1, D)), against the dense product, with gradients (gradcheck)."""
+    from structured.tiled import tiled_matmul
+
+    class Spec:
+        @staticmethod
+        def tile(rows, u, v, w):
+            idx = torch.arange(u.shape[-2], dtype=u.dtype)
+            gap2 = (idx[rows, None] - idx[None, :]) ** 2                             # (T, L)
+            return u[..., rows, None, :] * v[..., None, :, :] * torch.exp(-gap2[..., None] * w[..., None, :, :])
+
+        @staticmethod
+        def matrix(terms):
+            return terms.sum(-1)
+
+        @staticmethod
+        def add_param_grads(terms, G, rows, grads, u, v, w):
+            gu, gv, gw = grads
+            idx = torch.arange(u.shape[-2], dtype=u.dtype)
+            gap2 = (idx[rows, None] - idx[None, :]) ** 2
+            GT = G[..., None] * terms                                                  # (*b, T, L, D)
+            if gu is not None:
+                gu[..., rows, :] += GT.sum(-2) / u[..., rows, :]
+            if gv is not None:
+                gv += GT.sum(-3) / v
+            if gw is not None:
+                gw -= (GT * gap2[..., None]).sum((-3, -2))[..., None, :]                # w is (*b, 1, D)
+
+    L, D = 7, 2
+    u = torch.rand(2, L, D, generator=gen, dtype=torch.float64) + 0.5
+    v = torch.rand(2, L, D, generator=gen, dtype=torch.float64) + 0.5
+    w = torch.rand(2, 1, D, generator=gen, dtype=torch.float64)
+    x = _randn((2, L, 3), gen)
+    i = torch.arange(L, dtype=torch.float64)
+    decay = torch.exp(-((i[:, None] - i) ** 2)[..., None] * w[..., None, :, :])                 # (2, L, L, D)
+    dense = (u[..., :, None, :] * v[..., None, :, :] * decay).sum(-1)
+    assert rel_err(tiled_matmul(Spec, x, u, v, w, inner=D, tile=3), dense @ x) <= 1e-14
+    leaves = (x.requires_grad_(), u.requires_grad_(), v.requires_grad_(), w.requires_grad_())
+    assert torch.autograd.gradcheck(lambda *a: tiled_matmul(Spec, *a, inner=D, tile=2), leaves)

@@ -158,3 +158,25 @@ def test_batch_dims_carried_by_any_parameter(gen, rel_err):
     x = torch.randn(L, 2, generator=gen, dtype=torch.float64)
     assert rel_err(M.matmul(x), D @ x) <= 1e-12
     assert torch.equal(D[1, 2], Quasiseparable(b, c, la, delta[1, 2], log_a_bwd=lab[2]).to_dense())
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_gradcheck_fast_path_across_chunks(shift, gen, monkeypatch):
+    """Gradients of the two-pass fast product with several chunks (chunk_size 2 at L = 5, ragged last chunk),
+    for separate and for shared backward generators."""
+    monkeypatch.setattr(Quasiseparable, "chunk_size", 2)
+    L = 5
+    b, c, la = _gens((), L, 2, gen)
+    bb, cb, lab = _gens((), L, 2, gen)
+    delta = torch.randn(L, generator=gen, dtype=torch.float64)
+    x = torch.randn(L, 2, generator=gen, dtype=torch.float64)
+    leaves = tuple(t.clone().requires_grad_() for t in (x, b, c, la, delta, bb, cb, lab))
+
+    def separate(x, b, c, la, delta, bb, cb, lab):
+        return Quasiseparable(b, c, la, delta, bb, cb, lab, shift=shift, validate=False).matmul(x)
+
+    def shared(x, b, c, la, delta):
+        return Quasiseparable(b, c, la, delta, shift=shift, validate=False).matmul(x)
+
+    assert torch.autograd.gradcheck(separate, leaves)
+    assert torch.autograd.gradcheck(shared, leaves[:5])

@@ -16,7 +16,8 @@ def private_registry(monkeypatch):
 
 
 def test_builtin_names():
-    assert {"dense", "low_rank", "toeplitz", "dft", "semiseparable", "quasiseparable"} <= set(structured.names())
+    assert {"cauchy", "dense", "dft", "low_rank", "quasiseparable", "semiseparable", "toeplitz",
+            "vandermonde"} <= set(structured.names())
     assert structured.names() == sorted(structured.names())
     for name in structured.names():
         cls = structured.get(name)
@@ -128,3 +129,37 @@ def test_constructor_shape_errors():
         LowRank(torch.zeros(2, 5, 2), torch.zeros(3, 5, 2))
     with pytest.raises(ValueError, match="q must have shape .*nonzero"):
         LowRank(torch.zeros(0, 2), torch.zeros(0, 2))
+
+
+def _zero_length_constructors():
+    from structured.cauchy import Cauchy
+    from structured.dense import Dense
+    from structured.dft import DFT
+    from structured.low_rank import LowRank
+    from structured.quasiseparable import Quasiseparable
+    from structured.semiseparable import Semiseparable
+    from structured.toeplitz import Toeplitz
+    from structured.vandermonde import Vandermonde
+    z2, z1 = torch.ones(0, 2), torch.zeros(0)
+    return {
+        "dense": (lambda: Dense(torch.zeros(0, 0)), r"m must have shape .* got shape \(0, 0\)"),
+        "low_rank": (lambda: LowRank(z2, z2), r"q must have shape .* got shape \(0, 2\)"),
+        "toeplitz": (lambda: Toeplitz(z1), r"w must have shape .* got shape \(0,\)"),
+        "dft": (lambda: DFT(0), r"length must be a positive int \(>= 1\), got 0"),
+        "vandermonde": (lambda: Vandermonde(z2, z2), r"q must have shape .* got shape \(0, 2\)"),
+        "cauchy": (lambda: Cauchy(z2, z2), r"q must have shape .* got shape \(0, 2\)"),
+        "semiseparable": (lambda: Semiseparable(z2, z2, z1), r"b must have shape .* got shape \(0, 2\)"),
+        "quasiseparable": (lambda: Quasiseparable(z2, z2, z1, z1), r"b must have shape .* got shape \(0, 2\)"),
+    }
+
+
+def test_every_builtin_class_rejects_length_zero():
+    """Length 0 is rejected by every constructor, naming the argument and its shape (or value)."""
+    cases = _zero_length_constructors()
+    builtin = {n for n in structured.names() if structured.get(n).__module__.startswith("structured.")}
+    assert set(cases) == builtin  # a new built-in class must join this list (plug-ins registered elsewhere need not)
+    for name, (build, match) in cases.items():
+        with pytest.raises(ValueError, match=match):
+            build()
+        with pytest.raises(ValueError, match="length must be a positive int"):
+            structured.get(name).random(0)

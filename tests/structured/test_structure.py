@@ -100,3 +100,29 @@ def test_property_functions_on_known_matrices():
         P.numerical_rank(C, tol=0.0)
     with pytest.raises(ValueError, match="M must be"):
         P.numerical_rank(torch.ones(3))
+
+
+def test_semiseparable_is_a_quasiseparable_instance(gen, rel_err):
+    """Constructive inclusion: SS(b, c, a) == QS(b, c, a, delta=0, c_bwd=0, shift=False) (the tied diagonal
+    c_i . b_i is the semiseparable one), entrywise and through the fast products."""
+    L, N = 13, 3
+    S = Semiseparable.random(L, batch_shape=(2,), order=N, dtype=torch.float64, generator=gen)
+    Q = Quasiseparable(S.b, S.c, S.log_a, torch.zeros(2, L, dtype=torch.float64),
+                       c_bwd=torch.zeros_like(S.c), shift=False)
+    assert torch.allclose(Q.to_dense(), S.to_dense(), rtol=0, atol=1e-15)
+    x = torch.randn(2, L, 4, generator=gen, dtype=torch.float64)
+    assert rel_err(Q.matmul(x), S.matmul(x)) <= 1e-13
+
+
+def test_low_rank_is_a_quasiseparable_instance(gen, rel_err):
+    """Constructive inclusion: Q K^T is the addition-based bidirectional SSM with no decay (log_a = 0),
+    forward and backward generators (b, c) = (k, q), whose tied diagonal 2 q_i . k_i is corrected by
+    delta_i = -q_i . k_i; order r."""
+    L, r = 11, 2
+    M = LowRank.random(L, batch_shape=(3,), order=r, dtype=torch.float64, generator=gen)
+    zeros = torch.zeros(3, L, dtype=torch.float64)
+    Q = Quasiseparable(M.k, M.q, zeros, -(M.q * M.k).sum(-1), shift=False)
+    assert Q.order == r and torch.allclose(Q.to_dense(), M.to_dense(), rtol=0, atol=1e-14)
+    x = torch.randn(3, L, 2, generator=gen, dtype=torch.float64)
+    assert rel_err(Q.matmul(x), M.matmul(x, method="explicit")) <= 1e-12
+    assert Q.check_structure().ok

@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 import kernels
 import structured
@@ -95,7 +93,7 @@ def test_broadcast_batch_dims():
     k = torch.randn(1, 3, L, 2, dtype=F64, generator=g)
     x = torch.randn(3, L, 4, dtype=F64, generator=g)
     for method in ("tiled", "nufft"):
-        M = Vandermonde(q, k, tile=2, method_fast=method)
+        M = Vandermonde(q, k, tile=2 if method == "tiled" else None, method_fast=method)
         assert M.batch_shape == (2, 3)
         y = M.matmul(x)
         assert y.shape == (2, 3, L, 4)
@@ -134,26 +132,7 @@ def test_tiled_gradients_match_explicit_autograd():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
 
 
-class MaxNumel(TorchDispatchMode):
-    """Records the largest tensor produced by any op (forward and backward); sparse tensors count their
-    stored entries."""
-
-    def __init__(self):
-        super().__init__()
-        self.max_numel, self.op = 0, None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor):
-                continue
-            size = t.numel() if t.layout == torch.strided else t._nnz()   # sparse: stored entries
-            if size > self.max_numel:
-                self.max_numel, self.op = size, func
-        return out
-
-
-def test_tiled_memory_is_linear_in_L():
+def test_tiled_memory_is_linear_in_L(max_numel):
     g = gen(9)
     L, D, tile, B, Pn = 160, 2, 4, 2, 3
     q = torch.randn(B, L, D, dtype=F64, generator=g, requires_grad=True)
@@ -166,7 +145,7 @@ def test_tiled_memory_is_linear_in_L():
         return t
 
     M = Vandermonde(q, k, tile=tile, method_fast="tiled")
-    with MaxNumel() as mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with max_numel as mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         M.matmul(x).sum().backward()
     assert mode.max_numel <= B * tile * L * D, (mode.max_numel, mode.op)
     assert mode.max_numel < L * L
@@ -214,6 +193,8 @@ def test_kernel_dispatch_hook(monkeypatch):
     (dict(scale=float("nan")), "scale must be"),
     (dict(scale="1"), "scale must be"),
     (dict(tile=-2), "tile must be"),
+    (dict(eps=1e-3, method_fast="tiled"), "eps=0.001 sets the accuracy of the 'nufft' path, which method_fast='tiled'"),
+    (dict(tile=4, method_fast="nufft"), "tile=4 sets the row tile .* method_fast='nufft' never uses"),
     (dict(eps=0.0), "eps must be"),
     (dict(eps=1e-15), "eps must be"),
     (dict(eps=0.5), "eps must be"),
@@ -340,7 +321,7 @@ def test_nufft_gradcheck():
     assert torch.autograd.gradcheck(lambda x, q, k: vandermonde_matmul_nufft(x, q, k, 0.3), (x, q, k))
 
 
-def test_nufft_memory_is_linear_in_L():
+def test_nufft_memory_is_linear_in_L(max_numel):
     g = gen(33)
     L, D, B, Pn = 600, 2, 1, 1
     q = torch.randn(B, L, D, dtype=F64, generator=g, requires_grad=True)
@@ -348,7 +329,7 @@ def test_nufft_memory_is_linear_in_L():
     x = torch.randn(B, L, Pn, dtype=F64, generator=g, requires_grad=True)
     M = Vandermonde(q, k, method_fast="nufft")
     S = M.plan(Pn).half_width          # (the cached plan search uses fixed-size float64 grids, not O(L^2))
-    with MaxNumel() as mode:
+    with max_numel as mode:
         M.matmul(x).sum().backward()
     assert mode.max_numel <= B * L * D * 2 * S * 2, (mode.max_numel, mode.op)  # window index/weights
     assert mode.max_numel < L * L
@@ -385,7 +366,7 @@ def test_nufft_plan_bound(L, eps):
         nufft_plan(L, 0.0)
 
 
-def test_default_tile_follows_library_block_budget(monkeypatch):
+def test_default_tile_follows_library_block_budget(monkeypatch, max_numel):
     monkeypatch.setattr(structured.base, "BLOCK_ELEMENTS", 4096)
     g = gen(35)
     L, D, B = 160, 2, 2
@@ -393,6 +374,6 @@ def test_default_tile_follows_library_block_budget(monkeypatch):
     k = torch.randn(B, L, D, dtype=F64, generator=g, requires_grad=True)
     x = torch.randn(B, L, 3, dtype=F64, generator=g, requires_grad=True)
     M = Vandermonde(q, k, method_fast="tiled")
-    with MaxNumel() as mode:
+    with max_numel as mode:
         M.matmul(x).sum().backward()
     assert mode.max_numel <= 4096, (mode.max_numel, mode.op)
