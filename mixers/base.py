@@ -5,7 +5,8 @@ Hydra paper (Hwang, Lahoti, Dao, Gu, arXiv 2407.09941), Section 2 and Figure 1: 
 
     in_proj -> split [gate z | values v | per-position matrix parameters]
             -> depthwise conv (kernel d_conv, non-causal, padding d_conv // 2) + SiLU
-            -> mixer (the structured matrix M, multi-head)
+            -> mixer (the structured matrix M, multi-head; y = M (s v) + v for the classes whose
+               paper code adds the values back, ``Mixer.skip``)
             -> gated RMSNorm: RMSNorm(y) * SiLU(z)  (normalize before the gate, as the paper's code)
             -> out_proj.
 
@@ -51,12 +52,14 @@ class Channels:
     act:    sequence-aligned only: apply SiLU after the conv (the paper does for low-rank and SSM
             generators, not for the Vandermonde/Cauchy/attention q, k)
     shared: one group for all heads, delivered as ``(B, 1, L, size)`` instead of ``(B, H, L, size)``
+    init_std: fixed only: the learned table starts as N(0, init_std^2) (0: all zeros)
     """
 
     size: int
     conv: bool = True
     act: bool = True
     shared: bool = False
+    init_std: float = 1.0
 
 
 class Mixer(nn.Module):
@@ -73,6 +76,8 @@ class Mixer(nn.Module):
     sequence_aligned_definition: True when ``M[:i+1, :i+1]`` is built only from the per-position
                         parameters of positions ``0..i`` (the paper's Definition of sequence-aligned
                         matrices); tested at the parameter level.
+    skip:               True: the mixing step adds the values back, ``y = M (s v) + v`` (the paper's
+                        ``+ residual``); ``value_scale`` is s.
     has_matrix:         False for mixers that are not one matrix (they override :meth:`apply` and
                         :meth:`matrices`; :meth:`matrix` raises).
 
@@ -111,15 +116,14 @@ class Mixer(nn.Module):
         """Per-position parameter groups: ``{name: channels per head}`` (or a :class:`Channels`)."""
         raise NotImplementedError(f"{type(self).__name__} must implement token_channels()")
 
-    #: Multiplies the values before the matrix (for classes whose matrix has no amplitude parameter
-    #: to fold the paper's output scaling into, e.g. Vandermonde); the mixing step is ``y = M (s v)``.
+    #: The paper's output scaling ``s`` for classes whose matrix has no amplitude parameter to fold it
+    #: into (e.g. Vandermonde, DFT): the matrix acts on ``s v``.
     value_scale: float = 1.0
 
-    def init_fixed(self, name: str, table: torch.Tensor) -> None:
-        """Initialize the fixed-parameterization table of group ``name`` (shape (H or 1, max_seq_len,
-        size)) in place. Default: standard normal (the sequence-aligned conv outputs are O(1) too)."""
-        with torch.no_grad():
-            table.normal_()
+    #: Identity skip: the mixing step adds the (unscaled) values, ``y = M (s v) + v``. Every non-SSM mixer
+    #: of the Hydra paper's code ends with ``+ residual`` on its input values; the SSM mixers carry the
+    #: skip in their diagonal (Mamba-2's ``D``, Hydra's ``delta``) instead.
+    skip: ClassVar[bool] = False
 
     # ------------------------------------------------------------------------------ the matrix
     def matrix(self, params: dict[str, torch.Tensor], length: int, mask: torch.Tensor | None = None):
@@ -137,9 +141,17 @@ class Mixer(nn.Module):
 
     def apply(self, v: torch.Tensor, params: dict[str, torch.Tensor], mask: torch.Tensor | None = None,
               impl: str = "fast") -> torch.Tensor:
-        """The mixing step: v ``(B, H, L, P)`` -> ``(B, H, L, P)``. Default ``matrix(...).matmul(v)``
-        with the class's fast algorithm (``impl="fast"``) or its materialization (``"explicit"``)."""
+        """The matrix product of the mixing step: v ``(B, H, L, P)`` (already multiplied by
+        ``value_scale``) -> ``(B, H, L, P)``. Default ``matrix(...).matmul(v)`` with the class's fast
+        algorithm (``impl="fast"``) or its materialization (``"explicit"``). The identity skip
+        (:attr:`skip`) is added by :meth:`mix`, not here."""
         return self.matrix(params, v.shape[-2], mask).matmul(v, method=impl)
+
+    def mix(self, v: torch.Tensor, params: dict[str, torch.Tensor], mask: torch.Tensor | None = None,
+            impl: str = "fast") -> torch.Tensor:
+        """The whole mixing step ``y = apply(value_scale * v) (+ v if skip)``; v ``(B, H, L, P)``."""
+        y = self.apply(v * self.value_scale if self.value_scale != 1.0 else v, params, mask, impl)
+        return y + v if self.skip else y
 
 
 def _check_int(name, value, minimum=1):
@@ -176,7 +188,8 @@ class MatrixMixerBlock(nn.Module):
                       paper's 1/sqrt(L) output scalings (default 128 when None).
     expand:           d_inner = expand * d_model.
     headdim:          channels per head P; nheads H = d_inner / headdim.
-    qk_dim:           per-head width of q/k (and the default SSM state size ``d_state``).
+    qk_dim:           per-head width of q/k (the SSM mixers' state, shared by the heads, defaults to
+                      ``d_state = nheads * qk_dim`` as the paper's code).
     d_conv:           kernel of the depthwise conv (odd; non-causal, padding d_conv // 2).
     impl:             "fast" (the structured class's fast algorithm) or "explicit" (materialized matrix).
     mixer_kwargs:     options of the mixer (e.g. ``d_state`` for the SSM mixers).
@@ -232,6 +245,8 @@ class MatrixMixerBlock(nn.Module):
         for name, spec in self.mixer.token_channels().items():
             spec = spec if isinstance(spec, Channels) else Channels(spec)
             _check_int(f"token_channels()[{name!r}].size", spec.size)
+            if not (isinstance(spec.init_std, (int, float)) and spec.init_std >= 0):
+                raise ValueError(f"token_channels()[{name!r}].init_std must be a float >= 0, got {spec.init_std!r}")
             specs[name] = spec
         self._specs = specs
         width = {n: s.size * (1 if s.shared else self.nheads) for n, s in specs.items()}
@@ -249,9 +264,8 @@ class MatrixMixerBlock(nn.Module):
         self.tables = nn.ParameterDict()
         if not sequence_aligned:
             for n, s in specs.items():
-                t = nn.Parameter(torch.empty(1 if s.shared else self.nheads, max_seq_len, s.size))
-                self.mixer.init_fixed(n, t)
-                self.tables[n] = t
+                t = torch.empty(1 if s.shared else self.nheads, max_seq_len, s.size)
+                self.tables[n] = nn.Parameter(t.normal_(0.0, s.init_std) if s.init_std > 0 else t.zero_())
         self.norm = GatedRMSNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
@@ -296,6 +310,12 @@ class MatrixMixerBlock(nn.Module):
         if not bool(mask.any(-1).all()):
             empty = (~mask.any(-1)).nonzero().flatten().tolist()
             raise ValueError(f"mask must mark at least one real token per sequence; rows {empty} are all padding")
+        # Right padding only: position-dependent parameters (fixed tables, Toeplitz lags, the SSM shift) index
+        # positions from the start, so a left-padded sequence would not equal its unpadded self.
+        if mask.shape[-1] > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+            bad = (mask[:, 1:] & ~mask[:, :-1]).any(-1).nonzero().flatten().tolist()
+            raise ValueError(f"mask must be right-padded (each row: real tokens first, then padding); rows {bad} "
+                             f"have a real token after padding")
         # An all-real mask is no mask: keeps the unmasked fast paths (e.g. SDPA without attn_mask).
         return None if bool(mask.all()) else mask
 
@@ -307,9 +327,9 @@ class MatrixMixerBlock(nn.Module):
 
     def mixer_inputs(self, u: torch.Tensor, mask: torch.Tensor | None = None):
         """Everything before the mixing step: ``(z, v, params)`` with z ``(B, L, d_inner)``, v
-        ``(B, H, L, P)`` (already multiplied by the mixer's ``value_scale``) and params
-        ``{name: (B, H or 1, L, size)}``; padded positions are zero in v and params. The block output is
-        ``out_proj(norm(y, z))`` with ``y = mixer.apply(v, params, mask)``."""
+        ``(B, H, L, P)`` and params ``{name: (B, H or 1, L, size)}``; padded positions are zero in v and
+        params. The block output is ``out_proj(norm(y, z))`` with ``y = mixer.mix(v, params, mask)``
+        ``= M (s v) + [skip] v``, M = ``matrix(u)``, s = ``mixer.value_scale``."""
         return self._prepare(u, mask)[:3]
 
     def _prepare(self, u, mask):
@@ -340,23 +360,22 @@ class MatrixMixerBlock(nn.Module):
                 p = t[:, :L].to(u.dtype).unsqueeze(0).expand(B, -1, -1, -1)
                 params[name] = p if m is None else p * m[:, None]
         v = v.reshape(B, L, self.nheads, self.headdim).transpose(1, 2)
-        if self.mixer.value_scale != 1.0:
-            v = v * self.mixer.value_scale
         return z, v, params, mask
 
     # ------------------------------------------------------------------------------ public
     def forward(self, u: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """u ``(B, L, d_model)``, mask ``(B, L)`` bool or None -> ``(B, L, d_model)``."""
         z, v, params, mask = self._prepare(u, mask)
-        y = self.mixer.apply(v, params, mask, impl=self.impl)
+        y = self.mixer.mix(v, params, mask, impl=self.impl)
         B, H, L, P = y.shape
         y = y.transpose(1, 2).reshape(B, L, H * P)
         return self.out_proj(self.norm(y, z))
 
     def matrix(self, u: torch.Tensor, mask: torch.Tensor | None = None):
         """The StructuredMatrix the block applies to its values for input ``u`` (batch ``(B, heads)``,
-        or broadcastable to it for parameter-free classes). ``matrix(u).to_dense() @ v`` with ``v`` from
-        :meth:`mixer_inputs` reproduces the mixing step. Mixers that are not one matrix (``bidir_mult``,
+        or broadcastable to it for parameter-free classes). With ``v`` from :meth:`mixer_inputs`, the
+        mixing step is ``matrix(u).to_dense() @ (s v) (+ v)`` (s = ``mixer.value_scale``, ``+ v`` when
+        ``mixer.skip``). Mixers that are not one matrix (``bidir_mult``,
         ``bidir_concat``) raise ValueError; use :meth:`matrices`."""
         _, v, params, mask = self._prepare(u, mask)
         return self.mixer.matrix(params, v.shape[-2], mask)

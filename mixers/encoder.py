@@ -3,7 +3,9 @@
 Architecture (pre-norm): token embeddings (+ optional learned position embeddings) -> dropout ->
 n_layers x [h += Dropout(Block(LayerNorm(h), mask)); h += Dropout(MLP(LayerNorm(h)))] -> LayerNorm.
 ``mlp_ratio=0`` drops the MLP: the Hydra paper's BERT layers are mixer-only (goombalab/hydra's
-``BertLayer`` wraps just the mixer and a norm), which is how its Table 2 models have 70M-72M parameters.
+``BertLayer`` wraps just the mixer and a LayerNorm). Its code is post-norm (``is_prenorm=False``, with
+an embedding LayerNorm and no final norm); this encoder is pre-norm with a final norm, which has the
+same parameter count.
 
 The mixer and its parameterization are constructor arguments, so every registered mixer (built-in or
 plug-in) gives an encoder by name.
@@ -15,12 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import registry
-from .base import MatrixMixerBlock
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+from .base import MatrixMixerBlock, _check_int
 
 
 class MixerEncoder(nn.Module):
@@ -167,6 +164,14 @@ def param_table(d_model: int = 768, n_layers: int = 12, vocab_size: int = 30522,
     Defaults are the paper's BERT-base setting (Table 2: hidden 768, 12 layers, expand 2, headdim 128,
     qk_dim 16, L = 128, learned position embeddings, mixer-only layers: ``mlp_ratio=0``). The models
     are built on the ``meta`` device (no memory, no initialization cost).
+
+    Counts are of the encoder only. They equal the paper code's encoder at this setting for every
+    Table 2 row except quasiseparable (about 0.1M less: its diagonal is an in_proj channel, not
+    ``fc_D``) and add up to 66.2M (dft) .. 70.1M (quasiseparable, sequence-aligned): the q/k (or B/C)
+    projections of the sequence-aligned rows are the spread, in the paper's code too. The paper's
+    pretraining model adds about 0.62M to every row (MLM head transform and decoder bias, token-type
+    embeddings; its embedding LayerNorm stands for our final norm) and uses position embeddings only for its sequence-aligned
+    attention, Cauchy and low-rank runs.
     Returns ``[dict(mixer=name, sequence_aligned=bool, params=int), ...]`` sorted by name.
     """
     rows = []

@@ -11,6 +11,11 @@ None): the paper's code scales by the *runtime* length L, which equals ``max_seq
 pretraining; a constant reference keeps each sequence's output independent of the padding of its
 batch and of length extension.
 
+Identity skip: the paper's code ends every non-SSM mixer with ``+ residual`` (its input values), so the
+mixing step of dense, dft, toeplitz, vandermonde, cauchy, low_rank and attention is ``y = M (s v) + v``
+(``Mixer.skip``; ``block.matrix(u)`` is M itself, the class whose structure is tested). The SSM mixers
+carry the skip in their diagonal instead (Mamba-2's D, Hydra's delta).
+
 Paper: Hwang, Lahoti, Dao, Gu, "Hydra: Bidirectional State Space Models Through Generalized Matrix
 Mixers" (arXiv 2407.09941): Section 2.2 / Table 1 (the matrix classes), Section 2.3 (Definition of
 sequence-aligned matrices), Section 3 (quasiseparable mixers, Hydra), Table 2, Table 3.
@@ -33,9 +38,10 @@ def _structured(name: str):
     return structured.get(name)
 
 
-def _mask_positions(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-    """mask (B, L) -> (B, 1, L, 1) in like's dtype, or None."""
-    return None if mask is None else mask.to(like.dtype)[:, None, :, None]
+def _xavier_std(fan_in: int, fan_out: int) -> float:
+    """sqrt(2 / (fan_in + fan_out)): the paper's code initializes its fixed tables with Xavier
+    (Glorot) initialization; the fans are those torch computes for the paper's table shapes."""
+    return math.sqrt(2.0 / (fan_in + fan_out))
 
 
 # ================================================================================================ fixed-only
@@ -45,20 +51,24 @@ class DenseMixer(Mixer):
 
     ``m_ij = T_h[i, j]`` with T_h a learned ``(max_seq_len, max_seq_len)`` table per head: each position
     i owns the row ``T_h[i, :]`` (``token_channels = {"m": max_seq_len}``); a length-L input uses the
-    leading L x L block. Not sequence-aligned: no parameters can be projected from a token for a row of
-    unknown length. Initialized N(0, 1/max_seq_len). Cost O(L^2 P).
+    leading L x L block. Mixing step ``y = M v / sqrt(L_ref) + v`` (the paper's scale and skip). Not
+    sequence-aligned: no parameters can be projected from a token for a row of unknown length.
+    Initialized as the paper's code (Xavier-normal of the ``(H, L_max, L_max)`` table,
+    std ``sqrt(2 / (L_max^2 + H L_max))``). Cost O(L^2 P).
     """
 
     structure = "dense"
     parameterizations = ("fixed",)
     sequence_aligned_definition = False
+    skip = True
+
+    def __init__(self, **common):
+        super().__init__(**common)
+        self.value_scale = self.norm_length ** -0.5
 
     def token_channels(self):
-        return {"m": self.max_seq_len}
-
-    def init_fixed(self, name, table):
-        with torch.no_grad():
-            table.normal_(0.0, self.max_seq_len ** -0.5)
+        L = self.max_seq_len
+        return {"m": Channels(L, init_std=_xavier_std(L * L, self.nheads * L))}     # paper: M (H, L, L)
 
     def matrix(self, params, length, mask=None):
         return _structured("dense")(params["m"][..., :length])
@@ -69,8 +79,8 @@ class DFTMixer(Mixer):
     """The fixed cosine (real DFT) matrix, FNet-like (Table 2 "Vandermonde, fixed": the paper's fixed
     Vandermonde mixer always takes its DFT branch).
 
-    ``m_ij = cos(2 pi i j / L) / sqrt(L_ref)``; no parameters (the scale is applied to the values,
-    ``value_scale``). Fast product: real FFT, O(L log L P).
+    ``m_ij = cos(2 pi i j / L)``, mixing step ``y = M v / sqrt(L_ref) + v`` (the paper's scale and
+    skip); no parameters. Fast product: real FFT, O(L log L P).
 
     Padding: the matrix depends on the length L itself, so a padded batch is transformed at its
     *padded* length (as FNet does with its fixed-length inputs): padded values are zero and contribute
@@ -82,6 +92,7 @@ class DFTMixer(Mixer):
     structure = "dft"
     parameterizations = ("fixed",)
     sequence_aligned_definition = False
+    skip = True
 
     def __init__(self, **common):
         super().__init__(**common)
@@ -93,6 +104,13 @@ class DFTMixer(Mixer):
     def matrix(self, params, length, mask=None):
         return _structured("dft")(length, batch_shape=(1, self.nheads), dtype=self._anchor.dtype,
                                   device=self._anchor.device)
+
+
+def _qk_channels(mixer: Mixer, act: bool) -> dict[str, Channels]:
+    """q and k, qk_dim per head; fixed tables initialized like the paper's (L, H, d) q/k tables."""
+    ch = Channels(mixer.qk_dim, act=act, init_std=_xavier_std(mixer.nheads * mixer.qk_dim,
+                                                              mixer.norm_length * mixer.qk_dim))
+    return {"q": ch, "k": ch}
 
 
 # ================================================================================================ both
@@ -109,13 +127,15 @@ class ToeplitzMixer(Mixer):
     The paper's code reads the diagonal from token 1's forward projection and wraps the corner lag
     L-1 to the reverse kernel (an index quirk of its length-(2L-1) FFT; see the research notes §1.2);
     mixerzoo uses the direct assignment above, whose fixed variant is the same free kernel.
-    Fast product: FFT convolution, O(L log L P).
+    Mixing step ``y = M v + v`` (the paper's skip). Fast product: FFT convolution, O(L log L P).
     """
 
     structure = "toeplitz"
+    skip = True
 
     def token_channels(self):
-        return {"f": 1, "g": 1}
+        ch = Channels(1, init_std=_xavier_std(2 * self.norm_length - 1, self.nheads))   # paper: (H, 2L-1)
+        return {"f": ch, "g": ch}
 
     def matrix(self, params, length, mask=None):
         f, g = params["f"][..., 0], params["g"][..., 0]              # (B, H, L)
@@ -127,15 +147,16 @@ class ToeplitzMixer(Mixer):
 class VandermondeMixer(Mixer):
     """Vandermonde (cosine) mixer in the paper's sequence-aligned form (Table 1 "Vandermonde").
 
-    ``m_ij = s_v * sum_d [cos(2 pi e q_id j) - cos(2 pi e k_jd i)]`` with the angle scale
-    ``e = angle_scale`` (1e-3, the paper code's "constant to stabilize training") and the output scale
-    ``s_v = 1 / sqrt(2 L_ref d)`` (applied to the values). q, k are raw conv outputs (no SiLU), as in
-    the paper. Fixed: learned q, k tables with the same formula (the paper's learned fixed branch is
+    ``m_ij = sum_d [cos(2 pi e q_id j) - cos(2 pi e k_jd i)]`` with the angle scale ``e = angle_scale``
+    (1e-3, the paper code's "constant to stabilize training"); mixing step ``y = s_v M v + v`` with
+    ``s_v = 1 / sqrt(2 L_ref d)`` (the paper's scale and skip). q, k are raw conv outputs (no SiLU), as
+    in the paper. Fixed: learned q, k tables with the same formula (the paper's learned fixed branch is
     unreachable; its fixed Vandermonde is the ``dft`` mixer). Sequence-aligned per the paper's
     Definition (row i uses q_i, column j uses k_j). Fast product: see :class:`structured.vandermonde.Vandermonde`.
     """
 
     structure = "vandermonde"
+    skip = True
 
     def __init__(self, *, angle_scale: float = 1e-3, **common):
         super().__init__(**common)
@@ -159,19 +180,22 @@ class CauchyMixer(Mixer):
     ``beta_h = softplus(beta_raw_h) > 0`` a learned per-head offset (init 0.5, the paper's value) and
     ``s = 1 / sqrt(L_ref d)``. The paper's offset is unconstrained (x + y <= 0 is reachable there);
     softplus keeps every denominator > 0, so the structured class is built with ``validate=False``.
-    The scale is folded into the nodes: ``s / (x + y) = 1 / (x/s + y/s)``. q, k raw conv outputs (no
-    SiLU). Sequence-aligned per the paper's Definition. Fast product: see
+    The scale is folded into the nodes: ``s / (x + y) = 1 / (x/s + y/s)``; mixing step ``y = M v + v``
+    (the paper's skip). q, k raw conv outputs (no SiLU). Fixed: learned q, k tables in the same formula
+    (the paper's fixed variant drops the offset, ``exp(q) + exp(k)``; keeping it gives both
+    parameterizations one formula). Sequence-aligned per the paper's Definition. Fast product: see
     :class:`structured.cauchy.Cauchy` (approximate with a stated bound, or exact tiled).
     """
 
     structure = "cauchy"
+    skip = True
 
     def __init__(self, **common):
         super().__init__(**common)
         self.offset_raw = nn.Parameter(inverse_softplus(torch.full((self.nheads,), 0.5)))
 
     def token_channels(self):
-        return {"q": Channels(self.qk_dim, act=False), "k": Channels(self.qk_dim, act=False)}
+        return _qk_channels(self, act=False)
 
     def matrix(self, params, length, mask=None):
         beta = F.softplus(self.offset_raw).to(params["q"].dtype)[:, None, None]   # (H, 1, 1)
@@ -186,14 +210,15 @@ class LowRankMixer(Mixer):
     """Low-rank mixer = linear attention without normalization (Table 1 "Low-rank").
 
     ``m_ij = s * q_i . k_j`` with ``s = 1 / sqrt(L_ref d)`` (folded into q); q, k through conv + SiLU as in
-    the paper. Rank <= d. Sequence-aligned per the paper's Definition. Fast product: Q (K^T v),
-    O(L d P).
+    the paper. Rank <= d. Mixing step ``y = M v + v`` (the paper's skip). Sequence-aligned per the
+    paper's Definition. Fast product: Q (K^T v), O(L d P).
     """
 
     structure = "low_rank"
+    skip = True
 
     def token_channels(self):
-        return {"q": self.qk_dim, "k": self.qk_dim}
+        return _qk_channels(self, act=True)
 
     def matrix(self, params, length, mask=None):
         s = 1.0 / math.sqrt(self.norm_length * self.qk_dim)
@@ -205,7 +230,8 @@ class AttentionMixer(Mixer):
     """Softmax attention (Table 1 "Attention"), bidirectional, multi-head.
 
     ``m_ij = exp(q_i . k_j / sqrt(d)) / sum_{l real} exp(q_i . k_l / sqrt(d))`` for real keys j, 0 for
-    padded keys. q, k raw conv outputs (no SiLU), as in the paper. ``impl="fast"`` calls
+    padded keys. q, k raw conv outputs (no SiLU), as in the paper; mixing step ``y = M v + v`` (the
+    paper's skip). ``impl="fast"`` calls
     :func:`torch.nn.functional.scaled_dot_product_attention` (fused, no L x L tensor where the backend
     allows); ``impl="explicit"`` materializes the softmax matrix. :meth:`matrix` returns it as a
     :class:`structured.dense.Dense`.
@@ -217,9 +243,10 @@ class AttentionMixer(Mixer):
 
     structure = "dense"
     sequence_aligned_definition = False
+    skip = True
 
     def token_channels(self):
-        return {"q": Channels(self.qk_dim, act=False), "k": Channels(self.qk_dim, act=False)}
+        return _qk_channels(self, act=False)
 
     def _scores(self, params, mask):
         s = params["q"] @ params["k"].transpose(-1, -2) / math.sqrt(self.qk_dim)
@@ -244,32 +271,42 @@ class _SSMParams(Mixer):
     ``dt = softplus(dt_raw + dt_bias)`` per head and position (zero at padded positions),
     ``A = -exp(A_log)`` per head, input generator ``b_j = B_j dt_j``, log-decay ``log a_t = A dt_t``
     (so padded positions have decay 1 and pass the state through unchanged), output generator
-    ``c_i = C_i``. Initialization as Mamba-2: A ~ U[1, 16], dt ~ log-uniform[1e-3, 1e-1] (through
-    dt_bias, with dt_raw's table at 0 for the fixed parameterization), D = 1."""
+    ``c_i = C_i``, skip ``D`` per head. B and C are shared by all heads (one group, ``ngroups = 1`` as
+    in Mamba-2's and Hydra's code) with state size ``N = d_state``, by default ``nheads * qk_dim`` (the
+    paper code's quasiseparable mixer: 12 * 16 = 192 at BERT-base). Initialization:
+    A ~ U[``A_init_range``] (Mamba-2: [1, 16]), dt ~ log-uniform[1e-3, 1e-1] (through dt_bias, with
+    dt_raw's table at 0 for the fixed parameterization), D = 1.
+
+    Each suffix in ``dynamics`` owns one set ``A_log<s>, dt_bias<s>, D<s>`` (one set, or one per
+    direction for two independent SSMs)."""
+
+    dynamics: tuple[str, ...] = ("",)
+    A_init_range: tuple[float, float] = (1.0, 16.0)
 
     def __init__(self, *, d_state: int | None = None, **common):
         super().__init__(**common)
-        d_state = self.qk_dim if d_state is None else d_state
+        d_state = self.nheads * self.qk_dim if d_state is None else d_state
         if isinstance(d_state, bool) or not isinstance(d_state, int) or d_state < 1:
-            raise ValueError(f"d_state must be a positive int (default qk_dim), got {d_state!r}")
+            raise ValueError(f"d_state must be a positive int (default nheads * qk_dim), got {d_state!r}")
         self.d_state = d_state
-
-    def _new_dynamics(self, suffix=""):
         H = self.nheads
-        A = torch.empty(H).uniform_(1.0, 16.0)
-        dt = torch.exp(torch.empty(H).uniform_(math.log(1e-3), math.log(1e-1)))
-        self.register_parameter("A_log" + suffix, nn.Parameter(torch.log(A)))
-        self.register_parameter("dt_bias" + suffix, nn.Parameter(inverse_softplus(dt)))
+        for suffix in self.dynamics:
+            A = torch.empty(H).uniform_(*self.A_init_range)
+            dt = torch.exp(torch.empty(H).uniform_(math.log(1e-3), math.log(1e-1)))
+            self.register_parameter("A_log" + suffix, nn.Parameter(torch.log(A)))
+            self.register_parameter("dt_bias" + suffix, nn.Parameter(inverse_softplus(dt)))
+            self.register_parameter("D" + suffix, nn.Parameter(torch.ones(H)))
 
-    def init_fixed(self, name, table):
-        with torch.no_grad():
-            if name.startswith("dt"):
-                table.zero_()
-            else:
-                table.normal_()
+    #: a per-position scalar per head taken straight from in_proj (no conv, no SiLU), table at 0
+    _SCALAR = Channels(1, conv=False, act=False, init_std=0.0)
+
+    def _state(self) -> Channels:
+        """A B or C generator: d_state channels shared by all heads, through the conv + SiLU (xBC);
+        fixed tables initialized like the paper's (L, 2 N) BC table."""
+        return Channels(self.d_state, shared=True, init_std=_xavier_std(2 * self.d_state, self.norm_length))
 
     def _discretize(self, dt_raw, B, mask, suffix=""):
-        """dt_raw (B, H, L, 1), B (B, H, L, N) -> (b, log_a) with b (B, H, L, N), log_a (B, H, L)."""
+        """dt_raw (B, H, L, 1), B (B, 1, L, N) -> (b, log_a) with b (B, H, L, N), log_a (B, H, L)."""
         dt_bias = getattr(self, "dt_bias" + suffix).to(dt_raw.dtype)
         A = -torch.exp(getattr(self, "A_log" + suffix).to(dt_raw.dtype))
         dt = F.softplus(dt_raw[..., 0] + dt_bias[:, None])                 # (B, H, L)
@@ -278,38 +315,32 @@ class _SSMParams(Mixer):
         return B * dt[..., None], A[:, None] * dt
 
 
-def _causal_with_skip(b, c, log_a, D):
-    """The causal SSM with D skip as one matrix: lower-triangular Quasiseparable (shift=False, zero
-    backward generators): m_ij = c_i . b_j exp(sum_{t=j+1..i} log_a_t) (i > j), m_ii = c_i . b_i + D."""
+def _one_sided_with_skip(b, c, log_a, D, backward=False):
+    """One causal SSM with D skip as one matrix, a one-sided Quasiseparable (shift=False, the other
+    direction's generators zero). Forward (lower-triangular):
+    m_ij = c_i . b_j exp(sum_{t=j+1..i} log_a_t) (i > j); backward (the reversed SSM in the original
+    frame, upper-triangular): m_ij = c_i . b_j exp(sum_{t=i..j-1} log_a_t) (i < j); m_ii = c_i . b_i + D."""
     delta = D.to(b.dtype)[:, None].expand(*log_a.shape)
-    zb, zl = torch.zeros_like(b), torch.zeros_like(log_a)
-    return _structured("quasiseparable")(b, c, log_a, delta, b_bwd=zb, c_bwd=zb, log_a_bwd=zl, shift=False,
-                                         validate=False)
-
-
-def _anticausal_with_skip(b, c, log_a, D):
-    """The reversed (backward) SSM with D skip in the original frame: upper-triangular,
-    m_ij = c_i . b_j exp(sum_{t=i..j-1} log_a_t) (i < j), m_ii = c_i . b_i + D."""
-    delta = D.to(b.dtype)[:, None].expand(*log_a.shape)
-    zb, zl = torch.zeros_like(b), torch.zeros_like(log_a)
-    return _structured("quasiseparable")(zb, zb, zl, delta, b_bwd=b, c_bwd=c, log_a_bwd=log_a, shift=False,
+    zero = (torch.zeros_like(b), torch.zeros_like(b), torch.zeros_like(log_a))
+    fwd, bwd = (zero, (b, c, log_a)) if backward else ((b, c, log_a), zero)
+    return _structured("quasiseparable")(*fwd, delta, b_bwd=bwd[0], c_bwd=bwd[1], log_a_bwd=bwd[2], shift=False,
                                          validate=False)
 
 
 def _causal_apply(v, b, c, log_a, D, impl):
     """``(causal SSM + D I) v`` -- fast: one chunked SSD pass (:class:`structured.semiseparable.Semiseparable`)
-    plus the skip; explicit: the materialized :func:`_causal_with_skip`."""
+    plus the skip; explicit: the materialized :func:`_one_sided_with_skip`."""
     if impl == "fast":
         y = _structured("semiseparable")(b, c, log_a, validate=False).matmul(v)
         return y + D.to(v.dtype)[:, None, None] * v
-    return _causal_with_skip(b, c, log_a, D).matmul(v, method="explicit")
+    return _one_sided_with_skip(b, c, log_a, D).matmul(v, method="explicit")
 
 
 def _anticausal_apply(v, b, c, log_a, D, impl):
     """``(reversed SSM + D I) v``: the causal pass on the flipped sequence, flipped back."""
     if impl == "fast":
         return _causal_apply(v.flip(-2), b.flip(-2), c.flip(-2), log_a.flip(-1), D, impl).flip(-2)
-    return _anticausal_with_skip(b, c, log_a, D).matmul(v, method="explicit")
+    return _one_sided_with_skip(b, c, log_a, D, backward=True).matmul(v, method="explicit")
 
 
 @register_mixer("semiseparable")
@@ -317,8 +348,8 @@ class SemiseparableMixer(_SSMParams):
     """Causal Mamba-2 SSD (Table 1 "Semiseparable"; the causal baseline of Table 3).
 
     ``m_ij = C_i . B_j dt_j exp(A sum_{t=j+1..i} dt_t)`` for i > j, ``m_ii = C_i . B_i dt_i + D``, 0 for
-    i < j (dt, A, D as in :class:`_SSMParams`). B, C (N = d_state per head, through conv + SiLU like
-    Mamba-2's xBC), dt_raw (1 per head, not convolved). Sequence-aligned per the paper's Definition.
+    i < j (dt, A, D as in :class:`_SSMParams`). B, C (N = d_state, shared by the heads, through conv +
+    SiLU like Mamba-2's xBC), dt_raw (1 per head, not convolved). Sequence-aligned per the paper's Definition.
 
     :meth:`matrix` returns the exact applied matrix as a lower-triangular
     :class:`structured.quasiseparable.Quasiseparable` (shift=False, zero backward generators): the D
@@ -328,21 +359,16 @@ class SemiseparableMixer(_SSMParams):
 
     structure = "quasiseparable"
 
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self._new_dynamics()
-        self.D = nn.Parameter(torch.ones(self.nheads))
-
     def token_channels(self):
-        N = self.d_state
-        return {"B": N, "C": N, "dt": Channels(1, conv=False, act=False)}
+        N = self._state()
+        return {"B": N, "C": N, "dt": self._SCALAR}
 
     def _gen(self, params, mask):
         b, log_a = self._discretize(params["dt"], params["B"], mask)
         return b, params["C"], log_a
 
     def matrix(self, params, length, mask=None):
-        return _causal_with_skip(*self._gen(params, mask), self.D)
+        return _one_sided_with_skip(*self._gen(params, mask), self.D)
 
     def apply(self, v, params, mask=None, impl="fast"):
         return _causal_apply(v, *self._gen(params, mask), self.D, impl)
@@ -352,8 +378,9 @@ class SemiseparableMixer(_SSMParams):
 class QuasiseparableMixer(_SSMParams):
     """Hydra's quasiseparable mixer (Section 3; the paper's Table 2 "Quasiseparable" row).
 
-    Shared generators B, C (N = d_state per head, conv + SiLU), a separate dt per direction
-    (``dt_f``, ``dt_b``; one ``A`` per head), and a free data-dependent diagonal
+    Shared generators B, C (the same for both directions and all heads, N = d_state, conv + SiLU), a
+    separate dt per direction (``dt_f``, ``dt_b``; one ``A`` and one ``dt_bias`` per head), and a free
+    data-dependent diagonal
     ``delta_i = delta_raw_i + D`` (a token channel plus a per-head bias; the paper projects it from
     the conv output, ``fc_D``). With ``b_j = B_j dt_f_j``, ``b'_j = B_j dt_b_j``:
 
@@ -361,28 +388,19 @@ class QuasiseparableMixer(_SSMParams):
     ``m_ii = delta_i``,
     ``m_ij = C_{i+1} . b'_j exp(A sum_{t=i+1..j-1} dt_b_t)`` (i < j).
 
+    A starts at 1 for every head (``A_init_range = (1, 1)``, as Hydra's code; Mamba-2 draws U[1, 16]).
+    Fixed: B, C, dt_f, dt_b and delta are all learned tables (not data-dependent); the paper's fixed
+    variant keeps ``fc_D`` data-dependent and uses ``dt_bias`` alone.
     Sequence-aligned per the paper's Definition (the shift reads C_{i+1} only for columns j > i).
     Fast product: two chunked SSD passes (:class:`structured.quasiseparable.Quasiseparable`).
     """
 
     structure = "quasiseparable"
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self._new_dynamics()
-        self.D = nn.Parameter(torch.ones(self.nheads))
+    A_init_range = (1.0, 1.0)
 
     def token_channels(self):
-        N = self.d_state
-        raw = Channels(1, conv=False, act=False)
+        N, raw = self._state(), self._SCALAR
         return {"B": N, "C": N, "dt_f": raw, "dt_b": raw, "delta": raw}
-
-    def init_fixed(self, name, table):
-        with torch.no_grad():
-            if name == "delta":
-                table.zero_()
-            else:
-                super().init_fixed(name, table)
 
     def matrix(self, params, length, mask=None):
         b, log_a = self._discretize(params["dt_f"], params["B"], mask)
@@ -396,16 +414,10 @@ class _TwoSSMs(_SSMParams):
     """Two independent causal Mamba-2 SSMs, one run forward and one on the reversed sequence
     (Table 3's bidirectional heuristics): separate B, C, dt, A, D per direction."""
 
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self._new_dynamics("_f")
-        self._new_dynamics("_b")
-        self.D_f = nn.Parameter(torch.ones(self.nheads))
-        self.D_b = nn.Parameter(torch.ones(self.nheads))
+    dynamics = ("_f", "_b")
 
     def token_channels(self):
-        N = self.d_state
-        raw = Channels(1, conv=False, act=False)
+        N, raw = self._state(), self._SCALAR
         return {"B_f": N, "C_f": N, "B_b": N, "C_b": N, "dt_f": raw, "dt_b": raw}
 
     def _gens(self, params, mask):
@@ -417,7 +429,8 @@ class _TwoSSMs(_SSMParams):
         """``{"forward": lower-triangular M_f, "backward": upper-triangular M_b}`` (each with its D on
         the diagonal), as :class:`structured.quasiseparable.Quasiseparable` (shift=False)."""
         fwd, bwd = self._gens(params, mask)
-        return {"forward": _causal_with_skip(*fwd, self.D_f), "backward": _anticausal_with_skip(*bwd, self.D_b)}
+        return {"forward": _one_sided_with_skip(*fwd, self.D_f),
+                "backward": _one_sided_with_skip(*bwd, self.D_b, backward=True)}
 
     def _both(self, v, params, mask, impl):
         fwd, bwd = self._gens(params, mask)

@@ -86,16 +86,30 @@ def test_gradients_reach_every_parameter_finite_and_fast_equals_explicit(name, p
 def test_matrix_reproduces_the_mixing_step_and_has_its_structure(name, param):
     blk = make_block(name, param)
     u = rand_u(2, 10)
-    _, v, params = blk.mixer_inputs(u)
+    z, v, params = blk.mixer_inputs(u)
     M = blk.matrix(u)
     assert torch.broadcast_shapes(tuple(M.batch_shape), (2, blk.nheads)) == (2, blk.nheads)
     assert M.length == 10
-    y = blk.mixer.apply(v, params, None, impl="fast")
-    torch.testing.assert_close(M.to_dense() @ v, y, rtol=1e-10, atol=1e-12)
+    # The block's whole output from the reported matrix: y = M (s v) (+ v), then gate, norm, out_proj.
+    y = M.to_dense() @ (blk.mixer.value_scale * v) + (v if blk.mixer.skip else 0)
+    y = y.transpose(1, 2).reshape(2, 10, -1)
+    torch.testing.assert_close(blk.out_proj(blk.norm(y, z)), blk(u), rtol=1e-10, atol=1e-12)
     report = M.check_structure()
     assert report.ok, str(report)
     # The materialization must actually use its parameters (a zero matrix passes every rank check).
     assert M.to_dense().abs().amax() > 1e-3
+
+
+def test_identity_skip_is_on_exactly_the_mixers_whose_paper_code_adds_the_values_back():
+    """The paper's dense/toeplitz/vandermonde(+dft)/cauchy/low_rank/attention end with ``+ residual``;
+    its SSMs carry D / delta on the diagonal instead."""
+    skip = {n for n in BUILTIN if mixers.get(n).skip}
+    assert skip == {"dense", "dft", "toeplitz", "vandermonde", "cauchy", "low_rank", "attention"}
+    # the skip is really applied: y - M (s v) = v
+    blk = make_block("low_rank", "sequence_aligned")
+    _, v, params = blk.mixer_inputs(rand_u(2, 6))
+    y = blk.mixer.mix(v, params)
+    torch.testing.assert_close(y - blk.mixer.matrix(params, 6).to_dense() @ v, v)
 
 
 @pytest.mark.parametrize("name", ["bidir_mult", "bidir_concat"])
@@ -122,13 +136,26 @@ def test_multi_matrix_mixers_expose_their_components(name, param):
 
 @pytest.mark.parametrize("param", ["fixed", "sequence_aligned"])
 def test_semiseparable_block_matrix_is_causal_with_d_skip(param):
-    blk = make_block("semiseparable", param)
+    blk = make_block("semiseparable", param, d_state=2)
     M = blk.matrix(rand_u(2, 9)).to_dense()
     assert torch.all(torch.triu(M, 1) == 0)
-    # Changing a later token never changes an earlier output row of the matrix (causality).
     from structured import properties as P
     order, _ = P.semiseparable_order(M)
-    assert int(order.max()) <= blk.mixer.d_state + 1          # N from B C^T, +1 from the D skip
+    assert int(order.max()) <= 2 + 1                           # N from B C^T, +1 from the D skip
+    assert int(order.max()) >= 2                               # ... and the state is really used
+
+
+@pytest.mark.parametrize("param", ["fixed", "sequence_aligned"])
+def test_ssm_state_is_shared_by_the_heads_and_bounds_the_qs_order(param):
+    """Hydra's code: one B, C group for all heads (ngroups = 1), N = nheads * qk_dim by default."""
+    assert make_block("quasiseparable", param).mixer.d_state == (2 * D_MODEL // HEADDIM) * QK
+    blk = make_block("quasiseparable", param, d_state=2)
+    u = rand_u(2, 9)
+    _, _, params = blk.mixer_inputs(u)
+    assert params["B"].shape == params["C"].shape == (2, 1, 9, 2)
+    from structured import properties as P
+    order, _ = P.quasiseparable_order(blk.matrix(u).to_dense())
+    assert int(order.max()) == 2                               # <= d_state, and attained
 
 
 def test_quasiseparable_block_has_free_diagonal_and_addition_does_not():
@@ -259,3 +286,12 @@ def test_mixer_scalings_follow_the_reference_length_not_the_padding():
     b.load_state_dict(a.state_dict())
     u = rand_u(1, 6)
     torch.testing.assert_close(a.matrix(u).to_dense(), 2 * b.matrix(u).to_dense())
+
+
+def test_left_padded_mask_is_a_clear_error():
+    blk = mixers.MatrixMixerBlock(16, "low_rank", True, headdim=8, qk_dim=4)
+    u = torch.randn(2, 6, 16)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, :2] = False  # left padding in row 1
+    with pytest.raises(ValueError, match=r"right-padded.*rows \[1\]"):
+        blk(u, mask)

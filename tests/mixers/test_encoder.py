@@ -92,3 +92,13 @@ def test_param_table_sequence_aligned_minus_fixed_is_the_token_projection():
     assert rows[("low_rank", True)] - rows[("low_rank", False)] == want
     # dense's fixed table: one max_seq_len x max_seq_len matrix per head and layer
     assert rows[("dense", False)] - rows[("dft", False)] == layers * H * Lmax * Lmax
+
+
+def test_param_table_absolute_count_of_the_parameter_free_mixer():
+    """Independent count of the dft encoder at BERT-base (the base every other row adds to): token and
+    position embeddings, final norm, and per layer in_proj (z | v), conv (weight + bias), gated-norm
+    weight, out_proj, pre-norm LayerNorm."""
+    rows = {(r["mixer"], r["sequence_aligned"]): r["params"] for r in mixers.param_table()}
+    V, dm, di, Lmax, layers, k = 30522, 768, 1536, 128, 12, 7
+    layer = dm * 2 * di + di * (k + 1) + di + di * dm + 2 * dm
+    assert rows[("dft", False)] == V * dm + Lmax * dm + 2 * dm + layers * layer
