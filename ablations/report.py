@@ -123,7 +123,7 @@ def build_table(out_dir, run_ids=None, reference: str | None = None) -> pd.DataF
     rows = []
     for key in keys:
         rs = groups[key]
-        ok = [r for r in rs if r.get("status") == "completed"]
+        ok = ok_runs(rs)
         row = {"Structure": DISPLAY.get(key[0], key[0]), "mixer": key[0], "Seq.-aligned": key[1],
                "#Params": float(np.mean([r["params"] for r in ok if r.get("params")])) if any(
                    r.get("params") for r in ok) else np.nan}
@@ -145,6 +145,11 @@ def build_table(out_dir, run_ids=None, reference: str | None = None) -> pd.DataF
                 df.loc[i, "Δ SA−fixed"] = row["Avg"] - fixed["Avg"].iloc[0]
     df.attrs["reference"] = reference
     df.attrs["spearman"] = None
+    # What "Avg" averages (the stages a grid marks ``average``) and at which scales the runs were made,
+    # so the printed table says both instead of leaving "Avg" to be read as the paper's GLUE average.
+    in_avg = {name for r in ok_runs(runs) for name, st in r.get("stages", {}).items() if st.get("in_average")}
+    df.attrs["average_of"] = [col for stage, split, _, col in cols if stage in in_avg and split is None]
+    df.attrs["scales"] = sorted({str(r.get("labels", {}).get("scale")) for r in runs} - {"None"})
     if ref_df is not None:
         ref = {(m, sa): v for m, sa, v in zip(ref_df.mixer, ref_df.sequence_aligned, ref_df.glue_avg)}
         df["Paper Avg"] = [ref.get((m, sa), np.nan) for m, sa in zip(df.mixer, df["Seq.-aligned"])]
@@ -156,6 +161,10 @@ def build_table(out_dir, run_ids=None, reference: str | None = None) -> pd.DataF
     tail = ["Seeds", "Status"]
     df = df[[c for c in df.columns if c not in tail] + tail]
     return df
+
+
+def ok_runs(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if r.get("status") == "completed"]
 
 
 def _put(row: dict, col: str, vals: list) -> None:
@@ -213,12 +222,29 @@ def _latex_escape(s: str) -> str:
     return "".join(_LATEX.get(ch, ch) for ch in s)
 
 
-def _footer(df) -> str:
+# Scales whose numbers only show that the pipeline runs: said under the table and on the plots.
+NOT_EVIDENCE = {"smoke": "at the smoke scale the models are tiny and trained for tens of steps: these numbers "
+                         "show that the pipeline runs end to end; they are noise, not evidence for or against "
+                         "the paper"}
+
+
+def _caveats(df) -> list[str]:
+    return [f"Caution: {NOT_EVIDENCE[s]}." for s in df.attrs.get("scales", []) if s in NOT_EVIDENCE]
+
+
+def _footer(df) -> list[str]:
+    """Lines printed under the table: what Avg is, caveats of the scale, the rank correlation."""
+    lines = []
+    avg_of = df.attrs.get("average_of")
+    if avg_of:
+        lines.append(f"Avg: mean of {', '.join(avg_of)} (the stages the grid marks `average`)"
+                     + ("; Paper Avg: the paper's GLUE average." if "Paper Avg" in df.columns else "."))
+    lines += _caveats(df)
     sp = df.attrs.get("spearman")
-    if sp is None:
-        return ""
-    return (f"Spearman rank correlation of Avg with the paper's {df.attrs.get('reference')} averages: "
-            f"rho = {sp['rho']:.3f} (p = {sp['p']:.3g}, n = {sp['n']})")
+    if sp is not None:
+        lines.append(f"Spearman rank correlation of Avg with the paper's {df.attrs.get('reference')} averages: "
+                     f"rho = {sp['rho']:.3f} (p = {sp['p']:.3g}, n = {sp['n']})")
+    return lines
 
 
 def format_table(df: pd.DataFrame, fmt: str = "md") -> str:
@@ -232,8 +258,7 @@ def format_table(df: pd.DataFrame, fmt: str = "md") -> str:
                  "|" + "|".join("---" if c in ("Structure", "Status") else "---:" for c in cols) + "|"]
         for i in df.index:
             lines.append("| " + " | ".join(_fmt_cell(df, i, c).replace("|", "/") for c in cols) + " |")
-        foot = _footer(df)
-        return "\n".join(lines) + (f"\n\n{foot}" if foot else "")
+        return "\n\n".join(["\n".join(lines)] + _footer(df))  # one paragraph per footer line
     if fmt == "latex":
         spec = "l" + "c" + "r" * (len(cols) - 2)
         lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
@@ -242,9 +267,7 @@ def format_table(df: pd.DataFrame, fmt: str = "md") -> str:
             cells = [_latex_escape(_fmt_cell(df, i, c)) for c in cols]
             lines.append(" & ".join(cells) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
-        foot = _footer(df)
-        if foot:
-            lines.append("% " + foot)
+        lines += ["% " + ln for ln in _footer(df)]
         return "\n".join(lines)
     raise ValueError(f"format must be one of md, csv, latex; got {fmt!r}")
 
@@ -290,9 +313,11 @@ def write_plots(out_dir, run_ids=None) -> list[Path]:
         ax.plot(steps, [np.mean(pts[s]) for s in steps], linestyle="-" if sa else "--", marker=".",
                 color=cmap(mixers_seen.index(mixer) % 10),
                 label=f"{DISPLAY.get(mixer, mixer)} ({'SA' if sa else 'fixed'})")
+    df = build_table(out_dir, run_ids)
+    flag = "".join(f"\n[{s} scale: a pipeline check, not evidence]" for s in df.attrs["scales"] if s in NOT_EVIDENCE)
     ax.set_xlabel("step")
     ax.set_ylabel(f"validation loss ({stage0})")
-    ax.set_title("Validation loss per mixer (solid: sequence-aligned, dashed: fixed)")
+    ax.set_title("Validation loss per mixer (solid: sequence-aligned, dashed: fixed)" + flag, fontsize=10)
     if curves:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -301,19 +326,19 @@ def write_plots(out_dir, run_ids=None) -> list[Path]:
     plt.close(fig)
     written.append(p)
 
-    df = build_table(out_dir, run_ids)
     sa_rows = df[df["Seq.-aligned"] & df["Δ SA−fixed"].notna()]
     fig, ax = plt.subplots(figsize=(7, 4))
     x = np.arange(len(sa_rows))
     has_paper = "Paper Δ" in df.columns
     w = 0.4 if has_paper else 0.6
-    ax.bar(x - (w / 2 if has_paper else 0), sa_rows["Δ SA−fixed"], width=w, label="ours")
+    ours = f"ours (Avg of {', '.join(df.attrs['average_of'])})" if df.attrs["average_of"] else "ours"
+    ax.bar(x - (w / 2 if has_paper else 0), sa_rows["Δ SA−fixed"], width=w, label=ours)
     if has_paper:
-        ax.bar(x + w / 2, sa_rows["Paper Δ"], width=w, label="paper (Table 2)")
+        ax.bar(x + w / 2, sa_rows["Paper Δ"], width=w, label=f"paper ({df.attrs['reference']}: GLUE avg)")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x, sa_rows["Structure"], rotation=30, ha="right")
-    ax.set_ylabel("Avg(sequence-aligned) − Avg(fixed)")
-    ax.set_title("Effect of sequence alignment per structured class")
+    ax.set_ylabel("Avg(sequence-aligned) − Avg(fixed), points")
+    ax.set_title("Effect of sequence alignment per structured class" + flag, fontsize=10)
     ax.legend()
     fig.tight_layout()
     p = plot_dir / "delta.png"

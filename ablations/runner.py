@@ -476,8 +476,13 @@ def _run_pool(todo, out_dir, jobs, retry_failed, done):
                 except cf.process.BrokenProcessPool as e:  # a worker died (e.g. killed by the OOM killer)
                     done(_crashed(s, out_dir, f"worker process died: {e}"))
         except KeyboardInterrupt:
-            for f in futs:
-                f.cancel()
+            # Stop now: the executor would otherwise finish the runs already handed to its call queue
+            # (minutes each at lab scale) before exiting. A killed run resumes from its last checkpoint
+            # (files are written atomically; its lock dies with the process).
+            # ProcessPoolExecutor has no public terminate() before Python 3.14 (terminate_workers).
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
 
 

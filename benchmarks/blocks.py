@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ablations.trainer import atomic_write_text
+
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
 QUICK_LENGTHS = (64, 128, 256)
 STEP_TIME_LIMIT_S = 10.0
@@ -175,8 +177,11 @@ def main(argv=None) -> int:
         unknown = [m for m in only if m not in mixers.names()]
         if unknown:
             ap.error(f"--mixers: unknown mixer(s) {unknown}; registered: {', '.join(sorted(mixers.names()))}")
-    batch = args.batch or (2 if args.quick else 8)
-    d_model = args.d_model or (32 if args.quick else 256)
+    for flag, value in (("--batch", args.batch), ("--d-model", args.d_model)):
+        if value is not None and value < 1:
+            ap.error(f"{flag} must be a positive integer, got {value}")
+    batch = args.batch if args.batch is not None else (2 if args.quick else 8)
+    d_model = args.d_model if args.d_model is not None else (32 if args.quick else 256)
     headdim, qk_dim = (16, 8) if args.quick else (64, 16)
     data = run(device, lengths, batch, d_model, headdim, qk_dim, only=only, progress=not args.no_progress)
     data.update({
@@ -190,7 +195,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"blocks-{device.type}{'-quick' if args.quick else ''}"
-    (out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write_text(out / f"{stem}.json", json.dumps(data, indent=2) + "\n")
     _plot(data, out / f"{stem}.png")
     for key, s in data["scaling"].items():
         rows = [r for r in data["results"] if f"{r['mixer']}/{'sa' if r['sequence_aligned'] else 'fixed'}" == key]

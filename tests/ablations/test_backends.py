@@ -39,6 +39,36 @@ def test_jobs_run_in_parallel_worker_processes(tmp_path):
     assert all(r.get("skipped") for r in again)
 
 
+def test_interrupt_stops_worker_processes_at_once(tmp_path):
+    # Ctrl-C while workers train: the grid must stop now, not after the runs already queued to the pool
+    # (each of the long runs below takes ~15 s); interrupted runs are left resumable.
+    import multiprocessing
+
+    quick = specs(1)
+    long = [RunSpec(run_id=run_id(c), config=c, point={}) for c in (run_config_from_dict(standin_plugin.config(
+        seed=seed, checkpoint_every=1000, pretrain={"steps": 6000, "eval_every": 6000})) for seed in (1, 2, 3))]
+
+    def interrupt(line):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_grid(quick + long, tmp_path, jobs=2, progress=False, echo=interrupt)
+    t0 = time.perf_counter()
+    deadline = t0 + 10
+    while multiprocessing.active_children() and time.perf_counter() < deadline:
+        time.sleep(0.05)
+    assert not multiprocessing.active_children()
+    assert time.perf_counter() - t0 < 10
+    assert (tmp_path / quick[0].run_id / "summary.json").exists()
+    for s in long:
+        d = tmp_path / s.run_id
+        assert not (d / "summary.json").exists()
+        if d.exists():                                   # its lock died with the worker: a rerun can resume it
+            lock = runner._try_lock(d)
+            assert lock is not None
+            lock.close()
+
+
 @pytest.mark.slow  # ~20 s: starting a local Ray instance dominates
 def test_ray_backend_on_a_local_instance(tmp_path):
     ray = pytest.importorskip("ray")

@@ -170,3 +170,6 @@ def test_bench_blocks_quick(tmp_path, capsys):
     assert got == {("low_rank", False), ("low_rank", True), ("dense", False)}
     assert all(r["time_s"] > 0 and r["L"] == 16 for r in data["results"])
     assert (tmp_path / "blocks-cpu-quick.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit) as e:               # 0 is not silently replaced by the default
+        cli.main(["bench", "blocks", "--quick", "--batch", "0", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--batch must be a positive integer, got 0" in capsys.readouterr().err

@@ -144,3 +144,12 @@ def test_table2_grid_has_the_papers_rows():
     assert pts == ref
     raw = yaml.safe_load((HERE.parents[1] / "ablations" / "grids" / "table2.yaml").read_text())
     assert raw["scales"]["paper"]["model"]["d_model"] == 768 and raw["scales"]["paper"]["model"]["n_layers"] == 12
+
+
+def test_table3_grid_has_the_bidirectional_variants_and_the_causal_reference():
+    g = grid.load_grid("table3")
+    mixers_in_grid = [p["model.mixer"] for p in g.points()]
+    assert sorted(mixers_in_grid) == sorted(["semiseparable", "bidir_add", "bidir_mult", "bidir_concat",
+                                             "quasiseparable"])
+    for scale in g.scales:   # all of Table 3 is sequence-aligned (input-dependent SSMs)
+        assert all(s.config.model.sequence_aligned for s in grid.expand(g, scale=scale))

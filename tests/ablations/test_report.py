@@ -20,7 +20,7 @@ RUNS = {
 }
 
 
-def _write_runs(out, failed=False):
+def _write_runs(out, failed=False, scale="lab"):
     for i, ((mixer, sa, seed), (acc, loss)) in enumerate(RUNS.items()):
         rid = f"{mixer}-{'sa' if sa else 'fx'}-s{seed}-0000"
         d = out / rid
@@ -39,7 +39,7 @@ def _write_runs(out, failed=False):
         }
         summary = {"run_id": rid, "seed": seed, "mixer": mixer, "sequence_aligned": sa, "params": 1000 + i,
                    "status": "completed", "reason": None, "average": 100 * acc, "stages": stages,
-                   "labels": {"grid": "t", "index": i, "reference": "table2"}}
+                   "labels": {"grid": "t", "index": i, "reference": "table2", "scale": scale}}
         (d / "summary.json").write_text(json.dumps(summary))
         with open(d / "metrics.jsonl", "w") as f:
             for step in (10, 20):
@@ -109,6 +109,20 @@ def test_formats(tmp_path):
     paths = report.write_tables(df, tmp_path)
     assert sorted(p.name for p in paths) == ["table.csv", "table.md", "table.tex"]
     assert (tmp_path / "table.md").read_text().strip() == md.strip()
+
+
+def test_footer_says_what_avg_is_and_flags_smoke_numbers(tmp_path):
+    _write_runs(tmp_path / "lab")
+    md = report.format_table(report.build_table(tmp_path / "lab"), "md")
+    # only "doc" is marked in_average (mlm is pretraining, recall is not averaged)
+    assert "Avg: mean of doc acc (the stages the grid marks `average`); Paper Avg: the paper's GLUE average." in md
+    assert "Caution" not in md
+    _write_runs(tmp_path / "smoke", scale="smoke")
+    df = report.build_table(tmp_path / "smoke")
+    md = report.format_table(df, "md")
+    assert "Caution: at the smoke scale" in md and "not evidence" in md
+    tex = report.format_table(df, "latex")
+    assert "% Avg: mean of doc acc" in tex and "% Caution: at the smoke scale" in tex
 
 
 def test_plots_written(tmp_path):
