@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -43,21 +44,22 @@ def cmd_list(args) -> int:
     print("Structured classes (name: defining property):")
     try:
         import structured
-        for name in structured.names():
-            cls = structured.get(name)
-            approx = "  [approximate fast path]" if getattr(cls, "approximate", False) else ""
-            print(f"  {name:16s} {cls.property_name}{approx}")
+        classes = [(name, structured.get(name)) for name in structured.names()]
     except Exception as e:  # noqa: BLE001 - a half-installed package must not hide the rest of the listing
         print(f"  (structured is not importable: {type(e).__name__}: {e})")
-        status = EXIT_MISSING
+        classes, status = [], EXIT_MISSING
+    for name, cls in classes:
+        approx = "  [approximate fast path]" if getattr(cls, "approximate", False) else ""
+        print(f"  {name:16s} {cls.property_name}{approx}")
     print("\nMixers (name: parameterizations):")
     try:
         import mixers
-        for name, params in sorted(mixers.names().items()):
-            print(f"  {name:16s} {', '.join(params)}")
+        mixer_names = sorted(mixers.names().items())
     except Exception as e:  # noqa: BLE001
         print(f"  (mixers is not importable: {type(e).__name__}: {e})")
-        status = EXIT_MISSING
+        mixer_names, status = [], EXIT_MISSING
+    for name, params in mixer_names:
+        print(f"  {name:16s} {', '.join(params)}")
     if args.params:
         print("\nParameter counts (mixers.param_table(), BERT-base sizes):")
         try:
@@ -316,6 +318,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `mixerzoo list | head`: the reader went away, which is not our failure
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return EXIT_OK
 
 
 if __name__ == "__main__":

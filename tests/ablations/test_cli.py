@@ -173,3 +173,16 @@ def test_bench_blocks_quick(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:               # 0 is not silently replaced by the default
         cli.main(["bench", "blocks", "--quick", "--batch", "0", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--batch must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_list_into_a_closed_pipe_exits_cleanly():
+    # `mixerzoo list | head -1`: the reader leaves early; that is not a failure and prints no traceback
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "ablations.cli", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err
