@@ -198,8 +198,11 @@ def _fmt_cell(df, i, col) -> str:
     v = df.loc[i, col]
     if col == "Seq.-aligned":
         return "✓" if v else "✗"
-    if col == "#Params":
-        return "" if pd.isna(v) else (f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v / 1e3:.1f}K")
+    if col == "#Params":  # one unit per column (chosen by its largest entry), so rows compare at a glance
+        if pd.isna(v):
+            return ""
+        big = df[col].max() >= 1e6
+        return f"{v / 1e6:.2f}M" if big else f"{v / 1e3:.1f}K"
     if isinstance(v, (float, np.floating)):
         if np.isnan(v):
             return "" if col.startswith(("Δ", "Paper Δ")) else "–"
