@@ -32,6 +32,7 @@ from . import interpreting as _interpreting
 
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MAX_GRAM_DIM = 256
@@ -120,11 +121,11 @@ def _apply(V: torch.Tensor, lo: Optional[_Tri], up: Optional[_Tri], delta: Optio
         # Stored in V's dtype: the sweep casts each state to it before its matrix product anyway, so a
         # wider copy would only double this, the kernel pair's largest, memory traffic.
         states = torch.empty((B0 * B1, n_chunks, DG, DV), dtype=V.dtype, device=dev)
-        _k._upper_states_kernel[grid](
-            up.K, *up.K.stride(), up.lam, *up.lam.stride()[:3], V, *V.stride(), states,
-            B1, L, DG, DV, n_chunks,
-            UP_K=up.k, UP_U=up.u, VO=vo, BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc,
-            **launch)
+        _launch_fitting(
+            _k._upper_states_kernel, grid,
+            (up.K, *up.K.stride(), up.lam, *up.lam.stride()[:3], V, *V.stride(), states,
+             B1, L, DG, DV, n_chunks),
+            dict(UP_K=up.k, UP_U=up.u, VO=vo, BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc), launch)
     else:
         states = out  # unused placeholder pointer
     dummy_t = lo if lo is not None else up
@@ -133,18 +134,46 @@ def _apply(V: torch.Tensor, lo: Optional[_Tri], up: Optional[_Tri], delta: Optio
     shared = (lo is not None and up is not None and _same(lo.R, up.R) and _same(lo.K, up.K)
               and lo.r == -up.r and lo.k == -up.k)
     d = delta if delta is not None else lo_.lam
-    _k._sweep_kernel[grid](
+    _launch_fitting(_k._sweep_kernel, grid, (
         lo_.R, *lo_.R.stride(), lo_.K, *lo_.K.stride(), lo_.lam, *lo_.lam.stride()[:3],
         up_.R, *up_.R.stride(), up_.K, *up_.K.stride(), up_.lam, *up_.lam.stride()[:3],
         V, *V.stride(), d, *d.stride()[:3], states, out, *out.stride(),
         rowdot if rowdot is not None else V, *(rowdot if rowdot is not None else V).stride(),
         rdo if rdo is not None else out,
-        B1, L, DG, DV, n_chunks,
+        B1, L, DG, DV, n_chunks), dict(
         HAS_LO=lo is not None, LO_R=lo_.r, LO_K=lo_.k, LO_U=lo_.u, LO_V=lo_.v, LO_S=lo_.s,
         HAS_UP=up is not None, UP_R=up_.r, UP_K=up_.k, UP_U=up_.u, UP_V=up_.v, UP_S=up_.s,
         SHARED_GRAM=shared, HAS_D=delta is not None, VO=vo, HAS_RD=rowdot is not None, ATOMIC=atomic,
-        BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, **launch)
+        BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc), launch)
     return out if rowdot is None else (out, rdo)
+
+
+# Launches that ran out of shared memory with the TUNING configuration and ran with fewer pipeline stages:
+# {(kernel name, BG, BV, dtype): num_stages}. The software pipeline keeps `num_stages` copies of every
+# tile it prefetches, so with wide generators (e.g. d_state 256 for the quasiseparable operator, whose
+# two triangles each hold a (chunk, d_state) pair of tiles) two stages exceed an H100's 227 KiB.
+_STAGES_FITTING: dict = {}
+
+
+def _launch_fitting(kernel, grid, args: tuple, meta: dict, launch: dict) -> None:
+    """Launch ``kernel[grid](*args, **meta, **launch)``; if it needs more shared memory than the device has,
+    retry with fewer software-pipelining stages (remembered per shape class) before giving up."""
+    key = (kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), meta.get("BG"), meta.get("BV"),
+           str(meta.get("ACC")))
+    stages = _STAGES_FITTING.get(key, launch.get("num_stages"))
+    while True:
+        kw = dict(launch) if stages is None else {**launch, "num_stages": stages}
+        try:
+            kernel[grid](*args, **meta, **kw)
+            return
+        except OutOfResources as e:
+            now = stages if stages is not None else 3  # Triton's default on Hopper
+            if now <= 1:
+                raise RuntimeError(
+                    f"{key[0]} with BG={key[1]} BV={key[2]} and num_stages=1 still exceeds the device's shared "
+                    f"memory ({e}); lower kernels.ssd.TUNING['block_v'] or chunk_size") from e
+            stages = now - 1
+            _STAGES_FITTING[key] = stages
 
 
 def _fits_one_block(DV: int) -> bool:

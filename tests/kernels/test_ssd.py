@@ -244,3 +244,32 @@ def test_three_batch_dims_and_column_blocks(monkeypatch):
     for name, a, r in zip(leaves, gk, gr):
         assert a.shape == leaves[name].shape
         assert rel_err(a, r) <= 1e-5, name
+
+
+class _FakeKernel:
+    """Stands in for a Triton kernel whose launch needs more shared memory than the device has unless it
+    runs with at most ``fits_at`` pipeline stages (as a d_state-256 quasiseparable sweep on an H100)."""
+
+    def __init__(self, fits_at):
+        self.fits_at, self.calls = fits_at, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.calls.append(kw.get("num_stages"))
+            if kw.get("num_stages") is None or kw["num_stages"] > self.fits_at:
+                from triton.runtime.errors import OutOfResources
+                raise OutOfResources(377344, 232448, "shared memory")
+        return launch
+
+
+def test_launch_retries_with_fewer_stages_and_remembers(monkeypatch):
+    monkeypatch.setattr(ssd, "_STAGES_FITTING", {})
+    k = _FakeKernel(fits_at=1)
+    meta = {"BG": 256, "BV": 64, "ACC": "fp32"}
+    ssd._launch_fitting(k, (1,), (), meta, {"num_warps": 4, "num_stages": 3})
+    assert k.calls == [3, 2, 1]
+    ssd._launch_fitting(k, (1,), (), meta, {"num_warps": 4, "num_stages": 3})
+    assert k.calls[3:] == [1]  # the fitting stage count is remembered for this shape class
+    with pytest.raises(RuntimeError, match="num_stages=1 still exceeds"):
+        ssd._launch_fitting(_FakeKernel(fits_at=0), (1,), (), {"BG": 512, "BV": 64, "ACC": "fp32"},
+                            {"num_warps": 4, "num_stages": 2})
