@@ -184,8 +184,10 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused CUDA implementation updates every tensor in a few launches instead of several per tensor.
+    on_cuda = bool(decay + no_decay) and all(p.device.type == "cuda" for p in decay + no_decay)
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            eps=cfg.eps)
+                            eps=cfg.eps, **({"fused": True} if on_cuda else {}))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule, cfg.min_lr_ratio))
     return opt, sched
@@ -346,7 +348,22 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
         from tqdm.auto import tqdm
         bar = tqdm(total=stage.steps, initial=start, desc=name, leave=False, dynamic_ncols=True)
     train_model.train()
-    loss_sum, loss_n, t0 = 0.0, 0, time.perf_counter()
+    # The loss sum and the non-finite guard stay on the device between log steps: reading them back every
+    # step would stall the host until the GPU catches up, and small models are bound by the host's kernel
+    # launches. The first bad step is recorded on the device and raised at the next check, which comes
+    # before any evaluation or checkpoint, so no checkpoint ever holds a step past a non-finite one.
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    first_bad_loss = torch.full((), -1, dtype=torch.int64, device=device)
+    first_bad_grad = torch.full((), -1, dtype=torch.int64, device=device)
+    loss_n, t0 = 0, time.perf_counter()
+
+    def raise_if_nonfinite():
+        bad_loss, bad_grad = int(first_bad_loss), int(first_bad_grad)
+        if bad_loss >= 0 and (bad_grad < 0 or bad_loss <= bad_grad):
+            raise NonFiniteError(f"non-finite loss at step {bad_loss} of stage {name!r}")
+        if bad_grad >= 0:
+            raise NonFiniteError(f"non-finite gradient norm at step {bad_grad} of stage {name!r}")
+
     for step in range(start, stage.steps):
         batch = task.train_batch(step, stage.batch_size, data_seed)
         if distributed:
@@ -356,31 +373,34 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
             logits = train_model(batch["input_ids"], batch["attention_mask"])
             loss = task.loss(logits, batch)
         finite = torch.isfinite(loss.detach()).to(torch.float32)
-        if distributed:  # every rank must stop together, or the others hang in the next all-reduce
+        if distributed:  # every rank sees the same flags, so all of them stop at the same check
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if finite.item() < 1:
-            raise NonFiniteError(f"non-finite loss ({loss.item()}) at step {step + 1} of stage {name!r}")
+        first_bad_loss = torch.where((finite < 1) & (first_bad_loss < 0), step + 1, first_bad_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        if not torch.isfinite(grad_norm):
-            raise NonFiniteError(f"non-finite gradient norm ({grad_norm.item()}) at step {step + 1} of stage "
-                                 f"{name!r}")
+        first_bad_grad = torch.where(~torch.isfinite(grad_norm) & (first_bad_grad < 0), step + 1, first_bad_grad)
         opt.step()
         sched.step()
         done_steps = step + 1
-        loss_sum += float(loss.detach())
+        loss_sum += loss.detach().float()
         loss_n += 1
-        if done_steps % log_every == 0 or done_steps == stage.steps:
-            log.append({"stage": name, "step": done_steps, "train_loss": loss_sum / loss_n,
+        evaluating = bool(stage.eval_every) and done_steps % stage.eval_every == 0 and done_steps < stage.steps
+        saving = bool(checkpoint_every) and done_steps % checkpoint_every == 0 and done_steps < stage.steps
+        logging_now = done_steps % log_every == 0 or done_steps == stage.steps
+        if logging_now or evaluating or saving or bar is not None or callbacks:
+            raise_if_nonfinite()
+        if logging_now:
+            log.append({"stage": name, "step": done_steps, "train_loss": float(loss_sum) / loss_n,
                         "lr": opt.param_groups[0]["lr"], "grad_norm": float(grad_norm),
                         "time_s": time.perf_counter() - t0})
-            loss_sum, loss_n = 0.0, 0
-        if stage.eval_every and done_steps % stage.eval_every == 0 and done_steps < stage.steps:
+            loss_sum.zero_()
+            loss_n = 0
+        if evaluating:
             metrics = evaluate(model, task, splits, stage.eval_batch_size, device, amp_dtype, fixed_length)
             for split, m in metrics.items():
                 log.append({"stage": name, "step": done_steps, "split": split, **m})
-        if checkpoint_every and done_steps % checkpoint_every == 0 and done_steps < stage.steps:
+        if saving:
             save(done_steps, done=False)
             if distributed:
                 torch.distributed.barrier()
@@ -391,6 +411,7 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
             cb(name, done_steps, model)
     if bar is not None:
         bar.close()
+    raise_if_nonfinite()
     final = evaluate(model, task, splits, stage.eval_batch_size, device, amp_dtype, fixed_length)
     for split, m in final.items():
         log.append({"stage": name, "step": stage.steps, "split": split, "final": True, **m})
