@@ -71,6 +71,36 @@ def _upper_decays(lam, U: tl.constexpr, V_: tl.constexpr):
 
 
 @triton.jit
+def _state_sweep(K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, svd, st_base,
+                 b0, b1, vc, seqlen, DG, DV, n_chunks,
+                 KO: tl.constexpr, U: tl.constexpr, VO: tl.constexpr,
+                 BQ: tl.constexpr, BG: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                 ACC: tl.constexpr):
+    """Right-to-left sweep storing, per chunk c, ``st_base[c] = sum_{j in chunks > c}
+    exp(sum_{t = start(c+1) .. j-1+U} lam_t) K[j + KO] V[j + VO]^T`` (a (DG, DV) tile, columns vc)."""
+    q = tl.arange(0, BQ)
+    g = tl.arange(0, BG)
+    dt = V.dtype.element_ty
+    state = tl.zeros((BG, BV), dtype=ACC)
+    st_mask = (g < DG)[:, None] & (vc < DV)[None, :]
+    for cc in range(n_chunks):
+        c = n_chunks - 1 - cc
+        tl.store(st_base + c * DG * DV + g[:, None] * DV + vc[None, :], state.to(st_base.dtype.element_ty),
+                 mask=st_mask)
+        rows = c * BQ + q
+        lam = _load_vec(LAM, sa0, sa1, sal, b0, b1, rows, seqlen, ACC)
+        rev_total = tl.sum(lam, axis=0)
+        rev = rev_total - tl.cumsum(lam, axis=0) + lam
+        col_dec = rev - U * lam
+        kt = _load_rows(K, sk0, sk1, skl, skd, b0, b1, rows + KO, g, seqlen, DG)
+        vt = _load_rows(V, sv0, sv1, svl, svd, b0, b1, rows + VO, vc, seqlen, DV)
+        vt = tl.where((rows < seqlen)[:, None], vt, 0.0).to(dt)
+        w = tl.exp(tl.minimum(rev_total - col_dec, 0.0))
+        kw = (kt.to(ACC) * w[:, None]).to(dt)
+        state = state * tl.exp(rev_total) + _dot(tl.trans(kw), vt, PREC, UPCAST, ACC)
+
+
+@triton.jit
 def _upper_states_kernel(
     K, sk0, sk1, skl, skd,
     LAM, sa0, sa1, sal,
@@ -81,33 +111,15 @@ def _upper_states_kernel(
     BQ: tl.constexpr, BG: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """Right-to-left sweep: ST[bh, c] = upper-triangle state entering chunk c (from chunks > c), fp32."""
+    """Right-to-left sweep: ST[bh, c] = upper-triangle state entering chunk c (from chunks > c)."""
     pid = tl.program_id(0)
     pv = tl.program_id(1)
     b0 = (pid // B1).to(tl.int64)
     b1 = (pid % B1).to(tl.int64)
-    q = tl.arange(0, BQ)
-    g = tl.arange(0, BG)
     vc = pv * BV + tl.arange(0, BV)
-    dt = V.dtype.element_ty
-    state = tl.zeros((BG, BV), dtype=ACC)
-    st_base = ST + pid.to(tl.int64) * n_chunks * DG * DV
-    st_mask = (g < DG)[:, None] & (vc < DV)[None, :]
-    for cc in range(n_chunks):
-        c = n_chunks - 1 - cc
-        tl.store(st_base + c * DG * DV + g[:, None] * DV + vc[None, :], state.to(ST.dtype.element_ty),
-                 mask=st_mask)
-        rows = c * BQ + q
-        lam = _load_vec(LAM, sa0, sa1, sal, b0, b1, rows, seqlen, ACC)
-        rev_total = tl.sum(lam, axis=0)
-        rev = rev_total - tl.cumsum(lam, axis=0) + lam
-        col_dec = rev - UP_U * lam
-        kt = _load_rows(K, sk0, sk1, skl, skd, b0, b1, rows - UP_K, g, seqlen, DG)
-        vt = _load_rows(V, sv0, sv1, svl, svd, b0, b1, rows + VO, vc, seqlen, DV)
-        vt = tl.where((rows < seqlen)[:, None], vt, 0.0).to(dt)
-        w = tl.exp(tl.minimum(rev_total - col_dec, 0.0))
-        kw = (kt.to(ACC) * w[:, None]).to(dt)
-        state = state * tl.exp(rev_total) + _dot(tl.trans(kw), vt, PREC, UPCAST, ACC)
+    _state_sweep(K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, svd,
+                 ST + pid.to(tl.int64) * n_chunks * DG * DV, b0, b1, vc, seqlen, DG, DV, n_chunks,
+                 KO=-UP_K, U=UP_U, VO=VO, BQ=BQ, BG=BG, BV=BV, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
 
 
 @triton.jit
@@ -195,3 +207,229 @@ def _sweep_kernel(
             tl.atomic_add(o_ptr, acc, mask=o_mask)
         else:
             tl.store(o_ptr, acc.to(O.dtype.element_ty), mask=o_mask)
+
+
+# ------------------------------------------------------------------------------------------------ backward
+# The backward pass of the operator for the instances the products use: in each triangle the row generators
+# and the decays are read at the same index as the column ones would be on the diagonal (``r = v = s``,
+# ``k = u = 0``, ``VO = 0``). Re-indexing the lower triangle by m = i - s and the upper one by n = i + s makes
+# both *inclusive* triangles (diagonal kept) whose output row is shifted instead:
+#
+#     lower:  y[m + S_lo] += sum_{j <= m} exp(sum_{t=j+1..m} lam_t)  (c_m  . b_j ) x_j
+#     upper:  y[n - S_up] += sum_{j >= n} exp(sum_{t=n..j-1} lam'_t) (c'_n . b'_j) x_j
+#
+# so the backward needs no shifted register tile: it reads dy at rows m + S_lo and n - S_up (two overlapping
+# loads) and every gradient lands on unshifted rows. With dyL = dy[m + S_lo], dyU = dy[n - S_up], per
+# triangle W = decay mask, G = C B^T, S = dyL X^T, the gradients are
+#
+#     dx = (W o G)^T dyL,   dc = (W o S) B,   db = (W o S)^T C,
+#
+# plus inter-chunk terms through four (N x P) states: two carried from the right (built by
+# ``_bwd_states_kernel``: G_lo = sum c dyL^T for dx and db, H_up = sum b' x^T for dc') and two carried
+# from the left inside ``_bwd_sweep_kernel`` (H_lo = sum b x^T for dc, G_up = sum c' dyU^T for dx and db').
+# The log-decay gradients are sums over decay spans of the pair terms A = W o G o S; with rho = rowsums and
+# kap = colsums of A (inter-chunk pairs included: rho = c . dc, kap = b . db), sum(rho) = sum(kap), so
+#
+#     d lam_t  = sum_{i < t} (kap_i - rho_i)        (lower, pairs j < t <= m)
+#     d lam'_t = sum_{i <= t} (rho'_i - kap'_i)     (upper, pairs n <= t < j)
+#
+# are both running sums the left-to-right sweep carries (no O(L N) pass of its own).
+
+
+@triton.jit
+def _bwd_states_kernel(
+    C, sc0, sc1, scl, scd,
+    AL, sal0, sal1, sall,
+    DY, sy0, sy1, syl, syd,
+    GL,
+    BU, sbu0, sbu1, sbul, sbud,
+    AU, sau0, sau1, saul,
+    X, sx0, sx1, sxl, sxd,
+    HU,
+    B1, seqlen, N, P, n_chunks,
+    LO_S: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr,
+    UPCAST: tl.constexpr, ACC: tl.constexpr,
+):
+    """Right-to-left: program (bh, 0) stores G_lo (lower adjoint state, ``sum exp(span) c_m dy[m+S_lo]^T``),
+    program (bh, 1) H_up (upper state, ``sum exp(span) b'_j x_j^T``) entering each chunk from the right.
+    The two run as separate programs (twice the parallelism of one program doing both)."""
+    pid = tl.program_id(0)
+    which = tl.program_id(1)
+    b0 = (pid // B1).to(tl.int64)
+    b1 = (pid % B1).to(tl.int64)
+    vc = tl.arange(0, BP)
+    off = pid.to(tl.int64) * n_chunks * N * P
+    if which == 0:
+        # Lower adjoint: span start(c+1)..m is the inclusive prefix of lam up to m, i.e. U = 1.
+        _state_sweep(C, sc0, sc1, scl, scd, AL, sal0, sal1, sall, DY, sy0, sy1, syl, syd, GL + off,
+                     b0, b1, vc, seqlen, N, P, n_chunks, KO=0, U=1, VO=LO_S,
+                     BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+    else:
+        _state_sweep(BU, sbu0, sbu1, sbul, sbud, AU, sau0, sau1, saul, X, sx0, sx1, sxl, sxd, HU + off,
+                     b0, b1, vc, seqlen, N, P, n_chunks, KO=0, U=0, VO=0,
+                     BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+
+
+@triton.jit
+def _emit(ptr, s0, s1, sl, sd, b0, b1, rows, cols, tile, mask, ATOMIC: tl.constexpr):
+    """Write a gradient tile; ATOMIC: sum into a target shared by several batch elements (stride 0)."""
+    p = ptr + b0 * s0 + b1 * s1 + rows[:, None] * sl + cols[None, :] * sd
+    if ATOMIC:
+        tl.atomic_add(p, tile, mask=mask)
+    else:
+        tl.store(p, tile.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bwd_sweep_kernel(
+    X, sx0, sx1, sxl, sxd,
+    DY, sy0, sy1, syl, syd,
+    BL, sbl0, sbl1, sbll, sbld,
+    CL, scl0, scl1, scll, scld,
+    AL, sal0, sal1, sall,
+    BU, sbu0, sbu1, sbul, sbud,
+    CU, scu0, scu1, scul, scud,
+    AU, sau0, sau1, saul,
+    D, sd0, sd1, sdl,
+    GL, HU,
+    DX, sdx0, sdx1, sdxl, sdxd,
+    DBL, sdbl0, sdbl1, sdbll, sdbld,
+    DCL, sdcl0, sdcl1, sdcll, sdcld,
+    DBU, sdbu0, sdbu1, sdbul, sdbud,
+    DCU, sdcu0, sdcu1, sdcul, sdcud,
+    DLAL, DLAU, DDL,
+    B1, seqlen, N, P, n_chunks,
+    LO_S: tl.constexpr, HAS_UP: tl.constexpr, UP_S: tl.constexpr, SHARED_GRAM: tl.constexpr,
+    COMBINE: tl.constexpr, JOINT_DY: tl.constexpr, HAS_D: tl.constexpr,
+    AT_BL: tl.constexpr, AT_CL: tl.constexpr, AT_BU: tl.constexpr, AT_CU: tl.constexpr,
+    BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """Left-to-right: every gradient of one batch element, chunk by chunk (see the comment above).
+
+    Writes dx (DX), db, dc (DBL, DCL; with COMBINE the upper triangle's gradients are added there because
+    both triangles share the generators), db', dc' (DBU, DCU), d lam (DLAL), d lam' (DLAU) and the
+    diagonal's gradient dy_i . x_i (DDL). One program per batch element holds all P and N columns (the
+    generator gradients contract over P)."""
+    pid = tl.program_id(0)
+    b0 = (pid // B1).to(tl.int64)
+    b1 = (pid % B1).to(tl.int64)
+    q = tl.arange(0, BQ)
+    gn = tl.arange(0, BN)
+    gp = tl.arange(0, BP)
+    dt = X.dtype.element_ty
+    st_off = pid.to(tl.int64) * n_chunks * N * P
+    st_idx = gn[:, None] * P + gp[None, :]
+    st_mask = (gn < N)[:, None] & (gp < P)[None, :]
+    tri_lo = q[None, :] <= q[:, None]
+    tri_up = q[None, :] >= q[:, None]
+    h_lo = tl.zeros((BN, BP), dtype=ACC)  # sum exp(span) b_j x_j^T over chunks to the left
+    g_up = tl.zeros((BN, BP), dtype=ACC)  # sum exp(span) c'_n dy[n - S_up]^T over chunks to the left
+    run_lo = tl.sum(tl.zeros((BQ,), dtype=ACC), axis=0)
+    run_up = tl.sum(tl.zeros((BQ,), dtype=ACC), axis=0)
+    vec_base = pid.to(tl.int64) * seqlen
+    for c in range(n_chunks):
+        rows = c * BQ + q
+        live = rows < seqlen
+        mask_p = live[:, None] & (gp < P)[None, :]
+        mask_n = live[:, None] & (gn < N)[None, :]
+        xt = _load_rows(X, sx0, sx1, sxl, sxd, b0, b1, rows, gp, seqlen, P).to(dt)
+        dyl = _load_rows(DY, sy0, sy1, syl, syd, b0, b1, rows + LO_S, gp, seqlen, P).to(dt)
+        if LO_S == 0:
+            dy0 = dyl
+        else:
+            dy0 = _load_rows(DY, sy0, sy1, syl, syd, b0, b1, rows, gp, seqlen, P).to(dt)
+        bl = _load_rows(BL, sbl0, sbl1, sbll, sbld, b0, b1, rows, gn, seqlen, N).to(dt)
+        cl = _load_rows(CL, scl0, scl1, scll, scld, b0, b1, rows, gn, seqlen, N).to(dt)
+        # ---- lower triangle (m-space): W[m, j] = exp(ell_m - ell_j), j <= m
+        lam = _load_vec(AL, sal0, sal1, sall, b0, b1, rows, seqlen, ACC)
+        ell = tl.cumsum(lam, axis=0)
+        tot = tl.sum(lam, axis=0)
+        dec_in = tl.exp(ell)  # span chunk start .. m
+        dec_out = tl.exp(tl.minimum(tot - ell, 0.0))  # span j+1 .. chunk end
+        w = tl.where(tri_lo, tl.exp(tl.minimum(ell[:, None] - ell[None, :], 0.0)), 0.0)
+        gram = _dot(cl, tl.trans(bl), PREC, UPCAST, ACC)
+        sc = _dot(dyl, tl.trans(xt), PREC, UPCAST, ACC)
+        p_lo = w * gram
+        ws_lo = w * sc
+        pair = p_lo * sc
+        g_lo = tl.load(GL + st_off + c * N * P + st_idx, mask=st_mask, other=0.0).to(dt)
+        bw = (bl.to(ACC) * dec_out[:, None]).to(dt)
+        dx = _dot(bw, g_lo, PREC, UPCAST, ACC)
+        if not JOINT_DY:
+            dx += _dot(tl.trans(p_lo.to(dt)), dyl, PREC, UPCAST, ACC)
+        dc = _dot((dyl.to(ACC) * dec_in[:, None]).to(dt), tl.trans(h_lo.to(dt)), PREC, UPCAST, ACC)
+        db = _dot((xt.to(ACC) * dec_out[:, None]).to(dt), tl.trans(g_lo), PREC, UPCAST, ACC)
+        rho = tl.sum(pair, axis=1) + tl.sum(cl.to(ACC) * dc, axis=1)
+        kap = tl.sum(pair, axis=0) + tl.sum(bl.to(ACC) * db, axis=1)
+        d_lo = kap - rho
+        tl.store(DLAL + vec_base + rows, run_lo + tl.cumsum(d_lo, axis=0) - d_lo, mask=live)
+        run_lo += tl.sum(d_lo, axis=0)
+        h_lo = h_lo * tl.exp(tot) + _dot(tl.trans(bw), xt, PREC, UPCAST, ACC)
+        if HAS_UP:
+            # ---- upper triangle (n-space): W'[n, j] = exp(rev_n - rev_j), j >= n
+            if JOINT_DY:
+                dyu = dyl
+            else:
+                dyu = _load_rows(DY, sy0, sy1, syl, syd, b0, b1, rows - UP_S, gp, seqlen, P).to(dt)
+            if SHARED_GRAM:
+                bu = bl
+                cu = cl
+                gram_u = gram
+            else:
+                bu = _load_rows(BU, sbu0, sbu1, sbul, sbud, b0, b1, rows, gn, seqlen, N).to(dt)
+                cu = _load_rows(CU, scu0, scu1, scul, scud, b0, b1, rows, gn, seqlen, N).to(dt)
+                gram_u = _dot(cu, tl.trans(bu), PREC, UPCAST, ACC)
+            if JOINT_DY:
+                sc_u = sc
+            else:
+                sc_u = _dot(dyu, tl.trans(xt), PREC, UPCAST, ACC)
+            lam_u = _load_vec(AU, sau0, sau1, saul, b0, b1, rows, seqlen, ACC)
+            tot_u = tl.sum(lam_u, axis=0)
+            rev = tot_u - tl.cumsum(lam_u, axis=0) + lam_u
+            rdec_in = tl.exp(rev)  # span n .. chunk end
+            rdec_out = tl.exp(tl.minimum(tot_u - rev, 0.0))  # span chunk start .. j-1
+            w_u = tl.where(tri_up, tl.exp(tl.minimum(rev[:, None] - rev[None, :], 0.0)), 0.0)
+            p_up = w_u * gram_u
+            ws_up = w_u * sc_u
+            pair_u = p_up * sc_u
+            h_up = tl.load(HU + st_off + c * N * P + st_idx, mask=st_mask, other=0.0).to(dt)
+            g_up_t = g_up.to(dt)
+            buw = (bu.to(ACC) * rdec_out[:, None]).to(dt)
+            if JOINT_DY:
+                # dyL = dyU: one product for both intra-chunk triangles
+                dx += _dot(tl.trans((p_lo + p_up).to(dt)), dyl, PREC, UPCAST, ACC)
+            else:
+                dx += _dot(tl.trans(p_up.to(dt)), dyu, PREC, UPCAST, ACC)
+            dx += _dot(buw, g_up_t, PREC, UPCAST, ACC)
+            dc_u = _dot((dyu.to(ACC) * rdec_in[:, None]).to(dt), tl.trans(h_up), PREC, UPCAST, ACC)
+            db_u = _dot((xt.to(ACC) * rdec_out[:, None]).to(dt), tl.trans(g_up_t), PREC, UPCAST, ACC)
+            rho_u = tl.sum(pair_u, axis=1) + tl.sum(cu.to(ACC) * dc_u, axis=1)
+            kap_u = tl.sum(pair_u, axis=0) + tl.sum(bu.to(ACC) * db_u, axis=1)
+            d_up = rho_u - kap_u
+            tl.store(DLAU + vec_base + rows, run_up + tl.cumsum(d_up, axis=0), mask=live)
+            run_up += tl.sum(d_up, axis=0)
+            g_up = g_up * tl.exp(tot_u) + _dot(tl.trans((cu.to(ACC) * rdec_in[:, None]).to(dt)), dyu,
+                                               PREC, UPCAST, ACC)
+            if COMBINE:
+                ws = (ws_lo + ws_up).to(dt)
+                dc += dc_u + _dot(ws, bl, PREC, UPCAST, ACC)
+                db += db_u + _dot(tl.trans(ws), cl, PREC, UPCAST, ACC)
+            else:
+                wsu = ws_up.to(dt)
+                dc_u += _dot(wsu, bu, PREC, UPCAST, ACC)
+                db_u += _dot(tl.trans(wsu), cu, PREC, UPCAST, ACC)
+                _emit(DCU, sdcu0, sdcu1, sdcul, sdcud, b0, b1, rows, gn, dc_u, mask_n, AT_CU)
+                _emit(DBU, sdbu0, sdbu1, sdbul, sdbud, b0, b1, rows, gn, db_u, mask_n, AT_BU)
+        if not COMBINE:
+            wsl = ws_lo.to(dt)
+            dc += _dot(wsl, bl, PREC, UPCAST, ACC)
+            db += _dot(tl.trans(wsl), cl, PREC, UPCAST, ACC)
+        _emit(DCL, sdcl0, sdcl1, sdcll, sdcld, b0, b1, rows, gn, dc, mask_n, AT_CL)
+        _emit(DBL, sdbl0, sdbl1, sdbll, sdbld, b0, b1, rows, gn, db, mask_n, AT_BL)
+        if HAS_D:
+            dgl = _load_vec(D, sd0, sd1, sdl, b0, b1, rows, seqlen, ACC)
+            dx += dgl[:, None] * dy0.to(ACC)
+            tl.store(DDL + vec_base + rows, tl.sum(dy0.to(ACC) * xt.to(ACC), axis=1), mask=live)
+        tl.store(DX + b0 * sdx0 + b1 * sdx1 + rows[:, None] * sdxl + gp[None, :] * sdxd,
+                 dx.to(DX.dtype.element_ty), mask=mask_p)

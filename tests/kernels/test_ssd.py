@@ -244,3 +244,21 @@ def test_three_batch_dims_and_column_blocks(monkeypatch):
     for name, a, r in zip(leaves, gk, gr):
         assert a.shape == leaves[name].shape
         assert rel_err(a, r) <= 1e-5, name
+
+
+@pytest.mark.parametrize("shift", [True, False])
+@pytest.mark.parametrize("shared", [True, False])
+def test_weak_decays_state_carry_fp64(shift, shared):
+    """Decays near 1 over 5 chunks (ragged last one): the inter-chunk states carry most of every gradient,
+    so each state (two carried from the right, two from the left in the backward) is tested tightly."""
+    leaves, shape = make_inputs(71, shared=shared, seed=12 + shift + 2 * shared)
+    leaves["log_a"] = leaves["log_a"] * 0.02
+    if not shared:
+        leaves["log_a_bwd"] = leaves["log_a_bwd"] * 0.01
+    check(run_both("qs", leaves, shape, torch.float64, shift=shift, shared=shared), 1e-12)
+
+
+def test_semiseparable_weak_decays_fp64():
+    leaves, shape = make_inputs(71, shared=True, seed=17)
+    leaves["log_a"] = leaves["log_a"] * 0.02
+    check(run_both("ss", leaves, shape, torch.float64), 1e-12)
