@@ -8,9 +8,9 @@ integer index offsets. Per batch element (0-based, i = output row, j = column)::
     upper:  O_i += sum_{j >= i + s}  exp(sum_{t = i+v .. j-1+u} lam'_t) (R'[i + r'] . K'[j - k']) V[j + vo]
 
 with u + s = v (so the decay span of every kept pair is a non-empty-or-empty run of t, never negative) and
-s in {0, 1}. Out-of-range rows read as zero. Hydra's forward product (shift or not), its adjoint, and every
-gradient of both are instances of this one form (see :mod:`kernels.ssd`), so a single tested code path
-serves the forward and backward passes of the causal and bidirectional products.
+s in {0, 1}. Out-of-range rows read as zero. Hydra's forward product (shift or not) and the causal SSD are
+instances of this one form (see :mod:`kernels.ssd`); the backward kernels below compute every gradient of
+those instances (``r = v = s``, ``k = u = 0``, ``vo = 0``; causal: lower triangle only) in one kernel pair.
 
 Algorithm (chunked SSD, Dao & Gu, arXiv 2405.21060 Section 6, rearranged as two sweeps): the sequence is cut
 into chunks of Q rows. Inside a chunk, decays are differences of a chunk-local (reverse) cumulative sum of
@@ -133,14 +133,12 @@ def _sweep_kernel(
     V, sv0, sv1, svl, svd,
     D, sd0, sd1, sdl,
     ST, O, so0, so1, sol, sod,
-    RD, srd0, srd1, srdl, srdd, RDO,
     B1, seqlen, DG, DV, n_chunks,
     HAS_LO: tl.constexpr, LO_R: tl.constexpr, LO_K: tl.constexpr, LO_U: tl.constexpr, LO_V: tl.constexpr,
     LO_S: tl.constexpr,
     HAS_UP: tl.constexpr, UP_R: tl.constexpr, UP_K: tl.constexpr, UP_U: tl.constexpr, UP_V: tl.constexpr,
     UP_S: tl.constexpr,
-    SHARED_GRAM: tl.constexpr, HAS_D: tl.constexpr, VO: tl.constexpr, HAS_RD: tl.constexpr,
-    ATOMIC: tl.constexpr,
+    SHARED_GRAM: tl.constexpr, HAS_D: tl.constexpr, VO: tl.constexpr,
     BQ: tl.constexpr, BG: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr,
 ):
@@ -196,17 +194,8 @@ def _sweep_kernel(
             dg = _load_vec(D, sd0, sd1, sdl, b0, b1, rows, seqlen, ACC)
             acc += dg[:, None] * vt.to(ACC)
         o_mask = live[:, None] & (vc < DV)[None, :]
-        if HAS_RD:
-            # Row dots RD_i . O_i of this head's rows (log-decay gradients need them per head, before the
-            # sum over heads below); one block of columns holds the whole row (checked by the caller).
-            rd = _load_rows(RD, srd0, srd1, srdl, srdd, b0, b1, rows, vc, seqlen, DV).to(ACC)
-            tl.store(RDO + pid.to(tl.int64) * seqlen + rows, tl.sum(acc * rd, axis=1), mask=live)
         o_ptr = o_base + rows[:, None] * sol + vc[None, :] * sod
-        if ATOMIC:
-            # O is shared by several batch elements (a parameter broadcast over heads): sum into it.
-            tl.atomic_add(o_ptr, acc, mask=o_mask)
-        else:
-            tl.store(o_ptr, acc.to(O.dtype.element_ty), mask=o_mask)
+        tl.store(o_ptr, acc.to(O.dtype.element_ty), mask=o_mask)
 
 
 # ------------------------------------------------------------------------------------------------ backward

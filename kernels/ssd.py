@@ -11,12 +11,13 @@ Public entry points (autograd-aware; forward and backward run Triton kernels):
 
 Both reduce to one generic quasiseparable operator (lower + upper triangle + diagonal, each triangle given by
 row generators, column generators and log-decays with small index offsets; see :mod:`kernels._ssd_triton`).
-The backward pass reuses it: the adjoint of a quasiseparable matrix is quasiseparable with the triangles
-swapped (gives dx), the gradient with respect to the row generators is the same operator with
-``(R, K, V) = (dy, x, K)`` and the one with respect to the column generators the transposed triangle with
-``(R, K, V) = (x, dy, R)``; the log-decay gradient follows from the identity
-``d log_a_t = sum_{pairs (i, j) whose decay span holds t} m_ij (dy_i . x_j)``, which telescopes into
-cumulative sums of ``c . dc`` and ``b . db`` (O(L N), no extra pass).
+Forward: one right-to-left kernel stores the upper triangle's chunk states, one left-to-right kernel forms the
+output. Backward (one kernel pair for all gradients of that operator, causal or bidirectional): a
+right-to-left kernel stores the two states that come from the right (the lower triangle's adjoint state and
+the upper triangle's state), and one left-to-right kernel loads x, dy, the generators and decays of a chunk
+once, forms ``C B^T`` and ``dy x^T`` once, and writes dx, the generator gradients (summed over broadcast
+batch dims in the kernel), the log-decay gradients (running sums of ``c . dc - b . db``, carried by the
+sweep) and the diagonal's gradient.
 
 Reference: T. Dao, A. Gu, "Transformers are SSMs" (arXiv 2405.21060), Section 6 (chunked SSD); S. Hwang,
 A. Lahoti, T. Dao, A. Gu, "Hydra" (arXiv 2407.09941), Section 3 (quasiseparable mixer).
@@ -41,8 +42,13 @@ DEFAULT_CHUNK = 64
 # H100, triton 3.6, B=8 H=24 P=N=64 bf16, L=16384 fused fwd / fwd+bwd (ms): (64, default, default)
 # 2.89 / 20.3; (64, 8, default) 3.24 / 24.6; (64, 4, 2) 1.97 / 18.8; (32, 4, 3) 3.41 / 22.8;
 # (32, 8, 3) 4.09 / 27.3; (32, 4, 1) failed with an illegal memory access at this L (not at L=4096) -- not
-# understood yet, so that configuration is to be avoided.
-TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 8, "bwd_num_stages": 2}
+# understood yet, so that configuration is to be avoided. (Those fwd+bwd times predate the fused backward.)
+# bwd_*: the backward's left-to-right gradient kernel (all P and N columns per program, about 15 Q x 64 x 64
+# products per chunk: more warps than the forward); not yet timed on a GPU. bwd_atomic_sum: sum generator
+# gradients over broadcast batch dims (one B, C for all heads) with float32 atomics in the kernel (True) or
+# write them per batch element in the input dtype and sum afterwards in torch (False).
+TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2,
+          "bwd_num_warps": 8, "bwd_num_stages": 2, "bwd_atomic_sum": True}
 
 
 class _Tri(NamedTuple):
@@ -82,15 +88,8 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _apply(V: torch.Tensor, lo: Optional[_Tri], up: Optional[_Tri], delta: Optional[torch.Tensor], vo: int,
-           out_dtype: torch.dtype, chunk: int, out: Optional[torch.Tensor] = None,
-           rowdot: Optional[torch.Tensor] = None):
-    """Run the generic operator on 4-D views; returns ``(B0, B1, L, DV)`` in ``out_dtype``.
-
-    ``out``: a zero-filled float32/64 4-D view with stride 0 on broadcast batch dims to *sum* into
-    (atomically) instead of writing per batch element. ``rowdot``: a ``(B0, B1, L, DV)`` view R; then
-    ``(out, rd)`` is returned with ``rd[b, i] = R[b, i] . O[b, i]`` per batch element (float32/64,
-    ``(B0 * B1, L)``); needs DV within one column block (see :func:`_fits_one_block`).
-    """
+           out_dtype: torch.dtype, chunk: int) -> torch.Tensor:
+    """Run the generic operator on 4-D views; returns ``(B0, B1, L, DV)`` in ``out_dtype``."""
     B0, B1, L, DV = V.shape
     tri = lo if lo is not None else up
     DG = tri.R.shape[-1]
@@ -102,16 +101,8 @@ def _apply(V: torch.Tensor, lo: Optional[_Tri], up: Optional[_Tri], delta: Optio
     grid = (B0 * B1, triton.cdiv(DV, BV))
     prec = "ieee" if V.dtype == torch.float32 else "tf32"
     upcast = V.dtype == torch.bfloat16 and _interpreting()
-    acc_t = torch.float64 if V.dtype == torch.float64 else torch.float32
     acc = tl.float64 if V.dtype == torch.float64 else tl.float32
-    atomic = out is not None
-    if out is None:
-        out = torch.empty((B0, B1, L, DV), dtype=out_dtype, device=dev)
-    rdo = None
-    if rowdot is not None:
-        if triton.cdiv(DV, BV) != 1:
-            raise ValueError(f"rowdot needs DV={DV} <= block_v={BV}")
-        rdo = torch.empty((B0 * B1, L), dtype=acc_t, device=dev)
+    out = torch.empty((B0, B1, L, DV), dtype=out_dtype, device=dev)
     num_warps = TUNING["num_warps"] or (4 if BG * BV <= 64 * 64 else 8)
     launch = dict(num_warps=num_warps)
     if TUNING["num_stages"]:
@@ -137,35 +128,12 @@ def _apply(V: torch.Tensor, lo: Optional[_Tri], up: Optional[_Tri], delta: Optio
         lo_.R, *lo_.R.stride(), lo_.K, *lo_.K.stride(), lo_.lam, *lo_.lam.stride()[:3],
         up_.R, *up_.R.stride(), up_.K, *up_.K.stride(), up_.lam, *up_.lam.stride()[:3],
         V, *V.stride(), d, *d.stride()[:3], states, out, *out.stride(),
-        rowdot if rowdot is not None else V, *(rowdot if rowdot is not None else V).stride(),
-        rdo if rdo is not None else out,
         B1, L, DG, DV, n_chunks,
         HAS_LO=lo is not None, LO_R=lo_.r, LO_K=lo_.k, LO_U=lo_.u, LO_V=lo_.v, LO_S=lo_.s,
         HAS_UP=up is not None, UP_R=up_.r, UP_K=up_.k, UP_U=up_.u, UP_V=up_.v, UP_S=up_.s,
-        SHARED_GRAM=shared, HAS_D=delta is not None, VO=vo, HAS_RD=rowdot is not None, ATOMIC=atomic,
+        SHARED_GRAM=shared, HAS_D=delta is not None, VO=vo,
         BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, **launch)
-    return out if rowdot is None else (out, rdo)
-
-
-def _fits_one_block(DV: int) -> bool:
-    return triton.cdiv(DV, min(TUNING["block_v"], _pow2(DV))) == 1
-
-
-def _grad_call(V, lo, up, vo, acc_dtype, chunk, param, rowdot_with):
-    """One generator-gradient pass: returns (gradient summed to ``param``'s shape in float32/64,
-    per-batch-element row dots ``rowdot_with_i . grad_i`` of shape (*batch, L))."""
-    B0, B1, L, DV = V.shape
-    batch = rowdot_with.shape[:-2]
-    if _fits_one_block(DV) and len(batch) <= 2:
-        # Sum over broadcast dims inside the kernel (atomics), row dots fused: no per-head gradient copy.
-        red = torch.zeros(param.shape, dtype=acc_dtype, device=V.device)
-        target = _view4(red.expand(*batch, *param.shape[-2:]), len(batch))
-        nb = len(batch)
-        _, rdo = _apply(V, lo, up, None, vo, acc_dtype, chunk, out=target, rowdot=_view4(rowdot_with, nb))
-        return red, rdo.view(*batch, L)
-    full = _apply(V, lo, up, None, vo, acc_dtype, chunk).view(*batch, L, DV)
-    rd = (full * rowdot_with).sum(-1)
-    return full.sum_to_size(param.shape), rd
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -237,14 +205,16 @@ def _grad_target(param: torch.Tensor, batch, L: int, acc_t: torch.dtype) -> _Gra
     if tuple(param.shape) == full:  # one gradient row per batch element: plain stores in the param's dtype
         buf = torch.empty(full, dtype=param.dtype, device=param.device)
         return _GradTarget(_view4(buf, nb), False, buf)
-    # Broadcast over batch dims (e.g. one B for all heads): the kernel sums into one float32/64 buffer
-    # through a stride-0 view, so no per-head gradient copy exists.
-    red = torch.zeros(param.shape, dtype=acc_t, device=param.device)
-    try:
-        return _GradTarget(_strict_view4(red.expand(full), nb), True, red)
-    except RuntimeError:  # batch dims not mergeable as a view: per-element rows, reduced afterwards
-        buf = torch.empty(full, dtype=acc_t, device=param.device)
-        return _GradTarget(_view4(buf, nb), False, buf)
+    if TUNING["bwd_atomic_sum"]:
+        # Broadcast over batch dims (e.g. one B for all heads): the kernel sums into one float32/64 buffer
+        # through a stride-0 view, so no per-head gradient copy exists.
+        red = torch.zeros(param.shape, dtype=acc_t, device=param.device)
+        try:
+            return _GradTarget(_strict_view4(red.expand(full), nb), True, red)
+        except RuntimeError:  # batch dims not mergeable as a view: per-element rows, reduced afterwards
+            pass
+    buf = torch.empty(full, dtype=param.dtype, device=param.device)
+    return _GradTarget(_view4(buf, nb), False, buf)
 
 
 def _backward(x, dy, lower, upper, delta, s: int, chunk: int, combine: bool):
@@ -397,8 +367,8 @@ def quasiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log
     shift : Hydra's shifted form (True) or the addition-based variant (False).
     chunk_size : rows per chunk Q (16, 32, 64 or 128).
 
-    Returns ``(*batch, L, P)`` in x's dtype, float32 accumulation; differentiable in all inputs (the adjoint
-    is the same fused kernel with the triangles swapped).
+    Returns ``(*batch, L, P)`` in x's dtype, float32 accumulation; differentiable in all inputs (the
+    backward is one fused kernel pair for all gradients; see the module docstring).
 
     Algorithm: one right-to-left sweep stores the backward direction's chunk states, one left-to-right sweep
     carries the forward state and forms, per chunk, one combined Q x Q matrix (strict lower + strict upper

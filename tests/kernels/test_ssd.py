@@ -262,3 +262,36 @@ def test_semiseparable_weak_decays_fp64():
     leaves, shape = make_inputs(71, shared=True, seed=17)
     leaves["log_a"] = leaves["log_a"] * 0.02
     check(run_both("ss", leaves, shape, torch.float64), 1e-12)
+
+
+@pytest.mark.parametrize("atomic_sum", [True, False])
+def test_generator_gradient_head_sum_paths(monkeypatch, atomic_sum):
+    """Gradients of generators broadcast over batch dims: summed by the kernel's atomics, or written per
+    batch element and summed in torch (TUNING["bwd_atomic_sum"] = False); also batch dims whose broadcast
+    cannot be merged into a 4-D view (b of shape (1, 3, 1, L, N) under x of (2, 3, 2, L, P)), which always
+    takes the second path."""
+    monkeypatch.setitem(ssd.TUNING, "bwd_atomic_sum", atomic_sum)
+    g = torch.Generator().manual_seed(13)
+    L, N, P = 19, 8, 16
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    leaves = dict(x=r(2, 3, 2, L, P), b=r(1, 3, 1, L, N), c=r(2, 1, 2, L, N),
+                  log_a=-torch.rand(2, 3, 2, L, generator=g, dtype=torch.float64), delta=r(1, 1, 2, L))
+    leaves = {k: v.to(DEV).requires_grad_() for k, v in leaves.items()}
+    dy = r(2, 3, 2, L, P).to(DEV)
+    y = ssd.quasiseparable_matmul(leaves["x"], leaves["b"], leaves["c"], leaves["log_a"], leaves["delta"],
+                                  shift=True, chunk_size=CHUNK)
+    gk = torch.autograd.grad((y * dy).sum(), list(leaves.values()))
+    d = {k: v.detach().requires_grad_() for k, v in leaves.items()}
+    full = (2, 3, 2, L, N)
+    M = ref_dense(d["b"].expand(full), d["c"].expand(full), d["log_a"], d["delta"].expand(2, 3, 2, L),
+                  d["b"].expand(full), d["c"].expand(full), d["log_a"], shift=True)
+    gr = torch.autograd.grad(((M @ d["x"]) * dy).sum(), list(d.values()))
+    for name, a, ref in zip(leaves, gk, gr):
+        assert a.shape == leaves[name].shape
+        assert rel_err(a, ref) <= 1e-12, name
+
+
+def test_head_sum_store_path_bf16(monkeypatch):
+    monkeypatch.setitem(ssd.TUNING, "bwd_atomic_sum", False)
+    leaves, shape = make_inputs(33, shared=True, seed=14)
+    check(run_both("qs", leaves, shape, torch.bfloat16, shift=True, shared=True), 1e-2)
