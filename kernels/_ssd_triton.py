@@ -270,6 +270,167 @@ def _emit(ptr, s0, s1, sl, sd, b0, b1, rows, cols, tile, mask, ATOMIC: tl.conste
 
 
 @triton.jit
+def _bwd_part(
+    X, sx0, sx1, sxl, sxd,
+    DY, sy0, sy1, syl, syd,
+    BL, sbl0, sbl1, sbll, sbld,
+    CL, scl0, scl1, scll, scld,
+    AL, sal0, sal1, sall,
+    BU, sbu0, sbu1, sbul, sbud,
+    CU, scu0, scu1, scul, scud,
+    AU, sau0, sau1, saul,
+    D, sd0, sd1, sdl,
+    GL, HU,
+    DX, sdx0, sdx1, sdxl, sdxd,
+    DBL, sdbl0, sdbl1, sdbll, sdbld,
+    DCL, sdcl0, sdcl1, sdcll, sdcld,
+    DBU, sdbu0, sdbu1, sdbul, sdbud,
+    DCU, sdcu0, sdcu1, sdcul, sdcud,
+    RS, DDL,
+    pid, b0, b1, seqlen, N, P, n_chunks,
+    DO_DX: tl.constexpr, DO_DB: tl.constexpr, DO_DC: tl.constexpr,
+    LO_S: tl.constexpr, HAS_UP: tl.constexpr, UP_S: tl.constexpr, SHARED_GRAM: tl.constexpr,
+    COMBINE: tl.constexpr, JOINT_DY: tl.constexpr, HAS_D: tl.constexpr,
+    AT_BL: tl.constexpr, AT_CL: tl.constexpr, AT_BU: tl.constexpr, AT_CU: tl.constexpr,
+    BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """Left-to-right sweep over one batch element computing the parts of the gradient selected by DO_DX
+    (dx and the diagonal's gradient, from G_lo stored and G_up carried), DO_DB (db, db' and the
+    column-generator row dots, from G_lo stored and G_up carried) and DO_DC (dc, dc' and the row-generator row dots, from
+    H_up stored and H_lo carried); see the comment above. Row dots go out as running sums
+    RS[0] = sum_{i<t} c.dc, RS[1] = sum_{i<t} b.db, RS[2] = sum_{i<=t} c'.dc', RS[3] = sum_{i<=t} b'.db'."""
+    q = tl.arange(0, BQ)
+    gn = tl.arange(0, BN)
+    gp = tl.arange(0, BP)
+    dt = X.dtype.element_ty
+    st_off = pid.to(tl.int64) * n_chunks * N * P
+    st_idx = gn[:, None] * P + gp[None, :]
+    st_mask = (gn < N)[:, None] & (gp < P)[None, :]
+    tri_lo = q[None, :] <= q[:, None]
+    tri_up = q[None, :] >= q[:, None]
+    h_lo = tl.zeros((BN, BP), dtype=ACC)  # sum exp(span) b_j x_j^T over the chunks to the left
+    g_up = tl.zeros((BN, BP), dtype=ACC)  # sum exp(span) c'_n dy[n - S_up]^T over the chunks to the left
+    run_rho = tl.sum(tl.zeros((BQ,), dtype=ACC), axis=0)
+    run_kap = run_rho
+    run_rho_u = run_rho
+    run_kap_u = run_rho
+    n_rows = tl.num_programs(1).to(tl.int64) * seqlen  # one slab of RS
+    vec_base = pid.to(tl.int64) * seqlen
+    for c in range(n_chunks):
+        rows = c * BQ + q
+        live = rows < seqlen
+        mask_n = live[:, None] & (gn < N)[None, :]
+        dyl = _load_rows(DY, sy0, sy1, syl, syd, b0, b1, rows + LO_S, gp, seqlen, P).to(dt)
+        bl = _load_rows(BL, sbl0, sbl1, sbll, sbld, b0, b1, rows, gn, seqlen, N).to(dt)
+        cl = _load_rows(CL, scl0, scl1, scll, scld, b0, b1, rows, gn, seqlen, N).to(dt)
+        # lower triangle (m-space): W[m, j] = exp(ell_m - ell_j), j <= m
+        lam = _load_vec(AL, sal0, sal1, sall, b0, b1, rows, seqlen, ACC)
+        ell = tl.cumsum(lam, axis=0)
+        tot = tl.sum(lam, axis=0)
+        dec_in = tl.exp(ell)  # span chunk start .. m
+        dec_out = tl.exp(tl.minimum(tot - ell, 0.0))  # span j+1 .. chunk end
+        w = tl.where(tri_lo, tl.exp(tl.minimum(ell[:, None] - ell[None, :], 0.0)), 0.0)
+        bw = (bl.to(ACC) * dec_out[:, None]).to(dt)
+        if HAS_UP:
+            # upper triangle (n-space): W'[n, j] = exp(rev_n - rev_j), j >= n
+            if JOINT_DY:
+                dyu = dyl
+            else:
+                dyu = _load_rows(DY, sy0, sy1, syl, syd, b0, b1, rows - UP_S, gp, seqlen, P).to(dt)
+            if SHARED_GRAM:
+                bu = bl
+                cu = cl
+            else:
+                bu = _load_rows(BU, sbu0, sbu1, sbul, sbud, b0, b1, rows, gn, seqlen, N).to(dt)
+                cu = _load_rows(CU, scu0, scu1, scul, scud, b0, b1, rows, gn, seqlen, N).to(dt)
+            lam_u = _load_vec(AU, sau0, sau1, saul, b0, b1, rows, seqlen, ACC)
+            tot_u = tl.sum(lam_u, axis=0)
+            rev = tot_u - tl.cumsum(lam_u, axis=0) + lam_u
+            rdec_in = tl.exp(rev)  # span n .. chunk end
+            rdec_out = tl.exp(tl.minimum(tot_u - rev, 0.0))  # span chunk start .. j-1
+            w_u = tl.where(tri_up, tl.exp(tl.minimum(rev[:, None] - rev[None, :], 0.0)), 0.0)
+        if DO_DX + DO_DB > 0:
+            g_lo = tl.load(GL + st_off + c * N * P + st_idx, mask=st_mask, other=0.0).to(dt)
+        if DO_DB + DO_DC > 0:
+            xt = _load_rows(X, sx0, sx1, sxl, sxd, b0, b1, rows, gp, seqlen, P).to(dt)
+            sc = _dot(dyl, tl.trans(xt), PREC, UPCAST, ACC)
+            ws_lo = w * sc
+            if HAS_UP:
+                if JOINT_DY:
+                    ws_up = w_u * sc
+                else:
+                    ws_up = w_u * _dot(dyu, tl.trans(xt), PREC, UPCAST, ACC)
+        if DO_DX:
+            gram = _dot(cl, tl.trans(bl), PREC, UPCAST, ACC)
+            p_lo = w * gram
+            dx = _dot(bw, g_lo, PREC, UPCAST, ACC)
+            if HAS_UP:
+                if SHARED_GRAM:
+                    p_up = w_u * gram
+                else:
+                    p_up = w_u * _dot(cu, tl.trans(bu), PREC, UPCAST, ACC)
+                dx += _dot((bu.to(ACC) * rdec_out[:, None]).to(dt), g_up.to(dt), PREC, UPCAST, ACC)
+                if JOINT_DY:
+                    dx += _dot(tl.trans((p_lo + p_up).to(dt)), dyl, PREC, UPCAST, ACC)
+                else:
+                    dx += _dot(tl.trans(p_lo.to(dt)), dyl, PREC, UPCAST, ACC)
+                    dx += _dot(tl.trans(p_up.to(dt)), dyu, PREC, UPCAST, ACC)
+            else:
+                dx += _dot(tl.trans(p_lo.to(dt)), dyl, PREC, UPCAST, ACC)
+            if HAS_D:
+                if LO_S == 0:
+                    dy0 = dyl
+                else:
+                    dy0 = _load_rows(DY, sy0, sy1, syl, syd, b0, b1, rows, gp, seqlen, P).to(dt)
+                dx += _load_vec(D, sd0, sd1, sdl, b0, b1, rows, seqlen, ACC)[:, None] * dy0.to(ACC)
+                x0 = _load_rows(X, sx0, sx1, sxl, sxd, b0, b1, rows, gp, seqlen, P)
+                tl.store(DDL + vec_base + rows, tl.sum(dy0.to(ACC) * x0.to(ACC), axis=1), mask=live)
+            tl.store(DX + b0 * sdx0 + b1 * sdx1 + rows[:, None] * sdxl + gp[None, :] * sdxd,
+                     dx.to(DX.dtype.element_ty), mask=live[:, None] & (gp < P)[None, :])
+        if DO_DB:
+            db = (_dot((xt.to(ACC) * dec_out[:, None]).to(dt), tl.trans(g_lo), PREC, UPCAST, ACC)
+                  + _dot(tl.trans(ws_lo.to(dt)), cl, PREC, UPCAST, ACC))
+            kap = tl.sum(bl.to(ACC) * db, axis=1)
+            tl.store(RS + n_rows + vec_base + rows, run_kap + tl.cumsum(kap, axis=0) - kap, mask=live)
+            run_kap += tl.sum(kap, axis=0)
+            if HAS_UP:
+                db_u = (_dot((xt.to(ACC) * rdec_out[:, None]).to(dt), tl.trans(g_up.to(dt)), PREC, UPCAST, ACC)
+                        + _dot(tl.trans(ws_up.to(dt)), cu, PREC, UPCAST, ACC))
+                kap_u = tl.sum(bu.to(ACC) * db_u, axis=1)
+                tl.store(RS + 3 * n_rows + vec_base + rows, run_kap_u + tl.cumsum(kap_u, axis=0), mask=live)
+                run_kap_u += tl.sum(kap_u, axis=0)
+                if COMBINE:
+                    db += db_u
+                else:
+                    _emit(DBU, sdbu0, sdbu1, sdbul, sdbud, b0, b1, rows, gn, db_u, mask_n, AT_BU)
+            _emit(DBL, sdbl0, sdbl1, sdbll, sdbld, b0, b1, rows, gn, db, mask_n, AT_BL)
+        if DO_DC:
+            dc = (_dot((dyl.to(ACC) * dec_in[:, None]).to(dt), tl.trans(h_lo.to(dt)), PREC, UPCAST, ACC)
+                  + _dot(ws_lo.to(dt), bl, PREC, UPCAST, ACC))
+            rho = tl.sum(cl.to(ACC) * dc, axis=1)
+            tl.store(RS + vec_base + rows, run_rho + tl.cumsum(rho, axis=0) - rho, mask=live)
+            run_rho += tl.sum(rho, axis=0)
+            if HAS_UP:
+                h_up = tl.load(HU + st_off + c * N * P + st_idx, mask=st_mask, other=0.0).to(dt)
+                dc_u = (_dot((dyu.to(ACC) * rdec_in[:, None]).to(dt), tl.trans(h_up), PREC, UPCAST, ACC)
+                        + _dot(ws_up.to(dt), bu, PREC, UPCAST, ACC))
+                rho_u = tl.sum(cu.to(ACC) * dc_u, axis=1)
+                tl.store(RS + 2 * n_rows + vec_base + rows, run_rho_u + tl.cumsum(rho_u, axis=0), mask=live)
+                run_rho_u += tl.sum(rho_u, axis=0)
+                if COMBINE:
+                    dc += dc_u
+                else:
+                    _emit(DCU, sdcu0, sdcu1, sdcul, sdcud, b0, b1, rows, gn, dc_u, mask_n, AT_CU)
+            _emit(DCL, sdcl0, sdcl1, sdcll, sdcld, b0, b1, rows, gn, dc, mask_n, AT_CL)
+            h_lo = h_lo * tl.exp(tot) + _dot(tl.trans(bw), xt, PREC, UPCAST, ACC)
+        if HAS_UP:
+            if DO_DX + DO_DB > 0:
+                g_up = g_up * tl.exp(tot_u) + _dot(tl.trans((cu.to(ACC) * rdec_in[:, None]).to(dt)), dyu,
+                                                   PREC, UPCAST, ACC)
+
+
+@triton.jit
 def _bwd_sweep_kernel(
     X, sx0, sx1, sxl, sxd,
     DY, sy0, sy1, syl, syd,
@@ -286,139 +447,57 @@ def _bwd_sweep_kernel(
     DCL, sdcl0, sdcl1, sdcll, sdcld,
     DBU, sdbu0, sdbu1, sdbul, sdbud,
     DCU, sdcu0, sdcu1, sdcul, sdcud,
-    DLAL, DLAU, DDL,
+    RS, DDL,
     B1, seqlen, N, P, n_chunks,
+    SPLIT: tl.constexpr,
     LO_S: tl.constexpr, HAS_UP: tl.constexpr, UP_S: tl.constexpr, SHARED_GRAM: tl.constexpr,
     COMBINE: tl.constexpr, JOINT_DY: tl.constexpr, HAS_D: tl.constexpr,
     AT_BL: tl.constexpr, AT_CL: tl.constexpr, AT_BU: tl.constexpr, AT_CU: tl.constexpr,
     BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """Left-to-right: every gradient of one batch element, chunk by chunk (see the comment above).
-
-    Writes dx (DX), db, dc (DBL, DCL; with COMBINE the upper triangle's gradients are added there because
-    both triangles share the generators), db', dc' (DBU, DCU), d lam (DLAL), d lam' (DLAU) and the
-    diagonal's gradient dy_i . x_i (DDL). One program per batch element holds all P and N columns (the
-    generator gradients contract over P)."""
-    pid = tl.program_id(0)
+    """Left-to-right gradient sweep, program (role, batch element). SPLIT: three programs per batch element
+    (role 0: dx, 1: db, 2: dc; each carries at most one state pair and runs at a third of the register
+    pressure, and the three of one batch element are adjacent in launch order so they share x and dy in
+    L2); otherwise one program computes all (fewer products: the dy x^T tiles and G_up are formed once)."""
+    role = tl.program_id(0)
+    pid = tl.program_id(1)
     b0 = (pid // B1).to(tl.int64)
     b1 = (pid % B1).to(tl.int64)
-    q = tl.arange(0, BQ)
-    gn = tl.arange(0, BN)
-    gp = tl.arange(0, BP)
-    dt = X.dtype.element_ty
-    st_off = pid.to(tl.int64) * n_chunks * N * P
-    st_idx = gn[:, None] * P + gp[None, :]
-    st_mask = (gn < N)[:, None] & (gp < P)[None, :]
-    tri_lo = q[None, :] <= q[:, None]
-    tri_up = q[None, :] >= q[:, None]
-    h_lo = tl.zeros((BN, BP), dtype=ACC)  # sum exp(span) b_j x_j^T over chunks to the left
-    g_up = tl.zeros((BN, BP), dtype=ACC)  # sum exp(span) c'_n dy[n - S_up]^T over chunks to the left
-    run_lo = tl.sum(tl.zeros((BQ,), dtype=ACC), axis=0)
-    run_up = tl.sum(tl.zeros((BQ,), dtype=ACC), axis=0)
-    vec_base = pid.to(tl.int64) * seqlen
-    for c in range(n_chunks):
-        rows = c * BQ + q
-        live = rows < seqlen
-        mask_p = live[:, None] & (gp < P)[None, :]
-        mask_n = live[:, None] & (gn < N)[None, :]
-        xt = _load_rows(X, sx0, sx1, sxl, sxd, b0, b1, rows, gp, seqlen, P).to(dt)
-        dyl = _load_rows(DY, sy0, sy1, syl, syd, b0, b1, rows + LO_S, gp, seqlen, P).to(dt)
-        if LO_S == 0:
-            dy0 = dyl
+    if SPLIT:
+        if role == 0:
+            _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1,
+                      scll, scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU,
+                      sau0, sau1, saul, D, sd0, sd1, sdl, GL, HU, DX, sdx0, sdx1, sdxl, sdxd, DBL, sdbl0, sdbl1,
+                      sdbll, sdbld, DCL, sdcl0, sdcl1, sdcll, sdcld, DBU, sdbu0, sdbu1, sdbul, sdbud, DCU, sdcu0,
+                      sdcu1, sdcul, sdcud, RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=True, DO_DB=False,
+                      DO_DC=False, LO_S=LO_S, HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE,
+                      JOINT_DY=JOINT_DY, HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ,
+                      BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+        elif role == 1:
+            _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1,
+                      scll, scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU,
+                      sau0, sau1, saul, D, sd0, sd1, sdl, GL, HU, DX, sdx0, sdx1, sdxl, sdxd, DBL, sdbl0, sdbl1,
+                      sdbll, sdbld, DCL, sdcl0, sdcl1, sdcll, sdcld, DBU, sdbu0, sdbu1, sdbul, sdbud, DCU, sdcu0,
+                      sdcu1, sdcul, sdcud, RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=False, DO_DB=True,
+                      DO_DC=False, LO_S=LO_S, HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE,
+                      JOINT_DY=JOINT_DY, HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ,
+                      BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
         else:
-            dy0 = _load_rows(DY, sy0, sy1, syl, syd, b0, b1, rows, gp, seqlen, P).to(dt)
-        bl = _load_rows(BL, sbl0, sbl1, sbll, sbld, b0, b1, rows, gn, seqlen, N).to(dt)
-        cl = _load_rows(CL, scl0, scl1, scll, scld, b0, b1, rows, gn, seqlen, N).to(dt)
-        # ---- lower triangle (m-space): W[m, j] = exp(ell_m - ell_j), j <= m
-        lam = _load_vec(AL, sal0, sal1, sall, b0, b1, rows, seqlen, ACC)
-        ell = tl.cumsum(lam, axis=0)
-        tot = tl.sum(lam, axis=0)
-        dec_in = tl.exp(ell)  # span chunk start .. m
-        dec_out = tl.exp(tl.minimum(tot - ell, 0.0))  # span j+1 .. chunk end
-        w = tl.where(tri_lo, tl.exp(tl.minimum(ell[:, None] - ell[None, :], 0.0)), 0.0)
-        gram = _dot(cl, tl.trans(bl), PREC, UPCAST, ACC)
-        sc = _dot(dyl, tl.trans(xt), PREC, UPCAST, ACC)
-        p_lo = w * gram
-        ws_lo = w * sc
-        pair = p_lo * sc
-        g_lo = tl.load(GL + st_off + c * N * P + st_idx, mask=st_mask, other=0.0).to(dt)
-        bw = (bl.to(ACC) * dec_out[:, None]).to(dt)
-        dx = _dot(bw, g_lo, PREC, UPCAST, ACC)
-        if not JOINT_DY:
-            dx += _dot(tl.trans(p_lo.to(dt)), dyl, PREC, UPCAST, ACC)
-        dc = _dot((dyl.to(ACC) * dec_in[:, None]).to(dt), tl.trans(h_lo.to(dt)), PREC, UPCAST, ACC)
-        db = _dot((xt.to(ACC) * dec_out[:, None]).to(dt), tl.trans(g_lo), PREC, UPCAST, ACC)
-        rho = tl.sum(pair, axis=1) + tl.sum(cl.to(ACC) * dc, axis=1)
-        kap = tl.sum(pair, axis=0) + tl.sum(bl.to(ACC) * db, axis=1)
-        d_lo = kap - rho
-        tl.store(DLAL + vec_base + rows, run_lo + tl.cumsum(d_lo, axis=0) - d_lo, mask=live)
-        run_lo += tl.sum(d_lo, axis=0)
-        h_lo = h_lo * tl.exp(tot) + _dot(tl.trans(bw), xt, PREC, UPCAST, ACC)
-        if HAS_UP:
-            # ---- upper triangle (n-space): W'[n, j] = exp(rev_n - rev_j), j >= n
-            if JOINT_DY:
-                dyu = dyl
-            else:
-                dyu = _load_rows(DY, sy0, sy1, syl, syd, b0, b1, rows - UP_S, gp, seqlen, P).to(dt)
-            if SHARED_GRAM:
-                bu = bl
-                cu = cl
-                gram_u = gram
-            else:
-                bu = _load_rows(BU, sbu0, sbu1, sbul, sbud, b0, b1, rows, gn, seqlen, N).to(dt)
-                cu = _load_rows(CU, scu0, scu1, scul, scud, b0, b1, rows, gn, seqlen, N).to(dt)
-                gram_u = _dot(cu, tl.trans(bu), PREC, UPCAST, ACC)
-            if JOINT_DY:
-                sc_u = sc
-            else:
-                sc_u = _dot(dyu, tl.trans(xt), PREC, UPCAST, ACC)
-            lam_u = _load_vec(AU, sau0, sau1, saul, b0, b1, rows, seqlen, ACC)
-            tot_u = tl.sum(lam_u, axis=0)
-            rev = tot_u - tl.cumsum(lam_u, axis=0) + lam_u
-            rdec_in = tl.exp(rev)  # span n .. chunk end
-            rdec_out = tl.exp(tl.minimum(tot_u - rev, 0.0))  # span chunk start .. j-1
-            w_u = tl.where(tri_up, tl.exp(tl.minimum(rev[:, None] - rev[None, :], 0.0)), 0.0)
-            p_up = w_u * gram_u
-            ws_up = w_u * sc_u
-            pair_u = p_up * sc_u
-            h_up = tl.load(HU + st_off + c * N * P + st_idx, mask=st_mask, other=0.0).to(dt)
-            g_up_t = g_up.to(dt)
-            buw = (bu.to(ACC) * rdec_out[:, None]).to(dt)
-            if JOINT_DY:
-                # dyL = dyU: one product for both intra-chunk triangles
-                dx += _dot(tl.trans((p_lo + p_up).to(dt)), dyl, PREC, UPCAST, ACC)
-            else:
-                dx += _dot(tl.trans(p_up.to(dt)), dyu, PREC, UPCAST, ACC)
-            dx += _dot(buw, g_up_t, PREC, UPCAST, ACC)
-            dc_u = _dot((dyu.to(ACC) * rdec_in[:, None]).to(dt), tl.trans(h_up), PREC, UPCAST, ACC)
-            db_u = _dot((xt.to(ACC) * rdec_out[:, None]).to(dt), tl.trans(g_up_t), PREC, UPCAST, ACC)
-            rho_u = tl.sum(pair_u, axis=1) + tl.sum(cu.to(ACC) * dc_u, axis=1)
-            kap_u = tl.sum(pair_u, axis=0) + tl.sum(bu.to(ACC) * db_u, axis=1)
-            d_up = rho_u - kap_u
-            tl.store(DLAU + vec_base + rows, run_up + tl.cumsum(d_up, axis=0), mask=live)
-            run_up += tl.sum(d_up, axis=0)
-            g_up = g_up * tl.exp(tot_u) + _dot(tl.trans((cu.to(ACC) * rdec_in[:, None]).to(dt)), dyu,
-                                               PREC, UPCAST, ACC)
-            if COMBINE:
-                ws = (ws_lo + ws_up).to(dt)
-                dc += dc_u + _dot(ws, bl, PREC, UPCAST, ACC)
-                db += db_u + _dot(tl.trans(ws), cl, PREC, UPCAST, ACC)
-            else:
-                wsu = ws_up.to(dt)
-                dc_u += _dot(wsu, bu, PREC, UPCAST, ACC)
-                db_u += _dot(tl.trans(wsu), cu, PREC, UPCAST, ACC)
-                _emit(DCU, sdcu0, sdcu1, sdcul, sdcud, b0, b1, rows, gn, dc_u, mask_n, AT_CU)
-                _emit(DBU, sdbu0, sdbu1, sdbul, sdbud, b0, b1, rows, gn, db_u, mask_n, AT_BU)
-        if not COMBINE:
-            wsl = ws_lo.to(dt)
-            dc += _dot(wsl, bl, PREC, UPCAST, ACC)
-            db += _dot(tl.trans(wsl), cl, PREC, UPCAST, ACC)
-        _emit(DCL, sdcl0, sdcl1, sdcll, sdcld, b0, b1, rows, gn, dc, mask_n, AT_CL)
-        _emit(DBL, sdbl0, sdbl1, sdbll, sdbld, b0, b1, rows, gn, db, mask_n, AT_BL)
-        if HAS_D:
-            dgl = _load_vec(D, sd0, sd1, sdl, b0, b1, rows, seqlen, ACC)
-            dx += dgl[:, None] * dy0.to(ACC)
-            tl.store(DDL + vec_base + rows, tl.sum(dy0.to(ACC) * xt.to(ACC), axis=1), mask=live)
-        tl.store(DX + b0 * sdx0 + b1 * sdx1 + rows[:, None] * sdxl + gp[None, :] * sdxd,
-                 dx.to(DX.dtype.element_ty), mask=mask_p)
+            _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1,
+                      scll, scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU,
+                      sau0, sau1, saul, D, sd0, sd1, sdl, GL, HU, DX, sdx0, sdx1, sdxl, sdxd, DBL, sdbl0, sdbl1,
+                      sdbll, sdbld, DCL, sdcl0, sdcl1, sdcll, sdcld, DBU, sdbu0, sdbu1, sdbul, sdbud, DCU, sdcu0,
+                      sdcu1, sdcul, sdcud, RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=False, DO_DB=False,
+                      DO_DC=True, LO_S=LO_S, HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE,
+                      JOINT_DY=JOINT_DY, HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ,
+                      BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+    else:
+        _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1, scll,
+                  scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU, sau0,
+                  sau1, saul, D, sd0, sd1, sdl, GL, HU, DX, sdx0, sdx1, sdxl, sdxd, DBL, sdbl0, sdbl1, sdbll, sdbld,
+                  DCL, sdcl0, sdcl1, sdcll, sdcld, DBU, sdbu0, sdbu1, sdbul, sdbud, DCU, sdcu0, sdcu1, sdcul, sdcud,
+                  RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=True, DO_DB=True, DO_DC=True, LO_S=LO_S,
+                  HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE, JOINT_DY=JOINT_DY,
+                  HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ, BN=BN, BP=BP, PREC=PREC,
+                  UPCAST=UPCAST, ACC=ACC)

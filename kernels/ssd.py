@@ -48,7 +48,7 @@ DEFAULT_CHUNK = 64
 # gradients over broadcast batch dims (one B, C for all heads) with float32 atomics in the kernel (True) or
 # write them per batch element in the input dtype and sum afterwards in torch (False).
 TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2,
-          "bwd_num_warps": 8, "bwd_num_stages": 2, "bwd_atomic_sum": True}
+          "bwd_num_warps": 4, "bwd_num_stages": 2, "bwd_atomic_sum": True, "bwd_split": True}
 
 
 class _Tri(NamedTuple):
@@ -257,22 +257,26 @@ def _backward(x, dy, lower, upper, delta, s: int, chunk: int, combine: bool):
     t_bl, t_cl = _grad_target(b, batch, L, acc_t), _grad_target(c, batch, L, acc_t)
     t_bu, t_cu = ((_grad_target(bu, batch, L, acc_t), _grad_target(cu, batch, L, acc_t))
                   if has_up and not combine else (t_bl, t_cl))
-    dla_lo = torch.empty((B0 * B1, L), dtype=acc_t, device=dev)
-    dla_up = torch.empty_like(dla_lo) if has_up else dla_lo
-    ddl = torch.empty_like(dla_lo) if delta is not None else dla_lo
+    rs = torch.empty((4 if has_up else 2, B0 * B1, L), dtype=acc_t, device=dev)
+    ddl = torch.empty((B0 * B1, L), dtype=acc_t, device=dev) if delta is not None else rs
     D = Vv(delta) if delta is not None else AL
-    launch = dict(num_warps=TUNING["bwd_num_warps"] or 8)
+    launch = dict(num_warps=TUNING["bwd_num_warps"] or 4)
     if TUNING["bwd_num_stages"]:
         launch["num_stages"] = TUNING["bwd_num_stages"]
-    _k._bwd_sweep_kernel[(B0 * B1,)](
+    split = bool(TUNING["bwd_split"])
+    _k._bwd_sweep_kernel[(3 if split else 1, B0 * B1)](
         X, *X.stride(), DY, *DY.stride(), BL, *BL.stride(), CL, *CL.stride(), AL, *AL.stride()[:3],
         BU, *BU.stride(), CU, *CU.stride(), AU, *AU.stride()[:3], D, *D.stride()[:3], g_lo, h_up,
         dx, *dx.stride(), t_bl.view, *t_bl.view.stride(), t_cl.view, *t_cl.view.stride(),
-        t_bu.view, *t_bu.view.stride(), t_cu.view, *t_cu.view.stride(), dla_lo, dla_up, ddl,
-        B1, L, N, P, n_chunks,
+        t_bu.view, *t_bu.view.stride(), t_cu.view, *t_cu.view.stride(), rs, ddl,
+        B1, L, N, P, n_chunks, SPLIT=split,
         LO_S=s, HAS_UP=has_up, UP_S=s, SHARED_GRAM=has_up and _same(b, bu) and _same(c, cu),
         COMBINE=combine, JOINT_DY=has_up and s == 0, HAS_D=delta is not None,
         AT_BL=t_bl.atomic, AT_CL=t_cl.atomic, AT_BU=t_bu.atomic, AT_CU=t_cu.atomic, **common, **launch)
+    # Log-decay gradients from the running sums of the row dots (see kernels._ssd_triton):
+    # d log_a_t = sum_{i<t} (b.db - c.dc),  d log_a'_t = sum_{i<=t} (c'.dc' - b'.db').
+    dla_lo = rs[1] - rs[0]
+    dla_up = rs[2] - rs[3] if has_up else None
     vec = lambda t, p: t.view(*batch, L).sum_to_size(p.shape).to(p.dtype)  # noqa: E731
     return (dx.view(x.shape), t_bl.finish(b), t_cl.finish(c), vec(dla_lo, la),
             t_bu.finish(bu) if has_up and not combine else None,

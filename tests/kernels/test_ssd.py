@@ -246,11 +246,14 @@ def test_three_batch_dims_and_column_blocks(monkeypatch):
         assert rel_err(a, r) <= 1e-5, name
 
 
+@pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize("shift", [True, False])
 @pytest.mark.parametrize("shared", [True, False])
-def test_weak_decays_state_carry_fp64(shift, shared):
+def test_weak_decays_state_carry_fp64(monkeypatch, shift, shared, split):
     """Decays near 1 over 5 chunks (ragged last one): the inter-chunk states carry most of every gradient,
-    so each state (two carried from the right, two from the left in the backward) is tested tightly."""
+    so each state (two carried from the right, two from the left in the backward) is tested tightly; in
+    both arrangements of the backward sweep (three programs per batch element, or one)."""
+    monkeypatch.setitem(ssd.TUNING, "bwd_split", split)
     leaves, shape = make_inputs(71, shared=shared, seed=12 + shift + 2 * shared)
     leaves["log_a"] = leaves["log_a"] * 0.02
     if not shared:
@@ -258,7 +261,9 @@ def test_weak_decays_state_carry_fp64(shift, shared):
     check(run_both("qs", leaves, shape, torch.float64, shift=shift, shared=shared), 1e-12)
 
 
-def test_semiseparable_weak_decays_fp64():
+@pytest.mark.parametrize("split", [True, False])
+def test_semiseparable_weak_decays_fp64(monkeypatch, split):
+    monkeypatch.setitem(ssd.TUNING, "bwd_split", split)
     leaves, shape = make_inputs(71, shared=True, seed=17)
     leaves["log_a"] = leaves["log_a"] * 0.02
     check(run_both("ss", leaves, shape, torch.float64), 1e-12)
@@ -291,7 +296,9 @@ def test_generator_gradient_head_sum_paths(monkeypatch, atomic_sum):
         assert rel_err(a, ref) <= 1e-12, name
 
 
-def test_head_sum_store_path_bf16(monkeypatch):
+@pytest.mark.parametrize("split", [True, False])
+def test_head_sum_store_path_bf16(monkeypatch, split):
     monkeypatch.setitem(ssd.TUNING, "bwd_atomic_sum", False)
+    monkeypatch.setitem(ssd.TUNING, "bwd_split", split)
     leaves, shape = make_inputs(33, shared=True, seed=14)
     check(run_both("qs", leaves, shape, torch.bfloat16, shift=True, shared=True), 1e-2)
