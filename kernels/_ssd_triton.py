@@ -201,28 +201,29 @@ def _sweep_kernel(
 # ------------------------------------------------------------------------------------------------ backward
 # The backward pass of the operator for the instances the products use: in each triangle the row generators
 # and the decays are read at the same index as the column ones would be on the diagonal (``r = v = s``,
-# ``k = u = 0``, ``VO = 0``). Re-indexing the lower triangle by m = i - s and the upper one by n = i + s makes
+# ``k = u = 0``, ``vo = 0``). Re-indexing the lower triangle by m = i - s and the upper one by n = i + s makes
 # both *inclusive* triangles (diagonal kept) whose output row is shifted instead:
 #
 #     lower:  y[m + S_lo] += sum_{j <= m} exp(sum_{t=j+1..m} lam_t)  (c_m  . b_j ) x_j
 #     upper:  y[n - S_up] += sum_{j >= n} exp(sum_{t=n..j-1} lam'_t) (c'_n . b'_j) x_j
 #
-# so the backward needs no shifted register tile: it reads dy at rows m + S_lo and n - S_up (two overlapping
-# loads) and every gradient lands on unshifted rows. With dyL = dy[m + S_lo], dyU = dy[n - S_up], per
-# triangle W = decay mask, G = C B^T, S = dyL X^T, the gradients are
+# so the backward needs no shifted register tile: it reads dy at rows m + S_lo and n - S_up (overlapping
+# loads) and every gradient lands on unshifted rows. Per triangle and chunk, with dyL = dy[m + S_lo],
+# W the decay mask, G = C B^T and S = dyL X^T (each formed once per chunk and program):
 #
-#     dx = (W o G)^T dyL,   dc = (W o S) B,   db = (W o S)^T C,
+#     dx = (W o G)^T dyL,   dc = (W o S) B,   db = (W o S)^T C     (+ the mirror terms of the upper triangle)
 #
-# plus inter-chunk terms through four (N x P) states: two carried from the right (built by
-# ``_bwd_states_kernel``: G_lo = sum c dyL^T for dx and db, H_up = sum b' x^T for dc') and two carried
-# from the left inside ``_bwd_sweep_kernel`` (H_lo = sum b x^T for dc, G_up = sum c' dyU^T for dx and db').
-# The log-decay gradients are sums over decay spans of the pair terms A = W o G o S; with rho = rowsums and
-# kap = colsums of A (inter-chunk pairs included: rho = c . dc, kap = b . db), sum(rho) = sum(kap), so
+# plus inter-chunk terms through four (N x P) states: two that come from the right, stored per chunk by
+# ``_bwd_states_kernel`` (G_lo = sum c dyL^T, used by dx and db; H_up = sum b' x^T, used by dc') and two
+# carried from the left by the sweep (H_lo = sum b x^T for dc; G_up = sum c' dyU^T for dx and db').
+# Log-decay gradients: d lam_t sums the pair terms A_mj = W o G o S over the pairs whose decay span holds t.
+# With rho = row sums and kap = column sums of A (inter-chunk pairs included), rho_m = c_m . dc_m and
+# kap_j = b_j . db_j, and sum(rho) = sum(kap), so
 #
-#     d lam_t  = sum_{i < t} (kap_i - rho_i)        (lower, pairs j < t <= m)
-#     d lam'_t = sum_{i <= t} (rho'_i - kap'_i)     (upper, pairs n <= t < j)
+#     d lam_t  = sum_{i < t} (kap_i - rho_i)        (lower: pairs j < t <= m)
+#     d lam'_t = sum_{i <= t} (rho'_i - kap'_i)     (upper: pairs n <= t < j)
 #
-# are both running sums the left-to-right sweep carries (no O(L N) pass of its own).
+# are running sums that the sweep carries; no O(L N) pass of their own.
 
 
 @triton.jit
@@ -295,11 +296,11 @@ def _bwd_part(
     BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """Left-to-right sweep over one batch element computing the parts of the gradient selected by DO_DX
-    (dx and the diagonal's gradient, from G_lo stored and G_up carried), DO_DB (db, db' and the
-    column-generator row dots, from G_lo stored and G_up carried) and DO_DC (dc, dc' and the row-generator row dots, from
-    H_up stored and H_lo carried); see the comment above. Row dots go out as running sums
-    RS[0] = sum_{i<t} c.dc, RS[1] = sum_{i<t} b.db, RS[2] = sum_{i<=t} c'.dc', RS[3] = sum_{i<=t} b'.db'."""
+    """Left-to-right sweep over one batch element computing the parts of the gradient selected by
+    DO_DX (dx and the diagonal's gradient; uses G_lo stored, G_up carried), DO_DB (db, db' and their row
+    dots; G_lo stored, G_up carried) and DO_DC (dc, dc' and their row dots; H_up stored, H_lo carried).
+    Row dots go out as running sums RS[0] = sum_{i<t} c.dc, RS[1] = sum_{i<t} b.db,
+    RS[2] = sum_{i<=t} c'.dc', RS[3] = sum_{i<=t} b'.db' (see the comment above)."""
     q = tl.arange(0, BQ)
     gn = tl.arange(0, BN)
     gp = tl.arange(0, BP)

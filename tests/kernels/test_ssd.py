@@ -302,3 +302,17 @@ def test_head_sum_store_path_bf16(monkeypatch, split):
     monkeypatch.setitem(ssd.TUNING, "bwd_split", split)
     leaves, shape = make_inputs(33, shared=True, seed=14)
     check(run_both("qs", leaves, shape, torch.bfloat16, shift=True, shared=True), 1e-2)
+
+
+def test_stride_zero_output_gradient():
+    """y.sum() hands the backward an expanded dy (all strides 0): read through its strides, not copied."""
+    leaves, (B, H, L, N) = make_inputs(29, shared=False, seed=15)
+    d = {k: v.double().requires_grad_() for k, v in leaves.items()}
+    y = ssd.quasiseparable_matmul(d["x"], d["b"], d["c"], d["log_a"], d["delta"], d["b_bwd"], d["c_bwd"],
+                                  d["log_a_bwd"], shift=True, chunk_size=CHUNK)
+    gk = torch.autograd.grad(y.sum(), list(d.values()))
+    M = ref_dense(d["b"].expand(B, H, L, N), d["c"], d["log_a"], d["delta"], d["b_bwd"], d["c_bwd"],
+                  d["log_a_bwd"], shift=True)
+    gr = torch.autograd.grad((M @ d["x"]).sum(), list(d.values()))
+    for name, a, r in zip(d, gk, gr):
+        assert rel_err(a, r) <= 1e-12, name
