@@ -265,7 +265,8 @@ def _emit(ptr, s0, s1, sl, sd, b0, b1, rows, cols, tile, mask, ATOMIC: tl.conste
     """Write a gradient tile; ATOMIC: sum into a target shared by several batch elements (stride 0)."""
     p = ptr + b0 * s0 + b1 * s1 + rows[:, None] * sl + cols[None, :] * sd
     if ATOMIC:
-        tl.atomic_add(p, tile, mask=mask)
+        # A pure reduction: relaxed order (the default acq_rel would order every element's add).
+        tl.atomic_add(p, tile, mask=mask, sem="relaxed")
     else:
         tl.store(p, tile.to(ptr.dtype.element_ty), mask=mask)
 
