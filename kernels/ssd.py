@@ -14,10 +14,11 @@ row generators, column generators and log-decays with small index offsets; see :
 Forward: one right-to-left kernel stores the upper triangle's chunk states, one left-to-right kernel forms the
 output. Backward (one kernel pair for all gradients of that operator, causal or bidirectional): a
 right-to-left kernel stores the two states that come from the right (the lower triangle's adjoint state and
-the upper triangle's state), and one left-to-right kernel loads x, dy, the generators and decays of a chunk
-once, forms ``C B^T`` and ``dy x^T`` once, and writes dx, the generator gradients (summed over broadcast
-batch dims in the kernel), the log-decay gradients (running sums of ``c . dc - b . db``, carried by the
-sweep) and the diagonal's gradient.
+the upper triangle's state), and one left-to-right kernel writes dx, the generator gradients (summed over
+broadcast batch dims in the kernel), the log-decay gradients (running sums of ``b . db - c . dc``, carried by
+the sweep) and the diagonal's gradient. It runs as three programs per batch element (dx; column-generator
+gradients; row-generator gradients), adjacent in launch order so that they share x and dy in L2, or as one
+program that forms each chunk's ``C B^T`` and ``dy x^T`` once for all of them (``TUNING["bwd_split"]``).
 
 Reference: T. Dao, A. Gu, "Transformers are SSMs" (arXiv 2405.21060), Section 6 (chunked SSD); S. Hwang,
 A. Lahoti, T. Dao, A. Gu, "Hydra" (arXiv 2407.09941), Section 3 (quasiseparable mixer).
@@ -43,10 +44,12 @@ DEFAULT_CHUNK = 64
 # 2.89 / 20.3; (64, 8, default) 3.24 / 24.6; (64, 4, 2) 1.97 / 18.8; (32, 4, 3) 3.41 / 22.8;
 # (32, 8, 3) 4.09 / 27.3; (32, 4, 1) failed with an illegal memory access at this L (not at L=4096) -- not
 # understood yet, so that configuration is to be avoided. (Those fwd+bwd times predate the fused backward.)
-# bwd_*: the backward's left-to-right gradient kernel (all P and N columns per program, about 15 Q x 64 x 64
-# products per chunk: more warps than the forward); not yet timed on a GPU. bwd_atomic_sum: sum generator
-# gradients over broadcast batch dims (one B, C for all heads) with float32 atomics in the kernel (True) or
-# write them per batch element in the input dtype and sum afterwards in torch (False).
+# bwd_*: the backward's left-to-right gradient kernel. bwd_split: three programs per batch element (about
+# 7 Q x 64 x 64 products per chunk each, register spills like the forward's) or one (17 products, twice the
+# spills at 8 warps, a third of the programs). bwd_atomic_sum: sum generator gradients over broadcast batch
+# dims (one B, C for all heads) with float32 atomics in the kernel (True) or write them per batch element in
+# the input dtype and sum them in torch (False). Not yet timed on a GPU: `python -m benchmarks.kernels
+# --tune-bwd` sweeps them.
 TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2,
           "bwd_num_warps": 4, "bwd_num_stages": 2, "bwd_atomic_sum": True, "bwd_split": True}
 
@@ -221,7 +224,7 @@ def _backward(x, dy, lower, upper, delta, s: int, chunk: int, combine: bool):
     """All gradients of ``y = (lower + upper + diag(delta)) x`` with the products' offsets (both triangles
     shifted by ``s``); ``lower``/``upper`` are ``(b, c, log_a)`` broadcastable to x's batch dims, ``upper``
     may be None (causal), ``combine``: upper's b, c are lower's (the same tensors), so their gradients are
-    summed in the kernel and returned once. Two launches (see :mod:`kernels._ssd_triton`). Returns
+    summed in the kernel and returned once. Two Triton launches (see :mod:`kernels._ssd_triton`). Returns
     ``(dx, db, dc, dlog_a, db', dc', dlog_a', ddelta)`` (None where absent or combined)."""
     nb = x.dim() - 2
     batch, L, P = x.shape[:-2], x.shape[-2], x.shape[-1]
