@@ -366,13 +366,15 @@ def _bwd_part(
         if DO_DX:
             gram = _dot(cl, tl.trans(bl), PREC, UPCAST, ACC)
             p_lo = w * gram
-            dx = _dot(bw, g_lo, PREC, UPCAST, ACC)
+            # Decays of the inter-chunk terms scale rows after the product: x, dy, b are exact in their
+            # dtype, a scaled copy would be rounded once more.
+            dx = _dot(bl, g_lo, PREC, UPCAST, ACC) * dec_out[:, None]
             if HAS_UP:
                 if SHARED_GRAM:
                     p_up = w_u * gram
                 else:
                     p_up = w_u * _dot(cu, tl.trans(bu), PREC, UPCAST, ACC)
-                dx += _dot((bu.to(ACC) * rdec_out[:, None]).to(dt), g_up.to(dt), PREC, UPCAST, ACC)
+                dx += _dot(bu, g_up.to(dt), PREC, UPCAST, ACC) * rdec_out[:, None]
                 if JOINT_DY:
                     dx += _dot(tl.trans((p_lo + p_up).to(dt)), dyl, PREC, UPCAST, ACC)
                 else:
@@ -391,13 +393,13 @@ def _bwd_part(
             tl.store(DX + b0 * sdx0 + b1 * sdx1 + rows[:, None] * sdxl + gp[None, :] * sdxd,
                      dx.to(DX.dtype.element_ty), mask=live[:, None] & (gp < P)[None, :])
         if DO_DB:
-            db = (_dot((xt.to(ACC) * dec_out[:, None]).to(dt), tl.trans(g_lo), PREC, UPCAST, ACC)
+            db = (_dot(xt, tl.trans(g_lo), PREC, UPCAST, ACC) * dec_out[:, None]
                   + _dot(tl.trans(ws_lo.to(dt)), cl, PREC, UPCAST, ACC))
             kap = tl.sum(bl.to(ACC) * db, axis=1)
             tl.store(RS + n_rows + vec_base + rows, run_kap + tl.cumsum(kap, axis=0) - kap, mask=live)
             run_kap += tl.sum(kap, axis=0)
             if HAS_UP:
-                db_u = (_dot((xt.to(ACC) * rdec_out[:, None]).to(dt), tl.trans(g_up.to(dt)), PREC, UPCAST, ACC)
+                db_u = (_dot(xt, tl.trans(g_up.to(dt)), PREC, UPCAST, ACC) * rdec_out[:, None]
                         + _dot(tl.trans(ws_up.to(dt)), cu, PREC, UPCAST, ACC))
                 kap_u = tl.sum(bu.to(ACC) * db_u, axis=1)
                 tl.store(RS + 3 * n_rows + vec_base + rows, run_kap_u + tl.cumsum(kap_u, axis=0), mask=live)
@@ -408,14 +410,14 @@ def _bwd_part(
                     _emit(DBU, sdbu0, sdbu1, sdbul, sdbud, b0, b1, rows, gn, db_u, mask_n, AT_BU)
             _emit(DBL, sdbl0, sdbl1, sdbll, sdbld, b0, b1, rows, gn, db, mask_n, AT_BL)
         if DO_DC:
-            dc = (_dot((dyl.to(ACC) * dec_in[:, None]).to(dt), tl.trans(h_lo.to(dt)), PREC, UPCAST, ACC)
+            dc = (_dot(dyl, tl.trans(h_lo.to(dt)), PREC, UPCAST, ACC) * dec_in[:, None]
                   + _dot(ws_lo.to(dt), bl, PREC, UPCAST, ACC))
             rho = tl.sum(cl.to(ACC) * dc, axis=1)
             tl.store(RS + vec_base + rows, run_rho + tl.cumsum(rho, axis=0) - rho, mask=live)
             run_rho += tl.sum(rho, axis=0)
             if HAS_UP:
                 h_up = tl.load(HU + st_off + c * N * P + st_idx, mask=st_mask, other=0.0).to(dt)
-                dc_u = (_dot((dyu.to(ACC) * rdec_in[:, None]).to(dt), tl.trans(h_up), PREC, UPCAST, ACC)
+                dc_u = (_dot(dyu, tl.trans(h_up), PREC, UPCAST, ACC) * rdec_in[:, None]
                         + _dot(ws_up.to(dt), bu, PREC, UPCAST, ACC))
                 rho_u = tl.sum(cu.to(ACC) * dc_u, axis=1)
                 tl.store(RS + 2 * n_rows + vec_base + rows, run_rho_u + tl.cumsum(rho_u, axis=0), mask=live)
