@@ -316,3 +316,17 @@ def test_stride_zero_output_gradient():
     gr = torch.autograd.grad((M @ d["x"]).sum(), list(d.values()))
     for name, a, r in zip(d, gk, gr):
         assert rel_err(a, r) <= 1e-12, name
+
+
+def test_half_long_weak_decays():
+    """float16 over 19 chunks with decays near 1 (inter-chunk states carry most of the result): the
+    half-precision states and running log-decay sums stay within a few units of float16 rounding.
+    (float16, not bfloat16: the Triton interpreter truncates float32 -> bfloat16 casts, the GPU rounds.)"""
+    leaves, shape = make_inputs(300, shared=True, seed=16, H=2, N=16, P=16)
+    leaves["log_a"] = leaves["log_a"] * 0.03
+    out = run_both("qs", leaves, shape, torch.float16, shift=True, shared=True)
+    (y, gk), (y_ref, gr) = out["kernel"], out["ref"]
+    assert rel_err(y, y_ref) <= 2e-3
+    for k in gr:
+        tol = 2e-2 if k.startswith("log_a") else 2e-3
+        assert rel_err(gk[k], gr[k], out["floor"] if k.startswith("log_a") else 0.0) <= tol, k
