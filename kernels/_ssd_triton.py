@@ -333,7 +333,6 @@ def _bwd_part(
         dec_in = tl.exp(ell)  # span chunk start .. m
         dec_out = tl.exp(tl.minimum(tot - ell, 0.0))  # span j+1 .. chunk end
         w = tl.where(tri_lo, tl.exp(tl.minimum(ell[:, None] - ell[None, :], 0.0)), 0.0)
-        bw = (bl.to(ACC) * dec_out[:, None]).to(dt)
         if HAS_UP:
             # upper triangle (n-space): W'[n, j] = exp(rev_n - rev_j), j >= n
             if JOINT_DY:
@@ -427,7 +426,8 @@ def _bwd_part(
                 else:
                     _emit(DCU, sdcu0, sdcu1, sdcul, sdcud, b0, b1, rows, gn, dc_u, mask_n, AT_CU)
             _emit(DCL, sdcl0, sdcl1, sdcll, sdcld, b0, b1, rows, gn, dc, mask_n, AT_CL)
-            h_lo = h_lo * tl.exp(tot) + _dot(tl.trans(bw), xt, PREC, UPCAST, ACC)
+            h_lo = h_lo * tl.exp(tot) + _dot(tl.trans((bl.to(ACC) * dec_out[:, None]).to(dt)), xt,
+                                             PREC, UPCAST, ACC)
         if HAS_UP:
             if DO_DX + DO_DB > 0:
                 g_up = g_up * tl.exp(tot_u) + _dot(tl.trans((cu.to(ACC) * rdec_in[:, None]).to(dt)), dyu,
@@ -461,9 +461,9 @@ def _bwd_sweep_kernel(
     ACC: tl.constexpr,
 ):
     """Left-to-right gradient sweep, program (role, batch element). SPLIT: three programs per batch element
-    (role 0: dx, 1: db, 2: dc; each carries at most one state pair and runs at a third of the register
-    pressure, and the three of one batch element are adjacent in launch order so they share x and dy in
-    L2); otherwise one program computes all (fewer products: the dy x^T tiles and G_up are formed once)."""
+    (role 0: dx, 1: db, 2: dc; each carries one state and holds about a third of the tiles, and the three
+    of one batch element are adjacent in launch order so that they share x and dy in L2); otherwise one
+    program computes all (fewer products: the dy x^T tiles and G_up are formed once)."""
     role = tl.program_id(0)
     pid = tl.program_id(1)
     b0 = (pid // B1).to(tl.int64)
