@@ -16,9 +16,9 @@ output. Backward (one kernel pair for all gradients of that operator, causal or 
 right-to-left kernel stores the two states that come from the right (the lower triangle's adjoint state and
 the upper triangle's state), and one left-to-right kernel writes dx, the generator gradients (summed over
 broadcast batch dims in the kernel), the log-decay gradients (running sums of ``b . db - c . dc``, carried by
-the sweep) and the diagonal's gradient. It runs as three programs per batch element (dx; column-generator
-gradients; row-generator gradients), adjacent in launch order so that they share x and dy in L2, or as one
-program that forms each chunk's ``C B^T`` and ``dy x^T`` once for all of them (``TUNING["bwd_split"]``).
+the sweep) and the diagonal's gradient. It runs as one program per batch element that forms each chunk's
+``C B^T`` and ``dy x^T`` once for all gradients, or as three (dx; column-generator gradients; row-generator
+gradients), adjacent in launch order so that they share x and dy in L2 (``TUNING["bwd_split"]``).
 
 Reference: T. Dao, A. Gu, "Transformers are SSMs" (arXiv 2405.21060), Section 6 (chunked SSD); S. Hwang,
 A. Lahoti, T. Dao, A. Gu, "Hydra" (arXiv 2407.09941), Section 3 (quasiseparable mixer).
@@ -44,14 +44,16 @@ DEFAULT_CHUNK = 64
 # 2.89 / 20.3; (64, 8, default) 3.24 / 24.6; (64, 4, 2) 1.97 / 18.8; (32, 4, 3) 3.41 / 22.8;
 # (32, 8, 3) 4.09 / 27.3; (32, 4, 1) failed with an illegal memory access at this L (not at L=4096) -- not
 # understood yet, so that configuration is to be avoided. (Those fwd+bwd times predate the fused backward.)
-# bwd_*: the backward's left-to-right gradient kernel. bwd_split: three programs per batch element (about
-# 7 Q x 64 x 64 products per chunk each, register spills like the forward's) or one (17 products, twice the
-# spills at 8 warps, a third of the programs). bwd_atomic_sum: sum generator gradients over broadcast batch
-# dims (one B, C for all heads) with float32 atomics in the kernel (True) or write them per batch element in
-# the input dtype and sum them in torch (False). Not yet timed on a GPU: `python -m benchmarks.kernels
-# --tune-bwd` sweeps them.
+# bwd_*: the backward's left-to-right gradient kernel. bwd_split: one program per batch element (False: 17
+# Q x 64 x 64 products per chunk, each x^T dy and C B^T tile formed once; at 4 warps two programs fit an SM,
+# so the benchmark's 192 programs run in one wave) or three (True: about 7 products each, half the register
+# spills, but 576 programs take three waves at two per SM). Which wins is a GPU measurement (the forward's
+# table above suggests that waves cost more than spills). bwd_atomic_sum: sum generator gradients over
+# broadcast batch dims (one B, C for all heads) with float32 atomics in the kernel (True) or write them per
+# batch element in the input dtype and sum them in torch (False). Not yet timed on a GPU:
+# `python -m benchmarks.kernels --tune-bwd` sweeps them.
 TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2,
-          "bwd_num_warps": 4, "bwd_num_stages": 2, "bwd_atomic_sum": True, "bwd_split": True}
+          "bwd_num_warps": 4, "bwd_num_stages": 2, "bwd_atomic_sum": True, "bwd_split": False}
 
 
 class _Tri(NamedTuple):
