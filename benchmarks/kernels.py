@@ -281,8 +281,8 @@ def tune(device, L=16384) -> list:
 
 def tune_bwd(device, L=16384) -> list:
     """Sweep the backward kernels' launch knobs (kernels.ssd.TUNING bwd_*) on the fused product at one L:
-    three programs per batch element or one, warps, stages; then float32 atomics vs a torch sum for the
-    head-shared B, C gradients at the fastest of those."""
+    three sweep programs per batch element or one, warps, stages; then, at the fastest of those, the other
+    head sum for the shared B, C gradients (float32 atomics or torch) and the other state-kernel layout."""
     from triton.testing import do_bench
     from kernels import ssd
     t = make_inputs(L, device)
@@ -309,8 +309,9 @@ def tune_bwd(device, L=16384) -> list:
     ok = [r for r in rows if "error" not in r]
     if ok:
         best = min(ok, key=lambda r: r["fwd_bwd_ms"])
-        one(bwd_split=best["bwd_split"], bwd_num_warps=best["bwd_num_warps"],
-            bwd_num_stages=best["bwd_num_stages"], bwd_atomic_sum=not saved["bwd_atomic_sum"])
+        knobs = {k: best[k] for k in ("bwd_split", "bwd_num_warps", "bwd_num_stages")}
+        one(**knobs, bwd_atomic_sum=not saved["bwd_atomic_sum"])
+        one(**knobs, bwd_states_pair=not saved["bwd_states_pair"])
     ssd.TUNING.clear()
     ssd.TUNING.update(saved)
     return rows
@@ -345,9 +346,10 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=("scans", "matfree"), default=None, help="run one half only")
     ap.add_argument("--launch", default=None, metavar="BV,WARPS,STAGES",
                     help="launch configuration of the scan kernels (kernels.ssd.TUNING; 0 = Triton's default)")
-    ap.add_argument("--bwd-launch", default=None, metavar="SPLIT,WARPS,STAGES,ATOMIC",
-                    help="backward kernels' knobs (kernels.ssd.TUNING bwd_*: 1/0 three programs per batch "
-                    "element, warps, stages (0 = Triton's default), 1/0 float32 atomics for shared B, C)")
+    ap.add_argument("--bwd-launch", default=None, metavar="SPLIT,WARPS,STAGES,ATOMIC,PAIR",
+                    help="backward kernels' knobs (kernels.ssd.TUNING bwd_*: 1/0 three sweep programs per "
+                    "batch element, warps, stages (0 = Triton's default), 1/0 float32 atomics for shared B, "
+                    "C, 1/0 both right-to-left states in one program)")
     ap.add_argument("--tune-bwd", action="store_true", help="sweep the backward kernels' knobs first (at "
                     "L = 16384; 4096 with --quick), use the fastest forward+backward one, write the sweep to "
                     "kernels-<device>-tune-bwd.json")
@@ -372,9 +374,13 @@ def main(argv=None) -> int:
         print(f"tuned: {ssd.TUNING}")
     if args.bwd_launch:
         from kernels import ssd
-        sp, nw, ns, at = (int(v) for v in args.bwd_launch.split(","))
+        fields = args.bwd_launch.split(",")
+        if len(fields) != 5 or not all(f.strip().isdigit() for f in fields):
+            raise ValueError(f"--bwd-launch must be five integers SPLIT,WARPS,STAGES,ATOMIC,PAIR; got "
+                             f"{args.bwd_launch!r}")
+        sp, nw, ns, at, pr = (int(v) for v in fields)
         ssd.TUNING.update(bwd_split=bool(sp), bwd_num_warps=nw or None, bwd_num_stages=ns or None,
-                          bwd_atomic_sum=bool(at))
+                          bwd_atomic_sum=bool(at), bwd_states_pair=bool(pr))
     if args.tune_bwd:
         from kernels import ssd
         rows = tune_bwd(args.device, 4096 if args.quick else 16384)

@@ -71,6 +71,25 @@ def _upper_decays(lam, U: tl.constexpr, V_: tl.constexpr):
 
 
 @triton.jit
+def _state_step(state, K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, svd,
+                b0, b1, rows, g, vc, seqlen, DG, DV,
+                KO: tl.constexpr, U: tl.constexpr, VO: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                ACC: tl.constexpr):
+    """The state entering the chunk at ``rows`` from the right, given the one entering the next chunk."""
+    dt = V.dtype.element_ty
+    lam = _load_vec(LAM, sa0, sa1, sal, b0, b1, rows, seqlen, ACC)
+    rev_total = tl.sum(lam, axis=0)
+    rev = rev_total - tl.cumsum(lam, axis=0) + lam
+    col_dec = rev - U * lam
+    kt = _load_rows(K, sk0, sk1, skl, skd, b0, b1, rows + KO, g, seqlen, DG)
+    vt = _load_rows(V, sv0, sv1, svl, svd, b0, b1, rows + VO, vc, seqlen, DV)
+    vt = tl.where((rows < seqlen)[:, None], vt, 0.0).to(dt)
+    w = tl.exp(tl.minimum(rev_total - col_dec, 0.0))
+    kw = (kt.to(ACC) * w[:, None]).to(dt)
+    return state * tl.exp(rev_total) + _dot(tl.trans(kw), vt, PREC, UPCAST, ACC)
+
+
+@triton.jit
 def _state_sweep(K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, svd, st_base,
                  b0, b1, vc, seqlen, DG, DV, n_chunks,
                  KO: tl.constexpr, U: tl.constexpr, VO: tl.constexpr,
@@ -80,24 +99,42 @@ def _state_sweep(K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, sv
     exp(sum_{t = start(c+1) .. j-1+U} lam_t) K[j + KO] V[j + VO]^T`` (a (DG, DV) tile, columns vc)."""
     q = tl.arange(0, BQ)
     g = tl.arange(0, BG)
-    dt = V.dtype.element_ty
     state = tl.zeros((BG, BV), dtype=ACC)
+    st_idx = g[:, None] * DV + vc[None, :]
     st_mask = (g < DG)[:, None] & (vc < DV)[None, :]
     for cc in range(n_chunks):
         c = n_chunks - 1 - cc
-        tl.store(st_base + c * DG * DV + g[:, None] * DV + vc[None, :], state.to(st_base.dtype.element_ty),
-                 mask=st_mask)
+        tl.store(st_base + c * DG * DV + st_idx, state.to(st_base.dtype.element_ty), mask=st_mask)
+        state = _state_step(state, K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, svd,
+                            b0, b1, c * BQ + q, g, vc, seqlen, DG, DV, KO=KO, U=U, VO=VO,
+                            PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+
+
+@triton.jit
+def _state_sweep_pair(K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, svd, st_base,
+                      K2, sk20, sk21, sk2l, sk2d, LAM2, sa20, sa21, sa2l, V2, sv20, sv21, sv2l, sv2d, st_base2,
+                      b0, b1, vc, seqlen, DG, DV, n_chunks,
+                      U: tl.constexpr, VO: tl.constexpr, U2: tl.constexpr, VO2: tl.constexpr,
+                      BQ: tl.constexpr, BG: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                      UPCAST: tl.constexpr, ACC: tl.constexpr):
+    """Two independent :func:`_state_sweep` (KO = 0) in one loop: one program, two dependency chains."""
+    q = tl.arange(0, BQ)
+    g = tl.arange(0, BG)
+    state = tl.zeros((BG, BV), dtype=ACC)
+    state2 = tl.zeros((BG, BV), dtype=ACC)
+    st_idx = g[:, None] * DV + vc[None, :]
+    st_mask = (g < DG)[:, None] & (vc < DV)[None, :]
+    for cc in range(n_chunks):
+        c = n_chunks - 1 - cc
+        tl.store(st_base + c * DG * DV + st_idx, state.to(st_base.dtype.element_ty), mask=st_mask)
+        tl.store(st_base2 + c * DG * DV + st_idx, state2.to(st_base2.dtype.element_ty), mask=st_mask)
         rows = c * BQ + q
-        lam = _load_vec(LAM, sa0, sa1, sal, b0, b1, rows, seqlen, ACC)
-        rev_total = tl.sum(lam, axis=0)
-        rev = rev_total - tl.cumsum(lam, axis=0) + lam
-        col_dec = rev - U * lam
-        kt = _load_rows(K, sk0, sk1, skl, skd, b0, b1, rows + KO, g, seqlen, DG)
-        vt = _load_rows(V, sv0, sv1, svl, svd, b0, b1, rows + VO, vc, seqlen, DV)
-        vt = tl.where((rows < seqlen)[:, None], vt, 0.0).to(dt)
-        w = tl.exp(tl.minimum(rev_total - col_dec, 0.0))
-        kw = (kt.to(ACC) * w[:, None]).to(dt)
-        state = state * tl.exp(rev_total) + _dot(tl.trans(kw), vt, PREC, UPCAST, ACC)
+        state = _state_step(state, K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, svd,
+                            b0, b1, rows, g, vc, seqlen, DG, DV, KO=0, U=U, VO=VO,
+                            PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+        state2 = _state_step(state2, K2, sk20, sk21, sk2l, sk2d, LAM2, sa20, sa21, sa2l, V2, sv20, sv21, sv2l,
+                             sv2d, b0, b1, rows, g, vc, seqlen, DG, DV, KO=0, U=U2, VO=VO2,
+                             PREC=PREC, UPCAST=UPCAST, ACC=ACC)
 
 
 @triton.jit
@@ -237,27 +274,34 @@ def _bwd_states_kernel(
     X, sx0, sx1, sxl, sxd,
     HU,
     B1, seqlen, N, P, n_chunks,
-    LO_S: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr,
-    UPCAST: tl.constexpr, ACC: tl.constexpr,
+    LO_S: tl.constexpr, PAIR: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Right-to-left: program (bh, 0) stores G_lo (lower adjoint state, ``sum exp(span) c_m dy[m+S_lo]^T``),
-    program (bh, 1) H_up (upper state, ``sum exp(span) b'_j x_j^T``) entering each chunk from the right.
-    The two run as separate programs (twice the parallelism of one program doing both)."""
+    """Right-to-left: stores per chunk G_lo (lower adjoint state, ``sum exp(span) c_m dy[m+S_lo]^T``) and
+    H_up (upper state, ``sum exp(span) b'_j x_j^T``) entering it from the right. PAIR: one program per
+    batch element computes both in one loop (two independent chains); otherwise program (bh, 0) computes
+    G_lo and (bh, 1) H_up (twice the programs; the grid's second axis is 1 without an upper triangle)."""
     pid = tl.program_id(0)
     which = tl.program_id(1)
     b0 = (pid // B1).to(tl.int64)
     b1 = (pid % B1).to(tl.int64)
     vc = tl.arange(0, BP)
     off = pid.to(tl.int64) * n_chunks * N * P
-    if which == 0:
-        # Lower adjoint: span start(c+1)..m is the inclusive prefix of lam up to m, i.e. U = 1.
-        _state_sweep(C, sc0, sc1, scl, scd, AL, sal0, sal1, sall, DY, sy0, sy1, syl, syd, GL + off,
-                     b0, b1, vc, seqlen, N, P, n_chunks, KO=0, U=1, VO=LO_S,
-                     BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+    # Lower adjoint: span start(c+1)..m is the inclusive prefix of lam up to m, i.e. U = 1.
+    if PAIR:
+        _state_sweep_pair(C, sc0, sc1, scl, scd, AL, sal0, sal1, sall, DY, sy0, sy1, syl, syd, GL + off,
+                          BU, sbu0, sbu1, sbul, sbud, AU, sau0, sau1, saul, X, sx0, sx1, sxl, sxd, HU + off,
+                          b0, b1, vc, seqlen, N, P, n_chunks, U=1, VO=LO_S, U2=0, VO2=0,
+                          BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
     else:
-        _state_sweep(BU, sbu0, sbu1, sbul, sbud, AU, sau0, sau1, saul, X, sx0, sx1, sxl, sxd, HU + off,
-                     b0, b1, vc, seqlen, N, P, n_chunks, KO=0, U=0, VO=0,
-                     BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+        if which == 0:
+            _state_sweep(C, sc0, sc1, scl, scd, AL, sal0, sal1, sall, DY, sy0, sy1, syl, syd, GL + off,
+                         b0, b1, vc, seqlen, N, P, n_chunks, KO=0, U=1, VO=LO_S,
+                         BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+        else:
+            _state_sweep(BU, sbu0, sbu1, sbul, sbud, AU, sau0, sau1, saul, X, sx0, sx1, sxl, sxd, HU + off,
+                         b0, b1, vc, seqlen, N, P, n_chunks, KO=0, U=0, VO=0,
+                         BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
 
 
 @triton.jit

@@ -51,9 +51,11 @@ DEFAULT_CHUNK = 64
 # table above suggests that waves cost more than spills). bwd_atomic_sum: sum generator gradients over
 # broadcast batch dims (one B, C for all heads) with float32 atomics in the kernel (True) or write them per
 # batch element in the input dtype and sum them in torch (False). Not yet timed on a GPU:
-# `python -m benchmarks.kernels --tune-bwd` sweeps them.
+# `python -m benchmarks.kernels --tune-bwd` sweeps them. bwd_states_pair: the backward's right-to-left kernel
+# computes its two states in one program per batch element (one wave here) or in two (two waves).
 TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2,
-          "bwd_num_warps": 4, "bwd_num_stages": 2, "bwd_atomic_sum": True, "bwd_split": False}
+          "bwd_num_warps": 4, "bwd_num_stages": 2, "bwd_atomic_sum": True, "bwd_split": False,
+          "bwd_states_pair": True}
 
 
 class _Tri(NamedTuple):
@@ -254,10 +256,11 @@ def _backward(x, dy, lower, upper, delta, s: int, chunk: int, combine: bool):
     launch = dict(num_warps=TUNING["num_warps"] or 4)
     if TUNING["num_stages"]:
         launch["num_stages"] = TUNING["num_stages"]
-    _k._bwd_states_kernel[(B0 * B1, 2 if has_up else 1)](
+    pair = has_up and bool(TUNING["bwd_states_pair"])
+    _k._bwd_states_kernel[(B0 * B1, 2 if has_up and not pair else 1)](
         CL, *CL.stride(), AL, *AL.stride()[:3], DY, *DY.stride(), g_lo,
         BU, *BU.stride(), AU, *AU.stride()[:3], X, *X.stride(), h_up,
-        B1, L, N, P, n_chunks, LO_S=s, **common, **launch)
+        B1, L, N, P, n_chunks, LO_S=s, PAIR=pair, **common, **launch)
     dx = torch.empty((B0, B1, L, P), dtype=x.dtype, device=dev)
     t_bl, t_cl = _grad_target(b, batch, L, acc_t), _grad_target(c, batch, L, acc_t)
     t_bu, t_cu = ((_grad_target(bu, batch, L, acc_t), _grad_target(cu, batch, L, acc_t))

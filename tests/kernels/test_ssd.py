@@ -252,8 +252,10 @@ def test_three_batch_dims_and_column_blocks(monkeypatch):
 def test_weak_decays_state_carry_fp64(monkeypatch, shift, shared, split):
     """Decays near 1 over 5 chunks (ragged last one): the inter-chunk states carry most of every gradient,
     so each state (two carried from the right, two from the left in the backward) is tested tightly; in
-    both arrangements of the backward sweep (three programs per batch element, or one)."""
+    both arrangements of the backward's kernels (split: three sweep programs per batch element and two
+    state programs; else one of each)."""
     monkeypatch.setitem(ssd.TUNING, "bwd_split", split)
+    monkeypatch.setitem(ssd.TUNING, "bwd_states_pair", not split)
     leaves, shape = make_inputs(71, shared=shared, seed=12 + shift + 2 * shared)
     leaves["log_a"] = leaves["log_a"] * 0.02
     if not shared:
