@@ -171,7 +171,7 @@ def _sweep_kernel(
     D, sd0, sd1, sdl,
     ST, O, so0, so1, sol, sod,
     B1, seqlen, DG, DV, n_chunks,
-    HAS_LO: tl.constexpr, LO_R: tl.constexpr, LO_K: tl.constexpr, LO_U: tl.constexpr, LO_V: tl.constexpr,
+    LO_R: tl.constexpr, LO_K: tl.constexpr, LO_U: tl.constexpr, LO_V: tl.constexpr,
     LO_S: tl.constexpr,
     HAS_UP: tl.constexpr, UP_R: tl.constexpr, UP_K: tl.constexpr, UP_U: tl.constexpr, UP_V: tl.constexpr,
     UP_S: tl.constexpr,
@@ -199,18 +199,17 @@ def _sweep_kernel(
         vt = tl.where(live[:, None], vt, 0.0).to(dt)
         acc = tl.zeros((BQ, BV), dtype=ACC)
         w = tl.zeros((BQ, BQ), dtype=ACC)
-        if HAS_LO:
-            lam = _load_vec(AL, sal0, sal1, sall, b0, b1, rows, seqlen, ACC)
-            row_dec, col_dec, total = _lower_decays(lam, LO_U, LO_V)
-            rt = _load_rows(RL, srl0, srl1, srll, srld, b0, b1, rows - LO_R, g, seqlen, DG).to(dt)
-            kt = _load_rows(KL, skl0, skl1, skll, skld, b0, b1, rows + LO_K, g, seqlen, DG).to(dt)
-            gram = _dot(rt, tl.trans(kt), PREC, UPCAST, ACC)
-            keep = q[None, :] <= q[:, None] - LO_S
-            expo = tl.where(keep, row_dec[:, None] - col_dec[None, :], 0.0)
-            w += tl.where(keep, gram * tl.exp(tl.minimum(expo, 0.0)), 0.0)
-            acc += _dot(rt, state.to(dt), PREC, UPCAST, ACC) * tl.exp(row_dec)[:, None]
-            kw = (kt.to(ACC) * tl.exp(tl.minimum(total - col_dec, 0.0))[:, None]).to(dt)
-            state = state * tl.exp(total) + _dot(tl.trans(kw), vt, PREC, UPCAST, ACC)
+        lam = _load_vec(AL, sal0, sal1, sall, b0, b1, rows, seqlen, ACC)
+        row_dec, col_dec, total = _lower_decays(lam, LO_U, LO_V)
+        rt = _load_rows(RL, srl0, srl1, srll, srld, b0, b1, rows - LO_R, g, seqlen, DG).to(dt)
+        kt = _load_rows(KL, skl0, skl1, skll, skld, b0, b1, rows + LO_K, g, seqlen, DG).to(dt)
+        gram = _dot(rt, tl.trans(kt), PREC, UPCAST, ACC)
+        keep = q[None, :] <= q[:, None] - LO_S
+        expo = tl.where(keep, row_dec[:, None] - col_dec[None, :], 0.0)
+        w += tl.where(keep, gram * tl.exp(tl.minimum(expo, 0.0)), 0.0)
+        acc += _dot(rt, state.to(dt), PREC, UPCAST, ACC) * tl.exp(row_dec)[:, None]
+        kw = (kt.to(ACC) * tl.exp(tl.minimum(total - col_dec, 0.0))[:, None]).to(dt)
+        state = state * tl.exp(total) + _dot(tl.trans(kw), vt, PREC, UPCAST, ACC)
         if HAS_UP:
             lam_u = _load_vec(AU, sau0, sau1, saul, b0, b1, rows, seqlen, ACC)
             row_dec_u, col_dec_u, total_u = _upper_decays(lam_u, UP_U, UP_V)

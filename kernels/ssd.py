@@ -94,12 +94,12 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
                       and a.dtype == b.dtype)
 
 
-def _apply(V: torch.Tensor, lo: Optional[_Tri], up: Optional[_Tri], delta: Optional[torch.Tensor], vo: int,
+def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.Tensor], vo: int,
            out_dtype: torch.dtype, chunk: int) -> torch.Tensor:
-    """Run the generic operator on 4-D views; returns ``(B0, B1, L, DV)`` in ``out_dtype``."""
+    """Run the generic operator (lower triangle, optional upper one and diagonal) on 4-D views; returns
+    ``(B0, B1, L, DV)`` in ``out_dtype``."""
     B0, B1, L, DV = V.shape
-    tri = lo if lo is not None else up
-    DG = tri.R.shape[-1]
+    DG = lo.R.shape[-1]
     dev = V.device
     BQ = chunk
     BG = _pow2(DG)
@@ -125,10 +125,9 @@ def _apply(V: torch.Tensor, lo: Optional[_Tri], up: Optional[_Tri], delta: Optio
             **launch)
     else:
         states = out  # unused placeholder pointer
-    dummy_t = lo if lo is not None else up
-    lo_ = lo if lo is not None else dummy_t
-    up_ = up if up is not None else dummy_t
-    shared = (lo is not None and up is not None and _same(lo.R, up.R) and _same(lo.K, up.K)
+    lo_ = lo
+    up_ = up if up is not None else lo  # placeholder pointers when there is no upper triangle
+    shared = (up is not None and _same(lo.R, up.R) and _same(lo.K, up.K)
               and lo.r == -up.r and lo.k == -up.k)
     d = delta if delta is not None else lo_.lam
     _k._sweep_kernel[grid](
@@ -136,7 +135,7 @@ def _apply(V: torch.Tensor, lo: Optional[_Tri], up: Optional[_Tri], delta: Optio
         up_.R, *up_.R.stride(), up_.K, *up_.K.stride(), up_.lam, *up_.lam.stride()[:3],
         V, *V.stride(), d, *d.stride()[:3], states, out, *out.stride(),
         B1, L, DG, DV, n_chunks,
-        HAS_LO=lo is not None, LO_R=lo_.r, LO_K=lo_.k, LO_U=lo_.u, LO_V=lo_.v, LO_S=lo_.s,
+        LO_R=lo_.r, LO_K=lo_.k, LO_U=lo_.u, LO_V=lo_.v, LO_S=lo_.s,
         HAS_UP=up is not None, UP_R=up_.r, UP_K=up_.k, UP_U=up_.u, UP_V=up_.v, UP_S=up_.s,
         SHARED_GRAM=shared, HAS_D=delta is not None, VO=vo,
         BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, **launch)
