@@ -279,6 +279,44 @@ def tune(device, L=16384) -> list:
     return rows
 
 
+def tune_bwd(device, L=16384) -> list:
+    """Sweep the backward kernels' launch knobs (kernels.ssd.TUNING bwd_*) on the fused product at one L:
+    three sweep programs per batch element or one, warps, stages; then, at the fastest of those, the other
+    head sum for the shared B, C gradients (float32 atomics or torch) and the other state-kernel layout."""
+    from triton.testing import do_bench
+    from kernels import ssd
+    t = make_inputs(L, device)
+    keys = ("x", "b", "c", "log_a", "delta")
+    rows = []
+    saved = dict(ssd.TUNING)
+
+    def one(**knobs):
+        ssd.TUNING.update(saved)
+        ssd.TUNING.update(knobs)
+        try:
+            f, fb, peak = bench_one(qs_fused, t, keys, do_bench)
+        except Exception as e:  # a configuration that does not compile (registers, shared memory)
+            rows.append(dict(knobs, error=repr(e)[:200]))
+            print(f"tune-bwd {knobs}: failed: {e!r}"[:300], flush=True)
+            return
+        rows.append(dict(knobs, fwd_ms=f, fwd_bwd_ms=fb, peak_bytes_fwd_bwd=peak))
+        print(f"tune-bwd L={L} {knobs}: fwd {f:.3f} ms fwd+bwd {fb:.3f} ms", flush=True)
+
+    for split in (True, False):
+        for nw in (4, 8):
+            for ns in (1, 2):
+                one(bwd_split=split, bwd_num_warps=nw, bwd_num_stages=ns)
+    ok = [r for r in rows if "error" not in r]
+    if ok:
+        best = min(ok, key=lambda r: r["fwd_bwd_ms"])
+        knobs = {k: best[k] for k in ("bwd_split", "bwd_num_warps", "bwd_num_stages")}
+        one(**knobs, bwd_atomic_sum=not saved["bwd_atomic_sum"])
+        one(**knobs, bwd_states_pair=not saved["bwd_states_pair"])
+    ssd.TUNING.clear()
+    ssd.TUNING.update(saved)
+    return rows
+
+
 def _plot(results, path, device_name):
     import matplotlib
     matplotlib.use("Agg")
@@ -308,6 +346,13 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=("scans", "matfree"), default=None, help="run one half only")
     ap.add_argument("--launch", default=None, metavar="BV,WARPS,STAGES",
                     help="launch configuration of the scan kernels (kernels.ssd.TUNING; 0 = Triton's default)")
+    ap.add_argument("--bwd-launch", default=None, metavar="SPLIT,WARPS,STAGES,ATOMIC,PAIR",
+                    help="backward kernels' knobs (kernels.ssd.TUNING bwd_*: 1/0 three sweep programs per "
+                    "batch element, warps, stages (0 = Triton's default), 1/0 float32 atomics for shared B, "
+                    "C, 1/0 both right-to-left states in one program)")
+    ap.add_argument("--tune-bwd", action="store_true", help="sweep the backward kernels' knobs first (at "
+                    "L = 16384; 4096 with --quick), use the fastest forward+backward one, write the sweep to "
+                    "kernels-<device>-tune-bwd.json")
     ap.add_argument("--tune", action="store_true", help="sweep the scan kernels' launch configuration first "
                     "(at L = 16384; 4096 with --quick) and use the fastest forward+backward one")
     args = ap.parse_args(argv)
@@ -326,6 +371,26 @@ def main(argv=None) -> int:
         rows = [r for r in tune(args.device, 4096 if args.quick else 16384) if "error" not in r]
         best = min(rows, key=lambda r: r["fwd_bwd_ms"])
         ssd.TUNING.update(block_v=best["block_v"], num_warps=best["num_warps"], num_stages=best["num_stages"])
+        print(f"tuned: {ssd.TUNING}")
+    if args.bwd_launch:
+        from kernels import ssd
+        fields = args.bwd_launch.split(",")
+        if len(fields) != 5 or not all(f.strip().isdigit() for f in fields):
+            raise ValueError(f"--bwd-launch must be five integers SPLIT,WARPS,STAGES,ATOMIC,PAIR; got "
+                             f"{args.bwd_launch!r}")
+        sp, nw, ns, at, pr = (int(v) for v in fields)
+        ssd.TUNING.update(bwd_split=bool(sp), bwd_num_warps=nw or None, bwd_num_stages=ns or None,
+                          bwd_atomic_sum=bool(at), bwd_states_pair=bool(pr))
+    if args.tune_bwd:
+        from kernels import ssd
+        rows = tune_bwd(args.device, 4096 if args.quick else 16384)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, f"kernels-{args.device}-tune-bwd.json"), "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(args.device), rows=rows), f, indent=1)
+        ok = [r for r in rows if "error" not in r]
+        if ok:
+            best = min(ok, key=lambda r: r["fwd_bwd_ms"])
+            ssd.TUNING.update({k: v for k, v in best.items() if k.startswith("bwd_")})
         print(f"tuned: {ssd.TUNING}")
     if args.only in (None, "scans"):
         run_scans(args.device, args.out, args.quick)

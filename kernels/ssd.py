@@ -11,12 +11,14 @@ Public entry points (autograd-aware; forward and backward run Triton kernels):
 
 Both reduce to one generic quasiseparable operator (lower + upper triangle + diagonal, each triangle given by
 row generators, column generators and log-decays with small index offsets; see :mod:`kernels._ssd_triton`).
-The backward pass reuses it: the adjoint of a quasiseparable matrix is quasiseparable with the triangles
-swapped (gives dx), the gradient with respect to the row generators is the same operator with
-``(R, K, V) = (dy, x, K)`` and the one with respect to the column generators the transposed triangle with
-``(R, K, V) = (x, dy, R)``; the log-decay gradient follows from the identity
-``d log_a_t = sum_{pairs (i, j) whose decay span holds t} m_ij (dy_i . x_j)``, which telescopes into
-cumulative sums of ``c . dc`` and ``b . db`` (O(L N), no extra pass).
+Forward: one right-to-left kernel stores the upper triangle's chunk states, one left-to-right kernel forms the
+output. Backward (one kernel pair for all gradients of that operator, causal or bidirectional): a
+right-to-left kernel stores the two states that come from the right (the lower triangle's adjoint state and
+the upper triangle's state), and one left-to-right kernel writes dx, the generator gradients (summed over
+broadcast batch dims in the kernel), the log-decay gradients (running sums of ``b . db - c . dc``, carried by
+the sweep) and the diagonal's gradient. It runs as one program per batch element that forms each chunk's
+``C B^T`` and ``dy x^T`` once for all gradients, or as three (dx; column-generator gradients; row-generator
+gradients), adjacent in launch order so that they share x and dy in L2 (``TUNING["bwd_split"]``).
 
 Reference: T. Dao, A. Gu, "Transformers are SSMs" (arXiv 2405.21060), Section 6 (chunked SSD); S. Hwang,
 A. Lahoti, T. Dao, A. Gu, "Hydra" (arXiv 2407.09941), Section 3 (quasiseparable mixer).
@@ -42,8 +44,19 @@ DEFAULT_CHUNK = 64
 # H100, triton 3.6, B=8 H=24 P=N=64 bf16, L=16384 fused fwd / fwd+bwd (ms): (64, default, default)
 # 2.89 / 20.3; (64, 8, default) 3.24 / 24.6; (64, 4, 2) 1.97 / 18.8; (32, 4, 3) 3.41 / 22.8;
 # (32, 8, 3) 4.09 / 27.3; (32, 4, 1) failed with an illegal memory access at this L (not at L=4096) -- not
-# understood yet, so that configuration is to be avoided.
-TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2}
+# understood yet, so that configuration is to be avoided. (Those fwd+bwd times predate the fused backward.)
+# bwd_*: the backward's left-to-right gradient kernel. bwd_split: one program per batch element (False: 17
+# Q x 64 x 64 products per chunk, each x^T dy and C B^T tile formed once; at 4 warps two programs fit an SM,
+# so the benchmark's 192 programs run in one wave) or three (True: about 7 products each, half the register
+# spills, but 576 programs take three waves at two per SM). Which wins is a GPU measurement (the forward's
+# table above suggests that waves cost more than spills). bwd_atomic_sum: sum generator gradients over
+# broadcast batch dims (one B, C for all heads) with float32 atomics in the kernel (True) or write them per
+# batch element in the input dtype and sum them in torch (False). Not yet timed on a GPU:
+# `python -m benchmarks.kernels --tune-bwd` sweeps them. bwd_states_pair: the backward's right-to-left kernel
+# computes its two states in one program per batch element (one wave here) or in two (two waves).
+TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2,
+          "bwd_num_warps": 4, "bwd_num_stages": 2, "bwd_atomic_sum": True, "bwd_split": False,
+          "bwd_states_pair": True}
 
 
 class _Tri(NamedTuple):
@@ -82,19 +95,12 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
                       and a.dtype == b.dtype)
 
 
-def _apply(V: torch.Tensor, lo: Optional[_Tri], up: Optional[_Tri], delta: Optional[torch.Tensor], vo: int,
-           out_dtype: torch.dtype, chunk: int, out: Optional[torch.Tensor] = None,
-           rowdot: Optional[torch.Tensor] = None):
-    """Run the generic operator on 4-D views; returns ``(B0, B1, L, DV)`` in ``out_dtype``.
-
-    ``out``: a zero-filled float32/64 4-D view with stride 0 on broadcast batch dims to *sum* into
-    (atomically) instead of writing per batch element. ``rowdot``: a ``(B0, B1, L, DV)`` view R; then
-    ``(out, rd)`` is returned with ``rd[b, i] = R[b, i] . O[b, i]`` per batch element (float32/64,
-    ``(B0 * B1, L)``); needs DV within one column block (see :func:`_fits_one_block`).
-    """
+def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.Tensor], vo: int,
+           out_dtype: torch.dtype, chunk: int) -> torch.Tensor:
+    """Run the generic operator (lower triangle, optional upper one and diagonal) on 4-D views; returns
+    ``(B0, B1, L, DV)`` in ``out_dtype``."""
     B0, B1, L, DV = V.shape
-    tri = lo if lo is not None else up
-    DG = tri.R.shape[-1]
+    DG = lo.R.shape[-1]
     dev = V.device
     BQ = chunk
     BG = _pow2(DG)
@@ -103,16 +109,8 @@ def _apply(V: torch.Tensor, lo: Optional[_Tri], up: Optional[_Tri], delta: Optio
     grid = (B0 * B1, triton.cdiv(DV, BV))
     prec = "ieee" if V.dtype == torch.float32 else "tf32"
     upcast = V.dtype == torch.bfloat16 and _interpreting()
-    acc_t = torch.float64 if V.dtype == torch.float64 else torch.float32
     acc = tl.float64 if V.dtype == torch.float64 else tl.float32
-    atomic = out is not None
-    if out is None:
-        out = torch.empty((B0, B1, L, DV), dtype=out_dtype, device=dev)
-    rdo = None
-    if rowdot is not None:
-        if triton.cdiv(DV, BV) != 1:
-            raise ValueError(f"rowdot needs DV={DV} <= block_v={BV}")
-        rdo = torch.empty((B0 * B1, L), dtype=acc_t, device=dev)
+    out = torch.empty((B0, B1, L, DV), dtype=out_dtype, device=dev)
     num_warps = TUNING["num_warps"] or (4 if BG * BV <= 64 * 64 else 8)
     launch = dict(num_warps=num_warps)
     if TUNING["num_stages"]:
@@ -128,24 +126,21 @@ def _apply(V: torch.Tensor, lo: Optional[_Tri], up: Optional[_Tri], delta: Optio
             dict(UP_K=up.k, UP_U=up.u, VO=vo, BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc), launch)
     else:
         states = out  # unused placeholder pointer
-    dummy_t = lo if lo is not None else up
-    lo_ = lo if lo is not None else dummy_t
-    up_ = up if up is not None else dummy_t
-    shared = (lo is not None and up is not None and _same(lo.R, up.R) and _same(lo.K, up.K)
+    lo_ = lo
+    up_ = up if up is not None else lo  # placeholder pointers when there is no upper triangle
+    shared = (up is not None and _same(lo.R, up.R) and _same(lo.K, up.K)
               and lo.r == -up.r and lo.k == -up.k)
     d = delta if delta is not None else lo_.lam
     _launch_fitting(_k._sweep_kernel, grid, (
         lo_.R, *lo_.R.stride(), lo_.K, *lo_.K.stride(), lo_.lam, *lo_.lam.stride()[:3],
         up_.R, *up_.R.stride(), up_.K, *up_.K.stride(), up_.lam, *up_.lam.stride()[:3],
         V, *V.stride(), d, *d.stride()[:3], states, out, *out.stride(),
-        rowdot if rowdot is not None else V, *(rowdot if rowdot is not None else V).stride(),
-        rdo if rdo is not None else out,
         B1, L, DG, DV, n_chunks), dict(
-        HAS_LO=lo is not None, LO_R=lo_.r, LO_K=lo_.k, LO_U=lo_.u, LO_V=lo_.v, LO_S=lo_.s,
+        LO_R=lo_.r, LO_K=lo_.k, LO_U=lo_.u, LO_V=lo_.v, LO_S=lo_.s,
         HAS_UP=up is not None, UP_R=up_.r, UP_K=up_.k, UP_U=up_.u, UP_V=up_.v, UP_S=up_.s,
-        SHARED_GRAM=shared, HAS_D=delta is not None, VO=vo, HAS_RD=rowdot is not None, ATOMIC=atomic,
+        SHARED_GRAM=shared, HAS_D=delta is not None, VO=vo,
         BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc), launch)
-    return out if rowdot is None else (out, rdo)
+    return out
 
 
 # Launches that ran out of shared memory with the TUNING configuration and ran with fewer pipeline stages:
@@ -174,27 +169,6 @@ def _launch_fitting(kernel, grid, args: tuple, meta: dict, launch: dict) -> None
                     f"memory ({e}); lower kernels.ssd.TUNING['block_v'] or chunk_size") from e
             stages = now - 1
             _STAGES_FITTING[key] = stages
-
-
-def _fits_one_block(DV: int) -> bool:
-    return triton.cdiv(DV, min(TUNING["block_v"], _pow2(DV))) == 1
-
-
-def _grad_call(V, lo, up, vo, acc_dtype, chunk, param, rowdot_with):
-    """One generator-gradient pass: returns (gradient summed to ``param``'s shape in float32/64,
-    per-batch-element row dots ``rowdot_with_i . grad_i`` of shape (*batch, L))."""
-    B0, B1, L, DV = V.shape
-    batch = rowdot_with.shape[:-2]
-    if _fits_one_block(DV) and len(batch) <= 2:
-        # Sum over broadcast dims inside the kernel (atomics), row dots fused: no per-head gradient copy.
-        red = torch.zeros(param.shape, dtype=acc_dtype, device=V.device)
-        target = _view4(red.expand(*batch, *param.shape[-2:]), len(batch))
-        nb = len(batch)
-        _, rdo = _apply(V, lo, up, None, vo, acc_dtype, chunk, out=target, rowdot=_view4(rowdot_with, nb))
-        return red, rdo.view(*batch, L)
-    full = _apply(V, lo, up, None, vo, acc_dtype, chunk).view(*batch, L, DV)
-    rd = (full * rowdot_with).sum(-1)
-    return full.sum_to_size(param.shape), rd
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -242,84 +216,144 @@ def _tri4(R, K, lam, nb, r, k, u, v, s) -> _Tri:
     return _Tri(_view4(R, nb), _view4(K, nb), _view4(lam.unsqueeze(-1), nb), r, k, u, v, s)
 
 
+def _strict_view4(t: torch.Tensor, nbatch: int) -> torch.Tensor:
+    """Like :func:`_view4` but never copies (a kernel writes through the view); raises RuntimeError instead."""
+    if nbatch <= 2:
+        return _view4(t, nbatch)
+    return t.view(-1, *t.shape[nbatch - 1:])
+
+
+class _GradTarget(NamedTuple):
+    """Where the backward kernel writes the gradient of one parameter of shape broadcastable to
+    ``(*batch, L, D)``: a 4-D view, whether it sums into it atomically, and the tensor to finish from."""
+    view: torch.Tensor
+    atomic: bool
+    buf: torch.Tensor
+
+    def finish(self, param: torch.Tensor) -> torch.Tensor:
+        return self.buf.sum_to_size(param.shape).to(param.dtype)
+
+
+def _grad_target(param: torch.Tensor, batch, L: int, acc_t: torch.dtype) -> _GradTarget:
+    full = (*batch, L, param.shape[-1])
+    nb = len(batch)
+    if tuple(param.shape) == full:  # one gradient row per batch element: plain stores in the param's dtype
+        buf = torch.empty(full, dtype=param.dtype, device=param.device)
+        return _GradTarget(_view4(buf, nb), False, buf)
+    if TUNING["bwd_atomic_sum"]:
+        # Broadcast over batch dims (e.g. one B for all heads): the kernel sums into one float32/64 buffer
+        # through a stride-0 view, so no per-head gradient copy exists.
+        red = torch.zeros(param.shape, dtype=acc_t, device=param.device)
+        try:
+            return _GradTarget(_strict_view4(red.expand(full), nb), True, red)
+        except RuntimeError:  # batch dims not mergeable as a view: per-element rows, reduced afterwards
+            pass
+    buf = torch.empty(full, dtype=param.dtype, device=param.device)
+    return _GradTarget(_view4(buf, nb), False, buf)
+
+
+def _backward(x, dy, lower, upper, delta, s: int, chunk: int, combine: bool):
+    """All gradients of ``y = (lower + upper + diag(delta)) x`` with the products' offsets (both triangles
+    shifted by ``s``); ``lower``/``upper`` are ``(b, c, log_a)`` broadcastable to x's batch dims, ``upper``
+    may be None (causal), ``combine``: upper's b, c are lower's (the same tensors), so their gradients are
+    summed in the kernel and returned once. Two Triton launches (see :mod:`kernels._ssd_triton`). Returns
+    ``(dx, db, dc, dlog_a, db', dc', dlog_a', ddelta)`` (None where absent or combined)."""
+    nb = x.dim() - 2
+    batch, L, P = x.shape[:-2], x.shape[-2], x.shape[-1]
+    b, c, la = lower
+    bu, cu, lau = upper if upper is not None else lower
+    N = b.shape[-1]
+    has_up = upper is not None
+    combine = combine and has_up
+    dev = x.device
+    acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+    G = lambda t: _view4(t.expand(*batch, L, t.shape[-1]), nb)  # noqa: E731
+    Vv = lambda t: _view4(t.expand(*batch, L).unsqueeze(-1), nb)  # noqa: E731
+    X, DY = _view4(x, nb), _view4(dy, nb)
+    BL, CL, AL, BU, CU, AU = G(b), G(c), Vv(la), G(bu), G(cu), Vv(lau)
+    B0, B1 = X.shape[:2]
+    BQ, BN, BP = chunk, _pow2(N), _pow2(P)
+    n_chunks = triton.cdiv(L, BQ)
+    prec = "ieee" if x.dtype == torch.float32 else "tf32"
+    upcast = x.dtype == torch.bfloat16 and _interpreting()
+    common = dict(BQ=BQ, BN=BN, BP=BP, PREC=prec, UPCAST=upcast, ACC=acc)
+    # Adjoint/upper states from the right, stored in x's dtype (cast to it before every product anyway).
+    g_lo = torch.empty((B0 * B1, n_chunks, N, P), dtype=x.dtype, device=dev)
+    h_up = torch.empty_like(g_lo) if has_up else g_lo
+    launch = dict(num_warps=TUNING["num_warps"] or 4)
+    if TUNING["num_stages"]:
+        launch["num_stages"] = TUNING["num_stages"]
+    pair = has_up and bool(TUNING["bwd_states_pair"])
+    _k._bwd_states_kernel[(B0 * B1, 2 if has_up and not pair else 1)](
+        CL, *CL.stride(), AL, *AL.stride()[:3], DY, *DY.stride(), g_lo,
+        BU, *BU.stride(), AU, *AU.stride()[:3], X, *X.stride(), h_up,
+        B1, L, N, P, n_chunks, LO_S=s, PAIR=pair, **common, **launch)
+    dx = torch.empty((B0, B1, L, P), dtype=x.dtype, device=dev)
+    t_bl, t_cl = _grad_target(b, batch, L, acc_t), _grad_target(c, batch, L, acc_t)
+    t_bu, t_cu = ((_grad_target(bu, batch, L, acc_t), _grad_target(cu, batch, L, acc_t))
+                  if has_up and not combine else (t_bl, t_cl))
+    rs = torch.empty((4 if has_up else 2, B0 * B1, L), dtype=acc_t, device=dev)
+    ddl = torch.empty((B0 * B1, L), dtype=acc_t, device=dev) if delta is not None else rs
+    D = Vv(delta) if delta is not None else AL
+    launch = dict(num_warps=TUNING["bwd_num_warps"] or 4)
+    if TUNING["bwd_num_stages"]:
+        launch["num_stages"] = TUNING["bwd_num_stages"]
+    split = bool(TUNING["bwd_split"])
+    _k._bwd_sweep_kernel[(3 if split else 1, B0 * B1)](
+        X, *X.stride(), DY, *DY.stride(), BL, *BL.stride(), CL, *CL.stride(), AL, *AL.stride()[:3],
+        BU, *BU.stride(), CU, *CU.stride(), AU, *AU.stride()[:3], D, *D.stride()[:3], g_lo, h_up,
+        dx, *dx.stride(), t_bl.view, *t_bl.view.stride(), t_cl.view, *t_cl.view.stride(),
+        t_bu.view, *t_bu.view.stride(), t_cu.view, *t_cu.view.stride(), rs, ddl,
+        B1, L, N, P, n_chunks, SPLIT=split,
+        LO_S=s, HAS_UP=has_up, UP_S=s, SHARED_GRAM=has_up and _same(b, bu) and _same(c, cu),
+        COMBINE=combine, JOINT_DY=has_up and s == 0, HAS_D=delta is not None,
+        AT_BL=t_bl.atomic, AT_CL=t_cl.atomic, AT_BU=t_bu.atomic, AT_CU=t_cu.atomic, **common, **launch)
+    # Log-decay gradients from the running sums of the row dots (see kernels._ssd_triton):
+    # d log_a_t = sum_{i<t} (b.db - c.dc),  d log_a'_t = sum_{i<=t} (c'.dc' - b'.db').
+    dla_lo = rs[1] - rs[0]
+    dla_up = rs[2] - rs[3] if has_up else None
+    vec = lambda t, p: t.view(*batch, L).sum_to_size(p.shape).to(p.dtype)  # noqa: E731
+    return (dx.view(x.shape), t_bl.finish(b), t_cl.finish(c), vec(dla_lo, la),
+            t_bu.finish(bu) if has_up and not combine else None,
+            t_cu.finish(cu) if has_up and not combine else None,
+            vec(dla_up, lau) if has_up else None,
+            vec(ddl, delta) if delta is not None else None)
+
+
 class _QSFunction(torch.autograd.Function):
-    """Generic forward: optional lower (b, c, log_a), optional upper (b', c', log_a'), optional delta.
+    """Generic forward: lower (b, c, log_a), optional upper (b', c', log_a'), optional delta.
 
     Parameters arrive with broadcastable batch dims (e.g. (B, 1, L, N), one B for all heads); they are
-    expanded here as views and their gradients are summed back here, so no per-head copy of a shared
-    parameter is made and no per-head float32 gradient outlives its reduction.
+    expanded here as views and their gradients are summed back inside the backward kernel, so no per-head
+    copy of a shared parameter is made and no per-head float32 gradient exists.
     """
 
     @staticmethod
-    def forward(ctx, x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, s, has_lo, has_up, chunk):
+    def forward(ctx, x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, s, has_up, chunk):
         nb = x.dim() - 2
         batch, L = x.shape[:-2], x.shape[-2]
         G = lambda t: t.expand(*batch, L, t.shape[-1])  # noqa: E731
         Vv = lambda t: t.expand(*batch, L)  # noqa: E731
-        lo = _tri4(G(c), G(b), Vv(log_a), nb, s, 0, 0, s, s) if has_lo else None
+        lo = _tri4(G(c), G(b), Vv(log_a), nb, s, 0, 0, s, s)
         up = _tri4(G(c_bwd), G(b_bwd), Vv(log_a_bwd), nb, s, 0, 0, s, s) if has_up else None
         d4 = _view4(Vv(delta).unsqueeze(-1), nb) if delta is not None else None
         y = _apply(_view4(x, nb), lo, up, d4, 0, x.dtype, chunk)
         ctx.save_for_backward(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd)
-        ctx.cfg = (s, has_lo, has_up, chunk)
+        # The same tensors in both triangles (Hydra's shared B, C): one gradient, summed in the kernel.
+        ctx.cfg = (s, has_up, chunk, b_bwd is b and c_bwd is c)
         return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
-        x, b0, c0, la0, delta0, bb0, cb0, lab0 = ctx.saved_tensors
-        s, has_lo, has_up, chunk = ctx.cfg
-        nb = x.dim() - 2
-        batch, L = x.shape[:-2], x.shape[-2]
-        G = lambda t: t.expand(*batch, L, t.shape[-1])  # noqa: E731
-        Vv = lambda t: t.expand(*batch, L)  # noqa: E731
-        b, c, log_a, b_bwd, c_bwd, log_a_bwd = G(b0), G(c0), Vv(la0), G(bb0), G(cb0), Vv(lab0)
-        dy = dy.to(x.dtype)
-        if not dy.is_contiguous():
-            dy = dy.contiguous()
-        f32 = torch.float64 if x.dtype == torch.float64 else torch.float32
-        need = ctx.needs_input_grad
-        gx = gb = gc = gla = gd = gbb = gcb = glab = None
-        X, DY = _view4(x, nb), _view4(dy, nb)
-        if need[0]:
-            # Adjoint: the upper triangle of M^T comes from M's lower one and vice versa.
-            lo = _tri4(b_bwd, c_bwd, log_a_bwd, nb, 0, s, 1 - s, 1, s) if has_up else None
-            up = _tri4(b, c, log_a, nb, 0, s, 1 - s, 1, s) if has_lo else None
-            d4 = _view4(Vv(delta0).unsqueeze(-1), nb) if delta0 is not None else None
-            gx = _apply(DY, lo, up, d4, 0, x.dtype, chunk).view(x.shape)
-        lam4 = lambda t: _view4(t.unsqueeze(-1), nb)  # noqa: E731
-        for has, idx, (bt, ct, lt), (bo, co, lo_), reverse in (
-                (has_lo, (1, 2, 3), (b, c, log_a), (b0, c0, la0), False),
-                (has_up, (5, 6, 7), (b_bwd, c_bwd, log_a_bwd), (bb0, cb0, lab0), True)):
-            if not (has and any(need[i] for i in idx)):
-                continue
-            # Row generators c (read at i -/+ s): the same triangle with (R, K, V) = (dy read at i +/- s, x, b).
-            # Column generators b: the transposed triangle with (R, K, V) = (x, dy, c read at j -/+ s).
-            row = _Tri(DY, X, lam4(lt), -s, 0, 0, 0, 0)
-            col = _Tri(X, DY, lam4(lt), 0, 0, 1 - s, 1, s)
-            Vb, Vc = _view4(bt, nb), _view4(ct, nb)
-            if not reverse:
-                gc_, rho = _grad_call(Vb, row, None, 0, f32, chunk, co, ct)
-                gb_, kap = _grad_call(Vc, None, col, -s, f32, chunk, bo, bt)
-            else:
-                gc_, rho = _grad_call(Vb, None, row, 0, f32, chunk, co, ct)
-                gb_, kap = _grad_call(Vc, col, None, s, f32, chunk, bo, bt)
-            gc_, gb_ = gc_.to(co.dtype), gb_.to(bo.dtype)
-            # d log_a_t = sum of m_ij (dy_i . x_j) over the pairs whose decay span holds t; the pair sums
-            # telescope: forward  sum_{i >= t} c_{i-s}.dc_{i-s} - sum_{j >= t} b_j.db_j,
-            #            backward sum_{i <= t} c'_{i+s}.dc'_{i+s} - sum_{j <= t} b'_j.db'_j.
-            diff = rho - kap
-            gl_ = (diff.cumsum(-1) if reverse else diff.flip(-1).cumsum(-1).flip(-1))
-            gl_ = gl_.sum_to_size(lo_.shape).to(lo_.dtype)
-            if not reverse:
-                gb, gc, gla = gb_, gc_, gl_
-            else:
-                gbb, gcb, glab = gb_, gc_, gl_
-        if delta0 is not None and need[4]:
-            # Half inputs: products in the input dtype, summed in float32 (no float32 copy of x or dy).
-            prod = dy * x if x.dtype in (torch.float16, torch.bfloat16) else dy.to(f32) * x.to(f32)
-            gd = prod.sum(-1, dtype=f32).sum_to_size(delta0.shape).to(delta0.dtype)
-            del prod
-        return gx, gb, gc, gla, gd, gbb, gcb, glab, None, None, None, None
+        x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd = ctx.saved_tensors
+        s, has_up, chunk, combine = ctx.cfg
+        grads = _backward(x, dy.to(x.dtype), (b, c, log_a), (b_bwd, c_bwd, log_a_bwd) if has_up else None,
+                          delta, s, chunk, combine)
+        gx, gb, gc, gla, gbb, gcb, glab, gd = (g if need else None
+                                               for g, need in zip(grads, (ctx.needs_input_grad[i]
+                                                                          for i in (0, 1, 2, 3, 5, 6, 7, 4))))
+        return gx, gb, gc, gla, gd, gbb, gcb, glab, None, None, None
 
 
 def semiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor,
@@ -343,7 +377,7 @@ def semiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_
     """
     _check(x, {"b": b, "c": c}, {"log_a": log_a}, chunk_size)
     b, c = b.to(x.dtype), c.to(x.dtype)
-    return _QSFunction.apply(x, b, c, log_a, None, b, c, log_a, 0, True, False, chunk_size)
+    return _QSFunction.apply(x, b, c, log_a, None, b, c, log_a, 0, False, chunk_size)
 
 
 def quasiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor,
@@ -373,8 +407,8 @@ def quasiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log
     shift : Hydra's shifted form (True) or the addition-based variant (False).
     chunk_size : rows per chunk Q (16, 32, 64 or 128).
 
-    Returns ``(*batch, L, P)`` in x's dtype, float32 accumulation; differentiable in all inputs (the adjoint
-    is the same fused kernel with the triangles swapped).
+    Returns ``(*batch, L, P)`` in x's dtype, float32 accumulation; differentiable in all inputs (the
+    backward is one fused kernel pair for all gradients; see the module docstring).
 
     Algorithm: one right-to-left sweep stores the backward direction's chunk states, one left-to-right sweep
     carries the forward state and forms, per chunk, one combined Q x Q matrix (strict lower + strict upper
@@ -392,5 +426,5 @@ def quasiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log
     b, c = b.to(x.dtype), c.to(x.dtype)
     b_bwd = b if shared_b else b_bwd.to(x.dtype)
     c_bwd = c if shared_c else c_bwd.to(x.dtype)
-    return _QSFunction.apply(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, 1 if shift else 0, True, True,
+    return _QSFunction.apply(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, 1 if shift else 0, True,
                              chunk_size)

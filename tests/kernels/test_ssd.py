@@ -246,6 +246,94 @@ def test_three_batch_dims_and_column_blocks(monkeypatch):
         assert rel_err(a, r) <= 1e-5, name
 
 
+@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize("shift", [True, False])
+@pytest.mark.parametrize("shared", [True, False])
+def test_weak_decays_state_carry_fp64(monkeypatch, shift, shared, split):
+    """Decays near 1 over 5 chunks (ragged last one): the inter-chunk states carry most of every gradient,
+    so each state (two carried from the right, two from the left in the backward) is tested tightly; in
+    both arrangements of the backward's kernels (split: three sweep programs per batch element and two
+    state programs; else one of each)."""
+    monkeypatch.setitem(ssd.TUNING, "bwd_split", split)
+    monkeypatch.setitem(ssd.TUNING, "bwd_states_pair", not split)
+    leaves, shape = make_inputs(71, shared=shared, seed=12 + shift + 2 * shared)
+    leaves["log_a"] = leaves["log_a"] * 0.02
+    if not shared:
+        leaves["log_a_bwd"] = leaves["log_a_bwd"] * 0.01
+    check(run_both("qs", leaves, shape, torch.float64, shift=shift, shared=shared), 1e-12)
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_semiseparable_weak_decays_fp64(monkeypatch, split):
+    monkeypatch.setitem(ssd.TUNING, "bwd_split", split)
+    leaves, shape = make_inputs(71, shared=True, seed=17)
+    leaves["log_a"] = leaves["log_a"] * 0.02
+    check(run_both("ss", leaves, shape, torch.float64), 1e-12)
+
+
+@pytest.mark.parametrize("atomic_sum", [True, False])
+def test_generator_gradient_head_sum_paths(monkeypatch, atomic_sum):
+    """Gradients of generators broadcast over batch dims: summed by the kernel's atomics, or written per
+    batch element and summed in torch (TUNING["bwd_atomic_sum"] = False); also batch dims whose broadcast
+    cannot be merged into a 4-D view (b of shape (1, 3, 1, L, N) under x of (2, 3, 2, L, P)), which always
+    takes the second path."""
+    monkeypatch.setitem(ssd.TUNING, "bwd_atomic_sum", atomic_sum)
+    g = torch.Generator().manual_seed(13)
+    L, N, P = 19, 8, 16
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    leaves = dict(x=r(2, 3, 2, L, P), b=r(1, 3, 1, L, N), c=r(2, 1, 2, L, N),
+                  log_a=-torch.rand(2, 3, 2, L, generator=g, dtype=torch.float64), delta=r(1, 1, 2, L))
+    leaves = {k: v.to(DEV).requires_grad_() for k, v in leaves.items()}
+    dy = r(2, 3, 2, L, P).to(DEV)
+    y = ssd.quasiseparable_matmul(leaves["x"], leaves["b"], leaves["c"], leaves["log_a"], leaves["delta"],
+                                  shift=True, chunk_size=CHUNK)
+    gk = torch.autograd.grad((y * dy).sum(), list(leaves.values()))
+    d = {k: v.detach().requires_grad_() for k, v in leaves.items()}
+    full = (2, 3, 2, L, N)
+    M = ref_dense(d["b"].expand(full), d["c"].expand(full), d["log_a"], d["delta"].expand(2, 3, 2, L),
+                  d["b"].expand(full), d["c"].expand(full), d["log_a"], shift=True)
+    gr = torch.autograd.grad(((M @ d["x"]) * dy).sum(), list(d.values()))
+    for name, a, ref in zip(leaves, gk, gr):
+        assert a.shape == leaves[name].shape
+        assert rel_err(a, ref) <= 1e-12, name
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_head_sum_store_path_bf16(monkeypatch, split):
+    monkeypatch.setitem(ssd.TUNING, "bwd_atomic_sum", False)
+    monkeypatch.setitem(ssd.TUNING, "bwd_split", split)
+    leaves, shape = make_inputs(33, shared=True, seed=14)
+    check(run_both("qs", leaves, shape, torch.bfloat16, shift=True, shared=True), 1e-2)
+
+
+def test_stride_zero_output_gradient():
+    """y.sum() hands the backward an expanded dy (all strides 0): read through its strides, not copied."""
+    leaves, (B, H, L, N) = make_inputs(29, shared=False, seed=15)
+    d = {k: v.double().requires_grad_() for k, v in leaves.items()}
+    y = ssd.quasiseparable_matmul(d["x"], d["b"], d["c"], d["log_a"], d["delta"], d["b_bwd"], d["c_bwd"],
+                                  d["log_a_bwd"], shift=True, chunk_size=CHUNK)
+    gk = torch.autograd.grad(y.sum(), list(d.values()))
+    M = ref_dense(d["b"].expand(B, H, L, N), d["c"], d["log_a"], d["delta"], d["b_bwd"], d["c_bwd"],
+                  d["log_a_bwd"], shift=True)
+    gr = torch.autograd.grad((M @ d["x"]).sum(), list(d.values()))
+    for name, a, r in zip(d, gk, gr):
+        assert rel_err(a, r) <= 1e-12, name
+
+
+def test_half_long_weak_decays():
+    """float16 over 19 chunks with decays near 1 (inter-chunk states carry most of the result): the
+    half-precision states and running log-decay sums stay within a few units of float16 rounding.
+    (float16, not bfloat16: the Triton interpreter truncates float32 -> bfloat16 casts, the GPU rounds.)"""
+    leaves, shape = make_inputs(300, shared=True, seed=16, H=2, N=16, P=16)
+    leaves["log_a"] = leaves["log_a"] * 0.03
+    out = run_both("qs", leaves, shape, torch.float16, shift=True, shared=True)
+    (y, gk), (y_ref, gr) = out["kernel"], out["ref"]
+    assert rel_err(y, y_ref) <= 2e-3
+    for k in gr:
+        tol = 2e-2 if k.startswith("log_a") else 2e-3
+        assert rel_err(gk[k], gr[k], out["floor"] if k.startswith("log_a") else 0.0) <= tol, k
+
+
 class _FakeKernel:
     """Stands in for a Triton kernel whose launch needs more shared memory than the device has unless it
     runs with at most ``fits_at`` pipeline stages (as a d_state-256 quasiseparable sweep on an H100)."""
