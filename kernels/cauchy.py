@@ -1,20 +1,24 @@
-"""Matrix-free Cauchy product (the Hydra paper's sequence-aligned Cauchy mixer) in Triton.
+"""Cauchy products (the Hydra paper's sequence-aligned Cauchy mixer) in Triton.
 
 ``y_i = sum_j m_ij x_j`` with ``m_ij = sum_d 1 / (q_id + k_jd + c)`` (Hwang et al. 2024,
-arXiv 2407.09941, Table 1; ``structured.cauchy.Cauchy`` is the same matrix), computed tile by tile as
-in FlashAttention (see :mod:`kernels._matfree_tiled`): never an L x L tensor in device memory, exact
-up to floating-point rounding (no low-rank approximation; the exponential-sum path of
-``structured.cauchy`` is the approximate alternative).
+arXiv 2407.09941, Table 1; ``structured.cauchy.Cauchy`` is the same matrix). Two products:
+
+* :func:`cauchy_matmul` -- exact, tile by tile as in FlashAttention (see :mod:`kernels._matfree_tiled`):
+  never an L x L tensor in device memory, O(L^2 d) reciprocals;
+* :func:`cauchy_expsum_product` -- the exponential-sum expansion of ``structured.cauchy`` (approximate,
+  with its stated entrywise bound) as fused feature-map GEMMs: O(L d M P) tensor-core work, no L x L
+  anything, the feature maps never stored (recomputed in registers in every pass).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from ._matfree_tiled import Term, check_args, matfree_matmul, upcast_nodes
+from ._matfree_tiled import DOT_PRECISIONS, Term, _interpreting, _put, check_args, matfree_matmul, upcast_nodes
 
 
 @triton.jit
@@ -116,3 +120,353 @@ def cauchy_matmul(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.0, *, p
     if isinstance(c, torch.Tensor) or c != 0:
         q = q + c
     return matfree_matmul(x, q, k, CAUCHY, precision)
+
+
+
+# ----------------------------------------------------------------------------------------------------
+# Exponential-sum expansion: fused feature-map products
+# ----------------------------------------------------------------------------------------------------
+# 1/(x_i + y_j) ~= (1/a) sum_m w_m e^{-tau_m x_i/a} e^{-tau_m y_j/a} (structured.cauchy, module docstring).
+# With u = x/a, v = y/a and phi_m(t) = sqrt(w_m) exp(-tau_m t) the approximate matrix is
+#     M_hat = sum_d (1/a_d) Phi(u_d) Phi(v_d)^T,        Phi(t) = [phi_m(t_i)]_{i,m}  (L x F),
+# a product of two *positive* feature maps, so
+#     y  = sum_d Phi(u_d) Z_d,      Z_d  = (1/a_d) Phi(v_d)^T x      (F x P, "reduce" kernel)
+#     dx = sum_d Phi(v_d) GZ_d,     GZ_d = (1/a_d) Phi(u_d)^T g      (the same two kernels, sides swapped)
+#     du_id = -sum_m tau_m phi_m(u_id) (g_i . Z_dm),   dv_jd = -sum_m tau_m phi_m(v_jd) (x_j . GZ_dm).
+# Every exponent -tau_m t is <= 0 (t > 0), so nothing overflows; the features are computed in registers
+# from the O(L d) nodes in every pass (never stored), and only the (d, F, P) blocks Z, GZ reach memory.
+
+
+def expsum_feature_count(n_nodes: int) -> int:
+    """Features per term the kernels use for an expansion with ``n_nodes`` nodes: the next power of two
+    >= max(16, n_nodes) (``tl.arange`` and ``tl.dot`` need a power of two >= 16). ``structured.cauchy``
+    asks for exactly this many trapezoid nodes over the same interval (a finer step, never less accurate)
+    instead of padding with zero weights."""
+    if isinstance(n_nodes, bool) or not isinstance(n_nodes, int) or n_nodes < 1:
+        raise ValueError(f"n_nodes must be a positive int, got {n_nodes!r}")
+    return max(16, triton.next_power_of_2(n_nodes))
+
+
+@triton.jit
+def _exp_features(t, tau, sw, TRANSPOSED: tl.constexpr):
+    # phi_m(t) = sqrt(w_m) exp(-tau_m t): t > 0, tau > 0, so the exponent is <= 0 (no overflow; underflow
+    # to 0 drops a term below 2^-126 of its weight, harmless since all terms are positive)
+    if TRANSPOSED:
+        return sw[:, None] * tl.exp(-(tau[:, None] * t[None, :]))      # (F, BLOCK_L)
+    else:
+        return sw[None, :] * tl.exp(-(t[:, None] * tau[None, :]))      # (BLOCK_L, F)
+
+
+@triton.jit
+def _mm(a, b, DT: tl.constexpr, EMULATE: tl.constexpr, PRECISION: tl.constexpr):
+    # a @ b with both operands rounded to DT (the tensor-core dtype). The CPU interpreter (EMULATE)
+    # multiplies bf16 operands incorrectly and truncates float32 -> bf16 casts (triton 3.9), so there the
+    # round-to-nearest-even cast of the GPU is reproduced on the float32 bit pattern and the product is
+    # taken in float32 (exact for bf16 operands), so the interpreter sees the GPU's rounding.
+    if EMULATE and DT == tl.bfloat16:
+        return tl.dot(_round_bf16(a.to(tl.float32)), _round_bf16(b.to(tl.float32)), input_precision="ieee")
+    else:
+        return tl.dot(a.to(DT), b.to(DT), input_precision=PRECISION)
+
+
+@triton.jit
+def _cast_out(v, DT: tl.constexpr, EMULATE: tl.constexpr):
+    # the store's cast to the output dtype, round-to-nearest in the interpreter too (see _mm)
+    if EMULATE and DT == tl.bfloat16:
+        return _round_bf16(v.to(tl.float32)).to(DT)
+    else:
+        return v.to(DT)
+
+
+@triton.jit
+def _round_bf16(v):
+    # float32 -> nearest bfloat16 (ties to even), kept in float32: add 0x7FFF + lsb, clear the low 16 bits
+    bits = v.to(tl.uint32, bitcast=True)
+    bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _expsum_reduce_kernel(
+    NT, X, INV_A, TAU, SW, Z,
+    L, P, L_BUCKET,
+    stride_xb, stride_xl,
+    D: tl.constexpr, F: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # Z[b, d] = (1/a_bd) Phi(n[b, d])^T X[b]: one program per (batch element, term), a loop over L
+    pid = tl.program_id(0)
+    bh = pid // D
+    d = pid % D
+    offs_f = tl.arange(0, F)
+    offs_p = tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    tau = tl.load(TAU + offs_f)
+    sw = tl.load(SW + offs_f)
+    N_b = NT + (bh.to(tl.int64) * D + d) * L
+    X_b = X + bh.to(tl.int64) * stride_xb
+    ACC = TAU.dtype.element_ty
+    acc = tl.zeros((F, BLOCK_P), dtype=ACC)
+    for l0 in range(0, L, BLOCK_L):
+        offs_l = l0 + tl.arange(0, BLOCK_L)
+        mask_l = offs_l < L
+        t = tl.load(N_b + offs_l, mask=mask_l, other=0.0)       # padded rows: x = 0 there
+        xt = tl.load(X_b + offs_l[:, None] * stride_xl + offs_p[None, :],
+                     mask=mask_l[:, None] & mask_p[None, :], other=0.0)
+        phi_t = _exp_features(t, tau, sw, True)
+        acc += _mm(phi_t, xt, xt.dtype, DOT_F32, PRECISION).to(ACC)
+    inv_a = tl.load(INV_A + bh * D + d)
+    Z_b = Z + (bh.to(tl.int64) * D + d) * (F * P)
+    tl.store(Z_b + offs_f[:, None] * P + offs_p[None, :], acc * inv_a, mask=mask_p[None, :])
+
+
+@triton.jit
+def _expsum_rows_fwd_kernel(
+    NT, Z, TAU, SW, Y,
+    L, P, L_BUCKET,
+    stride_yb, stride_yl,
+    D: tl.constexpr, F: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # Y[b, rows] = sum_d Phi(n[b, d, rows]) Z[b, d]: one program per (batch element, row block)
+    pid = tl.program_id(0)
+    n_blocks = tl.cdiv(L, BLOCK_L)
+    bh = pid // n_blocks
+    offs_l = (pid % n_blocks) * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_l = offs_l < L
+    offs_f = tl.arange(0, F)
+    offs_p = tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    tau = tl.load(TAU + offs_f)
+    sw = tl.load(SW + offs_f)
+    N_b = NT + bh.to(tl.int64) * (D * L)
+    Z_b = Z + bh.to(tl.int64) * (D * F * P)
+    ACC = TAU.dtype.element_ty
+    DT = Y.dtype.element_ty
+    acc = tl.zeros((BLOCK_L, BLOCK_P), dtype=ACC)
+    for d in range(D):
+        t = tl.load(N_b + d * L + offs_l, mask=mask_l, other=0.0)
+        z = tl.load(Z_b + d * (F * P) + offs_f[:, None] * P + offs_p[None, :], mask=mask_p[None, :], other=0.0)
+        phi = _exp_features(t, tau, sw, False)
+        acc += _mm(phi, z, DT, DOT_F32, PRECISION).to(ACC)
+    Y_b = Y + bh.to(tl.int64) * stride_yb
+    tl.store(Y_b + offs_l[:, None] * stride_yl + offs_p[None, :], _cast_out(acc, DT, DOT_F32),
+             mask=mask_l[:, None] & mask_p[None, :])
+
+
+@triton.jit
+def _expsum_rows_bwd_kernel(
+    UT, VT, Z, GZ, TAU, SW, X, G, DX, DUT, DVT,
+    L, P, L_BUCKET,
+    stride_xb, stride_xl, stride_gb, stride_gl, stride_dxb, stride_dxl,
+    D: tl.constexpr, D_PAD: tl.constexpr, F: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # one program per (batch element, row block), sharing the row tiles of x and g between
+    #   dx_j = sum_d Phi(v_jd) GZ_d,  du_id = -sum_m tau_m phi_m(u_id) (g_i . Z_dm),
+    #   dv_jd = -sum_m tau_m phi_m(v_jd) (x_j . GZ_dm)
+    pid = tl.program_id(0)
+    n_blocks = tl.cdiv(L, BLOCK_L)
+    bh = pid // n_blocks
+    offs_l = (pid % n_blocks) * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_l = offs_l < L
+    offs_f = tl.arange(0, F)
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_d = tl.arange(0, D_PAD)
+    mask_p = offs_p < P
+    mask_lp = mask_l[:, None] & mask_p[None, :]
+    tau = tl.load(TAU + offs_f)
+    sw = tl.load(SW + offs_f)
+    U_b = UT + bh.to(tl.int64) * (D * L)
+    V_b = VT + bh.to(tl.int64) * (D * L)
+    Z_b = Z + bh.to(tl.int64) * (D * F * P)
+    GZ_b = GZ + bh.to(tl.int64) * (D * F * P)
+    xt = tl.load(X + bh.to(tl.int64) * stride_xb + offs_l[:, None] * stride_xl + offs_p[None, :],
+                 mask=mask_lp, other=0.0)
+    gt = tl.load(G + bh.to(tl.int64) * stride_gb + offs_l[:, None] * stride_gl + offs_p[None, :],
+                 mask=mask_lp, other=0.0)
+    ACC = TAU.dtype.element_ty
+    DT = xt.dtype
+    dx = tl.zeros((BLOCK_L, BLOCK_P), dtype=ACC)
+    du = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
+    dv = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
+    fp = offs_f[:, None] * P + offs_p[None, :]          # (F, BLOCK_P) offsets of a Z block
+    pf = offs_p[:, None] + offs_f[None, :] * P          # (BLOCK_P, F) offsets of its transpose
+    mask_fp = mask_p[None, :]
+    mask_pf = mask_p[:, None]
+    for d in range(D):
+        tu = tl.load(U_b + d * L + offs_l, mask=mask_l, other=0.0)
+        tv = tl.load(V_b + d * L + offs_l, mask=mask_l, other=0.0)
+        phi_u = _exp_features(tu, tau, sw, False)
+        phi_v = _exp_features(tv, tau, sw, False)
+        gz = tl.load(GZ_b + d * (F * P) + fp, mask=mask_fp, other=0.0)
+        dx += _mm(phi_v, gz, DT, DOT_F32, PRECISION).to(ACC)
+        z_t = tl.load(Z_b + d * (F * P) + pf, mask=mask_pf, other=0.0)
+        gz_t = tl.load(GZ_b + d * (F * P) + pf, mask=mask_pf, other=0.0)
+        s_u = _mm(gt, z_t, DT, DOT_F32, PRECISION).to(ACC)     # g_i . Z_dm
+        s_v = _mm(xt, gz_t, DT, DOT_F32, PRECISION).to(ACC)    # x_j . GZ_dm
+        du = _put(du, offs_d, d, -tl.sum(phi_u * s_u * tau[None, :], axis=1))
+        dv = _put(dv, offs_d, d, -tl.sum(phi_v * s_v * tau[None, :], axis=1))
+    tl.store(DX + bh.to(tl.int64) * stride_dxb + offs_l[:, None] * stride_dxl + offs_p[None, :],
+             _cast_out(dx, DX.dtype.element_ty, DOT_F32), mask=mask_lp)
+    mask_ld = mask_l[:, None] & (offs_d[None, :] < D)
+    tl.store(DUT + bh.to(tl.int64) * (D * L) + offs_d[None, :] * L + offs_l[:, None], du, mask=mask_ld)
+    tl.store(DVT + bh.to(tl.int64) * (D * L) + offs_d[None, :] * L + offs_l[:, None], dv, mask=mask_ld)
+
+
+# (BLOCK_L, num_warps, num_stages) candidates; the CPU interpreter and short sequences use the first
+_EXPSUM_CONFIGS = {
+    "reduce": [(64, 4, 2), (128, 8, 2), (32, 4, 3), (128, 4, 3)],
+    "fwd": [(64, 4, 2), (128, 8, 2), (64, 8, 2), (32, 4, 2)],
+    "bwd": [(64, 8, 1), (64, 4, 1), (32, 4, 1), (128, 8, 1)],
+}
+_EXPSUM_KERNELS = {"reduce": _expsum_reduce_kernel, "fwd": _expsum_rows_fwd_kernel, "bwd": _expsum_rows_bwd_kernel}
+_EXPSUM_INTERPRET_BLOCK = 16
+EXPSUM_AUTOTUNE_MIN_LENGTH = 1024
+EXPSUM_AUTOTUNE_MAX_BUCKET = 8192
+
+
+@functools.lru_cache(maxsize=None)
+def _expsum_tuned(role: str):
+    configs = [triton.Config({"BLOCK_L": bl}, num_warps=w, num_stages=st) for bl, w, st in _EXPSUM_CONFIGS[role]]
+    return triton.autotune(configs, key=["P", "D", "F", "L_BUCKET", "PRECISION"])(_EXPSUM_KERNELS[role])
+
+
+def _expsum_launch(role, args, n_programs, L, **meta):
+    """n_programs: callable BLOCK_L -> grid size."""
+    meta["DOT_F32"] = _interpreting()
+    bucket = min(triton.next_power_of_2(L), EXPSUM_AUTOTUNE_MAX_BUCKET)
+    if _interpreting():
+        bl = _EXPSUM_INTERPRET_BLOCK
+        _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, *meta.pop("_strides"), BLOCK_L=bl, **meta)
+    elif L < EXPSUM_AUTOTUNE_MIN_LENGTH:
+        bl, w, st = _EXPSUM_CONFIGS[role][0]
+        _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, *meta.pop("_strides"), BLOCK_L=bl,
+                                                 num_warps=w, num_stages=st, **meta)
+    else:
+        strides = meta.pop("_strides")
+        _expsum_tuned(role)[lambda m: (n_programs(m["BLOCK_L"]),)](*args, bucket, *strides, **meta)
+
+
+def _expsum_reduce(nt, x3, inv_a, tau, sw, precision):
+    bh, L, P = x3.shape
+    D, F = nt.shape[1], tau.shape[0]
+    z = torch.empty((bh, D, F, P), dtype=tau.dtype, device=x3.device)
+    _expsum_launch("reduce", (nt, x3, inv_a, tau, sw, z, L, P), lambda bl: bh * D, L,
+                   _strides=(x3.stride(0), x3.stride(1)), D=D, F=F, BLOCK_P=max(16, triton.next_power_of_2(P)),
+                   PRECISION=precision)
+    return z
+
+
+class _ExpSumProduct(torch.autograd.Function):
+    """``y = sum_d (1/a_d) Phi(u_d) Phi(v_d)^T x`` with the scaled nodes u, v (see the comment above)."""
+
+    @staticmethod
+    def forward(ctx, x3, ut, vt, inv_a, tau, sw, precision):
+        # x3 (bh, L, P) in the dot dtype; ut, vt (bh, D, L) and inv_a (bh, D), tau, sw (F,) in the
+        # accumulation dtype
+        bh, L, P = x3.shape
+        D = ut.shape[1]
+        z = _expsum_reduce(vt, x3, inv_a, tau, sw, precision)
+        y3 = torch.empty_like(x3)
+        F = tau.shape[0]
+        n_blocks = lambda bl: bh * triton.cdiv(L, bl)
+        _expsum_launch("fwd", (ut, z, tau, sw, y3, L, P), n_blocks, L, _strides=(y3.stride(0), y3.stride(1)),
+                       D=D, F=F, BLOCK_P=max(16, triton.next_power_of_2(P)), PRECISION=precision)
+        ctx.save_for_backward(x3, ut, vt, inv_a, tau, sw, z)
+        ctx.precision = precision
+        return y3
+
+    @staticmethod
+    def backward(ctx, gy):
+        x3, ut, vt, inv_a, tau, sw, z = ctx.saved_tensors
+        precision = ctx.precision
+        bh, L, P = x3.shape
+        D, F = ut.shape[1], tau.shape[0]
+        g3 = gy.to(x3.dtype)
+        if g3.stride(-1) != 1:
+            g3 = g3.contiguous()
+        gz = _expsum_reduce(ut, g3, inv_a, tau, sw, precision)
+        dx = torch.empty_like(x3)
+        dut = torch.empty_like(ut)
+        dvt = torch.empty_like(vt)
+        _expsum_launch("bwd", (ut, vt, z, gz, tau, sw, x3, g3, dx, dut, dvt, L, P),
+                       lambda bl: bh * triton.cdiv(L, bl), L,
+                       _strides=(x3.stride(0), x3.stride(1), g3.stride(0), g3.stride(1), dx.stride(0), dx.stride(1)),
+                       D=D, D_PAD=triton.next_power_of_2(D), F=F, BLOCK_P=max(16, triton.next_power_of_2(P)),
+                       PRECISION=precision)
+        return dx, dut, dvt, None, None, None, None
+
+
+def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, a: torch.Tensor,
+                          tau: torch.Tensor, w: torch.Tensor, *, precision: str = "ieee") -> torch.Tensor:
+    """The exponential-sum approximation of ``y_i = sum_j sum_d x_j / (xn_id + yn_jd)``, fused on the GPU.
+
+    ``M_hat_ij = sum_d (1/a_d) sum_m w_m exp(-tau_m xn_id / a_d) exp(-tau_m yn_jd / a_d)``, the rank-(d M)
+    expansion of ``structured.cauchy`` (its module docstring states the quadrature and the bound
+    ``|M_hat_ij - m_ij| <= eps m_ij``, derivatives likewise, for ``(xn_id + yn_jd)/a_d`` in ``[1, R]``);
+    this function only evaluates it. Use ``structured.cauchy.cauchy_matmul_expsum`` (which picks a, tau, w
+    from eps and the nodes) rather than calling it directly.
+
+    Parameters
+    ----------
+    x : (*batch, L, P) float64/float32/bfloat16/float16.
+    xn, yn : (*batch, L, d) positive nodes (row nodes with the shift c folded in, column nodes), same batch.
+    a : (*batch, 1, d) positive scaling per batch element and term, treated as a constant (no gradient).
+    tau, w : (M,) positive exponents and weights of the exponential sum (float64 is fine; cast here).
+    precision : ``tl.dot`` precision for float32 operands, "ieee" (default) or "tf32".
+
+    Returns
+    -------
+    y : (*batch, L, P) in x's dtype; differentiable in x, xn, yn.
+
+    Notes
+    -----
+    Two kernels per product, ``Z_d = (1/a_d) Phi(v_d)^T x`` (one program per batch element and term,
+    looping over L) and ``y = sum_d Phi(u_d) Z_d`` (one program per row block), with
+    ``Phi(t)_im = sqrt(w_m) exp(-tau_m t_i)``, ``u = xn/a``, ``v = yn/a``; the backward runs the first
+    kernel on g and one fused kernel for dx, du, dv. Cost per batch element: 4 d F L P multiply-adds per
+    pass on the tensor cores and 2 d F L exponentials (``F = expsum_feature_count(M)``; 3x that in
+    the backward); memory O(L (P + d) + d F P): no L x L or L x dF tensor is ever stored.
+    Arithmetic: float32 accumulation (float64 for float64 inputs). bfloat16 ``x`` keeps the tensor cores
+    in bfloat16: the feature values and Z are rounded to bfloat16 (relative 2^-8 each, all factors
+    positive), which adds at most ``3 u_bf16 (|M| |x|)`` to the error bound, like the exact kernel's rounding
+    of its M tile; float16 ``x`` runs in float32 (float16's exponent range would flush small features).
+    References: Beylkin & Monzon, "Approximation by exponential sums revisited", ACHA 28(2), 2010 (the
+    sum-of-exponentials separation); FlashAttention's fused tiling (Dao et al. 2022, arXiv 2205.14135).
+    """
+    if precision not in DOT_PRECISIONS:
+        raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got {precision!r}")
+    if not (x.is_cuda or _interpreting()):
+        raise ValueError(f"cauchy_expsum_product: the Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 "
+                         f"set before triton is imported); got a tensor on {x.device}")
+    for name, t in (("tau", tau), ("w", w)):
+        if t.dim() != 1 or t.numel() == 0:
+            raise ValueError(f"cauchy_expsum_product: {name} must be a non-empty 1-D tensor, got shape {tuple(t.shape)}")
+    if tau.shape != w.shape:
+        raise ValueError(f"cauchy_expsum_product: tau and w must have one length, got {tuple(tau.shape)} and "
+                         f"{tuple(w.shape)}")
+    x, xn, yn = check_args("cauchy_expsum_product", x, xn, yn)
+    batch, L, P = x.shape[:-2], x.shape[-2], x.shape[-1]
+    D = xn.shape[-1]
+    if a.shape[-2:] != (1, D):
+        raise ValueError(f"cauchy_expsum_product: a must have shape (*batch, 1, d={D}), got {tuple(a.shape)}")
+    acc = torch.float64 if torch.float64 in (x.dtype, xn.dtype, yn.dtype) else torch.float32
+    # the dot dtype: bf16 stays on the tensor cores; fp16 goes to fp32 (its exponent range is too narrow
+    # for features spanning ~R e^-tau); float64 nodes force float64
+    dot = torch.float64 if acc == torch.float64 else (torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32)
+    inv_a = (1.0 / a.detach().to(acc)).expand(*batch, 1, D).reshape(-1, D).contiguous()
+    u = xn.to(acc) * inv_a.reshape(*batch, 1, D)            # gradients reach xn, yn through these scalings
+    v = yn.to(acc) * inv_a.reshape(*batch, 1, D)
+    F = expsum_feature_count(tau.numel())
+    tau_p = torch.zeros(F, dtype=acc, device=x.device)
+    sw = torch.zeros(F, dtype=acc, device=x.device)           # zero weights pad the expansion to F terms
+    tau_p[:tau.numel()] = tau.detach().to(acc)
+    sw[:w.numel()] = w.detach().double().sqrt().to(acc)
+    x3 = x.reshape(-1, L, P).to(dot)
+    if x3.stride(-1) != 1:
+        x3 = x3.contiguous()
+    ut = u.reshape(-1, L, D).transpose(1, 2).contiguous()
+    vt = v.reshape(-1, L, D).transpose(1, 2).contiguous()
+    y3 = _ExpSumProduct.apply(x3, ut, vt, inv_a, tau_p, sw, precision)
+    return y3.reshape(*batch, L, P).to(x.dtype)
