@@ -217,54 +217,25 @@ def _expsum_reduce_kernel(
         acc += _mm(phi_t, xt, xt.dtype, DOT_F32, PRECISION).to(ACC)
     inv_a = tl.load(INV_A + bh * D + d)
     Z_b = Z + (bh.to(tl.int64) * D + d) * (F * P)
-    tl.store(Z_b + offs_f[:, None] * P + offs_p[None, :], acc * inv_a, mask=mask_p[None, :])
+    # stored in the dot dtype: every use multiplies it on the tensor cores in that dtype anyway
+    tl.store(Z_b + offs_f[:, None] * P + offs_p[None, :], _cast_out(acc * inv_a, Z.dtype.element_ty, DOT_F32),
+             mask=mask_p[None, :])
 
 
 @triton.jit
-def _expsum_rows_fwd_kernel(
-    NT, Z, TAU, SW, Y,
+def _expsum_rows_kernel(
+    NT, W, TAU, SW, XX, OUT, DNT,
     L, P, L_BUCKET,
-    stride_yb, stride_yl,
-    D: tl.constexpr, F: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
-    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
-):
-    # Y[b, rows] = sum_d Phi(n[b, d, rows]) Z[b, d]: one program per (batch element, row block)
-    pid = tl.program_id(0)
-    n_blocks = tl.cdiv(L, BLOCK_L)
-    bh = pid // n_blocks
-    offs_l = (pid % n_blocks) * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask_l = offs_l < L
-    offs_f = tl.arange(0, F)
-    offs_p = tl.arange(0, BLOCK_P)
-    mask_p = offs_p < P
-    tau = tl.load(TAU + offs_f)
-    sw = tl.load(SW + offs_f)
-    N_b = NT + bh.to(tl.int64) * (D * L)
-    Z_b = Z + bh.to(tl.int64) * (D * F * P)
-    ACC = TAU.dtype.element_ty
-    DT = Y.dtype.element_ty
-    acc = tl.zeros((BLOCK_L, BLOCK_P), dtype=ACC)
-    for d in range(D):
-        t = tl.load(N_b + d * L + offs_l, mask=mask_l, other=0.0)
-        z = tl.load(Z_b + d * (F * P) + offs_f[:, None] * P + offs_p[None, :], mask=mask_p[None, :], other=0.0)
-        phi = _exp_features(t, tau, sw, False)
-        acc += _mm(phi, z, DT, DOT_F32, PRECISION).to(ACC)
-    Y_b = Y + bh.to(tl.int64) * stride_yb
-    tl.store(Y_b + offs_l[:, None] * stride_yl + offs_p[None, :], _cast_out(acc, DT, DOT_F32),
-             mask=mask_l[:, None] & mask_p[None, :])
-
-
-@triton.jit
-def _expsum_rows_bwd_kernel(
-    UT, VT, Z, GZ, TAU, SW, X, G, DX, DUT, DVT,
-    L, P, L_BUCKET,
-    stride_xb, stride_xl, stride_gb, stride_gl, stride_dxb, stride_dxl,
+    stride_xxb, stride_xxl, stride_ob, stride_ol,
     D: tl.constexpr, D_PAD: tl.constexpr, F: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
-    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    WITH_OUT: tl.constexpr, WITH_GRAD: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    # one program per (batch element, row block), sharing the row tiles of x and g between
-    #   dx_j = sum_d Phi(v_jd) GZ_d,  du_id = -sum_m tau_m phi_m(u_id) (g_i . Z_dm),
-    #   dv_jd = -sum_m tau_m phi_m(v_jd) (x_j . GZ_dm)
+    # One program per (batch element, row block) of
+    #   OUT[rows] = sum_d Phi(n_d[rows]) W_d                                  (WITH_OUT)
+    #   DN[rows, d] = -sum_m tau_m phi_m(n_d[rows]) (XX[rows] . W_dm)        (WITH_GRAD)
+    # forward y: (n, W) = (u, Z); backward: (v, GZ, XX = x) gives dx and dv, (u, Z, XX = g) gives du.
+    # Each feature map is needed by one of the two backward launches only: splitting them costs nothing
+    # twice and keeps the registers of one program to one row tile.
     pid = tl.program_id(0)
     n_blocks = tl.cdiv(L, BLOCK_L)
     bh = pid // n_blocks
@@ -277,50 +248,41 @@ def _expsum_rows_bwd_kernel(
     mask_lp = mask_l[:, None] & mask_p[None, :]
     tau = tl.load(TAU + offs_f)
     sw = tl.load(SW + offs_f)
-    U_b = UT + bh.to(tl.int64) * (D * L)
-    V_b = VT + bh.to(tl.int64) * (D * L)
-    Z_b = Z + bh.to(tl.int64) * (D * F * P)
-    GZ_b = GZ + bh.to(tl.int64) * (D * F * P)
-    xt = tl.load(X + bh.to(tl.int64) * stride_xb + offs_l[:, None] * stride_xl + offs_p[None, :],
-                 mask=mask_lp, other=0.0)
-    gt = tl.load(G + bh.to(tl.int64) * stride_gb + offs_l[:, None] * stride_gl + offs_p[None, :],
-                 mask=mask_lp, other=0.0)
+    N_b = NT + bh.to(tl.int64) * (D * L)
+    W_b = W + bh.to(tl.int64) * (D * F * P)
+    DT = W.dtype.element_ty
     ACC = TAU.dtype.element_ty
-    DT = xt.dtype
-    dx = tl.zeros((BLOCK_L, BLOCK_P), dtype=ACC)
-    du = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
-    dv = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
-    fp = offs_f[:, None] * P + offs_p[None, :]          # (F, BLOCK_P) offsets of a Z block
-    pf = offs_p[:, None] + offs_f[None, :] * P          # (BLOCK_P, F) offsets of its transpose
-    mask_fp = mask_p[None, :]
-    mask_pf = mask_p[:, None]
+    fp = offs_f[:, None] * P + offs_p[None, :]
+    acc = tl.zeros((BLOCK_L, BLOCK_P), dtype=ACC)
+    dn = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
+    if WITH_GRAD:
+        xx = tl.load(XX + bh.to(tl.int64) * stride_xxb + offs_l[:, None] * stride_xxl + offs_p[None, :],
+                     mask=mask_lp, other=0.0)
     for d in range(D):
-        tu = tl.load(U_b + d * L + offs_l, mask=mask_l, other=0.0)
-        tv = tl.load(V_b + d * L + offs_l, mask=mask_l, other=0.0)
-        phi_u = _exp_features(tu, tau, sw, False)
-        phi_v = _exp_features(tv, tau, sw, False)
-        gz = tl.load(GZ_b + d * (F * P) + fp, mask=mask_fp, other=0.0)
-        dx += _mm(phi_v, gz, DT, DOT_F32, PRECISION).to(ACC)
-        z_t = tl.load(Z_b + d * (F * P) + pf, mask=mask_pf, other=0.0)
-        gz_t = tl.load(GZ_b + d * (F * P) + pf, mask=mask_pf, other=0.0)
-        s_u = _mm(gt, z_t, DT, DOT_F32, PRECISION).to(ACC)     # g_i . Z_dm
-        s_v = _mm(xt, gz_t, DT, DOT_F32, PRECISION).to(ACC)    # x_j . GZ_dm
-        du = _put(du, offs_d, d, -tl.sum(phi_u * s_u * tau[None, :], axis=1))
-        dv = _put(dv, offs_d, d, -tl.sum(phi_v * s_v * tau[None, :], axis=1))
-    tl.store(DX + bh.to(tl.int64) * stride_dxb + offs_l[:, None] * stride_dxl + offs_p[None, :],
-             _cast_out(dx, DX.dtype.element_ty, DOT_F32), mask=mask_lp)
-    mask_ld = mask_l[:, None] & (offs_d[None, :] < D)
-    tl.store(DUT + bh.to(tl.int64) * (D * L) + offs_d[None, :] * L + offs_l[:, None], du, mask=mask_ld)
-    tl.store(DVT + bh.to(tl.int64) * (D * L) + offs_d[None, :] * L + offs_l[:, None], dv, mask=mask_ld)
+        t = tl.load(N_b + d * L + offs_l, mask=mask_l, other=0.0)
+        w = tl.load(W_b + d * (F * P) + fp, mask=mask_p[None, :], other=0.0)
+        phi = _exp_features(t, tau, sw, False)
+        if WITH_OUT:
+            acc += _mm(phi, w, DT, DOT_F32, PRECISION).to(ACC)
+        if WITH_GRAD:
+            s = _mm(xx, tl.trans(w), DT, DOT_F32, PRECISION).to(ACC)     # XX_i . W_dm
+            dn = _put(dn, offs_d, d, -tl.sum(phi * s * tau[None, :], axis=1))
+    if WITH_OUT:
+        tl.store(OUT + bh.to(tl.int64) * stride_ob + offs_l[:, None] * stride_ol + offs_p[None, :],
+                 _cast_out(acc, OUT.dtype.element_ty, DOT_F32), mask=mask_lp)
+    if WITH_GRAD:
+        tl.store(DNT + bh.to(tl.int64) * (D * L) + offs_d[None, :] * L + offs_l[:, None], dn,
+                 mask=mask_l[:, None] & (offs_d[None, :] < D))
 
 
 # (BLOCK_L, num_warps, num_stages) candidates; the CPU interpreter and short sequences use the first
 _EXPSUM_CONFIGS = {
-    "reduce": [(64, 4, 2), (128, 8, 2), (32, 4, 3), (128, 4, 3)],
-    "fwd": [(64, 4, 2), (128, 8, 2), (64, 8, 2), (32, 4, 2)],
-    "bwd": [(64, 8, 1), (64, 4, 1), (32, 4, 1), (128, 8, 1)],
+    "reduce": [(64, 4, 2), (128, 8, 2), (32, 4, 3), (64, 8, 3)],
+    "rows": [(64, 8, 2), (64, 4, 2), (128, 8, 2), (32, 4, 2)],
 }
-_EXPSUM_KERNELS = {"reduce": _expsum_reduce_kernel, "fwd": _expsum_rows_fwd_kernel, "bwd": _expsum_rows_bwd_kernel}
+_EXPSUM_KERNELS = {"reduce": _expsum_reduce_kernel, "rows": _expsum_rows_kernel}
+_EXPSUM_KEYS = {"reduce": ["P", "D", "F", "L_BUCKET", "PRECISION"],
+                "rows": ["P", "D", "F", "L_BUCKET", "PRECISION", "WITH_OUT", "WITH_GRAD"]}
 _EXPSUM_INTERPRET_BLOCK = 16
 EXPSUM_AUTOTUNE_MIN_LENGTH = 1024
 EXPSUM_AUTOTUNE_MAX_BUCKET = 8192
@@ -329,33 +291,50 @@ EXPSUM_AUTOTUNE_MAX_BUCKET = 8192
 @functools.lru_cache(maxsize=None)
 def _expsum_tuned(role: str):
     configs = [triton.Config({"BLOCK_L": bl}, num_warps=w, num_stages=st) for bl, w, st in _EXPSUM_CONFIGS[role]]
-    return triton.autotune(configs, key=["P", "D", "F", "L_BUCKET", "PRECISION"])(_EXPSUM_KERNELS[role])
+    return triton.autotune(configs, key=_EXPSUM_KEYS[role])(_EXPSUM_KERNELS[role])
 
 
 def _expsum_launch(role, args, n_programs, L, **meta):
-    """n_programs: callable BLOCK_L -> grid size."""
+    """``args`` up to P (L_BUCKET is inserted), then ``meta["_strides"]``; n_programs: BLOCK_L -> grid."""
     meta["DOT_F32"] = _interpreting()
+    strides = meta.pop("_strides")
     bucket = min(triton.next_power_of_2(L), EXPSUM_AUTOTUNE_MAX_BUCKET)
     if _interpreting():
         bl = _EXPSUM_INTERPRET_BLOCK
-        _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, *meta.pop("_strides"), BLOCK_L=bl, **meta)
+        _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, *strides, BLOCK_L=bl, **meta)
     elif L < EXPSUM_AUTOTUNE_MIN_LENGTH:
         bl, w, st = _EXPSUM_CONFIGS[role][0]
-        _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, *meta.pop("_strides"), BLOCK_L=bl,
-                                                 num_warps=w, num_stages=st, **meta)
+        _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, *strides, BLOCK_L=bl, num_warps=w, num_stages=st,
+                                                 **meta)
     else:
-        strides = meta.pop("_strides")
         _expsum_tuned(role)[lambda m: (n_programs(m["BLOCK_L"]),)](*args, bucket, *strides, **meta)
 
 
+def _block_p(P):
+    return max(16, triton.next_power_of_2(P))
+
+
 def _expsum_reduce(nt, x3, inv_a, tau, sw, precision):
+    """``Z_d = (1/a_d) Phi(n_d)^T x`` for every batch element and term: (bh, D, F, P) in x3's dtype."""
     bh, L, P = x3.shape
     D, F = nt.shape[1], tau.shape[0]
-    z = torch.empty((bh, D, F, P), dtype=tau.dtype, device=x3.device)
+    z = torch.empty((bh, D, F, P), dtype=x3.dtype, device=x3.device)
     _expsum_launch("reduce", (nt, x3, inv_a, tau, sw, z, L, P), lambda bl: bh * D, L,
-                   _strides=(x3.stride(0), x3.stride(1)), D=D, F=F, BLOCK_P=max(16, triton.next_power_of_2(P)),
-                   PRECISION=precision)
+                   _strides=(x3.stride(0), x3.stride(1)), D=D, F=F, BLOCK_P=_block_p(P), PRECISION=precision)
     return z
+
+
+def _expsum_rows(nt, w, tau, sw, precision, xx=None, out=None, dnt=None):
+    """The row kernel (see its comment): writes ``out`` if given and ``dnt`` if given."""
+    bh, D, L = nt.shape
+    F, P = w.shape[2], w.shape[3]
+    xx_ = xx if xx is not None else w          # placeholders of unused pointers (never read or written)
+    out_ = out if out is not None else w
+    dnt_ = dnt if dnt is not None else nt
+    _expsum_launch("rows", (nt, w, tau, sw, xx_, out_, dnt_, L, P), lambda bl: bh * triton.cdiv(L, bl), L,
+                   _strides=(xx_.stride(0), xx_.stride(1), out_.stride(0), out_.stride(1)),
+                   D=D, D_PAD=triton.next_power_of_2(D), F=F, BLOCK_P=_block_p(P),
+                   WITH_OUT=out is not None, WITH_GRAD=dnt is not None, PRECISION=precision)
 
 
 class _ExpSumProduct(torch.autograd.Function):
@@ -365,14 +344,9 @@ class _ExpSumProduct(torch.autograd.Function):
     def forward(ctx, x3, ut, vt, inv_a, tau, sw, precision):
         # x3 (bh, L, P) in the dot dtype; ut, vt (bh, D, L) and inv_a (bh, D), tau, sw (F,) in the
         # accumulation dtype
-        bh, L, P = x3.shape
-        D = ut.shape[1]
         z = _expsum_reduce(vt, x3, inv_a, tau, sw, precision)
         y3 = torch.empty_like(x3)
-        F = tau.shape[0]
-        n_blocks = lambda bl: bh * triton.cdiv(L, bl)
-        _expsum_launch("fwd", (ut, z, tau, sw, y3, L, P), n_blocks, L, _strides=(y3.stride(0), y3.stride(1)),
-                       D=D, F=F, BLOCK_P=max(16, triton.next_power_of_2(P)), PRECISION=precision)
+        _expsum_rows(ut, z, tau, sw, precision, out=y3)
         ctx.save_for_backward(x3, ut, vt, inv_a, tau, sw, z)
         ctx.precision = precision
         return y3
@@ -381,8 +355,6 @@ class _ExpSumProduct(torch.autograd.Function):
     def backward(ctx, gy):
         x3, ut, vt, inv_a, tau, sw, z = ctx.saved_tensors
         precision = ctx.precision
-        bh, L, P = x3.shape
-        D, F = ut.shape[1], tau.shape[0]
         g3 = gy.to(x3.dtype)
         if g3.stride(-1) != 1:
             g3 = g3.contiguous()
@@ -390,11 +362,8 @@ class _ExpSumProduct(torch.autograd.Function):
         dx = torch.empty_like(x3)
         dut = torch.empty_like(ut)
         dvt = torch.empty_like(vt)
-        _expsum_launch("bwd", (ut, vt, z, gz, tau, sw, x3, g3, dx, dut, dvt, L, P),
-                       lambda bl: bh * triton.cdiv(L, bl), L,
-                       _strides=(x3.stride(0), x3.stride(1), g3.stride(0), g3.stride(1), dx.stride(0), dx.stride(1)),
-                       D=D, D_PAD=triton.next_power_of_2(D), F=F, BLOCK_P=max(16, triton.next_power_of_2(P)),
-                       PRECISION=precision)
+        _expsum_rows(vt, gz, tau, sw, precision, xx=x3, out=dx, dnt=dvt)     # dx and dv: features of v
+        _expsum_rows(ut, z, tau, sw, precision, xx=g3, dnt=dut)              # du: features of u
         return dx, dut, dvt, None, None, None, None
 
 
@@ -425,9 +394,10 @@ def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, a
     Two kernels per product, ``Z_d = (1/a_d) Phi(v_d)^T x`` (one program per batch element and term,
     looping over L) and ``y = sum_d Phi(u_d) Z_d`` (one program per row block), with
     ``Phi(t)_im = sqrt(w_m) exp(-tau_m t_i)``, ``u = xn/a``, ``v = yn/a``; the backward runs the first
-    kernel on g and one fused kernel for dx, du, dv. Cost per batch element: 4 d F L P multiply-adds per
-    pass on the tensor cores and 2 d F L exponentials (``F = expsum_feature_count(M)``; 3x that in
-    the backward); memory O(L (P + d) + d F P): no L x L or L x dF tensor is ever stored.
+    on g (``GZ``) and the second twice: on (v, GZ, x) for dx and dv, on (u, Z, g) for du. Cost per batch
+    element: 2 d F L P multiply-adds and d F L exponentials per kernel launch on the tensor cores
+    (``F = expsum_feature_count(M)``; 2 launches forward, 3 backward, the dx/dv one doing two GEMMs);
+    memory O(L (P + d) + d F P): no L x L or L x dF tensor is ever stored.
     Arithmetic: float32 accumulation (float64 for float64 inputs). bfloat16 ``x`` keeps the tensor cores
     in bfloat16: the feature values and Z are rounded to bfloat16 (relative 2^-8 each, all factors
     positive), which adds at most ``3 u_bf16 (|M| |x|)`` to the error bound, like the exact kernel's rounding
