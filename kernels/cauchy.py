@@ -367,6 +367,37 @@ class _ExpSumProduct(torch.autograd.Function):
         return dx, dut, dvt, None, None, None, None
 
 
+_DEVICE_NODES: dict = {}
+
+
+def _device_nodes(tau, w, dtype, device):
+    """``tau`` and ``sqrt(w)`` zero-padded to ``expsum_feature_count`` terms (zero weights) on the device,
+    cached by value (the node sets are few and reused every step; a host-to-device copy per call would not be)."""
+    tau64 = tau.detach().to("cpu", torch.float64)
+    w64 = w.detach().to("cpu", torch.float64)
+    key = (tau64.numpy().tobytes(), w64.numpy().tobytes(), dtype, str(device))
+    hit = _DEVICE_NODES.get(key)
+    if hit is None:
+        if not (bool((tau64 > 0).all()) and bool((w64 > 0).all())):
+            raise ValueError(f"cauchy_expsum_product: tau and w must be positive (exponents and weights of the "
+                             f"exponential sum), got min tau {float(tau64.min()):.6g}, min w {float(w64.min()):.6g}")
+        if float(w64.min().sqrt()) < torch.finfo(dtype).tiny * 2.0 ** 24:
+            # the smallest feature values sqrt(w_m) exp(-tau_m t) must not flush to zero in dtype:
+            # only an absurd node spread R (above ~1e60 in float32) gets here
+            raise ValueError(f"cauchy_expsum_product: the smallest weight {float(w64.min()):.3g} is below the "
+                             f"range of {dtype}; the node spread R is too large for the expansion in this dtype "
+                             f"(use the exact cauchy_matmul)")
+        F = expsum_feature_count(tau64.numel())
+        tau_p = torch.zeros(F, dtype=torch.float64)
+        sw = torch.zeros(F, dtype=torch.float64)
+        tau_p[:tau64.numel()] = tau64
+        sw[:w64.numel()] = w64.sqrt()
+        if len(_DEVICE_NODES) >= 256:
+            _DEVICE_NODES.clear()
+        hit = _DEVICE_NODES[key] = (tau_p.to(device, dtype), sw.to(device, dtype))
+    return hit
+
+
 def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, a: torch.Tensor,
                           tau: torch.Tensor, w: torch.Tensor, *, precision: str = "ieee") -> torch.Tensor:
     """The exponential-sum approximation of ``y_i = sum_j sum_d x_j / (xn_id + yn_jd)``, fused on the GPU.
@@ -428,11 +459,7 @@ def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, a
     inv_a = (1.0 / a.detach().to(acc)).expand(*batch, 1, D).reshape(-1, D).contiguous()
     u = xn.to(acc) * inv_a.reshape(*batch, 1, D)            # gradients reach xn, yn through these scalings
     v = yn.to(acc) * inv_a.reshape(*batch, 1, D)
-    F = expsum_feature_count(tau.numel())
-    tau_p = torch.zeros(F, dtype=acc, device=x.device)
-    sw = torch.zeros(F, dtype=acc, device=x.device)           # zero weights pad the expansion to F terms
-    tau_p[:tau.numel()] = tau.detach().to(acc)
-    sw[:w.numel()] = w.detach().double().sqrt().to(acc)
+    tau_p, sw = _device_nodes(tau, w, acc, x.device)
     x3 = x.reshape(-1, L, P).to(dot)
     if x3.stride(-1) != 1:
         x3 = x3.contiguous()

@@ -42,6 +42,16 @@ Fast products (none builds an L x L tensor)
     sqrt of that). The gradients are exact derivatives of the expansion, whose derivative kernel obeys the
     same eps bound, so autograd through ``U (V^T x)`` is both correct and accurate. Default eps:
     1e-13 in float64, 1e-6 in float32 (the fp32 summation floor is ~sqrt(M) 2^-24).
+    Range: positive nodes (validated, or the mixer's exp/softplus) put every ``z`` in ``[1, R]`` with a finite
+    R, and the quadrature meets eps for *every* R (M grows only like ln R), so the exact ``tiled`` path is
+    needed only where it is cheaper (short L, see "Choosing") or asked for; a non-positive denominator raises.
+    **GPU path**: on CUDA with Triton (:func:`kernels.enabled`) the same expansion runs as fused kernels
+    (``kernels.cauchy.cauchy_expsum_product``): ``U = Phi(xn/a) diag(1/a)``, ``V = Phi(yn/a)`` with
+    ``Phi_im = sqrt(w_m) e^{-tau_m t_i}`` are recomputed in registers in every pass (never stored; memory
+    O(L (P + D) + D M P)), and M is rounded up to a power of two by a finer step h (:func:`exp_sum_nodes`,
+    ``min_count``), which keeps the bound. bfloat16 x runs on the tensor cores in bfloat16 (features and
+    ``V^T x`` rounded to it, all factors positive), adding ``3 u_bf16 (|M||x|)`` (``u_bf16 = 2^-8``) to the
+    rounding term above; float16 x runs in float32; accumulation is float32 (float64 for float64).
     The rank D*M is a few times larger than the optimal (Zolotarev) rank of a positive Cauchy matrix,
     ``~ ln(4/eps) ln(4R) / pi^2`` (Beckermann & Townsend, "Bounds on the singular values of matrices
     with displacement structure", SIAM Review 61(2), 2019), because trapezoid accuracy is entrywise
@@ -56,11 +66,14 @@ Fast products (none builds an L x L tensor)
     Rounding: componentwise backward-stable like a dense product, |y_hat - y| <= gamma_{L+D} (|M||x|).
     On CUDA with Triton, this path dispatches to ``kernels.cauchy_matmul`` (see :mod:`kernels`).
 
-Choosing (``method_fast="auto"``): cost per batch element (in multiply-add units; constants fitted
-on a 2-core CPU in float32, where both paths then cost ~0.4 ns per unit) ``expsum ~ L r (2P + 12)``
-with r = D M vs. ``tiled ~ L^2 (8 D + 2P)``; auto takes the smaller. The crossover is
-``L* ~= r (2P + 12) / (8D + 2P)``: P = 64, R ~ 10 and the default eps give, in float32 (M ~ 46),
-L* ~= 90 for D = 2 and ~= 400 for the paper's D = 16; in float64 (M ~ 141, D = 16) L* ~= 1200.
+Choosing (``method_fast="auto"``): cost per batch element, with constants per backend
+(:data:`COST_MODELS`). torch (multiply-add units, fitted on a 2-core CPU in float32, where both paths
+then cost ~0.4 ns per unit): ``expsum ~ L r (2P + 12)`` with r = D M vs. ``tiled ~ L^2 (8 D + 2P)``; auto
+takes the smaller. The crossover is ``L* ~= r (2P + 12) / (8D + 2P)``: P = 64, R ~ 10 and the default eps
+give, in float32 (M ~ 46), L* ~= 90 for D = 2 and ~= 400 for the paper's D = 16; in float64 (M ~ 141,
+D = 16) L* ~= 1200. triton (GPU kernels; tensor-core flop units, calibrated on the H100 timings of the
+exact kernel, the expansion's constants estimated from its GEMM and exponential counts):
+``expsum ~ L r (12 P + 400)`` vs. ``tiled ~ L^2 (700 D + 6 P)``: L* ~= 80 to 170 at D = 16, P = 128.
 Measured speed-ups of the fast path over ``to_dense() @ x`` are in ``results/bench/structured-cpu.json``
 (``mixerzoo bench structured --device cpu --out results/bench --threads 1``; about 33x at L = 4096 with
 the ``random()`` instances). :meth:`Cauchy.plan` reports the decision.
@@ -171,12 +184,16 @@ def exp_sum_nodes(eps: float, R: float, min_count: int | None = None) -> tuple[t
 def _node_scaling(xn: torch.Tensor, yn: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Per (batch, term) scaling ``a`` (shape ``(*batch, 1, D)``, detached) and the worst ratio R."""
     xn, yn = xn.detach(), yn.detach()
-    lo = xn.amin(-2, keepdim=True) + yn.amin(-2, keepdim=True)
-    hi = xn.amax(-2, keepdim=True) + yn.amax(-2, keepdim=True)
-    if lo.numel() and not bool((lo > 0).all()):
+    if not xn.numel():
+        return xn.sum(-2, keepdim=True), 1.0
+    x_lo, x_hi = torch.aminmax(xn, dim=-2, keepdim=True)
+    y_lo, y_hi = torch.aminmax(yn, dim=-2, keepdim=True)
+    lo, hi = x_lo + y_lo, x_hi + y_hi
+    # one device synchronization for both numbers (the node count depends on R)
+    lo_min, R = torch.stack([lo.amin().double(), (hi.double() / lo.double()).amax()]).tolist()
+    if not lo_min > 0:
         raise ValueError(f"the exponential-sum path needs positive denominators q + c + k (Cauchy(validate=False) "
-                         f"skipped the check); got min(q + c) + min(k) = {float(lo.min()):.6g}")
-    R = float((hi.double() / lo.double()).max()) if lo.numel() else 1.0
+                         f"skipped the check); got min(q + c) + min(k) = {lo_min:.6g}")
     return lo, max(R, 1.0)
 
 
@@ -196,7 +213,7 @@ def cauchy_matmul_expsum(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.
     if eps is None:
         eps = DEFAULT_EPS.get(x.dtype, DEFAULT_EPS[torch.float32])
     x, q, k = expand_matrices(x, q, k)
-    xn, yn = q + c, k
+    xn, yn = (q, k) if isinstance(c, float) and c == 0.0 else (q + c, k)
     a, R = _node_scaling(xn, yn)
     kc = _expsum_kernels(x)
     tau, w = exp_sum_nodes(eps, R, _kernel_node_count(kc, eps, R))

@@ -336,6 +336,8 @@ def test_expsum_bad_arguments():
         cauchy_expsum_product(x, q, k, a[..., :1], tau, w)
     with pytest.raises(ValueError, match="length of x"):
         cauchy_expsum_product(x, q[:, :5], k[:, :5], a, tau, w)
+    with pytest.raises(ValueError, match="tau and w must be positive"):
+        cauchy_expsum_product(x, q, k, a, -tau, w)
     with pytest.raises(ValueError, match="n_nodes must be a positive int"):
         expsum_feature_count(0)
 
