@@ -359,3 +359,22 @@ def test_expsum_memory_is_linear_in_length():
     extra_bytes = torch.cuda.max_memory_allocated() - base
     input_bytes = sum(t.numel() * t.element_size() for t in (x, q, k))
     assert extra_bytes < 8 * input_bytes, (extra_bytes, input_bytes)
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_run(tmp_path):
+    """The benchmark script runs end to end at tiny shapes (CPU: kernels interpreted) and records every
+    method's timings and float64 errors; ours stay within the bf16 budget."""
+    import json
+
+    from benchmarks import kernels_matfree as bench
+    json_path, _ = bench.run(device=DEVICE, out=str(tmp_path), smoke=True, kinds=("cauchy", "sdpa"))
+    with open(json_path) as f:
+        payload = json.load(f)
+    methods = {r["method"] for r in payload["results"] if r["kind"] == "cauchy"}
+    assert {"triton", "expsum_triton", "expsum_triton_eps1e-3", "torch_tiled", "torch_expsum", "materialize"} <= methods
+    assert all("fwd_bwd_ms" in r for r in payload["results"])
+    acc = payload["accuracy_vs_float64"]["cauchy"]
+    for name in ("triton", "expsum_triton", "expsum_triton_eps1e-3"):
+        assert acc[name]["rel_fro_y"] <= 1e-2 and acc[name]["rel_fro_grad_q"] <= 2e-2, (name, acc[name])
+    assert set(payload["targets"]["cauchy"]) == {"triton", "expsum_triton", "expsum_triton_eps1e-3"}
