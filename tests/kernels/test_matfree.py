@@ -378,3 +378,38 @@ def test_benchmark_smoke_run(tmp_path):
     for name in ("triton", "expsum_triton", "expsum_triton_eps1e-3"):
         assert acc[name]["rel_fro_y"] <= 1e-2 and acc[name]["rel_fro_grad_q"] <= 2e-2, (name, acc[name])
     assert set(payload["targets"]["cauchy"]) == {"triton", "expsum_triton", "expsum_triton_eps1e-3"}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Vandermonde: the float32 turn reduction t -> t - n (n an integer from two adds, no floor)
+# ------------------------------------------------------------------------------------------------------
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from kernels.vandermonde import _reduce_turns  # noqa: E402
+
+
+@triton.jit
+def _reduce_turns_probe(T, R, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(R + offs, _reduce_turns(tl.load(T + offs)))
+
+
+def test_vandermonde_turn_reduction_float32():
+    """For |t| < 2^22 the reduced turn is t minus its nearest integer (|r| <= 1/2, exact); beyond, t - r is
+    still an integer, so cos(2 pi r) = cos(2 pi t) for every float32 t."""
+    gen = torch.Generator().manual_seed(90)
+    mags = torch.exp(torch.empty(48, dtype=torch.float64).uniform_(math.log(1e-4), math.log(3e7), generator=gen))
+    signs = torch.where(torch.rand(48, generator=gen) < 0.5, -1.0, 1.0).double()
+    special = torch.tensor([0.0, 0.5, -0.5, 1.5, 2.0 ** 22 - 0.5, -(2.0 ** 22 - 0.5), 2.0 ** 22, 2.0 ** 23 + 1.0,
+                            2.0 ** 24, -(2.0 ** 24 + 2.0), 1e9, -7.25, 123456.75, -0.49999997, 0.75, 3.0],
+                           dtype=torch.float64)
+    t = torch.cat([mags * signs, special]).float()
+    r = torch.empty_like(t)
+    _reduce_turns_probe[(1,)](t.to(DEVICE), r_dev := r.to(DEVICE), N=64)
+    r = r_dev.cpu().double()
+    n = t.double() - r
+    assert torch.equal(n, n.round()), "t - r must be an integer"
+    small = t.double().abs() < 2.0 ** 22
+    assert (r[small].abs() <= 0.5).all()
+    assert torch.allclose(torch.cos(2 * math.pi * r), torch.cos(2 * math.pi * t.double()), atol=1e-9)
