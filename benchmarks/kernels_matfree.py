@@ -84,7 +84,7 @@ def _materialized_vandermonde(x, q, k, s):
     return m @ x
 
 
-def _methods(kind, on_gpu):
+def _methods(kind):
     """name -> fn(x, q, k) for one product kind. The kernel rows force ``MIXERZOO_KERNELS=on`` (on the
     CPU that is Triton's interpreter), the torch rows ``off``."""
     import kernels
@@ -370,7 +370,7 @@ def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=Fals
             payload["earlier_commands"] = old.get("earlier_commands", []) + [old.get("command")]
     results = payload["results"]
     for kind in [k for k in ("cauchy", "vandermonde") if k in kinds]:
-        methods = _methods(kind, on_gpu)
+        methods = _methods(kind)
         given_up = {}
         for L in lengths:
             args = _inputs(kind, L, device, dtype, seed=L, shapes=shapes)
@@ -389,7 +389,8 @@ def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=Fals
                 if configs:
                     rec["configs"] = configs
                 if name == "triton" and "fwd_ms" in rec and on_gpu:
-                    evals = shapes["batch"] * shapes["heads"] * L * L * shapes["qk_dim"] * (1 if kind == "cauchy" else 2)
+                    evals = (shapes["batch"] * shapes["heads"] * L * L * shapes["qk_dim"]
+                             * (1 if kind == "cauchy" else 2))
                     rec["special_fn_evals_per_s_fwd"] = evals / (rec["fwd_ms"] * 1e-3)
                     rec["fraction_of_mufu_peak_fwd"] = rec["special_fn_evals_per_s_fwd"] / (
                         16 * props.multi_processor_count * H100_SXM_BOOST_HZ)

@@ -443,7 +443,8 @@ def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, a
                          f"set before triton is imported); got a tensor on {x.device}")
     for name, t in (("tau", tau), ("w", w)):
         if t.dim() != 1 or t.numel() == 0:
-            raise ValueError(f"cauchy_expsum_product: {name} must be a non-empty 1-D tensor, got shape {tuple(t.shape)}")
+            raise ValueError(f"cauchy_expsum_product: {name} must be a non-empty 1-D tensor, "
+                             f"got shape {tuple(t.shape)}")
     if tau.shape != w.shape:
         raise ValueError(f"cauchy_expsum_product: tau and w must have one length, got {tuple(tau.shape)} and "
                          f"{tuple(w.shape)}")

@@ -29,10 +29,11 @@ def _reduce_turns(t):
     # t minus an integer n nearest to it: the same point on the circle, in [-1/2, 1/2]
     if t.dtype == tl.float32:
         # n from full-rate adds instead of floor (FRND is a conversion, a quarter of the FMA rate on
-        # sm_80/90 like the cosines, and the SASS of the tiles had one FRND per MUFU.COS): with
-        # b = sign(t) 1.5 2^23 (0x4B400000 with t's sign bit) and |t| < 2^22, t + b lies where the float32 spacing is 1, so the add
-        # rounds t to the nearest integer and subtracting b back is exact; for larger |t| the spacing
-        # there is >= 1 and n is still an integer, so cos(2 pi (t - n)) = cos(2 pi t) for every t.
+        # sm_80/90 like the cosines, and the SASS of the tiles had one FRND per MUFU.COS). With
+        # b = sign(t) 1.5 2^23 (0x4B400000 with t's sign bit) and |t| < 2^22, t + b lies where the
+        # float32 spacing is 1, so the add rounds t to the nearest integer and subtracting b back is
+        # exact (|r| <= 1/2); for larger |t| the spacing there is >= 1, so n is still an integer
+        # (|r| <= 1) and cos(2 pi (t - n)) = cos(2 pi t) for every t.
         b = ((t.to(tl.uint32, bitcast=True) & 0x80000000) | 0x4B400000).to(tl.float32, bitcast=True)
         return t - ((t + b) - b)
     else:

@@ -483,4 +483,5 @@ class Cauchy(StructuredMatrix):
         return cls(q.to(dtype=dtype, device=device), k.to(dtype=dtype, device=device))
 
 
-__all__ = ["COST_MODELS", "Cauchy", "CauchyPlan", "CostModel", "cauchy_dense", "cauchy_matmul_expsum", "cauchy_matmul_tiled", "exp_sum_nodes"]
+__all__ = ["COST_MODELS", "Cauchy", "CauchyPlan", "CostModel", "cauchy_dense", "cauchy_matmul_expsum",
+           "cauchy_matmul_tiled", "exp_sum_nodes"]
