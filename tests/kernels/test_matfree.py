@@ -217,7 +217,7 @@ def test_memory_is_linear_in_length(name):
 # ------------------------------------------------------------------------------------------------------
 from kernels.cauchy import cauchy_expsum_product, expsum_feature_count  # noqa: E402
 
-UNIT = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8}
+UNIT = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 
 
 @pytest.fixture
@@ -269,11 +269,12 @@ def test_expsum_float64_within_stated_bound(kernels_on, eps, L):
         assert ((y - ref["y"]).abs() / ref["y_abs"]).max() > 1e-9
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("D", [1, 4])
 def test_expsum_matches_exact_reference(kernels_on, dtype, D):
     """float32: within 1e-5 of the exact product (default eps 1e-6), bf16 within 1e-2 (issue 5 budgets),
-    values and gradients, and entrywise within the stated bound."""
+    float16 (computed in float32, output rounded) within 5e-3, values and gradients, and entrywise within
+    the stated bound (float16's rounding term is counted at its own unit, an overestimate)."""
     L, P, c = 37, 6, 0.0
     x, q, k = draw("cauchy", (2,), L, P, D, seed=40 + D)
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(41), dtype=torch.float64)
@@ -289,7 +290,7 @@ def test_expsum_matches_exact_reference(kernels_on, dtype, D):
     # node gradients: the rounding of Z, GZ is relative to |g| |x| (no cancellation inside S = g . x)
     assert ((gq - ref["gq"]).abs() <= tol * ref["gq_abs2"]).all()
     assert ((gk - ref["gk"]).abs() <= tol * ref["gk_abs2"]).all()
-    budget = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 2e-2)}[dtype]
+    budget = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 2e-2), torch.float16: (5e-3, 5e-3)}[dtype]
     assert rel_err(y, ref["y"]) <= budget[0]
     for name, a in (("gx", gx), ("gq", gq), ("gk", gk)):
         assert rel_err(a, ref[name]) <= budget[1], (name, rel_err(a, ref[name]))
