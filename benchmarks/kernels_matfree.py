@@ -19,6 +19,10 @@ memory of one forward+backward, for
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` at the same shapes
   (q, k head dim 16, v head dim 128), a familiar yardstick.
 
+Expansion rows also record ``features_per_term`` (F, the node count rounded up to a power of two) and
+``tensor_tflops_fwd`` (4 B H L d F P flops of the two forward GEMM launches over the forward time), to set
+against the device's bf16 matmul rate. A method that raises is recorded with its error; the others run on.
+
 Accuracy: at the first L every method's output and gradients (x, q, k; random cotangent) are compared
 with the exact product in float64 on the same (bf16-rounded) inputs; ``accuracy_vs_float64`` records
 the relative Frobenius errors, the max error over max |reference|, and for Cauchy (M > 0) the max
@@ -40,6 +44,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 
 import torch
 
@@ -181,6 +186,9 @@ def _measure(fn, args, do_bench, device):
             rec["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     except torch.cuda.OutOfMemoryError:
         rec["error"] = "out of memory"
+    except Exception as e:   # one failing method is recorded, the rest of a device session still runs
+        traceback.print_exc()
+        rec["error"] = f"{type(e).__name__}: {str(e)[:500]}"
     finally:
         for t in leaves:
             t.grad = None
@@ -211,6 +219,10 @@ def _accuracy(kind, methods, args, seed):
             mine = run(fn, args[0].dtype)
         except torch.cuda.OutOfMemoryError:
             out[name] = {"error": "out of memory"}
+            continue
+        except Exception as e:
+            traceback.print_exc()
+            out[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
             continue
         rec = {}
         for label, a, b in zip(("y", "grad_x", "grad_q", "grad_k"), mine, ref):
@@ -298,6 +310,15 @@ def _plot(results, path, shapes):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _expsum_features(args, eps):
+    """Features per term the expansion kernel uses on these inputs (the node count for eps and their R)."""
+    from kernels.cauchy import expsum_feature_count
+    from structured.cauchy import _node_scaling, exp_sum_nodes
+    _, q, k = args
+    _, R = _node_scaling(q.float(), k.float())
+    return expsum_feature_count(len(exp_sum_nodes(eps, R)[0]))
 
 
 def _kernel_configs(kind, method, L):
@@ -388,6 +409,12 @@ def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=Fals
                 configs = _kernel_configs(kind, name, L) if on_gpu else None
                 if configs:
                     rec["configs"] = configs
+                if name.startswith("expsum_triton"):
+                    F = _expsum_features(args, 1e-3 if name.endswith("eps1e-3") else 1e-6)
+                    rec["features_per_term"] = F
+                    if "fwd_ms" in rec:   # two GEMM launches of 2 L d F P flops per batch element
+                        flops = 4 * shapes["batch"] * shapes["heads"] * L * shapes["qk_dim"] * F * shapes["headdim"]
+                        rec["tensor_tflops_fwd"] = flops / (rec["fwd_ms"] * 1e-3) / 1e12
                 if name == "triton" and "fwd_ms" in rec and on_gpu:
                     evals = (shapes["batch"] * shapes["heads"] * L * L * shapes["qk_dim"]
                              * (1 if kind == "cauchy" else 2))
