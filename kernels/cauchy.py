@@ -457,14 +457,16 @@ def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, a
     # the dot dtype: bf16 stays on the tensor cores; fp16 goes to fp32 (its exponent range is too narrow
     # for features spanning ~R e^-tau); float64 nodes force float64
     dot = torch.float64 if acc == torch.float64 else (torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32)
-    inv_a = (1.0 / a.detach().to(acc)).expand(*batch, 1, D).reshape(-1, D).contiguous()
-    u = xn.to(acc) * inv_a.reshape(*batch, 1, D)            # gradients reach xn, yn through these scalings
-    v = yn.to(acc) * inv_a.reshape(*batch, 1, D)
+    inv_a = a.detach().to(acc).reciprocal().expand(*batch, 1, D)
+    # the scaled nodes u = xn/a, v = yn/a, transposed to (2, bh, d, L) in one copy (each term's column
+    # contiguous for the kernels; few launches: at L ~ 512 the host side is a visible part of a call);
+    # gradients reach xn, yn through the stack and the scaling
+    uvt = (torch.stack((xn, yn)).to(acc) * inv_a).reshape(2, -1, L, D).transpose(-1, -2).contiguous()
+    ut, vt = uvt[0], uvt[1]
+    inv_a = inv_a.reshape(-1, D).contiguous()
     tau_p, sw = _device_nodes(tau, w, acc, x.device)
     x3 = x.reshape(-1, L, P).to(dot)
     if x3.stride(-1) != 1:
         x3 = x3.contiguous()
-    ut = u.reshape(-1, L, D).transpose(1, 2).contiguous()
-    vt = v.reshape(-1, L, D).transpose(1, 2).contiguous()
     y3 = _ExpSumProduct.apply(x3, ut, vt, inv_a, tau_p, sw, precision)
     return y3.reshape(*batch, L, P).to(x.dtype)

@@ -182,13 +182,17 @@ def exp_sum_nodes(eps: float, R: float, min_count: int | None = None) -> tuple[t
 
 
 def _node_scaling(xn: torch.Tensor, yn: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Per (batch, term) scaling ``a`` (shape ``(*batch, 1, D)``, detached) and the worst ratio R."""
+    """Per (batch, term) scaling ``a`` (shape ``(*batch, 1, D)``, detached, in the compute dtype) and the
+    worst ratio R."""
     xn, yn = xn.detach(), yn.detach()
     if not xn.numel():
         return xn.sum(-2, keepdim=True), 1.0
+    # extremes are exact in any dtype; their sums are formed in the compute dtype (float32 for halves),
+    # so a = min x + min y is not rounded up past the smallest denominator by a bf16 addition
+    cd = compute_dtype(torch.promote_types(xn.dtype, yn.dtype))
     x_lo, x_hi = torch.aminmax(xn, dim=-2, keepdim=True)
     y_lo, y_hi = torch.aminmax(yn, dim=-2, keepdim=True)
-    lo, hi = x_lo + y_lo, x_hi + y_hi
+    lo, hi = x_lo.to(cd) + y_lo.to(cd), x_hi.to(cd) + y_hi.to(cd)
     # one device synchronization for both numbers (the node count depends on R)
     lo_min, R = torch.stack([lo.amin().double(), (hi.double() / lo.double()).amax()]).tolist()
     if not lo_min > 0:
@@ -219,7 +223,7 @@ def cauchy_matmul_expsum(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.
     tau, w = exp_sum_nodes(eps, R, _kernel_node_count(kc, eps, R))
     if kc is not None:
         return kc.cauchy_expsum_product(x, xn, yn, a, tau, w)
-    return _expsum_product(x, xn, yn, a, tau.to(x.device, x.dtype), w.to(x.device, x.dtype))
+    return _expsum_product(x, xn, yn, a.to(xn.dtype), tau.to(x.device, x.dtype), w.to(x.device, x.dtype))
 
 
 def _expsum_kernels(t: torch.Tensor):
