@@ -8,36 +8,71 @@ for L = 512 ... 16384. For each product it measures forward and forward+backward
 memory of one forward+backward, for
 
 * ``triton``: :func:`kernels.cauchy_matmul` / :func:`kernels.vandermonde_matmul` (exact, tiled);
-* ``torch_tiled`` / ``torch_expsum``: the torch algorithms of ``structured/`` (exact tiled; Cauchy's
-  approximate exponential-sum expansion);
+* ``expsum_triton`` / ``expsum_triton_eps1e-3`` (Cauchy): ``structured.cauchy.cauchy_matmul_expsum``
+  dispatched to the fused exponential-sum kernel (``kernels.cauchy.cauchy_expsum_product``), at the
+  float32 default eps = 1e-6 and at eps = 1e-3 (below bf16's own rounding, 2^-9);
+* ``torch_tiled`` / ``torch_expsum`` / ``torch_nufft``: the torch algorithms of ``structured/`` (exact
+  tiled; Cauchy's exponential-sum expansion as torch GEMMs, kernels forced off; Vandermonde's NUFFT,
+  in float32);
 * ``materialize``: the paper code's way, the (B, H, L, L, d) tensor of terms in bf16 summed over d,
   then a batched matmul (out-of-memory is caught and recorded);
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` at the same shapes
   (q, k head dim 16, v head dim 128), a familiar yardstick.
 
+Expansion rows also record ``features_per_term`` (F, the node count rounded up to a power of two) and
+``tensor_tflops_fwd`` (4 B H L d F P flops of the two forward GEMM launches over the forward time), to set
+against the device's bf16 matmul rate. A method that raises is recorded with its error; the others run on.
+
+Accuracy: at the first L every method's output and gradients (x, q, k; random cotangent) are compared
+with the exact product in float64 on the same (bf16-rounded) inputs; ``accuracy_vs_float64`` records
+the relative Frobenius errors, the max error over max |reference|, and for Cauchy (M > 0) the max
+entrywise ratio ``|y_hat - y| / (M |x|)``, the quantity the stated bounds control.
+
 Writes ``kernels_matfree.json`` (device, versions, command, all numbers) and ``kernels_matfree.png``
 (time vs L, log-log) into ``out``. Usage: ``python -m benchmarks.kernels_matfree --out results/bench``.
+``--smoke`` runs tiny shapes (also on ``--device cpu``, kernels in Triton's interpreter, wall-clock
+medians) to check the script itself; its numbers are not performance data.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
+import traceback
 
 import torch
 
-BATCH, HEADS, HEADDIM, QK_DIM = 8, 12, 128, 16
+SHAPES = {"batch": 8, "heads": 12, "headdim": 128, "qk_dim": 16}
+SMOKE_SHAPES = {"batch": 1, "heads": 2, "headdim": 16, "qk_dim": 4}
 LENGTHS = [512, 1024, 2048, 4096, 8192, 16384]
 QUICK_LENGTHS = [512, 2048]
+SMOKE_LENGTHS = [16, 37]
 VANDERMONDE_SCALE = 1e-3          # Hydra's code (notes section 1.3)
 SINGLE_SHOT_S = 0.5               # slower than this: one timed run instead of do_bench
 GIVE_UP_S = 3.0                   # predicted slower than this at the next L (quadratic in L): not run
 KINDS = ("cauchy", "vandermonde", "sdpa")
+OURS = ("triton", "expsum_triton", "expsum_triton_eps1e-3")   # run at every L (no give-up)
 H100_SXM_BOOST_HZ = 1.98e9        # for the special-function roofline (16 MUFU results / clock / SM)
+
+
+@contextlib.contextmanager
+def _kernels_mode(mode):
+    """MIXERZOO_KERNELS for the duration of one call (structured reads it at dispatch time)."""
+    old = os.environ.get("MIXERZOO_KERNELS")
+    os.environ["MIXERZOO_KERNELS"] = mode
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MIXERZOO_KERNELS", None)
+        else:
+            os.environ["MIXERZOO_KERNELS"] = old
 
 
 def _materialized_cauchy(x, q, k, c):
@@ -55,111 +90,186 @@ def _materialized_vandermonde(x, q, k, s):
 
 
 def _methods(kind):
-    """name -> fn(x, q, k) for one product kind."""
+    """name -> fn(x, q, k) for one product kind. The kernel rows force ``MIXERZOO_KERNELS=on`` (on the
+    CPU that is Triton's interpreter), the torch rows ``off``."""
     import kernels
+
+    def mode(m, f):
+        def run(*a):
+            with _kernels_mode(m):
+                return f(*a)
+        return run
     if kind == "cauchy":
         from structured.cauchy import cauchy_matmul_expsum, cauchy_matmul_tiled
         c = 0.0
         return {
             "triton": lambda x, q, k: kernels.cauchy_matmul(x, q, k, c),
-            "torch_tiled": lambda x, q, k: cauchy_matmul_tiled(x, q, k, c),
-            "torch_expsum": lambda x, q, k: cauchy_matmul_expsum(x, q, k, c),
+            "expsum_triton": mode("on", lambda x, q, k: cauchy_matmul_expsum(x, q, k, c)),
+            "expsum_triton_eps1e-3": mode("on", lambda x, q, k: cauchy_matmul_expsum(x, q, k, c, eps=1e-3)),
+            "torch_tiled": mode("off", lambda x, q, k: cauchy_matmul_tiled(x, q, k, c)),
+            "torch_expsum": mode("off", lambda x, q, k: cauchy_matmul_expsum(x, q, k, c)),
             "materialize": lambda x, q, k: _materialized_cauchy(x, q, k, c),
         }
-    from structured.vandermonde import vandermonde_matmul_tiled
+    from structured.vandermonde import vandermonde_matmul_nufft, vandermonde_matmul_tiled
     s = VANDERMONDE_SCALE
     return {
         "triton": lambda x, q, k: kernels.vandermonde_matmul(x, q, k, s),
-        "torch_tiled": lambda x, q, k: vandermonde_matmul_tiled(x, q, k, s),
+        "torch_tiled": mode("off", lambda x, q, k: vandermonde_matmul_tiled(x, q, k, s)),
+        # torch.fft has no bf16: the NUFFT runs in float32 (its default eps 1e-6)
+        "torch_nufft": lambda x, q, k: vandermonde_matmul_nufft(x.float(), q.float(), k.float(), s).to(x.dtype),
         "materialize": lambda x, q, k: _materialized_vandermonde(x, q, k, s),
     }
 
 
-def _inputs(kind, L, device, dtype, seed):
+def _inputs(kind, L, device, dtype, seed, shapes):
     g = torch.Generator(device=device).manual_seed(seed)
-    x = torch.randn(BATCH, HEADS, L, HEADDIM, device=device, dtype=dtype, generator=g)
-    q = torch.randn(BATCH, HEADS, L, QK_DIM, device=device, dtype=torch.float32, generator=g)
-    k = torch.randn(BATCH, HEADS, L, QK_DIM, device=device, dtype=torch.float32, generator=g)
+    B, H, P, D = shapes["batch"], shapes["heads"], shapes["headdim"], shapes["qk_dim"]
+    x = torch.randn(B, H, L, P, device=device, dtype=dtype, generator=g)
+    q = torch.randn(B, H, L, D, device=device, dtype=torch.float32, generator=g)
+    k = torch.randn(B, H, L, D, device=device, dtype=torch.float32, generator=g)
     if kind == "cauchy":   # the paper's positive nodes exp(q) + b, b = 0.5
         q, k = torch.exp(0.5 * q) + 0.5, torch.exp(0.5 * k) + 0.5
     return x, q.to(dtype), k.to(dtype)
 
 
-def _time(fn, do_bench):
-    """Median ms; a single synchronized run when one call is slower than SINGLE_SHOT_S."""
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(fn, do_bench, device):
+    """Median ms; a single synchronized run when one call is slower than SINGLE_SHOT_S; on the CPU
+    (smoke runs) the median of three wall-clock runs."""
     fn()   # compile / autotune outside the timed region
-    torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    _sync(device)
     first = time.perf_counter() - t0
+    if do_bench is None:
+        runs = [first]
+        for _ in range(2):
+            t0 = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(runs), "wall-clock median of 3 (CPU smoke run)"
     if first > SINGLE_SHOT_S:
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        _sync(device)
         return 1e3 * (time.perf_counter() - t0), "single run"
     return do_bench(fn, warmup=25, rep=100, return_mode="median"), "do_bench median"
 
 
-def _measure(fn, args, do_bench):
-    """fwd ms, fwd+bwd ms, peak extra MB of one fwd+bwd (or the error)."""
+def _measure(fn, args, do_bench, device):
+    """fwd ms, fwd+bwd ms, peak extra MB of one fwd+bwd (CUDA only), or the error."""
     x, q, k = args
     leaves = [t.detach().clone().requires_grad_() for t in (x, q, k)]
     gy = torch.randn_like(x)
     rec = {}
+    on_gpu = str(device).startswith("cuda")
     try:
         with torch.no_grad():
-            rec["fwd_ms"], rec["fwd_timing"] = _time(lambda: fn(*args), do_bench)
+            rec["fwd_ms"], rec["fwd_timing"] = _time(lambda: fn(*args), do_bench, device)
 
         def fwd_bwd():
             for t in leaves:
                 t.grad = None
             fn(*leaves).backward(gy)
-        rec["fwd_bwd_ms"], rec["fwd_bwd_timing"] = _time(fwd_bwd, do_bench)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fwd_bwd()
-        torch.cuda.synchronize()
-        rec["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        rec["fwd_bwd_ms"], rec["fwd_bwd_timing"] = _time(fwd_bwd, do_bench, device)
+        if on_gpu:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fwd_bwd()
+            torch.cuda.synchronize()
+            rec["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     except torch.cuda.OutOfMemoryError:
         rec["error"] = "out of memory"
+    except Exception as e:   # one failing method is recorded, the rest of a device session still runs
+        traceback.print_exc()
+        rec["error"] = f"{type(e).__name__}: {str(e)[:500]}"
     finally:
         for t in leaves:
             t.grad = None
-        torch.cuda.empty_cache()
+        if on_gpu:
+            torch.cuda.empty_cache()
     return rec
 
 
-def _sdpa(L, device, dtype, seed):
+def _accuracy(kind, methods, args, seed):
+    """Every method's errors against the exact float64 product on the same inputs, values and gradients."""
+    exact = methods["torch_tiled"]
+    gen = torch.Generator(device=args[0].device).manual_seed(seed)
+    g = torch.randn(args[0].shape, device=args[0].device, dtype=args[0].dtype, generator=gen)
+
+    def run(fn, dtype):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in args]
+        y = fn(*leaves)
+        grads = torch.autograd.grad(y, leaves, g.to(dtype))
+        return [t.detach().double() for t in (y, *grads)]
+    ref = run(exact, torch.float64)
+    ref_abs = None
+    if kind == "cauchy":   # M > 0: M |x| is the scale of the entrywise bounds
+        with torch.no_grad():
+            ref_abs = exact(args[0].double().abs(), args[1].double(), args[2].double())
+    out = {}
+    for name, fn in methods.items():
+        try:
+            mine = run(fn, args[0].dtype)
+        except torch.cuda.OutOfMemoryError:
+            out[name] = {"error": "out of memory"}
+            continue
+        except Exception as e:
+            traceback.print_exc()
+            out[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+            continue
+        rec = {}
+        for label, a, b in zip(("y", "grad_x", "grad_q", "grad_k"), mine, ref):
+            rec[f"rel_fro_{label}"] = ((a - b).norm() / b.norm()).item()
+            rec[f"max_err_over_max_ref_{label}"] = ((a - b).abs().max() / b.abs().max()).item()
+        if ref_abs is not None:
+            rec["max_entrywise_over_M_absx_y"] = ((mine[0] - ref[0]).abs() / ref_abs).max().item()
+        out[name] = rec
+        del mine
+    return out
+
+
+def _sdpa(L, device, dtype, seed, shapes):
     import torch.nn.functional as F
     g = torch.Generator(device=device).manual_seed(seed)
-    q = torch.randn(BATCH, HEADS, L, QK_DIM, device=device, dtype=dtype, generator=g)
-    k = torch.randn(BATCH, HEADS, L, QK_DIM, device=device, dtype=dtype, generator=g)
-    v = torch.randn(BATCH, HEADS, L, HEADDIM, device=device, dtype=dtype, generator=g)
+    B, H, P, D = shapes["batch"], shapes["heads"], shapes["headdim"], shapes["qk_dim"]
+    q = torch.randn(B, H, L, D, device=device, dtype=dtype, generator=g)
+    k = torch.randn(B, H, L, D, device=device, dtype=dtype, generator=g)
+    v = torch.randn(B, H, L, P, device=device, dtype=dtype, generator=g)
     return (lambda a, b, c: F.scaled_dot_product_attention(b, c, a)), (v, q, k)
 
 
-def _targets(results):
-    """The issue's targets, read off the results (ratios of fwd+bwd medians; None where not measured)."""
+def _targets(results, lengths):
+    """The issue's targets, read off the results (ratios of medians; None where not measured), for
+    every method of ours. L = 512 / 2048 are the issue's lengths (the smoke run uses its own two)."""
     get = {(r["kind"], r["method"], r["L"]): r for r in results}
+    short, mid = (512, 2048) if 512 in lengths and 2048 in lengths else (lengths[0], lengths[-1])
 
     def ratio(a, b, key="fwd_bwd_ms"):
         ra, rb = get.get(a, {}), get.get(b, {})
         return ra[key] / rb[key] if key in ra and key in rb else None
     out = {}
     for kind in ("cauchy", "vandermonde"):
-        big = get.get((kind, "triton", max(LENGTHS)), {})
-        out[kind] = {
-            "speedup_vs_materialize_L512_fwd_bwd (target >= 20)": ratio((kind, "materialize", 512),
-                                                                         (kind, "triton", 512)),
-            "speedup_vs_materialize_L512_fwd": ratio((kind, "materialize", 512), (kind, "triton", 512), "fwd_ms"),
-            "slowdown_vs_sdpa_L2048_fwd_bwd (target <= 5)": ratio((kind, "triton", 2048), ("sdpa", "sdpa", 2048)),
-            "slowdown_vs_sdpa_L2048_fwd": ratio((kind, "triton", 2048), ("sdpa", "sdpa", 2048), "fwd_ms"),
-            f"runs_at_L{max(LENGTHS)}": "fwd_bwd_ms" in big,
-            "peak_extra_mb_by_L": {r["L"]: r.get("peak_extra_mb") for r in results
-                                   if r["kind"] == kind and r["method"] == "triton"},
-        }
+        out[kind] = {}
+        for method in sorted({r["method"] for r in results if r["kind"] == kind and r["method"] in OURS}):
+            big = get.get((kind, method, max(lengths)), {})
+            out[kind][method] = {
+                f"speedup_vs_materialize_L{short}_fwd_bwd (target >= 20)": ratio((kind, "materialize", short),
+                                                                                  (kind, method, short)),
+                f"speedup_vs_materialize_L{short}_fwd": ratio((kind, "materialize", short), (kind, method, short),
+                                                              "fwd_ms"),
+                f"slowdown_vs_sdpa_L{mid}_fwd_bwd (target <= 5)": ratio((kind, method, mid), ("sdpa", "sdpa", mid)),
+                f"slowdown_vs_sdpa_L{mid}_fwd": ratio((kind, method, mid), ("sdpa", "sdpa", mid), "fwd_ms"),
+                f"runs_at_L{max(lengths)}": "fwd_bwd_ms" in big,
+                "peak_extra_mb_by_L": {r["L"]: r.get("peak_extra_mb") for r in results
+                                       if r["kind"] == kind and r["method"] == method},
+            }
     return out
 
 
@@ -170,11 +280,13 @@ def _write(path, payload):
     os.replace(tmp, path)
 
 
-def _plot(results, path):
+def _plot(results, path, shapes):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     kinds = sorted({r["kind"] for r in results if r["kind"] != "sdpa"})
+    if not kinds:
+        return
     fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.8), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         rows = [r for r in results if r["kind"] in (kind, "sdpa")]
@@ -189,7 +301,8 @@ def _plot(results, path):
             ooms = [L for L, r in pts if "out of memory" in r.get("error", "")]
             if ooms:
                 ax.scatter(ooms, [ax.get_ylim()[1]] * len(ooms), marker="v", color=f"C{n}")
-        ax.set_title(f"{kind}: B={BATCH}, H={HEADS}, P={HEADDIM}, d={QK_DIM}, bf16 (v = out of memory)")
+        ax.set_title(f"{kind}: B={shapes['batch']}, H={shapes['heads']}, P={shapes['headdim']}, "
+                     f"d={shapes['qk_dim']}, bf16 (v = out of memory)")
         ax.set_xlabel("sequence length L")
         ax.set_ylabel("time [ms]")
         ax.grid(True, which="both", alpha=0.3)
@@ -199,103 +312,142 @@ def _plot(results, path):
     plt.close(fig)
 
 
-def run(device="cuda", out="results/bench", quick=False, kinds=KINDS) -> list[str]:
-    """Run the benchmark on ``device`` (CUDA only) and write JSON + PNG into ``out``; return their paths.
+def _expsum_features(args, eps):
+    """Features per term the expansion kernel uses on these inputs (the node count for eps and their R)."""
+    from kernels.cauchy import expsum_feature_count
+    from structured.cauchy import _node_scaling, exp_sum_nodes
+    _, q, k = args
+    _, R = _node_scaling(q.float(), k.float())
+    return expsum_feature_count(len(exp_sum_nodes(eps, R)[0]))
+
+
+def _kernel_configs(kind, method, L):
+    """The autotuner's choices for our kernels at this L (None below the autotuning length)."""
+    from kernels import _matfree_tiled as _matfree
+    if method == "triton" and L >= _matfree.AUTOTUNE_MIN_LENGTH:
+        return {role: str(getattr(_matfree._tuned(f"{kind}_matmul", role), "best_config", None))
+                for role in ("fwd", "cols", "rows")}
+    if method.startswith("expsum_triton"):
+        from kernels import cauchy as kc
+        if L >= kc.EXPSUM_AUTOTUNE_MIN_LENGTH:
+            return {role: str(getattr(kc._expsum_tuned(role), "best_config", None)) for role in ("reduce", "rows")}
+    return None
+
+
+def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=False) -> list[str]:
+    """Run the benchmark on ``device`` and write JSON + PNG into ``out``; return their paths.
 
     ``kinds``: a subset of ``KINDS``. If ``out`` already holds a ``kernels_matfree.json``, its results for
     the kinds not run now are kept (so a benchmark can be completed in several device sessions).
+    ``smoke``: tiny shapes and lengths (``SMOKE_SHAPES``, ``SMOKE_LENGTHS``), the only mode allowed on
+    the CPU (kernels in Triton's interpreter, which must be enabled before triton is imported:
+    :func:`main` does it).
     """
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise ValueError(f"kinds must be a subset of {KINDS}, got {tuple(kinds)}")
-    if not str(device).startswith("cuda"):
-        raise ValueError(f"device must be a CUDA device for the kernel benchmark, got {device!r}")
-    if not torch.cuda.is_available():
+    on_gpu = str(device).startswith("cuda")
+    if not on_gpu and not (smoke and str(device) == "cpu"):
+        raise ValueError(f"device must be a CUDA device, or 'cpu' with smoke=True (a check of the script), "
+                         f"got {device!r} with smoke={smoke}")
+    if on_gpu and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch.cuda.is_available() is False")
+    if not on_gpu and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("a CPU smoke run needs TRITON_INTERPRET=1 set before triton is imported "
+                         "(python -m benchmarks.kernels_matfree --device cpu --smoke sets it)")
     import triton
-    from triton.testing import do_bench
-
-    from kernels import _matfree_tiled as _matfree
+    do_bench = None
+    if on_gpu:
+        from triton.testing import do_bench
 
     os.makedirs(out, exist_ok=True)
     json_path = os.path.join(out, "kernels_matfree.json")
     png_path = os.path.join(out, "kernels_matfree.png")
     dtype = torch.bfloat16
-    lengths = QUICK_LENGTHS if quick else LENGTHS
-    props = torch.cuda.get_device_properties(device)
+    shapes = SMOKE_SHAPES if smoke else SHAPES
+    lengths = SMOKE_LENGTHS if smoke else (QUICK_LENGTHS if quick else LENGTHS)
+    props = torch.cuda.get_device_properties(device) if on_gpu else None
     payload = {
         "benchmark": "matrix-free Cauchy / Vandermonde products vs peers",
         "command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks.kernels_matfree"] + sys.argv[1:]),
-        "device": props.name, "multiprocessors": props.multi_processor_count,
+        "device": props.name if on_gpu else f"cpu ({platform.processor() or platform.machine()}), Triton interpreter",
+        "multiprocessors": props.multi_processor_count if on_gpu else None,
+        "smoke": smoke,
         "versions": {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
                      "python": platform.python_version()},
-        "shapes": {"batch": BATCH, "heads": HEADS, "headdim": HEADDIM, "qk_dim": QK_DIM, "dtype": "bfloat16",
-                   "vandermonde_scale": VANDERMONDE_SCALE, "cauchy_c": 0.0},
+        "shapes": {**shapes, "dtype": "bfloat16", "vandermonde_scale": VANDERMONDE_SCALE, "cauchy_c": 0.0},
         "timing": "triton.testing.do_bench median (warmup 25 ms, rep 100 ms); one synchronized run when a "
                   f"call exceeds {SINGLE_SHOT_S} s; peak_extra_mb = max_memory_allocated during one fwd+bwd "
-                  "minus the inputs",
+                  "minus the inputs" if on_gpu else "wall-clock median of 3 runs (CPU smoke run: not performance data)",
         "results": [],
     }
     if os.path.exists(json_path):
         with open(json_path) as f:
             old = json.load(f)
-        payload["results"] = [r for r in old.get("results", []) if r["kind"] not in kinds]
-        payload["accuracy_vs_float64"] = {k: v for k, v in old.get("accuracy_vs_float64", {}).items()
-                                          if k not in kinds}
-        payload["earlier_commands"] = old.get("earlier_commands", []) + [old.get("command")]
+        if bool(old.get("smoke", False)) == smoke:
+            payload["results"] = [r for r in old.get("results", []) if r["kind"] not in kinds]
+            payload["accuracy_vs_float64"] = {k: v for k, v in old.get("accuracy_vs_float64", {}).items()
+                                              if k not in kinds}
+            payload["earlier_commands"] = old.get("earlier_commands", []) + [old.get("command")]
     results = payload["results"]
     for kind in [k for k in ("cauchy", "vandermonde") if k in kinds]:
         methods = _methods(kind)
         given_up = {}
         for L in lengths:
-            args = _inputs(kind, L, device, dtype, seed=L)
+            args = _inputs(kind, L, device, dtype, seed=L, shapes=shapes)
             for name, fn in methods.items():
                 rec = {"kind": kind, "method": name, "L": L}
                 if name in given_up:
                     rec["error"] = given_up[name]
                 else:
-                    rec.update(_measure(fn, args, do_bench))
+                    rec.update(_measure(fn, args, do_bench, device))
                     slowest = max(rec.get("fwd_ms", 0), rec.get("fwd_bwd_ms", 0))
-                    if 4 * slowest > 1e3 * GIVE_UP_S and name != "triton":   # ours runs at every L
+                    if 4 * slowest > 1e3 * GIVE_UP_S and name not in OURS and on_gpu:
                         given_up[name] = f"not run: predicted > {GIVE_UP_S} s from {slowest:.0f} ms at L={L}"
                     if rec.get("error") == "out of memory":
                         given_up[name] = f"not run: out of memory at L={L}"
-                if name == "triton" and L >= _matfree.AUTOTUNE_MIN_LENGTH:
-                    rec["configs"] = {role: str(getattr(_matfree._tuned(f"{kind}_matmul", role), "best_config", None))
-                                      for role in ("fwd", "cols", "rows")}
-                if name == "triton" and "fwd_ms" in rec:
-                    evals = BATCH * HEADS * L * L * QK_DIM * (1 if kind == "cauchy" else 2)
+                configs = _kernel_configs(kind, name, L) if on_gpu else None
+                if configs:
+                    rec["configs"] = configs
+                if name.startswith("expsum_triton"):
+                    F = _expsum_features(args, 1e-3 if name.endswith("eps1e-3") else 1e-6)
+                    rec["features_per_term"] = F
+                    if "fwd_ms" in rec:   # two GEMM launches of 2 L d F P flops per batch element
+                        flops = 4 * shapes["batch"] * shapes["heads"] * L * shapes["qk_dim"] * F * shapes["headdim"]
+                        rec["tensor_tflops_fwd"] = flops / (rec["fwd_ms"] * 1e-3) / 1e12
+                if name == "triton" and "fwd_ms" in rec and on_gpu:
+                    evals = (shapes["batch"] * shapes["heads"] * L * L * shapes["qk_dim"]
+                             * (1 if kind == "cauchy" else 2))
                     rec["special_fn_evals_per_s_fwd"] = evals / (rec["fwd_ms"] * 1e-3)
                     rec["fraction_of_mufu_peak_fwd"] = rec["special_fn_evals_per_s_fwd"] / (
                         16 * props.multi_processor_count * H100_SXM_BOOST_HZ)
                 results.append(rec)
                 print(json.dumps(rec), flush=True)
                 _write(json_path, payload)
-            if L == lengths[0]:   # one accuracy check per kind against the exact torch path (same inputs)
-                with torch.no_grad():
-                    ref = methods["torch_tiled"](*(t.double() for t in args))
-                    mine = methods["triton"](*args).double()
-                payload.setdefault("accuracy_vs_float64", {})[kind] = {
-                    "L": L, "rel_fro_error": ((mine - ref).norm() / ref.norm()).item()}
+            if L == lengths[0]:   # one accuracy check per kind, every method, against float64 (same inputs)
+                payload.setdefault("accuracy_vs_float64", {})[kind] = {"L": L, **_accuracy(kind, methods, args, L)}
+                print(json.dumps(payload["accuracy_vs_float64"][kind]), flush=True)
+                _write(json_path, payload)
             del args
-            torch.cuda.empty_cache()
+            if on_gpu:
+                torch.cuda.empty_cache()
     for L in (lengths if "sdpa" in kinds else []):
-        fn, args = _sdpa(L, device, dtype, seed=L)
-        rec = {"kind": "sdpa", "method": "sdpa", "L": L, **_measure(fn, args, do_bench)}
+        fn, args = _sdpa(L, device, dtype, seed=L, shapes=shapes)
+        rec = {"kind": "sdpa", "method": "sdpa", "L": L, **_measure(fn, args, do_bench, device)}
         results.append(rec)
         print(json.dumps(rec), flush=True)
-    payload["targets"] = _targets(results)
+    payload["targets"] = _targets(results, lengths)
     _write(json_path, payload)
-    _plot(results, png_path)
+    _plot(results, png_path, shapes)
     _print_table(results)
     return [json_path, png_path]
 
 
 def _print_table(results):
     fmt = lambda r, key: (f"{r[key]:.3g}" if key in r else r.get("error", "-")[:12])
-    print(f"{'kind':12s} {'method':13s} {'L':>6s} {'fwd ms':>12s} {'fwd+bwd ms':>12s} {'peak MB':>12s}")
+    print(f"{'kind':12s} {'method':22s} {'L':>6s} {'fwd ms':>12s} {'fwd+bwd ms':>12s} {'peak MB':>12s}")
     for r in results:
-        print(f"{r['kind']:12s} {r['method']:13s} {r['L']:6d} {fmt(r, 'fwd_ms'):>12s} {fmt(r, 'fwd_bwd_ms'):>12s} "
+        print(f"{r['kind']:12s} {r['method']:22s} {r['L']:6d} {fmt(r, 'fwd_ms'):>12s} {fmt(r, 'fwd_bwd_ms'):>12s} "
               f"{fmt(r, 'peak_extra_mb'):>12s}")
 
 
@@ -304,9 +456,13 @@ def main(argv=None):
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="results/bench")
     p.add_argument("--quick", action="store_true", help=f"only L in {QUICK_LENGTHS}")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"tiny shapes {SMOKE_SHAPES}, L in {SMOKE_LENGTHS}: checks the script (also on --device cpu)")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {KINDS}")
     a = p.parse_args(argv)
-    for path in run(a.device, a.out, a.quick, tuple(k for k in a.kinds.split(",") if k)):
+    if a.device == "cpu" and a.smoke and "triton" not in sys.modules:
+        os.environ.setdefault("TRITON_INTERPRET", "1")   # before triton is imported
+    for path in run(a.device, a.out, a.quick, tuple(k for k in a.kinds.split(",") if k), smoke=a.smoke):
         print(path)
 
 

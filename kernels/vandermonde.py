@@ -26,8 +26,18 @@ except ImportError:  # pragma: no cover - older triton
 
 @triton.jit
 def _reduce_turns(t):
-    # t minus the nearest integer: the same point on the circle, in [-1/2, 1/2]
-    return t - tl.floor(t + 0.5)
+    # t minus an integer n nearest to it: the same point on the circle, in [-1/2, 1/2]
+    if t.dtype == tl.float32:
+        # n from full-rate adds instead of floor (FRND is a conversion, a quarter of the FMA rate on
+        # sm_80/90 like the cosines, and the SASS of the tiles had one FRND per MUFU.COS). With
+        # b = sign(t) 1.5 2^23 (0x4B400000 with t's sign bit) and |t| < 2^22, t + b lies where the
+        # float32 spacing is 1, so the add rounds t to the nearest integer and subtracting b back is
+        # exact (|r| <= 1/2); for larger |t| the spacing there is >= 1, so n is still an integer
+        # (|r| <= 1) and cos(2 pi (t - n)) = cos(2 pi t) for every t.
+        b = ((t.to(tl.uint32, bitcast=True) & 0x80000000) | 0x4B400000).to(tl.float32, bitcast=True)
+        return t - ((t + b) - b)
+    else:
+        return t - tl.floor(t + 0.5)
 
 
 @triton.jit
@@ -106,7 +116,10 @@ def vandermonde_matmul(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale=
     kernels in float64 with accurate cosines. Cost per batch element: 2 L^2 d cosines (4 L^2 d
     sines/cosines in the backward pass) and 2 L^2 P multiply-adds per pass; memory O(L (P + d)).
     Measured on an H100 (``results/bench/kernels_matfree.json``): bf16, B=8, H=12, P=128, d=16,
-    L=2048: 8.3 ms forward, 25.7 ms forward+backward (bound by the hardware sine/cosine unit).
+    L=2048: 8.3 ms forward, 25.7 ms forward+backward, bound by the quarter-rate pipe that runs the
+    sines/cosines *and* the floor of the turn reduction (one FRND per MUFU op in the SASS); the
+    reduction now uses two full-rate adds instead (:func:`_reduce_turns`), which halves that pipe's
+    instruction count (sm_90 SASS: 1.0 instead of 2.0 quarter-rate ops per cosine) -- re-measure.
     Backward: ``dx = M^T g``, ``dq_id = -2 pi s sum_j (g_i . x_j) j sin(2 pi s q_id j)``,
     ``dk_jd = 2 pi s sum_i (g_i . x_j) i sin(2 pi s k_jd i)``.
     Reference: FlashAttention's tiling (Dao et al. 2022, arXiv 2205.14135); the NUFFT (type 1/2) view

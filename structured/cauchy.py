@@ -42,6 +42,16 @@ Fast products (none builds an L x L tensor)
     sqrt of that). The gradients are exact derivatives of the expansion, whose derivative kernel obeys the
     same eps bound, so autograd through ``U (V^T x)`` is both correct and accurate. Default eps:
     1e-13 in float64, 1e-6 in float32 (the fp32 summation floor is ~sqrt(M) 2^-24).
+    Range: positive nodes (validated, or the mixer's exp/softplus) put every ``z`` in ``[1, R]`` with a finite
+    R, and the quadrature meets eps for *every* R (M grows only like ln R), so the exact ``tiled`` path is
+    needed only where it is cheaper (short L, see "Choosing") or asked for; a non-positive denominator raises.
+    **GPU path**: on CUDA with Triton (:func:`kernels.enabled`) the same expansion runs as fused kernels
+    (``kernels.cauchy.cauchy_expsum_product``): ``U = Phi(xn/a) diag(1/a)``, ``V = Phi(yn/a)`` with
+    ``Phi_im = sqrt(w_m) e^{-tau_m t_i}`` are recomputed in registers in every pass (never stored; memory
+    O(L (P + D) + D M P)), and M is rounded up to a power of two by a finer step h (:func:`exp_sum_nodes`,
+    ``min_count``), which keeps the bound. bfloat16 x runs on the tensor cores in bfloat16 (features and
+    ``V^T x`` rounded to it, all factors positive), adding ``3 u_bf16 (|M||x|)`` (``u_bf16 = 2^-8``) to the
+    rounding term above; float16 x runs in float32; accumulation is float32 (float64 for float64).
     The rank D*M is a few times larger than the optimal (Zolotarev) rank of a positive Cauchy matrix,
     ``~ ln(4/eps) ln(4R) / pi^2`` (Beckermann & Townsend, "Bounds on the singular values of matrices
     with displacement structure", SIAM Review 61(2), 2019), because trapezoid accuracy is entrywise
@@ -56,11 +66,14 @@ Fast products (none builds an L x L tensor)
     Rounding: componentwise backward-stable like a dense product, |y_hat - y| <= gamma_{L+D} (|M||x|).
     On CUDA with Triton, this path dispatches to ``kernels.cauchy_matmul`` (see :mod:`kernels`).
 
-Choosing (``method_fast="auto"``): cost per batch element (in multiply-add units; constants fitted
-on a 2-core CPU in float32, where both paths then cost ~0.4 ns per unit) ``expsum ~ L r (2P + 12)``
-with r = D M vs. ``tiled ~ L^2 (8 D + 2P)``; auto takes the smaller. The crossover is
-``L* ~= r (2P + 12) / (8D + 2P)``: P = 64, R ~ 10 and the default eps give, in float32 (M ~ 46),
-L* ~= 90 for D = 2 and ~= 400 for the paper's D = 16; in float64 (M ~ 141, D = 16) L* ~= 1200.
+Choosing (``method_fast="auto"``): cost per batch element, with constants per backend
+(:data:`COST_MODELS`). torch (multiply-add units, fitted on a 2-core CPU in float32, where both paths
+then cost ~0.4 ns per unit): ``expsum ~ L r (2P + 12)`` with r = D M vs. ``tiled ~ L^2 (8 D + 2P)``; auto
+takes the smaller. The crossover is ``L* ~= r (2P + 12) / (8D + 2P)``: P = 64, R ~ 10 and the default eps
+give, in float32 (M ~ 46), L* ~= 90 for D = 2 and ~= 400 for the paper's D = 16; in float64 (M ~ 141,
+D = 16) L* ~= 1200. triton (GPU kernels; tensor-core flop units, calibrated on the H100 timings of the
+exact kernel, the expansion's constants estimated from its GEMM and exponential counts):
+``expsum ~ L r (12 P + 400)`` vs. ``tiled ~ L^2 (700 D + 6 P)``: L* ~= 80 to 170 at D = 16, P = 128.
 Measured speed-ups of the fast path over ``to_dense() @ x`` are in ``results/bench/structured-cpu.json``
 (``mixerzoo bench structured --device cpu --out results/bench --threads 1``; about 33x at L = 4096 with
 the ``random()`` instances). :meth:`Cauchy.plan` reports the decision.
@@ -95,9 +108,26 @@ FAST_METHODS = ("auto", "expsum", "tiled")
 DEFAULT_EPS = {torch.float64: 1e-13, torch.float32: 1e-6}
 #: Accepted range of ``eps`` (below 1e-15 float64 rounding dominates; above 0.1 it is not an approximation).
 EPS_RANGE = (1e-15, 0.1)
-# Cost constants (multiply-add units) of the cost model in the module docstring.
-_COST_EXPSUM_ENTRY = 12.0     # one exp + scale per entry of U and of V
-_COST_TILED_TERM = 8.0        # one add + reciprocal + accumulate per (i, j, d)
+
+
+class CostModel(NamedTuple):
+    """Constants of the ``method_fast="auto"`` rule (per batch element; only ratios matter):
+    ``expsum ~ L r (expsum_rhs P + expsum_feature)`` with r = D M, ``tiled ~ L^2 (tiled_term D + tiled_rhs P)``."""
+
+    expsum_feature: float   # per (row, feature): the exponentials of U and V and their scaling
+    expsum_rhs: float       # per (row, feature, right-hand side): the two GEMMs
+    tiled_term: float       # per (i, j, d): add, reciprocal, accumulate
+    tiled_rhs: float        # per (i, j, right-hand side)
+
+
+#: Cost models by backend (module docstring, "Choosing"): "torch" fitted on a 2-core CPU in float32
+#: (multiply-add units); "triton" for the GPU kernels in tensor-core flop units, one exponential or
+#: reciprocal counted as 100 (the H100's bf16 matmul rate over its special-function rate), with
+#: fwd+bwd passes: tiled = 1.5 D reciprocal-equivalents per entry at the measured ~25% of that rate
+#: (12.1 ms at L = 2048, B*H = 96, D = 16, P = 128 in ``results/bench/kernels_matfree.json``) plus 6 P,
+#: expsum = 4 exponentials and 12 P flops per (row, feature). Refit both from the benchmark JSON.
+COST_MODELS = {"torch": CostModel(expsum_feature=12.0, expsum_rhs=2.0, tiled_term=8.0, tiled_rhs=2.0),
+               "triton": CostModel(expsum_feature=400.0, expsum_rhs=12.0, tiled_term=700.0, tiled_rhs=6.0)}
 
 
 def _check_eps(eps) -> float | None:
@@ -114,24 +144,30 @@ def _check_eps(eps) -> float | None:
 # Exponential sums for 1/z on [1, R]
 # --------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=512)
-def _trapezoid_nodes_cached(eps: float, log2_r: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _trapezoid_nodes_cached(eps: float, log2_r: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     R = 2.0 ** log2_r
     h = math.pi ** 2 / math.log(1000.0 / eps)
     s_lo = math.log(eps / (4.0 * R))
     s_hi = math.log(math.log(4.0 / eps)) + 0.5
     n = int(math.ceil((s_hi - s_lo) / h)) + 1
+    if count > n:
+        # the same interval [s_lo, s_hi] with a finer step: tails unchanged, discretization error smaller
+        n, h = count, (s_hi - s_lo) / (count - 1)
     s = s_lo + h * torch.arange(n, dtype=torch.float64)
     tau = torch.exp(s)
     return tau, h * tau
 
 
-def exp_sum_nodes(eps: float, R: float) -> tuple[torch.Tensor, torch.Tensor]:
+def exp_sum_nodes(eps: float, R: float, min_count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exponents ``tau`` and weights ``w`` (float64, shape ``(M,)``) with
     ``|z sum_m w_m exp(-tau_m z) - 1| <= eps`` and ``|z^2 sum_m w_m tau_m exp(-tau_m z) - 1| <= eps``
     for every z in [1, R] (trapezoid rule on ``1/z = int e^s exp(-e^s z) ds``; DLMF 3.5(i)).
 
     R is rounded up to a power of two (so node sets are cached and reused across batches).
-    M grows like ``ln(4R/eps) ln(1000/eps) / pi^2``.
+    M grows like ``ln(4R/eps) ln(1000/eps) / pi^2``. ``min_count``: at least this many nodes; when it
+    exceeds the minimal M, ``min_count`` nodes spread over the same interval (a smaller step h: the tails
+    are unchanged and the discretization error only shrinks, so the same bound holds). The GPU kernels
+    ask for a power of two this way instead of padding with zero weights.
     """
     eps = _check_eps(eps)
     if eps is None:
@@ -140,18 +176,28 @@ def exp_sum_nodes(eps: float, R: float) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(R, (int, float)) and math.isfinite(R) and R >= 1.0):
         raise ValueError(f"R must be a finite number >= 1 (the ratio of the largest to the smallest "
                          f"denominator), got {R!r}")
-    return _trapezoid_nodes_cached(eps, max(0, math.ceil(math.log2(R) - 1e-12)))
+    if min_count is not None and (isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1):
+        raise ValueError(f"min_count must be None or a positive int (number of nodes), got {min_count!r}")
+    return _trapezoid_nodes_cached(eps, max(0, math.ceil(math.log2(R) - 1e-12)), min_count or 0)
 
 
 def _node_scaling(xn: torch.Tensor, yn: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Per (batch, term) scaling ``a`` (shape ``(*batch, 1, D)``, detached) and the worst ratio R."""
+    """Per (batch, term) scaling ``a`` (shape ``(*batch, 1, D)``, detached, in the compute dtype) and the
+    worst ratio R."""
     xn, yn = xn.detach(), yn.detach()
-    lo = xn.amin(-2, keepdim=True) + yn.amin(-2, keepdim=True)
-    hi = xn.amax(-2, keepdim=True) + yn.amax(-2, keepdim=True)
-    if lo.numel() and not bool((lo > 0).all()):
+    if not xn.numel():
+        return xn.sum(-2, keepdim=True), 1.0
+    # extremes are exact in any dtype; their sums are formed in the compute dtype (float32 for halves),
+    # so a = min x + min y is not rounded up past the smallest denominator by a bf16 addition
+    cd = compute_dtype(torch.promote_types(xn.dtype, yn.dtype))
+    x_lo, x_hi = torch.aminmax(xn, dim=-2, keepdim=True)
+    y_lo, y_hi = torch.aminmax(yn, dim=-2, keepdim=True)
+    lo, hi = x_lo.to(cd) + y_lo.to(cd), x_hi.to(cd) + y_hi.to(cd)
+    # one device synchronization for both numbers (the node count depends on R)
+    lo_min, R = torch.stack([lo.amin().double(), (hi.double() / lo.double()).amax()]).tolist()
+    if not lo_min > 0:
         raise ValueError(f"the exponential-sum path needs positive denominators q + c + k (Cauchy(validate=False) "
-                         f"skipped the check); got min(q + c) + min(k) = {float(lo.min()):.6g}")
-    R = float((hi.double() / lo.double()).max()) if lo.numel() else 1.0
+                         f"skipped the check); got min(q + c) + min(k) = {lo_min:.6g}")
     return lo, max(R, 1.0)
 
 
@@ -163,15 +209,35 @@ def cauchy_matmul_expsum(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.
     or 0-dim tensor; batch dims broadcast. Returns ``(*batch, L, P)`` in x's dtype. Error bound (module
     docstring): ``|y_hat - y| <= eps (|M||x|) + rounding``, entrywise, and likewise for the gradients with
     respect to x, q, k, c (autograd through the expansion). Cost O(D M L P), M = number of nodes.
+    On CUDA with Triton (:func:`kernels.enabled`) the expansion runs as fused feature-map kernels
+    (``kernels.cauchy.cauchy_expsum_product``: the same expansion with M rounded up to a power of two
+    by a finer step, no ``(L, D M)`` factor ever stored), else as the torch GEMMs ``U (V^T x)``.
     """
     eps = _check_eps(eps)
     if eps is None:
         eps = DEFAULT_EPS.get(x.dtype, DEFAULT_EPS[torch.float32])
     x, q, k = expand_matrices(x, q, k)
-    xn, yn = q + c, k
+    xn, yn = (q, k) if isinstance(c, float) and c == 0.0 else (q + c, k)
     a, R = _node_scaling(xn, yn)
-    tau, w = exp_sum_nodes(eps, R)
-    return _expsum_product(x, xn, yn, a, tau.to(x.device, x.dtype), w.to(x.device, x.dtype))
+    kc = _expsum_kernels(x)
+    tau, w = exp_sum_nodes(eps, R, _kernel_node_count(kc, eps, R))
+    if kc is not None:
+        return kc.cauchy_expsum_product(x, xn, yn, a, tau, w)
+    return _expsum_product(x, xn, yn, a.to(xn.dtype), tau.to(x.device, x.dtype), w.to(x.device, x.dtype))
+
+
+def _expsum_kernels(t: torch.Tensor):
+    """``kernels.cauchy`` if products on ``t`` run the Triton kernels (:func:`kernels.enabled`), else None."""
+    import kernels
+    if not kernels.enabled(t):
+        return None
+    from kernels import cauchy as kc
+    return kc
+
+
+def _kernel_node_count(kc, eps: float, R: float) -> int | None:
+    # the kernels evaluate a power of two of features per term: ask for that many nodes (a finer step)
+    return None if kc is None else kc.expsum_feature_count(len(exp_sum_nodes(eps, R)[0]))
 
 
 def _expsum_product(x, xn, yn, a, tau, w):
@@ -256,8 +322,9 @@ class CauchyPlan(NamedTuple):
     R: float             # worst denominator ratio max/min over the batch and terms (nan if tiled is forced)
     n_nodes: int         # exponential-sum nodes per term (M; 0 if tiled is forced)
     rank: int            # D * M
-    cost_expsum: float   # model cost per batch element (multiply-add units)
+    cost_expsum: float   # model cost per batch element (units of COST_MODELS[backend])
     cost_tiled: float
+    backend: str = "torch"   # "triton" when the product runs the GPU kernels (kernels.enabled), else "torch"
 
 
 def _check_c(c):
@@ -345,23 +412,29 @@ class Cauchy(StructuredMatrix):
 
     def plan(self, P: int = 1, dtype: torch.dtype | None = None) -> CauchyPlan:
         """The method ``matmul`` uses for ``P`` right-hand sides in ``dtype`` (default: the parameters'
-        compute dtype), with the quantities the cost model compares."""
+        compute dtype), with the quantities the cost model compares. The backend (Triton kernels or torch,
+        by :func:`kernels.enabled` on the parameters' device) picks the cost model and, for the kernels,
+        the node count (a power of two, see :func:`exp_sum_nodes`)."""
         dtype = compute_dtype(self.dtype if dtype is None else dtype)
         L, D = self.length, self.order
-        cost_tiled = float(L) * L * (_COST_TILED_TERM * D + 2.0 * P)
+        kc = _expsum_kernels(self.q)
+        backend = "torch" if kc is None else "triton"
+        cm = COST_MODELS[backend]
+        cost_tiled = float(L) * L * (cm.tiled_term * D + cm.tiled_rhs * P)
         if self.method_fast == "tiled":
-            return CauchyPlan("tiled", 0.0, math.nan, 0, 0, math.nan, cost_tiled)
+            return CauchyPlan("tiled", 0.0, math.nan, 0, 0, math.nan, cost_tiled, backend)
         eps = self._eps_for(dtype)
         xn, yn = self._nodes(dtype)
         _, R = _node_scaling(xn, yn)
-        n_nodes = len(exp_sum_nodes(eps, R)[0])
+        n_nodes = len(exp_sum_nodes(eps, R, _kernel_node_count(kc, eps, R))[0])
         rank = D * n_nodes
-        cost_expsum = L * rank * (2.0 * P + _COST_EXPSUM_ENTRY)
+        cost_expsum = L * rank * (cm.expsum_rhs * P + cm.expsum_feature)
         if self.method_fast == "auto":
             method = "expsum" if cost_expsum < cost_tiled else "tiled"
         else:
             method = self.method_fast
-        return CauchyPlan(method, eps if method == "expsum" else 0.0, R, n_nodes, rank, cost_expsum, cost_tiled)
+        return CauchyPlan(method, eps if method == "expsum" else 0.0, R, n_nodes, rank, cost_expsum, cost_tiled,
+                          backend)
 
     # --------------------------------------------------------------------------------- interface
     def to_dense(self) -> torch.Tensor:
@@ -414,4 +487,5 @@ class Cauchy(StructuredMatrix):
         return cls(q.to(dtype=dtype, device=device), k.to(dtype=dtype, device=device))
 
 
-__all__ = ["Cauchy", "CauchyPlan", "cauchy_dense", "cauchy_matmul_expsum", "cauchy_matmul_tiled", "exp_sum_nodes"]
+__all__ = ["COST_MODELS", "Cauchy", "CauchyPlan", "CostModel", "cauchy_dense", "cauchy_matmul_expsum",
+           "cauchy_matmul_tiled", "exp_sum_nodes"]

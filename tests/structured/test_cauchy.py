@@ -62,6 +62,26 @@ def test_exp_sum_nodes_entrywise_bound(eps, R):
     assert der_err <= eps + slack, (der_err, eps)
 
 
+@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-13])
+@pytest.mark.parametrize("R", [1.0, 40.0, 1e6])
+def test_exp_sum_nodes_min_count_keeps_the_bound(eps, R):
+    """More nodes over the same interval (what the GPU kernels ask for) still meet eps, and are used."""
+    n0 = len(exp_sum_nodes(eps, R)[0])
+    for count in (n0 - 1, n0 + 1, 2 * n0 + 3):
+        tau, w = exp_sum_nodes(eps, R, min_count=count)
+        assert len(tau) == max(n0, count)
+        z = torch.exp(torch.linspace(0.0, math.log(R), 2001, dtype=F64))
+        E = torch.exp(-z[:, None] * tau[None, :])
+        assert (z * (E @ w) - 1).abs().max().item() <= eps + 3e-15
+        assert (z ** 2 * (E @ (w * tau)) - 1).abs().max().item() <= eps + 3e-15
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "16"])
+def test_exp_sum_nodes_bad_min_count(bad):
+    with pytest.raises(ValueError, match="min_count must be"):
+        exp_sum_nodes(1e-6, 10.0, bad)
+
+
 def test_exp_sum_nodes_count_grows_logarithmically():
     n = [len(exp_sum_nodes(1e-6, R)[0]) for R in (1.0, 1e2, 1e4, 1e8)]
     assert n == sorted(n) and n[-1] - n[0] < 60  # ~ ln(R) ln(1000/eps)/pi^2 extra nodes
@@ -299,6 +319,13 @@ def test_auto_choice_follows_cost():
     assert long.plan(64, torch.float64).n_nodes > p.n_nodes
 
 
+def test_plan_backend_on_cpu():
+    M = Cauchy.random(64, order=2, dtype=torch.float32, generator=gen(17))
+    p = Cauchy(M.q, M.k, method_fast="expsum").plan(8)
+    assert p.backend == "torch" and p.n_nodes == len(exp_sum_nodes(p.eps, p.R)[0])
+    assert Cauchy(M.q, M.k, method_fast="tiled").plan(8).backend == "torch"
+
+
 def test_kernel_dispatch_hook(monkeypatch):
     g = gen(16)
     L = 6
@@ -316,8 +343,22 @@ def test_kernel_dispatch_hook(monkeypatch):
     y = Cauchy(q, k, c=0.5, method_fast="tiled").matmul(x)
     # the shift reaches the kernel folded into the row nodes (q + c), as on every other path
     assert calls == [((3, L, 4), (3, L, 2), (3, L, 2), torch.float32, 0.0)] and (y == 0).all()
-    Cauchy(q, k, method_fast="expsum").matmul(x)                 # the expansion is GEMMs: no kernel
     assert len(calls) == 1
+
+    # the expansion goes to the fused feature-map kernel, with a power-of-two node count (finer step)
+    import kernels.cauchy as kc
+    expsum_calls = []
+
+    def fake_expsum(x_, xn_, yn_, a_, tau_, w_):
+        expsum_calls.append(len(tau_))
+        assert torch.equal(xn_, q.expand(3, L, 2)) and torch.equal(yn_, k.expand(3, L, 2)) and a_.shape == (3, 1, 2)
+        return torch.ones_like(x_)
+
+    monkeypatch.setattr(kc, "cauchy_expsum_product", fake_expsum)
+    M = Cauchy(q, k, method_fast="expsum")
+    plan = M.plan(4)
+    assert plan.backend == "triton" and plan.n_nodes == kc.expsum_feature_count(plan.n_nodes)
+    assert (M.matmul(x) == 1).all() and expsum_calls == [plan.n_nodes] and len(calls) == 1
 
 
 # ------------------------------------------------------------------------------ validation
