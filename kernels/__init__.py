@@ -13,7 +13,8 @@ and return ``(*batch, L, P)`` in the dtype of ``x``, accumulating in float32 or 
 
 * :func:`semiseparable_matmul` (causal SSD), :func:`quasiseparable_matmul` (fused bidirectional Hydra
   scan) -- ``kernels/ssd.py``
-* :func:`cauchy_matmul` -- ``kernels/cauchy.py``; :func:`vandermonde_matmul` -- ``kernels/vandermonde.py``
+* :func:`cauchy_matmul` (exact, tiled) and :func:`cauchy_expsum_product` (exponential-sum expansion with a stated
+  bound) -- ``kernels/cauchy.py``; :func:`vandermonde_matmul` -- ``kernels/vandermonde.py``
 """
 from __future__ import annotations
 
@@ -72,6 +73,11 @@ def quasiseparable_matmul(*args, **kwargs):
 
 def cauchy_matmul(*args, **kwargs):
     from .cauchy import cauchy_matmul as f
+    return f(*args, **kwargs)
+
+
+def cauchy_expsum_product(*args, **kwargs):
+    from .cauchy import cauchy_expsum_product as f
     return f(*args, **kwargs)
 
 
