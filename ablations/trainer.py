@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .config import OptimConfig, StageConfig
+from .tasks.base import IGNORE_INDEX
 
 
 class TrainingFailed(RuntimeError):
@@ -356,6 +357,7 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
     first_bad_loss = torch.full((), -1, dtype=torch.int64, device=device)
     first_bad_grad = torch.full((), -1, dtype=torch.int64, device=device)
     loss_n, t0 = 0, time.perf_counter()
+    selected_only = task.kind == "token" and getattr(model, "predicts_selected", False)
 
     def raise_if_nonfinite():
         bad_loss, bad_grad = int(first_bad_loss), int(first_bad_grad)
@@ -370,8 +372,15 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
             batch = shard_batch(batch, rank, world)
         batch = _to_device(batch, device)
         with ctx():
-            logits = train_model(batch["input_ids"], batch["attention_mask"])
-            loss = task.loss(logits, batch)
+            if selected_only:
+                # Only the scored positions go through the vocabulary head: the same loss (the mean over
+                # the positions whose label is not IGNORE_INDEX), a fraction of the work for masked LM.
+                keep = batch["labels"] != IGNORE_INDEX
+                logits = train_model(batch["input_ids"], batch["attention_mask"], positions=keep)
+                loss = task.loss(logits[None], {**batch, "labels": batch["labels"][keep][None]})
+            else:
+                logits = train_model(batch["input_ids"], batch["attention_mask"])
+                loss = task.loss(logits, batch)
         finite = torch.isfinite(loss.detach()).to(torch.float32)
         if distributed:  # every rank sees the same flags, so all of them stop at the same check
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)

@@ -100,7 +100,15 @@ class MixerEncoder(nn.Module):
 
 class MixerForMaskedLM(nn.Module):
     """Masked-LM head on a :class:`MixerEncoder`: dense + GELU + LayerNorm, then a decoder tied to the
-    token embeddings (plus a bias). forward(input_ids, attention_mask=None) -> logits (B, L, vocab)."""
+    token embeddings (plus a bias). forward(input_ids, attention_mask=None) -> logits (B, L, vocab).
+
+    ``forward(..., positions=m)`` with a boolean ``(B, L)`` mask applies the head only where ``m`` is True and
+    returns ``(m.sum(), vocab)`` logits in row-major order of ``m``: a masked-LM loss scores about 15% of the
+    positions, and the vocabulary projection and its cross-entropy are most of a small model's step, so
+    training skips them elsewhere (the loss is the same; the head is position-wise).
+    """
+
+    predicts_selected = True  # forward accepts ``positions`` (the trainer checks this, not the class)
 
     def __init__(self, encoder: MixerEncoder):
         super().__init__()
@@ -111,9 +119,14 @@ class MixerForMaskedLM(nn.Module):
         self.transform = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.bias = nn.Parameter(torch.zeros(encoder.vocab_size))
 
-    def forward(self, input_ids, attention_mask=None):
-        h = self.transform(self.encoder(input_ids, attention_mask))
-        return F.linear(h, self.encoder.embeddings.weight, self.bias)
+    def forward(self, input_ids, attention_mask=None, positions=None):
+        h = self.encoder(input_ids, attention_mask)
+        if positions is not None:
+            if positions.dtype != torch.bool or positions.shape != h.shape[:2]:
+                raise ValueError(f"positions must be a boolean mask of shape {tuple(h.shape[:2])}, got "
+                                 f"{positions.dtype} {tuple(positions.shape)}")
+            h = h[positions]
+        return F.linear(self.transform(h), self.encoder.embeddings.weight, self.bias)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -241,3 +241,26 @@ def test_a_run_locked_by_another_process_is_not_trained_twice(tmp_path):
     finally:
         held.close()
     assert runner.execute_run(c, tmp_path)["status"] == "completed"
+
+
+def test_training_on_scored_positions_only_matches_the_full_head():
+    """The trainer feeds only the scored positions of a token task to a head that supports it; the weights
+    after a few steps equal those of training through the full head (same loss, same gradients)."""
+    c = run_config_from_dict({"seed": 0, "device": "cpu", "checkpoint_every": 0, "log_every": 2,
+                              "model": {"d_model": 16, "n_layers": 1, "headdim": 8, "qk_dim": 4, "mlp_ratio": 2,
+                                        "mixer": "toeplitz", "sequence_aligned": True},
+                              "pretrain": {"task": "mqar", "steps": 4, "batch_size": 8, "eval_every": 0,
+                                           "options": {"seq_len": 32, "vocab_size": 32, "num_kv_pairs": 4,
+                                                       "num_examples": 16},
+                                           "optim": {"lr": 1e-2, "warmup_steps": 1}}})
+    task = runner.build_task(c.pretrain)
+    states = []
+    for selected in (True, False):
+        torch.manual_seed(0)
+        model = runner.build_model(c.model, task, c.pretrain, task.seq_len)
+        assert model.predicts_selected
+        model.predicts_selected = selected
+        trainer.train_stage(model, task, c.pretrain, seed=0, device=torch.device("cpu"), precision="fp32")
+        states.append(model.state_dict())
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-4, atol=1e-5, msg=k)
