@@ -231,7 +231,7 @@ class StructuredMatrix:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         x, out_batch = self.check_input(x)
         out_dtype = torch.promote_types(x.dtype, self._dtype)
-        cdt = compute_dtype(out_dtype)
+        cdt = self._fast_dtype(x, out_dtype) if method == "fast" else compute_dtype(out_dtype)
         xc = x.to(cdt).expand(*out_batch, *x.shape[-2:])
         if method == "explicit":
             y = self._explicit_matmul(xc)
@@ -240,6 +240,12 @@ class StructuredMatrix:
         return y.to(out_dtype)
 
     __matmul__ = matmul
+
+    def _fast_dtype(self, x: torch.Tensor, out_dtype: torch.dtype) -> torch.dtype:
+        """The dtype ``x`` enters the fast path in: the compute dtype of the result (half precisions
+        accumulate in float32). A class whose GPU kernels take half-precision operands and accumulate in
+        float32 themselves overrides this to keep them half there (tensor cores instead of float32 FMAs)."""
+        return compute_dtype(out_dtype)
 
     def _explicit_matmul(self, x: torch.Tensor) -> torch.Tensor:
         return torch.matmul(self.to_dense().to(x.dtype), x)

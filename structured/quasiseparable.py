@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from . import properties as P
 from . import register
 from .base import StructuredMatrix, StructureReport, broadcast_batch, check_tensor, compute_dtype, promote, rand, randn
-from .semiseparable import _check_generators, semiseparable_dense, ssd_chunked
+from .semiseparable import _check_generators, half_kernel_dtype, semiseparable_dense, ssd_chunked
 
 
 def _delay(y: torch.Tensor) -> torch.Tensor:
@@ -106,15 +106,22 @@ class Quasiseparable(StructuredMatrix):
     def _generators(self, dtype, batch):
         L, N = self.length, self.order
 
-        def ex(t, trailing):
-            return t.to(dtype).expand(*batch, *trailing)
+        vdt = compute_dtype(dtype)  # decays and the diagonal stay in (at least) float32
 
-        b, c, log_a = ex(self.b, (L, N)), ex(self.c, (L, N)), ex(self.log_a, (L,))
+        def ex(t, trailing, dt=dtype):
+            return t.to(dt).expand(*batch, *trailing)
+
+        b, c, log_a = ex(self.b, (L, N)), ex(self.c, (L, N)), ex(self.log_a, (L,), vdt)
         if self.shared:
             b_bwd, c_bwd, log_a_bwd = b, c, log_a
         else:
-            b_bwd, c_bwd, log_a_bwd = ex(self.b_bwd, (L, N)), ex(self.c_bwd, (L, N)), ex(self.log_a_bwd, (L,))
-        return b, c, log_a, ex(self.delta, (L,)), b_bwd, c_bwd, log_a_bwd
+            b_bwd, c_bwd = ex(self.b_bwd, (L, N)), ex(self.c_bwd, (L, N))
+            log_a_bwd = ex(self.log_a_bwd, (L,), vdt)
+        return b, c, log_a, ex(self.delta, (L,), vdt), b_bwd, c_bwd, log_a_bwd
+
+    def _fast_dtype(self, x: torch.Tensor, out_dtype: torch.dtype) -> torch.dtype:
+        gens = (self.b, self.c) if self.shared else (self.b, self.c, self.b_bwd, self.c_bwd)
+        return half_kernel_dtype(x, gens, out_dtype)
 
     def _fast_matmul(self, x: torch.Tensor) -> torch.Tensor:
         b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd = self._generators(x.dtype, x.shape[:-2])

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from . import properties as P
 from . import register
-from .base import (StructuredMatrix, StructureReport, block_slices, broadcast_batch, check_tensor, compute_dtype,
+from .base import (HALF_DTYPES, StructuredMatrix, StructureReport, block_slices, broadcast_batch, check_tensor, compute_dtype,
                    promote, rand, randn)
 
 
@@ -205,6 +205,21 @@ def _check_generators(b, c, log_a, validate: bool, suffix: str = "") -> None:
                              f"{worst!r}; pass validate=False only if this holds by construction")
 
 
+def half_kernel_dtype(x: torch.Tensor, generators, out_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the SSD products' operands: when the Triton kernels run (:func:`kernels.enabled`) and x
+    and the row/column generators are all half precision (as under bf16 autocast, even where the decays
+    are float32), half -- the kernels multiply on tensor cores and accumulate in float32, and the result
+    is returned in ``out_dtype``; otherwise the compute dtype of ``out_dtype``."""
+    dt = x.dtype
+    for g in generators:
+        dt = torch.promote_types(dt, g.dtype)
+    if dt in HALF_DTYPES:
+        import kernels
+        if kernels.enabled(x):
+            return dt
+    return compute_dtype(out_dtype)
+
+
 @register("semiseparable")
 class Semiseparable(StructuredMatrix):
     """N-semiseparable matrix of a causal scalar-decay SSM (SSD, Mamba-2).
@@ -241,11 +256,15 @@ class Semiseparable(StructuredMatrix):
         dt = compute_dtype(self.dtype)
         return semiseparable_dense(self.b.to(dt), self.c.to(dt), self.log_a.to(dt))
 
+    def _fast_dtype(self, x: torch.Tensor, out_dtype: torch.dtype) -> torch.dtype:
+        return half_kernel_dtype(x, (self.b, self.c), out_dtype)
+
     def _fast_matmul(self, x: torch.Tensor) -> torch.Tensor:
         batch, L, N = x.shape[:-2], self.length, self.order
         b = self.b.to(x.dtype).expand(*batch, L, N)
         c = self.c.to(x.dtype).expand(*batch, L, N)
-        log_a = self.log_a.to(x.dtype).expand(*batch, L)
+        # Decays stay in (at least) float32: the kernels sum them along the sequence.
+        log_a = self.log_a.to(compute_dtype(x.dtype)).expand(*batch, L)
         import kernels
         if kernels.enabled(x):
             return kernels.semiseparable_matmul(x, b, c, log_a)

@@ -1,0 +1,63 @@
+"""Half-precision operands reach the SSD kernels (StructuredMatrix._fast_dtype): under bf16 autocast a mixer's
+B, C and x are bfloat16 while its decays are float32; the product then runs the kernels in bfloat16
+(float32 accumulation) instead of upcasting everything to float32, and still matches the float64 reference
+within the bfloat16 budget, gradients included. CPU: the kernels run under the Triton interpreter."""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+import kernels  # noqa: E402  (after TRITON_INTERPRET is set)
+import structured  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("name", ["semiseparable", "quasiseparable"])
+def test_half_generators_run_the_kernels_in_half_and_match_float64(monkeypatch, name):
+    monkeypatch.setenv("MIXERZOO_KERNELS", "on")
+    seen = []
+    real = getattr(kernels, f"{name}_matmul")
+
+    def spy(x, *args, **kw):
+        seen.append((x.dtype, args[2].dtype))  # operand dtype and the decays' dtype
+        return real(x, *args, **kw)
+
+    monkeypatch.setattr(kernels, f"{name}_matmul", spy)
+    torch.manual_seed(3)
+    B, L, N, P = 2, 37, 8, 16
+    b = (torch.randn(B, L, N, device=DEV) / N ** 0.5).bfloat16().requires_grad_()
+    c = torch.randn(B, L, N, device=DEV).bfloat16().requires_grad_()
+    log_a = (-torch.rand(B, L, device=DEV) * 0.5).requires_grad_()  # float32, as dt * A is under autocast
+    x = torch.randn(B, L, P, device=DEV).bfloat16().requires_grad_()
+    extra = (torch.randn(B, L, device=DEV).requires_grad_(),) if name == "quasiseparable" else ()
+    M = structured.get(name)(b, c, log_a, *extra, validate=False)
+    y = M.matmul(x)
+    assert seen and seen[0] == (torch.bfloat16, torch.float32)
+    assert y.dtype == torch.float32  # the promoted dtype, computed from bfloat16 operands
+    leaves = (x, b, c, log_a) + extra
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    Mr = structured.get(name)(*ref_leaves[1:], validate=False)
+    yr = Mr.matmul(ref_leaves[0], method="explicit")
+    assert (y.double() - yr).abs().max() <= 2e-2 * yr.abs().max()
+    g = torch.randn_like(yr)
+    y.backward(g.float())
+    yr.backward(g)
+    for t, r in zip(leaves, ref_leaves):
+        assert (t.grad.double() - r.grad).abs().max() <= 5e-2 * r.grad.abs().max()
+
+
+def test_float32_generators_keep_float32_operands(monkeypatch):
+    monkeypatch.setenv("MIXERZOO_KERNELS", "on")
+    seen = []
+    real = kernels.semiseparable_matmul
+    monkeypatch.setattr(kernels, "semiseparable_matmul", lambda x, *a, **k: seen.append(x.dtype) or real(x, *a, **k))
+    b, c = torch.randn(1, 9, 4, device=DEV), torch.randn(1, 9, 4, device=DEV)
+    M = structured.get("semiseparable")(b, c, -torch.rand(1, 9, device=DEV), validate=False)
+    M.matmul(torch.randn(1, 9, 3, device=DEV).bfloat16())
+    assert seen == [torch.float32]
