@@ -465,8 +465,12 @@ def _run_pool(todo, out_dir, jobs, retry_failed, done):
     import multiprocessing as mp
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = mp.get_context("spawn")  # fork after torch/CUDA initialization is unsafe
+    # One run per worker process: a fatal CUDA error (an illegal memory access, say) leaves the process's
+    # CUDA context unusable, and a reused worker would fail every run it took afterwards. A fresh process
+    # costs seconds against minutes of training. (max_tasks_per_child exists from Python 3.11.)
+    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                                initargs=(threads,)) as pool:
+                                initargs=(threads,), **fresh) as pool:
         futs = {pool.submit(_run_in_worker, config_to_dict(s.config), str(out_dir), retry_failed): s for s in todo}
         try:
             for fut in cf.as_completed(futs):
