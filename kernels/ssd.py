@@ -29,6 +29,7 @@ A. Lahoti, T. Dao, A. Gu, "Hydra" (arXiv 2407.09941), Section 3 (quasiseparable 
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -151,8 +152,9 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
 #     PYTHONPATH=/path/to/triton-3.6:. python -m kernels._ssd_triton --jobs 2
 # (see kernels._ssd_triton.measure_shared_memory: each kernel in its largest variant, 4 warps). Row
 # "kernel dtype stages BQ BG:", columns BV = 16, 32, 64, 128 (forward: columns of V per program) or
-# BP = 16, 32, 64, 128, 256 (backward: pow2(P), all of P in one program); "-": not measured (= not used).
-# float16 needs what bfloat16 needs and 8 warps what 4 need (spot checks, same command's log). What grows:
+# BP = 16, 32, 64, 128, 256 (backward: pow2(P), all of P in one program).
+# Spot checks with measure_shared_memory: float16 needs exactly what bfloat16 needs; 8 warps what 4 need
+# except the backward sweep at BG = 64 (+4 KiB), which the OutOfResources safety net covers. What grows:
 # the software pipeline keeps `stages` copies of each tile it prefetches, (BQ, BG) generator tiles and
 # the (BG, BV) stored state of each triangle; so d_state 256 with both triangles exceeds an H100's 227 KiB
 # at BQ = 64 in two stages and fits at BQ = 32.
@@ -429,76 +431,94 @@ bwd_states fp64 2 64 128: 154 178 226 322 514
 bwd_states fp64 2 64 256: 282 306 354 450 642
 bwd_sweep bf16 2 16 16: 6 10 17 29 55
 bwd_sweep bf16 2 16 32: 10 15 25 43 81
-bwd_sweep bf16 2 16 64: 19 26 41 71 -
-bwd_sweep bf16 2 16 128: 33 46 73 127 -
-bwd_sweep bf16 2 16 256: 63 88 139 241 -
+bwd_sweep bf16 2 16 64: 19 26 41 71 133
+bwd_sweep bf16 2 16 128: 33 46 73 127 237
+bwd_sweep bf16 2 16 256: 63 88 139 241 445
 bwd_sweep bf16 2 32 16: 11 18 27 45 81
 bwd_sweep bf16 2 32 32: 17 23 37 61 109
-bwd_sweep bf16 2 32 64: 30 39 57 93 -
-bwd_sweep bf16 2 32 128: 52 67 97 157 -
-bwd_sweep bf16 2 32 256: 98 125 179 287 -
+bwd_sweep bf16 2 32 64: 30 39 57 93 165
+bwd_sweep bf16 2 32 128: 52 67 97 157 277
+bwd_sweep bf16 2 32 256: 98 125 179 287 503
 bwd_sweep bf16 2 64 16: 27 38 59 101 193
-bwd_sweep bf16 2 64 32: 38 51 77 129 -
-bwd_sweep bf16 2 64 64: 61 81 121 201 -
-bwd_sweep bf16 2 64 128: 107 133 193 313 -
-bwd_sweep bf16 2 64 256: 203 245 345 545 -
-bwd_sweep fp32 2 16 16: 15 21 33 63 -
-bwd_sweep fp32 2 16 32: 22 31 49 91 -
-bwd_sweep fp32 2 16 64: 36 51 81 147 -
-bwd_sweep fp32 2 16 128: 64 91 145 259 -
-bwd_sweep fp32 2 16 256: 120 171 273 483 -
-bwd_sweep fp32 2 32 16: 34 43 61 97 -
-bwd_sweep fp32 2 32 32: 45 57 81 129 -
-bwd_sweep fp32 2 32 64: 67 85 121 193 -
-bwd_sweep fp32 2 32 128: 111 141 201 321 -
-bwd_sweep fp32 2 32 256: 199 253 361 577 -
-bwd_sweep fp32 2 64 16: 96 111 141 201 -
-bwd_sweep fp32 2 64 32: 115 133 169 241 -
-bwd_sweep fp32 2 64 64: 153 177 225 321 -
-bwd_sweep fp32 2 64 128: 229 265 337 481 -
-bwd_sweep fp32 2 64 256: 381 441 561 801 -
-bwd_sweep fp64 2 16 16: 29 41 65 113 -
-bwd_sweep fp64 2 16 32: 49 65 97 161 -
-bwd_sweep fp64 2 16 64: 89 113 161 273 -
-bwd_sweep fp64 2 16 128: 169 209 289 449 -
-bwd_sweep fp64 2 32 16: 65 93 117 193 -
-bwd_sweep fp64 2 32 32: 105 121 161 257 -
-bwd_sweep fp64 2 32 64: 169 193 249 385 -
-bwd_sweep fp64 2 32 128: 313 353 441 625 -
-bwd_sweep fp64 2 64 16: 187 269 305 377 -
-bwd_sweep fp64 2 64 32: 233 257 369 465 -
-bwd_sweep fp64 2 64 64: 385 417 481 641 -
-bwd_sweep fp64 2 64 128: 625 673 769 977 -
-bwd_sweep_split bf16 2 16 16: 5 7 12 22 -
-bwd_sweep_split bf16 2 16 32: 8 10 17 31 -
-bwd_sweep_split bf16 2 16 64: 14 17 27 49 -
-bwd_sweep_split bf16 2 16 128: 24 31 49 85 -
-bwd_sweep_split bf16 2 16 256: 46 59 93 161 -
-bwd_sweep_split bf16 2 32 16: 8 12 19 35 -
-bwd_sweep_split bf16 2 32 32: 14 17 25 45 -
-bwd_sweep_split bf16 2 32 64: 23 27 37 65 -
-bwd_sweep_split bf16 2 32 128: 41 47 65 105 -
-bwd_sweep_split bf16 2 32 256: 79 89 121 193 -
-bwd_sweep_split bf16 2 64 16: 30 37 59 103 -
-bwd_sweep_split bf16 2 64 32: 45 53 69 117 -
-bwd_sweep_split bf16 2 64 64: 77 89 113 169 -
-bwd_sweep_split bf16 2 64 128: 137 153 193 273 -
-bwd_sweep_split bf16 2 64 256: 257 289 353 481 -
-bwd_sweep_split fp32 2 16 16: 13 21 37 69 -
-bwd_sweep_split fp32 2 16 32: 17 23 35 63 -
-bwd_sweep_split fp32 2 16 64: 29 39 59 99 -
-bwd_sweep_split fp32 2 16 128: 53 71 107 179 -
-bwd_sweep_split fp32 2 16 256: 101 135 203 339 -
-bwd_sweep_split fp32 2 32 16: 23 29 45 77 -
-bwd_sweep_split fp32 2 32 32: 35 49 81 145 -
-bwd_sweep_split fp32 2 32 64: 53 65 89 137 -
-bwd_sweep_split fp32 2 32 128: 93 113 153 233 -
-bwd_sweep_split fp32 2 32 256: 181 209 281 425 -
-bwd_sweep_split fp32 2 64 16: 59 69 97 153 -
-bwd_sweep_split fp32 2 64 32: 77 89 113 177 -
-bwd_sweep_split fp32 2 64 64: 113 137 193 321 -
-bwd_sweep_split fp32 2 64 128: 185 209 257 353 -
-bwd_sweep_split fp32 2 64 256: 345 369 449 609 -
+bwd_sweep bf16 2 64 32: 38 51 77 129 241
+bwd_sweep bf16 2 64 64: 61 81 121 201 369
+bwd_sweep bf16 2 64 128: 107 133 193 313 561
+bwd_sweep bf16 2 64 256: 203 245 345 545 945
+bwd_sweep fp32 2 16 16: 15 21 33 63 107
+bwd_sweep fp32 2 16 32: 22 31 49 91 159
+bwd_sweep fp32 2 16 64: 36 51 81 147 263
+bwd_sweep fp32 2 16 128: 64 91 145 259 471
+bwd_sweep fp32 2 16 256: 120 171 273 483 887
+bwd_sweep fp32 2 32 16: 34 43 61 97 169
+bwd_sweep fp32 2 32 32: 45 57 81 129 225
+bwd_sweep fp32 2 32 64: 67 85 121 193 337
+bwd_sweep fp32 2 32 128: 111 141 201 321 561
+bwd_sweep fp32 2 32 256: 199 253 361 577 1009
+bwd_sweep fp32 2 64 16: 96 111 141 201 321
+bwd_sweep fp32 2 64 32: 115 133 169 241 385
+bwd_sweep fp32 2 64 64: 153 177 225 321 513
+bwd_sweep fp32 2 64 128: 229 265 337 481 769
+bwd_sweep fp32 2 64 256: 381 441 561 801 1281
+bwd_sweep fp64 2 16 16: 29 41 65 113 209
+bwd_sweep fp64 2 16 32: 49 65 97 161 289
+bwd_sweep fp64 2 16 64: 89 113 161 273 481
+bwd_sweep fp64 2 16 128: 169 209 289 449 801
+bwd_sweep fp64 2 16 256: 329 401 545 833 1409
+bwd_sweep fp64 2 32 16: 65 93 117 193 353
+bwd_sweep fp64 2 32 32: 105 121 161 257 449
+bwd_sweep fp64 2 32 64: 169 193 249 385 641
+bwd_sweep fp64 2 32 128: 313 353 441 625 1025
+bwd_sweep fp64 2 32 256: 601 673 825 1137 1761
+bwd_sweep fp64 2 64 16: 187 269 305 377 641
+bwd_sweep fp64 2 64 32: 233 257 369 465 769
+bwd_sweep fp64 2 64 64: 385 417 481 641 1025
+bwd_sweep fp64 2 64 128: 625 673 769 977 1537
+bwd_sweep fp64 2 64 256: 1169 1249 1409 1745 2465
+bwd_sweep_split bf16 2 16 16: 5 7 12 22 42
+bwd_sweep_split bf16 2 16 32: 8 10 17 31 59
+bwd_sweep_split bf16 2 16 64: 14 17 27 49 93
+bwd_sweep_split bf16 2 16 128: 24 31 49 85 161
+bwd_sweep_split bf16 2 16 256: 46 59 93 161 297
+bwd_sweep_split bf16 2 32 16: 8 12 19 35 67
+bwd_sweep_split bf16 2 32 32: 14 17 25 45 85
+bwd_sweep_split bf16 2 32 64: 23 27 37 65 121
+bwd_sweep_split bf16 2 32 128: 41 47 65 105 193
+bwd_sweep_split bf16 2 32 256: 79 89 121 193 337
+bwd_sweep_split bf16 2 64 16: 30 37 59 103 191
+bwd_sweep_split bf16 2 64 32: 45 53 69 117 221
+bwd_sweep_split bf16 2 64 64: 77 89 113 169 313
+bwd_sweep_split bf16 2 64 128: 137 153 193 273 433
+bwd_sweep_split bf16 2 64 256: 257 289 353 481 737
+bwd_sweep_split fp32 2 16 16: 13 21 37 69 133
+bwd_sweep_split fp32 2 16 32: 17 23 35 63 119
+bwd_sweep_split fp32 2 16 64: 29 39 59 99 187
+bwd_sweep_split fp32 2 16 128: 53 71 107 179 323
+bwd_sweep_split fp32 2 16 256: 101 135 203 339 611
+bwd_sweep_split fp32 2 32 16: 23 29 45 77 141
+bwd_sweep_split fp32 2 32 32: 35 49 81 145 273
+bwd_sweep_split fp32 2 32 64: 53 65 89 137 249
+bwd_sweep_split fp32 2 32 128: 93 113 153 233 393
+bwd_sweep_split fp32 2 32 256: 181 209 281 425 713
+bwd_sweep_split fp32 2 64 16: 59 69 97 153 265
+bwd_sweep_split fp32 2 64 32: 77 89 113 177 305
+bwd_sweep_split fp32 2 64 64: 113 137 193 321 577
+bwd_sweep_split fp32 2 64 128: 185 209 257 353 545
+bwd_sweep_split fp32 2 64 256: 345 369 449 609 929
+bwd_sweep_split fp64 2 16 16: 17 29 49 89 169
+bwd_sweep_split fp64 2 16 32: 29 41 69 125 237
+bwd_sweep_split fp64 2 16 64: 49 69 109 197 373
+bwd_sweep_split fp64 2 16 128: 93 125 197 341 645
+bwd_sweep_split fp64 2 16 256: 181 237 373 645 1189
+bwd_sweep_split fp64 2 32 16: 39 57 89 161 305
+bwd_sweep_split fp64 2 32 32: 57 73 113 193 353
+bwd_sweep_split fp64 2 32 64: 89 113 161 273 497
+bwd_sweep_split fp64 2 32 128: 161 193 273 433 785
+bwd_sweep_split fp64 2 32 256: 313 353 497 785 1361
+bwd_sweep_split fp64 2 64 16: 108 137 193 321 593
+bwd_sweep_split fp64 2 64 32: 137 161 225 353 641
+bwd_sweep_split fp64 2 64 64: 193 225 289 449 769
+bwd_sweep_split fp64 2 64 128: 322 354 449 641 1089
+bwd_sweep_split fp64 2 64 256: 594 642 769 1089 1729
 """
 _SM90_SHARED_BYTES = 232448  # an H100's (sm_90) opt-in shared memory per block, 227 KiB
 
@@ -516,6 +536,7 @@ def _parse_smem_table(text: str) -> dict:
 
 
 SMEM_TABLE = _parse_smem_table(_SMEM_SM90)
+_BWD_KERNELS = ("bwd_states", "bwd_sweep")
 _TABLE_DTYPE = {torch.float16: "bf16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
 
 
@@ -533,22 +554,23 @@ def _smem_limit(device: torch.device) -> int:
     """Shared memory per block the launch may use: the device's (CUDA), else an H100's, so that the
     interpreter picks the configurations a GPU run would."""
     if device.type == "cuda" and not _interpreting():
-        idx = device.index if device.index is not None else torch.cuda.current_device()
-        return int(triton.runtime.driver.active.utils.get_device_properties(idx)["max_shared_mem"])
+        return _device_smem(device.index if device.index is not None else torch.cuda.current_device())
     return _SM90_SHARED_BYTES
 
 
-def _ladder(BQ: int, BV: int) -> list:
-    """(BQ, BV) from the requested pair down to (16, 16), halving the larger one each step (BV on ties:
-    narrower column blocks keep the caller's chunk and only add programs, which reread B, C)."""
-    out = [(BQ, BV)]
-    while BQ > 16 or BV > 16:
-        if BV >= BQ and BV > 16 or BQ <= 16:
-            BV //= 2
-        else:
-            BQ //= 2
-        out.append((BQ, BV))
-    return out
+@functools.lru_cache(maxsize=None)
+def _device_smem(index: int) -> int:
+    # What Triton's launch compares a kernel's shared memory with (the opt-in maximum per block).
+    return int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
+
+
+def _tile_pairs(BQ: int, BV: int) -> list:
+    """(BQ, BV) pairs from the requested one down to (16, 16) (powers of two), larger tiles first (more
+    work per program for the matrix units, fewer programs rereading B and C), the larger chunk first among
+    equal tiles (the caller's choice)."""
+    qs = [BQ >> i for i in range(BQ.bit_length()) if BQ >> i >= 16] or [BQ]
+    vs = [BV >> i for i in range(BV.bit_length()) if BV >> i >= 16] or [BV]
+    return sorted(((q, v) for q in qs for v in vs), key=lambda qv: (-qv[0] * qv[1], -qv[0]))
 
 
 # Plans whose launch raised OutOfResources on this process's device although the sm_90 table says they
@@ -561,8 +583,8 @@ def plan_candidates(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: i
     """Launch configurations for ``kernels`` (names of :data:`SMEM_TABLE`, launched with one chunk size)
     that the table says fit ``limit`` bytes, in order of preference.
 
-    Forward: from ``TUNING``'s (chunk, block_v, num_stages) down the :func:`_ladder` of (BQ, BV) at
-    TUNING's stages, then the same ladder at each smaller stage count down to 2 (one stage is never used:
+    Forward: from ``TUNING``'s (chunk, block_v) through smaller (BQ, BV) (:func:`_tile_pairs`) at
+    TUNING's stages, then the same at each smaller stage count down to 2 (one stage is never used:
     (32, 4, 1) faulted on an H100 at L = 16384, not understood). Backward: BP = pow2(P) is fixed (one
     program holds all of P), so only BQ moves; ``TUNING["bwd_split"]``'s arrangement first, the other one
     after it. Chunks above 64 are not measured: a 128 request runs at 64 or less."""
@@ -572,11 +594,11 @@ def plan_candidates(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: i
         split0 = bool(TUNING["bwd_split"])
         warps, stages0 = TUNING["bwd_num_warps"] or 4, TUNING["bwd_num_stages"] or 3
         BV0 = _pow2(P)
-        steps = [(q, BV0, s) for s in (split0, not split0) for q, _ in _ladder(min(chunk, 64), 16)]
+        steps = [(q, BV0, s) for s in (split0, not split0) for q, _ in _tile_pairs(min(chunk, 64), 16)]
     else:
         BV0 = min(TUNING["block_v"], _pow2(P))
         warps, stages0 = TUNING["num_warps"] or 4, TUNING["num_stages"] or 3
-        steps = [(q, v, False) for q, v in _ladder(min(chunk, 64), BV0)]
+        steps = [(q, v, False) for q, v in _tile_pairs(min(chunk, 64), BV0)]
     out = []
     for stages in range(max(stages0, 2), 1, -1):
         for BQ, BV, split in steps:
@@ -600,10 +622,14 @@ def _run_planned(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: int,
             return run(plan)
         except OutOfResources:
             _REFUSED.add((kernels, _TABLE_DTYPE[dtype], _pow2(N), plan))
-    raise ValueError(
+    raise _no_plan(kernels, N, P, dtype, chunk, limit, plans)
+
+
+def _no_plan(kernels, N, P, dtype, chunk, limit, tried) -> ValueError:
+    return ValueError(
         f"no launch configuration of the scan kernels {kernels} fits {limit} bytes of shared memory for "
         f"state size N={N}, head dim P={P} and dtype {dtype} (chunk_size={chunk}, "
-        f"{'tried ' + str(plans) if plans else 'none fits by the sm_90 table'}; stages below 2 are not "
+        f"{'tried ' + str(tried) if tried else 'none fits by the sm_90 table'}; stages below 2 are not "
         f"used); use a smaller N or P, or a narrower dtype")
 
 
@@ -690,7 +716,7 @@ def _grad_target(param: torch.Tensor, batch, L: int, acc_t: torch.dtype) -> _Gra
 
 def _backward(x, dy, lower, upper, delta, s: int, chunk: int, combine: bool):
     """:func:`_backward_planned` with the first fitting launch plan (see :func:`plan_candidates`)."""
-    return _run_planned(("bwd_states", "bwd_sweep"), lower[0].shape[-1], x.shape[-1], x.dtype, chunk,
+    return _run_planned(_BWD_KERNELS, lower[0].shape[-1], x.shape[-1], x.dtype, chunk,
                         x.device, lambda plan: _backward_planned(x, dy, lower, upper, delta, s, combine, plan),
                         backward=True)
 
@@ -777,9 +803,13 @@ class _QSFunction(torch.autograd.Function):
         lo = _tri4(G(c), G(b), Vv(log_a), nb, s, 0, 0, s, s)
         up = _tri4(G(c_bwd), G(b_bwd), Vv(log_a_bwd), nb, s, 0, 0, s, s) if has_up else None
         d4 = _view4(Vv(delta).unsqueeze(-1), nb) if delta is not None else None
-        y = _run_planned(("upper_states", "sweep") if has_up else ("sweep_causal",), b.shape[-1],
-                         x.shape[-1], x.dtype, chunk, x.device,
-                         lambda plan: _apply(_view4(x, nb), lo, up, d4, 0, x.dtype, plan))
+        N, P = b.shape[-1], x.shape[-1]
+        if any(ctx.needs_input_grad):  # refuse now rather than in the backward pass
+            limit = _smem_limit(x.device)
+            if not plan_candidates(_BWD_KERNELS, N, P, x.dtype, chunk, limit, backward=True):
+                raise _no_plan(_BWD_KERNELS, N, P, x.dtype, chunk, limit, [])
+        y = _run_planned(("upper_states", "sweep") if has_up else ("sweep_causal",), N, P, x.dtype, chunk,
+                         x.device, lambda plan: _apply(_view4(x, nb), lo, up, d4, 0, x.dtype, plan))
         ctx.save_for_backward(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd)
         # The same tensors in both triangles (Hydra's shared B, C): one gradient, summed in the kernel.
         ctx.cfg = (s, has_up, chunk, b_bwd is b and c_bwd is c)

@@ -366,6 +366,12 @@ def test_plan_fits_h100_shared_memory(N, P, dtype):
             with pytest.raises(ValueError, match=f"N={N}, head dim P={P} and dtype {dtype}"):
                 ssd._run_planned(kernels, N, P, dtype, 64, torch.device("cpu"), lambda plan: None,
                                  backward=backward)
+            if backward:  # refused in the forward pass already when a gradient will be asked for
+                x = torch.zeros(1, 1, 3, P, dtype=dtype, device=DEV, requires_grad=True)
+                g = torch.zeros(1, 1, 3, N, dtype=dtype, device=DEV)
+                la = torch.zeros(1, 1, 3, device=DEV)
+                with pytest.raises(ValueError, match=f"N={N}, head dim P={P}"):
+                    ssd.quasiseparable_matmul(x, g, g, la, la)
         for plan in plans:
             assert plan.num_stages >= 2 and plan.BQ <= 64
             for k in kernels:
