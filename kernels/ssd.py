@@ -154,7 +154,7 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
 # "kernel dtype stages BQ BG:", columns BV = 16, 32, 64, 128 (forward: columns of V per program) or
 # BP = 16, 32, 64, 128, 256 (backward: pow2(P), all of P in one program).
 # Spot checks with measure_shared_memory: float16 needs exactly what bfloat16 needs; 8 warps what 4 need
-# except the backward sweep at BG = 64 (+4 KiB), which the OutOfResources safety net covers. What grows:
+# except the backward sweep at BG = 64 (+4 KiB); see _SMEM_MARGIN. What grows:
 # the software pipeline keeps `stages` copies of each tile it prefetches, (BQ, BG) generator tiles and
 # the (BG, BV) stored state of each triangle; so d_state 256 with both triangles exceeds an H100's 227 KiB
 # at BQ = 64 in two stages and fits at BQ = 32.
@@ -537,6 +537,9 @@ def _parse_smem_table(text: str) -> dict:
 
 SMEM_TABLE = _parse_smem_table(_SMEM_SM90)
 _BWD_KERNELS = ("bwd_states", "bwd_sweep")
+# Headroom for what the table does not hold (see kernels._ssd_triton): variants of the split backward
+# sweep measured up to 0.5 KiB above its table entries, 8 warps up to 4 KiB above 4 (the table's).
+_SMEM_MARGIN = {"bwd_sweep_split": 2048, "warps": 8192}
 _TABLE_DTYPE = {torch.float16: "bf16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
 
 
@@ -573,6 +576,8 @@ def _tile_pairs(BQ: int, BV: int) -> list:
     return sorted(((q, v) for q in qs for v in vs), key=lambda qv: (-qv[0] * qv[1], -qv[0]))
 
 
+# The plan each kernel pair last launched with, {kernels: Plan}, for benchmarks to record what ran.
+LAST_PLANS: dict = {}
 # Plans whose launch raised OutOfResources on this process's device although the sm_90 table says they
 # fit (another GPU, another Triton): {(kernels, dtype, BG, plan)}; later plans skip them.
 _REFUSED: set = set()
@@ -599,11 +604,16 @@ def plan_candidates(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: i
         BV0 = min(TUNING["block_v"], _pow2(P))
         warps, stages0 = TUNING["num_warps"] or 4, TUNING["num_stages"] or 3
         steps = [(q, v, False) for q, v in _tile_pairs(min(chunk, 64), BV0)]
+    key = "bwd_num_stages" if backward else "num_stages"
+    if stages0 < 2:
+        raise ValueError(f"kernels.ssd.TUNING[{key!r}] is {TUNING[key]!r}; the scan kernels run with 2 or more "
+                         f"pipeline stages (one stage faulted on an H100), or None for Triton's default")
     out = []
-    for stages in range(max(stages0, 2), 1, -1):
+    for stages in range(stages0, 1, -1):
         for BQ, BV, split in steps:
             names = tuple(k + "_split" if split and k == "bwd_sweep" else k for k in kernels)
-            need = max(SMEM_TABLE.get((k, dt, stages, BQ, BG, BV), float("inf")) for k in names)
+            need = max(SMEM_TABLE.get((k, dt, stages, BQ, BG, BV), float("inf")) + _SMEM_MARGIN.get(k, 0)
+                       for k in names) + (_SMEM_MARGIN["warps"] if warps != 4 else 0)
             plan = Plan(BQ, BV, warps, stages, split)
             if need <= limit and (kernels, dt, BG, plan) not in _REFUSED:
                 out.append(plan)
@@ -619,6 +629,7 @@ def _run_planned(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: int,
     plans = plan_candidates(kernels, N, P, dtype, chunk, limit, backward=backward)
     for plan in plans:
         try:
+            LAST_PLANS[kernels] = plan
             return run(plan)
         except OutOfResources:
             _REFUSED.add((kernels, _TABLE_DTYPE[dtype], _pow2(N), plan))

@@ -430,6 +430,13 @@ def test_run_planned_skips_refused_plan_and_raises_when_none_fits(monkeypatch):
         ssd._run_planned(kernels, 64, 64, torch.bfloat16, 64, torch.device("cpu"), run)
 
 
+def test_one_stage_is_refused(monkeypatch):
+    monkeypatch.setitem(ssd.TUNING, "num_stages", 1)
+    leaves, _ = make_inputs(8, shared=True)
+    with pytest.raises(ValueError, match="num_stages"):
+        ssd.semiseparable_matmul(leaves["x"], leaves["b"], leaves["c"], leaves["log_a"])
+
+
 def _record_plans(monkeypatch):
     seen = {"fwd": [], "bwd": []}
     apply_, bwd_ = ssd._apply, ssd._backward_planned
@@ -441,19 +448,20 @@ def _record_plans(monkeypatch):
 @pytest.mark.parametrize("kind", ["qs", "ss"])
 def test_wide_state_through_planned_chunk(monkeypatch, kind):
     """d_state 256, head dim 32 (the lab shape), asked for chunk 64: the kernels run with the chunks the
-    rule selects for bf16 (smaller than 64 except the causal forward's), and the results are exact: float64 to 1e-12 through those
-    same chunks and column blocks (forced: float64 at this N may have no plan that fits an H100),
-    bfloat16 within its rounding budget."""
+    rule selects for bf16 (smaller than 64 except the causal forward's), and the results are exact:
+    float64 to 1e-12 through those same chunks and column blocks (forced: float64's backward has no plan
+    that fits an H100 at this N), bfloat16 within its rounding budget."""
     pairs = FWD_PAIRS["quasiseparable" if kind == "qs" else "semiseparable"]
     fwd = ssd.plan_candidates(pairs, 256, 32, torch.bfloat16, 64, H100_SMEM)[0]
     bwd = ssd.plan_candidates(BWD_PAIR, 256, 32, torch.bfloat16, 64, H100_SMEM, backward=True)[0]
-    assert bwd.BQ < 64 and (kind == "ss" or fwd.BQ < 64)  # the causal forward keeps chunk 64
+    assert bwd.BQ < 64 and (kind == "ss" or fwd.BQ < 64)  # the causal forward keeps 64
     leaves, shape = make_inputs(70, shared=True, H=2, N=256, P=32, seed=21)
     leaves["log_a"] = leaves["log_a"] * 0.05  # weak decays: the inter-chunk states carry most of it
     monkeypatch.setitem(globals(), "CHUNK", 64)  # ask for the default chunk, as the mixers do
     seen = _record_plans(monkeypatch)
     out = run_both(kind, leaves, shape, torch.bfloat16, shift=True if kind == "qs" else None, shared=True)
     assert seen["fwd"] == [fwd] and seen["bwd"] == [bwd]
+    assert ssd.LAST_PLANS[pairs] == fwd and ssd.LAST_PLANS[BWD_PAIR] == bwd
     check(out, 1e-2)
     # float64 through the bf16 plans (the planner would refuse float64 at N=256 if nothing fit)
     monkeypatch.setattr(ssd, "plan_candidates",
