@@ -600,9 +600,9 @@ def _kernel_spec(kernel: str, dtype: str, BG: int, BV: int, BQ: int):
 def measure_shared_memory(kernel: str, dtype: str, BG: int, BV: int, BQ: int, num_warps: int = 4,
                           num_stages: int = 2, arch: int = 90, overrides: dict = None) -> int:
     """Bytes of shared memory one program of ``kernel`` (see :data:`MEASURED_KERNELS`) in its largest
-    variant, with the constexprs in ``overrides`` changed, needs on CUDA ``sm_<arch>``, from an ahead-of-time compile stopped at
-    shared-memory allocation (no GPU needed). Written against triton 3.6's NVIDIA backend (its make_llir
-    pass order)."""
+    variant, with the constexprs in ``overrides`` changed, needs on CUDA ``sm_<arch>``, from an
+    ahead-of-time compile stopped at shared-memory allocation (no GPU needed). Written against triton
+    3.6's NVIDIA backend (its make_llir pass order)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton import knobs
@@ -651,6 +651,26 @@ def measure_shared_memory(kernel: str, dtype: str, BG: int, BV: int, BQ: int, nu
     finally:
         knobs.runtime.add_stages_inspection_hook = old
     raise RuntimeError("the compile did not reach shared-memory allocation")
+
+
+def compiled_shared_memory() -> list:
+    """What the scan kernels this process compiled on its GPU actually asked for, from Triton's JIT
+    caches: one dict per compiled kernel with its block constexprs, warps, stages and ``shared`` bytes,
+    to compare with the ahead-of-time table (kernels.ssd.SMEM_TABLE). Empty under the interpreter."""
+    rows = []
+    for fn in (_upper_states_kernel, _sweep_kernel, _bwd_states_kernel, _bwd_sweep_kernel):
+        for cache in list(getattr(fn, "device_caches", {}).values()):
+            for compiled in list(cache[0].values()):
+                names = fn.arg_names
+                consts = {names[k[0]]: v for k, v in getattr(compiled.src, "constants", {}).items()
+                          if isinstance(k, tuple) and len(k) == 1}
+                sig = getattr(compiled.src, "signature", {})
+                blocks = {n: consts[n] for n in ("BQ", "BG", "BV", "BN", "BP", "HAS_UP", "SHARED_GRAM", "SPLIT",
+                                                 "PAIR") if n in consts}
+                rows.append(dict(kernel=fn.__name__, dtype=sig.get("V", sig.get("X", sig.get("K"))), **blocks,
+                                 num_warps=compiled.metadata.num_warps, num_stages=compiled.metadata.num_stages,
+                                 shared=compiled.metadata.shared))
+    return rows
 
 
 def _measure_row(args):

@@ -430,6 +430,26 @@ def test_run_planned_skips_refused_plan_and_raises_when_none_fits(monkeypatch):
         ssd._run_planned(kernels, 64, 64, torch.bfloat16, 64, torch.device("cpu"), run)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled kernels need a CUDA device")
+def test_compiled_shared_memory_matches_table():
+    """On an H100 with triton 3.6 (the table's compiler), every scan kernel compiled for the lab shape
+    asks for at most what the table says for its plan (variants other than the largest may ask less)."""
+    from kernels import _ssd_triton
+    leaves, shape = make_inputs(130, shared=True, H=2, N=256, P=32, seed=23)
+    run_both("qs", leaves, shape, torch.bfloat16, shift=True, shared=True)
+    names = {"_upper_states_kernel": "upper_states", "_sweep_kernel": "sweep", "_bwd_states_kernel": "bwd_states",
+             "_bwd_sweep_kernel": "bwd_sweep"}
+    rows = [r for r in _ssd_triton.compiled_shared_memory()
+            if r.get("BG", r.get("BN")) == 256 and r["dtype"] == "*bf16"]
+    assert rows
+    for r in rows:
+        kernel = names[r["kernel"]] + ("_split" if r.get("SPLIT") else "")
+        kernel = "sweep_causal" if kernel == "sweep" and not r["HAS_UP"] else kernel
+        bv = r.get("BV", r.get("BP"))
+        key = (kernel, "bf16", r["num_stages"], r["BQ"], 256, bv)
+        assert r["shared"] <= ssd.SMEM_TABLE[key] <= H100_SMEM, (r, key)
+
+
 def test_one_stage_is_refused(monkeypatch):
     monkeypatch.setitem(ssd.TUNING, "num_stages", 1)
     leaves, _ = make_inputs(8, shared=True)
