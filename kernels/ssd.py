@@ -583,16 +583,31 @@ LAST_PLANS: dict = {}
 _REFUSED: set = set()
 
 
+_PLAN_MEMO: dict = {}
+
+
 def plan_candidates(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: int, limit: int,
                     backward: bool = False) -> list:
     """Launch configurations for ``kernels`` (names of :data:`SMEM_TABLE`, launched with one chunk size)
-    that the table says fit ``limit`` bytes, in order of preference.
+    that the table says fit ``limit`` bytes (with :data:`_SMEM_MARGIN`'s headroom), in order of preference.
 
     Forward: from ``TUNING``'s (chunk, block_v) through smaller (BQ, BV) (:func:`_tile_pairs`) at
     TUNING's stages, then the same at each smaller stage count down to 2 (one stage is never used:
     (32, 4, 1) faulted on an H100 at L = 16384, not understood). Backward: BP = pow2(P) is fixed (one
     program holds all of P), so only BQ moves; ``TUNING["bwd_split"]``'s arrangement first, the other one
-    after it. Chunks above 64 are not measured: a 128 request runs at 64 or less."""
+    after it. Chunks above 64 are not measured: a 128 request runs at 64 or less.
+    Memoized (about 20 us a call otherwise, twice per forward).
+    """
+    key = (kernels, _pow2(N), _pow2(P), dtype, chunk, limit, backward, tuple(sorted(TUNING.items())),
+           id(_REFUSED), len(_REFUSED))
+    if key not in _PLAN_MEMO:
+        _PLAN_MEMO[key] = _plan_candidates(kernels, N, P, dtype, chunk, limit, backward)
+    return list(_PLAN_MEMO[key])
+
+
+def _plan_candidates(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: int, limit: int,
+                     backward: bool = False) -> list:
+    """The uncached :func:`plan_candidates`."""
     BG = _pow2(N)
     dt = _TABLE_DTYPE[dtype]
     if backward:
