@@ -548,3 +548,157 @@ def _bwd_sweep_kernel(
                   HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE, JOINT_DY=JOINT_DY,
                   HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ, BN=BN, BP=BP, PREC=PREC,
                   UPCAST=UPCAST, ACC=ACC)
+
+
+# ------------------------------------------------------------------------------------ shared-memory table
+# Compiling for sm_90 needs no GPU: Triton lowers to LLVM IR on any machine, and the shared memory a launch
+# asks for (what OutOfResources compares with the device's limit) is known at that stage. The table in
+# kernels/ssd.py (_SMEM_SM90) was made with triton 3.6 (the GPU machine's version) by
+#     PYTHONPATH=/path/to/triton-3.6:. python -m kernels._ssd_triton --jobs 2
+# Each kernel is compiled in its largest variant (both triangles, separate generators for them, shifted,
+# with the diagonal; the backward's generator gradients atomic), contiguous operands and 16-divisible
+# sizes, as a launch specializes them (vectorized loads are the ones the software pipeline stages).
+MEASURED_KERNELS = ("upper_states", "sweep", "sweep_causal", "bwd_states", "bwd_sweep", "bwd_sweep_split")
+
+
+def _kernel_spec(kernel: str, dtype: str, BG: int, BV: int, BQ: int):
+    """(jit function, pointer dtypes, constexprs) of one measured kernel variant; dtype in bf16/fp32/fp64,
+    BG = pow2(N), BV = columns of V per program (backward: BP = pow2(P)), BQ = chunk."""
+    import triton.language as tl_
+    ptr = "*" + dtype
+    vec = "*fp64" if dtype == "fp64" else "*fp32"
+    acc = tl_.float64 if dtype == "fp64" else tl_.float32
+    common = dict(BQ=BQ, PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False, ACC=acc)
+    if kernel == "upper_states":
+        return _upper_states_kernel, {"K": ptr, "LAM": vec, "V": ptr, "ST": ptr}, dict(
+            UP_K=0, UP_U=0, VO=0, BG=BG, BV=BV, **common)
+    if kernel in ("sweep", "sweep_causal"):
+        up = kernel == "sweep"
+        ptrs = {**{n: ptr for n in ("RL", "KL", "RU", "KU", "V", "ST", "O")}, "AL": vec, "AU": vec, "D": vec}
+        return _sweep_kernel, ptrs, dict(
+            LO_R=1, LO_K=0, LO_U=0, LO_V=1, LO_S=1, HAS_UP=up, UP_R=1, UP_K=0, UP_U=0, UP_V=1, UP_S=1,
+            SHARED_GRAM=False, HAS_D=up, VO=0, BG=BG, BV=BV, **common)
+    if kernel == "bwd_states":
+        ptrs = {"C": ptr, "AL": vec, "DY": ptr, "GL": ptr, "BU": ptr, "AU": vec, "X": ptr, "HU": ptr}
+        return _bwd_states_kernel, ptrs, dict(LO_S=1, PAIR=True, BN=BG, BP=BV, **common)
+    if kernel in ("bwd_sweep", "bwd_sweep_split"):
+        ptrs = {**{n: ptr for n in ("X", "DY", "BL", "CL", "BU", "CU", "GL", "HU", "DX")},
+                **{n: vec for n in ("AL", "AU", "D", "DBL", "DCL", "DBU", "DCU", "RS", "DDL")}}
+        return _bwd_sweep_kernel, ptrs, dict(
+            SPLIT=kernel == "bwd_sweep_split", LO_S=1, HAS_UP=True, UP_S=1, SHARED_GRAM=False, COMBINE=False,
+            JOINT_DY=False, HAS_D=True, AT_BL=True, AT_CL=True, AT_BU=True, AT_CU=True, BN=BG, BP=BV, **common)
+    raise KeyError(f"kernel must be one of {MEASURED_KERNELS}, got {kernel!r}")
+
+
+# Other variants of a kernel were checked at three sizes each (bf16 256/32/32, fp32 128/64/64, bf16
+# 64/64/64; sweep: shared Gram, unshifted, no diagonal; causal; states: not paired, unshifted; backward
+# sweeps: shared generators combined with joint dy, causal, plain stores): all within the largest variant
+# except the split backward sweep with shared generators (+0.5 KiB at bf16 64/64/64). kernels.ssd keeps a
+# margin for that kernel (and for warp counts other than the table's 4).
+
+
+def measure_shared_memory(kernel: str, dtype: str, BG: int, BV: int, BQ: int, num_warps: int = 4,
+                          num_stages: int = 2, arch: int = 90, overrides: dict = None) -> int:
+    """Bytes of shared memory one program of ``kernel`` (see :data:`MEASURED_KERNELS`) in its largest
+    variant, with the constexprs in ``overrides`` changed, needs on CUDA ``sm_<arch>``, from an
+    ahead-of-time compile stopped at shared-memory allocation (no GPU needed). Written against triton
+    3.6's NVIDIA backend (its make_llir pass order)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton import knobs
+
+    class _Lowered(Exception):
+        pass
+
+    def stop_at_allocation(backend, stages, options, language, capability):
+        # The passes of the backend's make_llir up to shared-memory allocation, which sets "ttg.shared"
+        # (what the launch later asks for); the LLVM lowering and optimization after it are skipped.
+        from triton._C.libtriton import ir, nvidia, passes
+        from triton.backends.nvidia.compiler import get_ptx_version_from_options
+
+        def allocate(mod, metadata):
+            pm = ir.pass_manager(mod.context)
+            passes.ttgpuir.add_combine_tensor_select_and_if(pm)
+            passes.ttgpuir.add_allocate_warp_groups(pm)
+            passes.convert.add_scf_to_cf(pm)
+            passes.gluon.add_inliner(pm)
+            nvidia.passes.ttgpuir.add_allocate_shared_memory_nv(
+                pm, capability, get_ptx_version_from_options(options, backend.target.arch))
+            pm.run(mod, "allocate_shared_memory")
+            raise _Lowered(mod.get_int_attr("ttg.shared"))
+        stages["llir"] = allocate
+
+    fn, ptrs, consts = _kernel_spec(kernel, dtype, BG, BV, BQ)
+    consts = {**consts, **(overrides or {})}
+    sig, cx, attrs = {}, {}, {}
+    names = fn.arg_names
+    for i, n in enumerate(names):
+        if n in consts:
+            sig[n], cx[n] = "constexpr", consts[n]
+        elif n in ptrs:
+            sig[n], attrs[(i,)] = ptrs[n], [["tt.divisibility", 16]]
+        elif n.startswith("s") and i + 1 < len(names) and (names[i + 1] in ptrs or names[i + 1] == "B1"):
+            sig[n], cx[n] = "constexpr", 1  # the last stride of each operand: a launch specializes 1
+        else:
+            sig[n], attrs[(i,)] = "i32", [["tt.divisibility", 16]]
+    old = knobs.runtime.add_stages_inspection_hook
+    knobs.runtime.add_stages_inspection_hook = stop_at_allocation
+    try:
+        triton.compile(ASTSource(fn, sig, cx, attrs), target=GPUTarget("cuda", arch, 32),
+                       options=dict(num_warps=num_warps, num_stages=num_stages))
+    except _Lowered as done:
+        return int(done.args[0])
+    finally:
+        knobs.runtime.add_stages_inspection_hook = old
+    raise RuntimeError("the compile did not reach shared-memory allocation")
+
+
+def compiled_shared_memory() -> list:
+    """What the scan kernels this process compiled on its GPU actually asked for, from Triton's JIT
+    caches: one dict per compiled kernel with its block constexprs, warps, stages and ``shared`` bytes,
+    to compare with the ahead-of-time table (kernels.ssd.SMEM_TABLE). Empty under the interpreter."""
+    rows = []
+    for fn in (_upper_states_kernel, _sweep_kernel, _bwd_states_kernel, _bwd_sweep_kernel):
+        for cache in list(getattr(fn, "device_caches", {}).values()):
+            for compiled in list(cache[0].values()):
+                names = fn.arg_names
+                consts = {names[k[0]]: v for k, v in getattr(compiled.src, "constants", {}).items()
+                          if isinstance(k, tuple) and len(k) == 1}
+                sig = getattr(compiled.src, "signature", {})
+                blocks = {n: consts[n] for n in ("BQ", "BG", "BV", "BN", "BP", "HAS_UP", "SHARED_GRAM", "SPLIT",
+                                                 "PAIR") if n in consts}
+                rows.append(dict(kernel=fn.__name__, dtype=sig.get("V", sig.get("X", sig.get("K"))), **blocks,
+                                 num_warps=compiled.metadata.num_warps, num_stages=compiled.metadata.num_stages,
+                                 shared=compiled.metadata.shared))
+    return rows
+
+
+def _measure_row(args):
+    kernel, dtype, stages, BQ, BG, BVs, arch = args
+    return args, [measure_shared_memory(kernel, dtype, BG, BV, BQ, 4, stages, arch) for BV in BVs]
+
+
+def _main(argv=None) -> None:
+    """Print the shared-memory table (KiB, rounded up) in the format of kernels.ssd._SMEM_SM90."""
+    import argparse
+    import multiprocessing
+    ap = argparse.ArgumentParser(description=_main.__doc__)
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--arch", type=int, default=90)
+    a = ap.parse_args(argv)
+    gens = (16, 32, 64, 128, 256)
+    rows = []
+    for kernel in MEASURED_KERNELS:
+        bwd = kernel.startswith("bwd")
+        for dtype in ("bf16", "fp32", "fp64"):
+            for stages in ((2,) if bwd or kernel == "sweep_causal" else (2, 3)):
+                for BQ in (16, 32, 64):
+                    for BG in gens:
+                        rows.append((kernel, dtype, stages, BQ, BG, gens if bwd else gens[:-1], a.arch))
+    with multiprocessing.Pool(a.jobs) as pool:
+        for (kernel, dtype, stages, BQ, BG, _, _), sizes in pool.imap(_measure_row, rows):
+            print(f"{kernel} {dtype} {stages} {BQ} {BG}: " + " ".join(str(-(-s // 1024)) for s in sizes))
+
+
+if __name__ == "__main__":
+    _main()

@@ -20,11 +20,16 @@ the sweep) and the diagonal's gradient. It runs as one program per batch element
 ``C B^T`` and ``dy x^T`` once for all gradients, or as three (dx; column-generator gradients; row-generator
 gradients), adjacent in launch order so that they share x and dy in L2 (``TUNING["bwd_split"]``).
 
+Launch configurations (chunk, columns per program, stages) are chosen before launching from shared-memory
+sizes measured ahead of time for sm_90 (:data:`SMEM_TABLE`, :func:`plan_candidates`), so that a launch does
+not run out of shared memory; never with fewer than two pipeline stages.
+
 Reference: T. Dao, A. Gu, "Transformers are SSMs" (arXiv 2405.21060), Section 6 (chunked SSD); S. Hwang,
 A. Lahoti, T. Dao, A. Gu, "Hydra" (arXiv 2407.09941), Section 3 (quasiseparable mixer).
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -54,6 +59,9 @@ DEFAULT_CHUNK = 64
 # batch element in the input dtype and sum them in torch (False). Not yet timed on a GPU:
 # `python -m benchmarks.kernels --tune-bwd` sweeps them. bwd_states_pair: the backward's right-to-left kernel
 # computes its two states in one program per batch element (one wave here) or in two (two waves).
+# These are starting points: plan_candidates lowers the chunk and block_v (then stages, never below 2, and
+# for the backward it tries the other bwd_split arrangement) until the measured shared memory of the kernel
+# pair fits the device (_SMEM_SM90); the backward's state kernel runs with the bwd_* warps and stages.
 TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2,
           "bwd_num_warps": 4, "bwd_num_stages": 2, "bwd_atomic_sum": True, "bwd_split": False,
           "bwd_states_pair": True}
@@ -96,34 +104,30 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.Tensor], vo: int,
-           out_dtype: torch.dtype, chunk: int) -> torch.Tensor:
-    """Run the generic operator (lower triangle, optional upper one and diagonal) on 4-D views; returns
-    ``(B0, B1, L, DV)`` in ``out_dtype``."""
+           out_dtype: torch.dtype, plan: Plan) -> torch.Tensor:
+    """Run the generic operator (lower triangle, optional upper one and diagonal) on 4-D views with the
+    launch configuration ``plan`` (see :func:`plan_candidates`); returns ``(B0, B1, L, DV)`` in
+    ``out_dtype``."""
     B0, B1, L, DV = V.shape
     DG = lo.R.shape[-1]
     dev = V.device
-    BQ = chunk
+    BQ, BV = plan.BQ, plan.BV
     BG = _pow2(DG)
-    BV = min(TUNING["block_v"], _pow2(DV))
     n_chunks = triton.cdiv(L, BQ)
     grid = (B0 * B1, triton.cdiv(DV, BV))
     prec = "ieee" if V.dtype == torch.float32 else "tf32"
     upcast = V.dtype == torch.bfloat16 and _interpreting()
     acc = tl.float64 if V.dtype == torch.float64 else tl.float32
     out = torch.empty((B0, B1, L, DV), dtype=out_dtype, device=dev)
-    num_warps = TUNING["num_warps"] or (4 if BG * BV <= 64 * 64 else 8)
-    launch = dict(num_warps=num_warps)
-    if TUNING["num_stages"]:
-        launch["num_stages"] = TUNING["num_stages"]
+    launch = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
     if up is not None:
         # Stored in V's dtype: the sweep casts each state to it before its matrix product anyway, so a
         # wider copy would only double this, the kernel pair's largest, memory traffic.
         states = torch.empty((B0 * B1, n_chunks, DG, DV), dtype=V.dtype, device=dev)
-        _launch_fitting(
-            _k._upper_states_kernel, grid,
-            (up.K, *up.K.stride(), up.lam, *up.lam.stride()[:3], V, *V.stride(), states,
-             B1, L, DG, DV, n_chunks),
-            dict(UP_K=up.k, UP_U=up.u, VO=vo, BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc), launch)
+        _k._upper_states_kernel[grid](
+            up.K, *up.K.stride(), up.lam, *up.lam.stride()[:3], V, *V.stride(), states,
+            B1, L, DG, DV, n_chunks,
+            UP_K=up.k, UP_U=up.u, VO=vo, BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, **launch)
     else:
         states = out  # unused placeholder pointer
     lo_ = lo
@@ -131,44 +135,528 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
     shared = (up is not None and _same(lo.R, up.R) and _same(lo.K, up.K)
               and lo.r == -up.r and lo.k == -up.k)
     d = delta if delta is not None else lo_.lam
-    _launch_fitting(_k._sweep_kernel, grid, (
+    _k._sweep_kernel[grid](
         lo_.R, *lo_.R.stride(), lo_.K, *lo_.K.stride(), lo_.lam, *lo_.lam.stride()[:3],
         up_.R, *up_.R.stride(), up_.K, *up_.K.stride(), up_.lam, *up_.lam.stride()[:3],
         V, *V.stride(), d, *d.stride()[:3], states, out, *out.stride(),
-        B1, L, DG, DV, n_chunks), dict(
+        B1, L, DG, DV, n_chunks,
         LO_R=lo_.r, LO_K=lo_.k, LO_U=lo_.u, LO_V=lo_.v, LO_S=lo_.s,
         HAS_UP=up is not None, UP_R=up_.r, UP_K=up_.k, UP_U=up_.u, UP_V=up_.v, UP_S=up_.s,
         SHARED_GRAM=shared, HAS_D=delta is not None, VO=vo,
-        BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc), launch)
+        BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, **launch)
     return out
 
 
-# Launches that ran out of shared memory with the TUNING configuration and ran with fewer pipeline stages:
-# {(kernel name, BG, BV, dtype): num_stages}. The software pipeline keeps `num_stages` copies of every
-# tile it prefetches, so with wide generators (e.g. d_state 256 for the quasiseparable operator, whose
-# two triangles each hold a (chunk, d_state) pair of tiles) two stages exceed an H100's 227 KiB.
-_STAGES_FITTING: dict = {}
+# ------------------------------------------------------------------------------------ launch planning
+# Shared memory per program on sm_90 (KiB, rounded up), measured ahead of time with triton 3.6 by
+#     PYTHONPATH=/path/to/triton-3.6:. python -m kernels._ssd_triton --jobs 2
+# (see kernels._ssd_triton.measure_shared_memory: each kernel in its largest variant, 4 warps). Row
+# "kernel dtype stages BQ BG:", columns BV = 16, 32, 64, 128 (forward: columns of V per program) or
+# BP = 16, 32, 64, 128, 256 (backward: pow2(P), all of P in one program).
+# Spot checks with measure_shared_memory: float16 needs exactly what bfloat16 needs; 8 warps what 4 need
+# except the backward sweep at BG = 64 (+4 KiB); see _SMEM_MARGIN. What grows:
+# the software pipeline keeps `stages` copies of each tile it prefetches, (BQ, BG) generator tiles and
+# the (BG, BV) stored state of each triangle; so d_state 256 with both triangles exceeds an H100's 227 KiB
+# at BQ = 64 in two stages and fits at BQ = 32.
+_SMEM_SM90 = """
+upper_states bf16 2 16 16: 2 3 5 9
+upper_states bf16 2 16 32: 3 4 6 10
+upper_states bf16 2 16 64: 4 6 11 13
+upper_states bf16 2 16 128: 6 7 11 13
+upper_states bf16 2 16 256: 10 11 13 17
+upper_states bf16 2 32 16: 4 6 10 18
+upper_states bf16 2 32 32: 5 7 11 19
+upper_states bf16 2 32 64: 7 9 13 21
+upper_states bf16 2 32 128: 11 13 17 25
+upper_states bf16 2 32 256: 19 21 25 33
+upper_states bf16 2 64 16: 7 11 19 35
+upper_states bf16 2 64 32: 9 13 21 37
+upper_states bf16 2 64 64: 13 17 25 41
+upper_states bf16 2 64 128: 21 25 33 49
+upper_states bf16 2 64 256: 37 41 49 65
+upper_states bf16 3 16 16: 3 4 7 13
+upper_states bf16 3 16 32: 3 5 8 14
+upper_states bf16 3 16 64: 4 7 13 17
+upper_states bf16 3 16 128: 6 8 13 17
+upper_states bf16 3 16 256: 10 12 15 21
+upper_states bf16 3 32 16: 5 8 14 26
+upper_states bf16 3 32 32: 6 9 15 27
+upper_states bf16 3 32 64: 8 11 17 29
+upper_states bf16 3 32 128: 12 15 21 33
+upper_states bf16 3 32 256: 20 23 29 41
+upper_states bf16 3 64 16: 9 15 27 51
+upper_states bf16 3 64 32: 11 17 29 53
+upper_states bf16 3 64 64: 15 21 33 57
+upper_states bf16 3 64 128: 23 29 41 65
+upper_states bf16 3 64 256: 39 45 57 81
+upper_states fp32 2 16 16: 5 7 11 19
+upper_states fp32 2 16 32: 7 9 15 21
+upper_states fp32 2 16 64: 11 15 17 25
+upper_states fp32 2 16 128: 19 21 25 33
+upper_states fp32 2 16 256: 35 37 41 49
+upper_states fp32 2 32 16: 9 13 21 37
+upper_states fp32 2 32 32: 13 17 25 41
+upper_states fp32 2 32 64: 21 25 33 49
+upper_states fp32 2 32 128: 37 41 49 65
+upper_states fp32 2 32 256: 69 73 81 97
+upper_states fp32 2 64 16: 17 25 41 73
+upper_states fp32 2 64 32: 25 33 49 81
+upper_states fp32 2 64 64: 41 49 65 97
+upper_states fp32 2 64 128: 73 81 97 129
+upper_states fp32 2 64 256: 137 145 161 193
+upper_states fp32 3 16 16: 7 10 16 28
+upper_states fp32 3 16 32: 10 13 21 31
+upper_states fp32 3 16 64: 16 21 25 37
+upper_states fp32 3 16 128: 28 31 37 49
+upper_states fp32 3 16 256: 52 55 61 73
+upper_states fp32 3 32 16: 13 19 31 55
+upper_states fp32 3 32 32: 19 25 37 61
+upper_states fp32 3 32 64: 31 37 49 73
+upper_states fp32 3 32 128: 55 61 73 97
+upper_states fp32 3 32 256: 103 109 121 145
+upper_states fp32 3 64 16: 25 37 61 109
+upper_states fp32 3 64 32: 37 49 73 121
+upper_states fp32 3 64 64: 61 73 97 145
+upper_states fp32 3 64 128: 109 121 145 193
+upper_states fp32 3 64 256: 205 217 241 289
+upper_states fp64 2 16 16: 7 11 19 35
+upper_states fp64 2 16 32: 11 13 21 37
+upper_states fp64 2 16 64: 19 17 25 41
+upper_states fp64 2 16 128: 27 29 33 49
+upper_states fp64 2 16 256: 43 45 57 65
+upper_states fp64 2 32 16: 13 21 37 69
+upper_states fp64 2 32 32: 17 25 41 73
+upper_states fp64 2 32 64: 29 33 49 81
+upper_states fp64 2 32 128: 45 49 65 97
+upper_states fp64 2 32 256: 77 81 97 129
+upper_states fp64 2 64 16: 25 41 73 137
+upper_states fp64 2 64 32: 33 49 81 145
+upper_states fp64 2 64 64: 49 65 97 161
+upper_states fp64 2 64 128: 81 97 129 193
+upper_states fp64 2 64 256: 145 161 193 257
+upper_states fp64 3 16 16: 11 17 29 53
+upper_states fp64 3 16 32: 17 21 33 57
+upper_states fp64 3 16 64: 29 29 41 65
+upper_states fp64 3 16 128: 45 49 57 81
+upper_states fp64 3 16 256: 77 81 97 113
+upper_states fp64 3 32 16: 21 33 57 105
+upper_states fp64 3 32 32: 29 41 65 113
+upper_states fp64 3 32 64: 49 57 81 129
+upper_states fp64 3 32 128: 81 89 113 161
+upper_states fp64 3 32 256: 145 153 177 225
+upper_states fp64 3 64 16: 42 66 114 210
+upper_states fp64 3 64 32: 58 82 130 226
+upper_states fp64 3 64 64: 90 114 162 258
+upper_states fp64 3 64 128: 154 178 226 322
+upper_states fp64 3 64 256: 282 306 354 450
+sweep bf16 2 16 16: 4 6 9 15
+sweep bf16 2 16 32: 7 9 13 21
+sweep bf16 2 16 64: 12 18 29 51
+sweep bf16 2 16 128: 22 32 51 89
+sweep bf16 2 16 256: 42 60 95 165
+sweep bf16 2 32 16: 7 10 15 25
+sweep bf16 2 32 32: 12 15 21 33
+sweep bf16 2 32 64: 20 27 41 69
+sweep bf16 2 32 128: 36 47 69 113
+sweep bf16 2 32 256: 68 87 125 201
+sweep bf16 2 64 16: 22 30 45 75
+sweep bf16 2 64 32: 38 47 65 101
+sweep bf16 2 64 64: 67 77 97 137
+sweep bf16 2 64 128: 129 145 177 241
+sweep bf16 2 64 256: 253 281 337 449
+sweep bf16 3 16 16: 7 9 14 24
+sweep bf16 3 16 32: 11 15 22 36
+sweep bf16 3 16 64: 21 29 45 77
+sweep bf16 3 16 128: 39 53 81 137
+sweep bf16 3 16 256: 75 101 153 257
+sweep bf16 3 32 16: 12 16 24 40
+sweep bf16 3 32 32: 20 25 35 55
+sweep bf16 3 32 64: 35 45 65 105
+sweep bf16 3 32 128: 65 81 113 177
+sweep bf16 3 32 256: 125 153 209 321
+sweep bf16 3 64 16: 33 43 63 103
+sweep bf16 3 64 32: 57 69 93 141
+sweep bf16 3 64 64: 103 117 145 201
+sweep bf16 3 64 128: 199 221 265 353
+sweep bf16 3 64 256: 391 429 505 657
+sweep fp32 2 16 16: 9 13 21 37
+sweep fp32 2 16 32: 15 21 33 57
+sweep fp32 2 16 64: 27 37 57 97
+sweep fp32 2 16 128: 51 69 105 177
+sweep fp32 2 16 256: 99 133 201 337
+sweep fp32 2 32 16: 18 21 33 57
+sweep fp32 2 32 32: 27 33 49 81
+sweep fp32 2 32 64: 49 57 81 129
+sweep fp32 2 32 128: 93 105 145 225
+sweep fp32 2 32 256: 181 201 273 417
+sweep fp32 2 64 16: 42 51 69 97
+sweep fp32 2 64 32: 55 69 81 129
+sweep fp32 2 64 64: 93 105 129 193
+sweep fp32 2 64 128: 177 193 225 321
+sweep fp32 2 64 256: 345 369 417 577
+sweep fp32 3 16 16: 15 21 33 57
+sweep fp32 3 16 32: 26 35 53 89
+sweep fp32 3 16 64: 48 63 93 153
+sweep fp32 3 16 128: 92 119 173 281
+sweep fp32 3 16 256: 180 231 333 537
+sweep fp32 3 32 16: 29 35 53 89
+sweep fp32 3 32 32: 47 57 81 129
+sweep fp32 3 32 64: 87 101 137 209
+sweep fp32 3 32 128: 167 189 249 369
+sweep fp32 3 32 256: 327 365 473 689
+sweep fp32 3 64 16: 64 78 105 153
+sweep fp32 3 64 32: 94 114 137 209
+sweep fp32 3 64 64: 165 185 225 321
+sweep fp32 3 64 128: 317 345 401 545
+sweep fp32 3 64 256: 621 665 753 993
+sweep fp64 2 16 16: 15 21 33 57
+sweep fp64 2 16 32: 25 33 49 81
+sweep fp64 2 16 64: 45 57 81 129
+sweep fp64 2 16 128: 85 105 145 225
+sweep fp64 2 16 256: 165 201 273 417
+sweep fp64 2 32 16: 27 37 57 97
+sweep fp64 2 32 32: 41 57 81 129
+sweep fp64 2 32 64: 73 97 129 193
+sweep fp64 2 32 128: 137 177 225 321
+sweep fp64 2 32 256: 265 337 417 577
+sweep fp64 2 64 16: 47 65 101 177
+sweep fp64 2 64 32: 73 97 145 225
+sweep fp64 2 64 64: 129 161 225 321
+sweep fp64 2 64 128: 241 289 385 513
+sweep fp64 2 64 256: 465 545 705 897
+sweep fp64 3 16 16: 25 35 55 95
+sweep fp64 3 16 32: 43 57 85 141
+sweep fp64 3 16 64: 79 101 145 233
+sweep fp64 3 16 128: 151 189 265 417
+sweep fp64 3 16 256: 295 365 505 785
+sweep fp64 3 32 16: 45 61 93 157
+sweep fp64 3 32 32: 73 97 137 217
+sweep fp64 3 32 64: 133 169 225 337
+sweep fp64 3 32 128: 253 313 401 577
+sweep fp64 3 32 256: 493 601 753 1057
+sweep fp64 3 64 16: 82 110 166 282
+sweep fp64 3 64 32: 134 170 242 370
+sweep fp64 3 64 64: 242 290 386 546
+sweep fp64 3 64 128: 458 530 674 898
+sweep fp64 3 64 256: 890 1010 1250 1602
+sweep_causal bf16 2 16 16: 3 4 6 10
+sweep_causal bf16 2 16 32: 4 5 7 11
+sweep_causal bf16 2 16 64: 6 10 17 31
+sweep_causal bf16 2 16 128: 10 16 27 49
+sweep_causal bf16 2 16 256: 18 28 47 85
+sweep_causal bf16 2 32 16: 5 7 11 19
+sweep_causal bf16 2 32 32: 7 9 13 21
+sweep_causal bf16 2 32 64: 10 15 25 45
+sweep_causal bf16 2 32 128: 16 23 37 65
+sweep_causal bf16 2 32 256: 28 39 61 105
+sweep_causal bf16 2 64 16: 13 20 33 59
+sweep_causal bf16 2 64 32: 20 27 41 69
+sweep_causal bf16 2 64 64: 31 37 49 73
+sweep_causal bf16 2 64 128: 57 65 81 113
+sweep_causal bf16 2 64 256: 109 121 145 193
+sweep_causal fp32 2 16 16: 7 10 16 28
+sweep_causal fp32 2 16 32: 10 14 22 38
+sweep_causal fp32 2 16 64: 16 22 34 58
+sweep_causal fp32 2 16 128: 28 38 58 98
+sweep_causal fp32 2 16 256: 52 70 106 178
+sweep_causal fp32 2 32 16: 15 19 29 49
+sweep_causal fp32 2 32 32: 21 25 37 61
+sweep_causal fp32 2 32 64: 33 37 53 85
+sweep_causal fp32 2 32 128: 57 61 85 133
+sweep_causal fp32 2 32 256: 105 109 149 229
+sweep_causal fp32 2 64 16: 37 45 61 97
+sweep_causal fp32 2 64 32: 49 57 73 113
+sweep_causal fp32 2 64 64: 73 81 97 145
+sweep_causal fp32 2 64 128: 121 129 145 209
+sweep_causal fp32 2 64 256: 217 225 241 337
+sweep_causal fp64 2 16 16: 9 13 21 37
+sweep_causal fp64 2 16 32: 13 17 25 41
+sweep_causal fp64 2 16 64: 21 25 33 49
+sweep_causal fp64 2 16 128: 37 41 49 65
+sweep_causal fp64 2 16 256: 69 73 81 97
+sweep_causal fp64 2 32 16: 17 25 45 77
+sweep_causal fp64 2 32 32: 21 33 49 81
+sweep_causal fp64 2 32 64: 33 49 65 97
+sweep_causal fp64 2 32 128: 57 81 97 129
+sweep_causal fp64 2 32 256: 105 145 161 193
+sweep_causal fp64 2 64 16: 29 45 77 169
+sweep_causal fp64 2 64 32: 37 57 97 177
+sweep_causal fp64 2 64 64: 57 81 129 193
+sweep_causal fp64 2 64 128: 97 129 193 257
+sweep_causal fp64 2 64 256: 177 225 321 385
+bwd_states bf16 2 16 16: 3 4 7 13 25
+bwd_states bf16 2 16 32: 3 5 8 14 26
+bwd_states bf16 2 16 64: 4 7 13 17 33
+bwd_states bf16 2 16 128: 6 8 13 17 33
+bwd_states bf16 2 16 256: 10 12 15 21 33
+bwd_states bf16 2 32 16: 5 8 14 26 50
+bwd_states bf16 2 32 32: 6 9 15 27 51
+bwd_states bf16 2 32 64: 8 11 17 29 53
+bwd_states bf16 2 32 128: 12 15 21 33 57
+bwd_states bf16 2 32 256: 20 23 29 41 65
+bwd_states bf16 2 64 16: 9 15 27 51 99
+bwd_states bf16 2 64 32: 11 17 29 53 101
+bwd_states bf16 2 64 64: 15 21 33 57 105
+bwd_states bf16 2 64 128: 23 29 41 65 113
+bwd_states bf16 2 64 256: 39 45 57 81 129
+bwd_states fp32 2 16 16: 7 10 16 28 52
+bwd_states fp32 2 16 32: 10 13 21 31 55
+bwd_states fp32 2 16 64: 16 21 25 37 61
+bwd_states fp32 2 16 128: 28 31 37 49 73
+bwd_states fp32 2 16 256: 52 55 61 73 97
+bwd_states fp32 2 32 16: 13 19 31 55 103
+bwd_states fp32 2 32 32: 19 25 37 61 109
+bwd_states fp32 2 32 64: 31 37 49 73 121
+bwd_states fp32 2 32 128: 55 61 73 97 145
+bwd_states fp32 2 32 256: 103 109 121 145 193
+bwd_states fp32 2 64 16: 25 37 61 109 205
+bwd_states fp32 2 64 32: 37 49 73 121 217
+bwd_states fp32 2 64 64: 61 73 97 145 241
+bwd_states fp32 2 64 128: 109 121 145 193 289
+bwd_states fp32 2 64 256: 205 217 241 289 385
+bwd_states fp64 2 16 16: 11 17 29 53 101
+bwd_states fp64 2 16 32: 17 21 33 57 105
+bwd_states fp64 2 16 64: 29 33 49 65 113
+bwd_states fp64 2 16 128: 45 49 65 97 129
+bwd_states fp64 2 16 256: 77 81 97 129 193
+bwd_states fp64 2 32 16: 21 33 57 105 201
+bwd_states fp64 2 32 32: 29 41 65 113 209
+bwd_states fp64 2 32 64: 49 57 81 129 225
+bwd_states fp64 2 32 128: 81 89 113 161 257
+bwd_states fp64 2 32 256: 145 153 177 225 321
+bwd_states fp64 2 64 16: 42 66 114 210 402
+bwd_states fp64 2 64 32: 58 82 130 226 418
+bwd_states fp64 2 64 64: 90 114 162 258 450
+bwd_states fp64 2 64 128: 154 178 226 322 514
+bwd_states fp64 2 64 256: 282 306 354 450 642
+bwd_sweep bf16 2 16 16: 6 10 17 29 55
+bwd_sweep bf16 2 16 32: 10 15 25 43 81
+bwd_sweep bf16 2 16 64: 19 26 41 71 133
+bwd_sweep bf16 2 16 128: 33 46 73 127 237
+bwd_sweep bf16 2 16 256: 63 88 139 241 445
+bwd_sweep bf16 2 32 16: 11 18 27 45 81
+bwd_sweep bf16 2 32 32: 17 23 37 61 109
+bwd_sweep bf16 2 32 64: 30 39 57 93 165
+bwd_sweep bf16 2 32 128: 52 67 97 157 277
+bwd_sweep bf16 2 32 256: 98 125 179 287 503
+bwd_sweep bf16 2 64 16: 27 38 59 101 193
+bwd_sweep bf16 2 64 32: 38 51 77 129 241
+bwd_sweep bf16 2 64 64: 61 81 121 201 369
+bwd_sweep bf16 2 64 128: 107 133 193 313 561
+bwd_sweep bf16 2 64 256: 203 245 345 545 945
+bwd_sweep fp32 2 16 16: 15 21 33 63 107
+bwd_sweep fp32 2 16 32: 22 31 49 91 159
+bwd_sweep fp32 2 16 64: 36 51 81 147 263
+bwd_sweep fp32 2 16 128: 64 91 145 259 471
+bwd_sweep fp32 2 16 256: 120 171 273 483 887
+bwd_sweep fp32 2 32 16: 34 43 61 97 169
+bwd_sweep fp32 2 32 32: 45 57 81 129 225
+bwd_sweep fp32 2 32 64: 67 85 121 193 337
+bwd_sweep fp32 2 32 128: 111 141 201 321 561
+bwd_sweep fp32 2 32 256: 199 253 361 577 1009
+bwd_sweep fp32 2 64 16: 96 111 141 201 321
+bwd_sweep fp32 2 64 32: 115 133 169 241 385
+bwd_sweep fp32 2 64 64: 153 177 225 321 513
+bwd_sweep fp32 2 64 128: 229 265 337 481 769
+bwd_sweep fp32 2 64 256: 381 441 561 801 1281
+bwd_sweep fp64 2 16 16: 29 41 65 113 209
+bwd_sweep fp64 2 16 32: 49 65 97 161 289
+bwd_sweep fp64 2 16 64: 89 113 161 273 481
+bwd_sweep fp64 2 16 128: 169 209 289 449 801
+bwd_sweep fp64 2 16 256: 329 401 545 833 1409
+bwd_sweep fp64 2 32 16: 65 93 117 193 353
+bwd_sweep fp64 2 32 32: 105 121 161 257 449
+bwd_sweep fp64 2 32 64: 169 193 249 385 641
+bwd_sweep fp64 2 32 128: 313 353 441 625 1025
+bwd_sweep fp64 2 32 256: 601 673 825 1137 1761
+bwd_sweep fp64 2 64 16: 187 269 305 377 641
+bwd_sweep fp64 2 64 32: 233 257 369 465 769
+bwd_sweep fp64 2 64 64: 385 417 481 641 1025
+bwd_sweep fp64 2 64 128: 625 673 769 977 1537
+bwd_sweep fp64 2 64 256: 1169 1249 1409 1745 2465
+bwd_sweep_split bf16 2 16 16: 5 7 12 22 42
+bwd_sweep_split bf16 2 16 32: 8 10 17 31 59
+bwd_sweep_split bf16 2 16 64: 14 17 27 49 93
+bwd_sweep_split bf16 2 16 128: 24 31 49 85 161
+bwd_sweep_split bf16 2 16 256: 46 59 93 161 297
+bwd_sweep_split bf16 2 32 16: 8 12 19 35 67
+bwd_sweep_split bf16 2 32 32: 14 17 25 45 85
+bwd_sweep_split bf16 2 32 64: 23 27 37 65 121
+bwd_sweep_split bf16 2 32 128: 41 47 65 105 193
+bwd_sweep_split bf16 2 32 256: 79 89 121 193 337
+bwd_sweep_split bf16 2 64 16: 30 37 59 103 191
+bwd_sweep_split bf16 2 64 32: 45 53 69 117 221
+bwd_sweep_split bf16 2 64 64: 77 89 113 169 313
+bwd_sweep_split bf16 2 64 128: 137 153 193 273 433
+bwd_sweep_split bf16 2 64 256: 257 289 353 481 737
+bwd_sweep_split fp32 2 16 16: 13 21 37 69 133
+bwd_sweep_split fp32 2 16 32: 17 23 35 63 119
+bwd_sweep_split fp32 2 16 64: 29 39 59 99 187
+bwd_sweep_split fp32 2 16 128: 53 71 107 179 323
+bwd_sweep_split fp32 2 16 256: 101 135 203 339 611
+bwd_sweep_split fp32 2 32 16: 23 29 45 77 141
+bwd_sweep_split fp32 2 32 32: 35 49 81 145 273
+bwd_sweep_split fp32 2 32 64: 53 65 89 137 249
+bwd_sweep_split fp32 2 32 128: 93 113 153 233 393
+bwd_sweep_split fp32 2 32 256: 181 209 281 425 713
+bwd_sweep_split fp32 2 64 16: 59 69 97 153 265
+bwd_sweep_split fp32 2 64 32: 77 89 113 177 305
+bwd_sweep_split fp32 2 64 64: 113 137 193 321 577
+bwd_sweep_split fp32 2 64 128: 185 209 257 353 545
+bwd_sweep_split fp32 2 64 256: 345 369 449 609 929
+bwd_sweep_split fp64 2 16 16: 17 29 49 89 169
+bwd_sweep_split fp64 2 16 32: 29 41 69 125 237
+bwd_sweep_split fp64 2 16 64: 49 69 109 197 373
+bwd_sweep_split fp64 2 16 128: 93 125 197 341 645
+bwd_sweep_split fp64 2 16 256: 181 237 373 645 1189
+bwd_sweep_split fp64 2 32 16: 39 57 89 161 305
+bwd_sweep_split fp64 2 32 32: 57 73 113 193 353
+bwd_sweep_split fp64 2 32 64: 89 113 161 273 497
+bwd_sweep_split fp64 2 32 128: 161 193 273 433 785
+bwd_sweep_split fp64 2 32 256: 313 353 497 785 1361
+bwd_sweep_split fp64 2 64 16: 108 137 193 321 593
+bwd_sweep_split fp64 2 64 32: 137 161 225 353 641
+bwd_sweep_split fp64 2 64 64: 193 225 289 449 769
+bwd_sweep_split fp64 2 64 128: 322 354 449 641 1089
+bwd_sweep_split fp64 2 64 256: 594 642 769 1089 1729
+"""
+_SM90_SHARED_BYTES = 232448  # an H100's (sm_90) opt-in shared memory per block, 227 KiB
 
 
-def _launch_fitting(kernel, grid, args: tuple, meta: dict, launch: dict) -> None:
-    """Launch ``kernel[grid](*args, **meta, **launch)``; if it needs more shared memory than the device has,
-    retry with fewer software-pipelining stages (remembered per shape class) before giving up."""
-    key = (kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), meta.get("BG"), meta.get("BV"),
-           str(meta.get("ACC")))
-    stages = _STAGES_FITTING.get(key, launch.get("num_stages"))
-    while True:
-        kw = dict(launch) if stages is None else {**launch, "num_stages": stages}
+def _parse_smem_table(text: str) -> dict:
+    table = {}
+    for line in text.strip().splitlines():
+        head, vals = line.split(":")
+        kernel, dtype, stages, BQ, BG = head.split()
+        cols = (16, 32, 64, 128, 256) if kernel.startswith("bwd") else (16, 32, 64, 128)
+        for BV, v in zip(cols, vals.split()):
+            if v != "-":
+                table[(kernel, dtype, int(stages), int(BQ), int(BG), BV)] = int(v) * 1024
+    return table
+
+
+SMEM_TABLE = _parse_smem_table(_SMEM_SM90)
+_BWD_KERNELS = ("bwd_states", "bwd_sweep")
+# Headroom for what the table does not hold (see kernels._ssd_triton): variants of the split backward
+# sweep measured up to 0.5 KiB above its table entries, 8 warps up to 4 KiB above 4 (the table's).
+_SMEM_MARGIN = {"bwd_sweep_split": 2048, "warps": 8192}
+_TABLE_DTYPE = {torch.float16: "bf16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+class Plan(NamedTuple):
+    """One launch configuration of a kernel pair: chunk rows BQ, columns per program BV (backward: BP,
+    all of P), warps, pipeline stages, and the backward's sweep arrangement (``TUNING["bwd_split"]``)."""
+    BQ: int
+    BV: int
+    num_warps: int
+    num_stages: int
+    split: bool = False
+
+
+def _smem_limit(device: torch.device) -> int:
+    """Shared memory per block the launch may use: the device's (CUDA), else an H100's, so that the
+    interpreter picks the configurations a GPU run would."""
+    if device.type == "cuda" and not _interpreting():
+        return _device_smem(device.index if device.index is not None else torch.cuda.current_device())
+    return _SM90_SHARED_BYTES
+
+
+@functools.lru_cache(maxsize=None)
+def _device_smem(index: int) -> int:
+    # What Triton's launch compares a kernel's shared memory with (the opt-in maximum per block).
+    return int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
+
+
+def _tile_pairs(BQ: int, BV: int) -> list:
+    """(BQ, BV) pairs from the requested one down to (16, 16) (powers of two), larger tiles first (more
+    work per program for the matrix units, fewer programs rereading B and C), the larger chunk first among
+    equal tiles (the caller's choice)."""
+    qs = [BQ >> i for i in range(BQ.bit_length()) if BQ >> i >= 16] or [BQ]
+    vs = [BV >> i for i in range(BV.bit_length()) if BV >> i >= 16] or [BV]
+    return sorted(((q, v) for q in qs for v in vs), key=lambda qv: (-qv[0] * qv[1], -qv[0]))
+
+
+# The plan each kernel pair last launched with, {kernels: Plan}, for benchmarks to record what ran.
+LAST_PLANS: dict = {}
+# Plans whose launch raised OutOfResources on this process's device although the sm_90 table says they
+# fit (another GPU, another Triton): {(kernels, dtype, BG, plan)}; later plans skip them.
+_REFUSED: set = set()
+
+
+_PLAN_MEMO: dict = {}
+
+
+def plan_candidates(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: int, limit: int,
+                    backward: bool = False) -> list:
+    """Launch configurations for ``kernels`` (names of :data:`SMEM_TABLE`, launched with one chunk size)
+    that the table says fit ``limit`` bytes (with :data:`_SMEM_MARGIN`'s headroom), in order of preference.
+
+    Forward: from ``TUNING``'s (chunk, block_v) through smaller (BQ, BV) (:func:`_tile_pairs`) at
+    TUNING's stages, then the same at each smaller stage count down to 2 (one stage is never used:
+    (32, 4, 1) faulted on an H100 at L = 16384, not understood). Backward: BP = pow2(P) is fixed (one
+    program holds all of P), so only BQ moves; ``TUNING["bwd_split"]``'s arrangement first, the other one
+    after it. Chunks above 64 are not measured: a 128 request runs at 64 or less.
+    Memoized (about 20 us a call otherwise, twice per forward).
+    """
+    key = (kernels, _pow2(N), _pow2(P), dtype, chunk, limit, backward, tuple(sorted(TUNING.items())),
+           id(_REFUSED), len(_REFUSED))
+    if key not in _PLAN_MEMO:
+        _PLAN_MEMO[key] = _plan_candidates(kernels, N, P, dtype, chunk, limit, backward)
+    return list(_PLAN_MEMO[key])
+
+
+def _plan_candidates(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: int, limit: int,
+                     backward: bool = False) -> list:
+    """The uncached :func:`plan_candidates`."""
+    BG = _pow2(N)
+    dt = _TABLE_DTYPE[dtype]
+    if backward:
+        split0 = bool(TUNING["bwd_split"])
+        warps, stages0 = TUNING["bwd_num_warps"] or 4, TUNING["bwd_num_stages"] or 3
+        BV0 = _pow2(P)
+        steps = [(q, BV0, s) for s in (split0, not split0) for q, _ in _tile_pairs(min(chunk, 64), 16)]
+    else:
+        BV0 = min(TUNING["block_v"], _pow2(P))
+        warps, stages0 = TUNING["num_warps"] or 4, TUNING["num_stages"] or 3
+        steps = [(q, v, False) for q, v in _tile_pairs(min(chunk, 64), BV0)]
+    key = "bwd_num_stages" if backward else "num_stages"
+    if stages0 < 2:
+        raise ValueError(f"kernels.ssd.TUNING[{key!r}] is {TUNING[key]!r}; the scan kernels run with 2 or more "
+                         f"pipeline stages (one stage faulted on an H100), or None for Triton's default")
+    out = []
+    for stages in range(stages0, 1, -1):
+        for BQ, BV, split in steps:
+            names = tuple(k + "_split" if split and k == "bwd_sweep" else k for k in kernels)
+            need = max(SMEM_TABLE.get((k, dt, stages, BQ, BG, BV), float("inf")) + _SMEM_MARGIN.get(k, 0)
+                       for k in names) + (_SMEM_MARGIN["warps"] if warps != 4 else 0)
+            plan = Plan(BQ, BV, warps, stages, split)
+            if need <= limit and (kernels, dt, BG, plan) not in _REFUSED:
+                out.append(plan)
+    return out
+
+
+def _run_planned(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: int, device: torch.device,
+                 run, backward: bool = False):
+    """``run(plan)`` with the first fitting plan (:func:`plan_candidates`); a plan whose launch still
+    runs out of shared memory is remembered and the next one runs (all of ``run`` again: it launches
+    the whole kernel pair). Raises ValueError when no plan fits."""
+    limit = _smem_limit(device)
+    plans = plan_candidates(kernels, N, P, dtype, chunk, limit, backward=backward)
+    for plan in plans:
         try:
-            kernel[grid](*args, **meta, **kw)
-            return
-        except OutOfResources as e:
-            now = stages if stages is not None else 3  # Triton's default on Hopper
-            if now <= 1:
-                raise RuntimeError(
-                    f"{key[0]} with BG={key[1]} BV={key[2]} and num_stages=1 still exceeds the device's shared "
-                    f"memory ({e}); lower kernels.ssd.TUNING['block_v'] or chunk_size") from e
-            stages = now - 1
-            _STAGES_FITTING[key] = stages
+            LAST_PLANS[kernels] = plan
+            return run(plan)
+        except OutOfResources:
+            _REFUSED.add((kernels, _TABLE_DTYPE[dtype], _pow2(N), plan))
+    raise _no_plan(kernels, N, P, dtype, chunk, limit, plans)
+
+
+def _no_plan(kernels, N, P, dtype, chunk, limit, tried) -> ValueError:
+    return ValueError(
+        f"no launch configuration of the scan kernels {kernels} fits {limit} bytes of shared memory for "
+        f"state size N={N}, head dim P={P} and dtype {dtype} (chunk_size={chunk}, "
+        f"{'tried ' + str(tried) if tried else 'none fits by the sm_90 table'}; stages below 2 are not "
+        f"used); use a smaller N or P, or a narrower dtype")
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -253,6 +741,13 @@ def _grad_target(param: torch.Tensor, batch, L: int, acc_t: torch.dtype) -> _Gra
 
 
 def _backward(x, dy, lower, upper, delta, s: int, chunk: int, combine: bool):
+    """:func:`_backward_planned` with the first fitting launch plan (see :func:`plan_candidates`)."""
+    return _run_planned(_BWD_KERNELS, lower[0].shape[-1], x.shape[-1], x.dtype, chunk,
+                        x.device, lambda plan: _backward_planned(x, dy, lower, upper, delta, s, combine, plan),
+                        backward=True)
+
+
+def _backward_planned(x, dy, lower, upper, delta, s: int, combine: bool, plan: Plan):
     """All gradients of ``y = (lower + upper + diag(delta)) x`` with the products' offsets (both triangles
     shifted by ``s``); ``lower``/``upper`` are ``(b, c, log_a)`` broadcastable to x's batch dims, ``upper``
     may be None (causal), ``combine``: upper's b, c are lower's (the same tensors), so their gradients are
@@ -273,7 +768,7 @@ def _backward(x, dy, lower, upper, delta, s: int, chunk: int, combine: bool):
     X, DY = _view4(x, nb), _view4(dy, nb)
     BL, CL, AL, BU, CU, AU = G(b), G(c), Vv(la), G(bu), G(cu), Vv(lau)
     B0, B1 = X.shape[:2]
-    BQ, BN, BP = chunk, _pow2(N), _pow2(P)
+    BQ, BN, BP = plan.BQ, _pow2(N), _pow2(P)
     n_chunks = triton.cdiv(L, BQ)
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     upcast = x.dtype == torch.bfloat16 and _interpreting()
@@ -281,9 +776,8 @@ def _backward(x, dy, lower, upper, delta, s: int, chunk: int, combine: bool):
     # Adjoint/upper states from the right, stored in x's dtype (cast to it before every product anyway).
     g_lo = torch.empty((B0 * B1, n_chunks, N, P), dtype=x.dtype, device=dev)
     h_up = torch.empty_like(g_lo) if has_up else g_lo
-    launch = dict(num_warps=TUNING["num_warps"] or 4)
-    if TUNING["num_stages"]:
-        launch["num_stages"] = TUNING["num_stages"]
+    # The state kernel is planned with the sweep (one table row each, same chunk, warps and stages).
+    launch = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
     pair = has_up and bool(TUNING["bwd_states_pair"])
     _k._bwd_states_kernel[(B0 * B1, 2 if has_up and not pair else 1)](
         CL, *CL.stride(), AL, *AL.stride()[:3], DY, *DY.stride(), g_lo,
@@ -296,10 +790,7 @@ def _backward(x, dy, lower, upper, delta, s: int, chunk: int, combine: bool):
     rs = torch.empty((4 if has_up else 2, B0 * B1, L), dtype=acc_t, device=dev)
     ddl = torch.empty((B0 * B1, L), dtype=acc_t, device=dev) if delta is not None else rs
     D = Vv(delta) if delta is not None else AL
-    launch = dict(num_warps=TUNING["bwd_num_warps"] or 4)
-    if TUNING["bwd_num_stages"]:
-        launch["num_stages"] = TUNING["bwd_num_stages"]
-    split = bool(TUNING["bwd_split"])
+    split = plan.split
     _k._bwd_sweep_kernel[(3 if split else 1, B0 * B1)](
         X, *X.stride(), DY, *DY.stride(), BL, *BL.stride(), CL, *CL.stride(), AL, *AL.stride()[:3],
         BU, *BU.stride(), CU, *CU.stride(), AU, *AU.stride()[:3], D, *D.stride()[:3], g_lo, h_up,
@@ -338,7 +829,13 @@ class _QSFunction(torch.autograd.Function):
         lo = _tri4(G(c), G(b), Vv(log_a), nb, s, 0, 0, s, s)
         up = _tri4(G(c_bwd), G(b_bwd), Vv(log_a_bwd), nb, s, 0, 0, s, s) if has_up else None
         d4 = _view4(Vv(delta).unsqueeze(-1), nb) if delta is not None else None
-        y = _apply(_view4(x, nb), lo, up, d4, 0, x.dtype, chunk)
+        N, P = b.shape[-1], x.shape[-1]
+        if any(ctx.needs_input_grad):  # refuse now rather than in the backward pass
+            limit = _smem_limit(x.device)
+            if not plan_candidates(_BWD_KERNELS, N, P, x.dtype, chunk, limit, backward=True):
+                raise _no_plan(_BWD_KERNELS, N, P, x.dtype, chunk, limit, [])
+        y = _run_planned(("upper_states", "sweep") if has_up else ("sweep_causal",), N, P, x.dtype, chunk,
+                         x.device, lambda plan: _apply(_view4(x, nb), lo, up, d4, 0, x.dtype, plan))
         ctx.save_for_backward(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd)
         # The same tensors in both triangles (Hydra's shared B, C): one gradient, summed in the kernel.
         ctx.cfg = (s, has_up, chunk, b_bwd is b and c_bwd is c)
@@ -366,7 +863,11 @@ def semiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_
     b, c : ``(*batch, L, N)``, broadcastable to x's batch dims; expanded views (e.g. one B, C shared by all
         heads, ngroups = 1) are read through their strides, never materialized. Cast to x's dtype.
     log_a : ``(*batch, L)``, <= 0 (not checked here; :class:`structured.semiseparable.Semiseparable` checks).
-    chunk_size : rows per chunk Q (16, 32, 64 or 128).
+    chunk_size : rows per chunk Q (16, 32, 64 or 128), an upper bound: each kernel pair runs with the
+        largest chunk <= chunk_size (and <= 64) whose launch fits the device's shared memory, forward and
+        backward planned separately (:func:`plan_candidates`; e.g. d_state 256 in bf16 runs at 32 on an
+        H100). The chunk only reorganises the computation: every chunk gives the same product in exact
+        arithmetic, results differ in rounding only (tested in float64 to 1e-12).
 
     Returns ``(*batch, L, P)`` in x's dtype; products accumulate in float32 (bf16/fp16 operands on the matrix
     units, float32 operands in IEEE float32, no tf32; float64 operands and accumulation in float64).
@@ -405,7 +906,11 @@ def quasiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log
     log_a, log_a_bwd : ``(*batch, L)``, <= 0 (not checked here).
     delta : ``(*batch, L)`` diagonal.
     shift : Hydra's shifted form (True) or the addition-based variant (False).
-    chunk_size : rows per chunk Q (16, 32, 64 or 128).
+    chunk_size : rows per chunk Q (16, 32, 64 or 128), an upper bound: each kernel pair runs with the
+        largest chunk <= chunk_size (and <= 64) whose launch fits the device's shared memory, forward and
+        backward planned separately (:func:`plan_candidates`; e.g. d_state 256 in bf16 runs at 32 on an
+        H100). The chunk only reorganises the computation: every chunk gives the same product in exact
+        arithmetic, results differ in rounding only (tested in float64 to 1e-12).
 
     Returns ``(*batch, L, P)`` in x's dtype, float32 accumulation; differentiable in all inputs (the
     backward is one fused kernel pair for all gradients; see the module docstring).
