@@ -253,6 +253,11 @@ def run_scans(device, out, quick) -> dict:
     return doc
 
 
+def _plans_run(ssd) -> dict:
+    """What the planner actually launched (it may shrink the requested configuration to fit shared memory)."""
+    return {str(k): str(v) for k, v in ssd.LAST_PLANS.items()}
+
+
 def tune(device, L=16384) -> list:
     """Sweep the scan kernels' launch configuration (kernels.ssd.TUNING) on the fused product at one L."""
     from triton.testing import do_bench
@@ -263,7 +268,7 @@ def tune(device, L=16384) -> list:
     saved = dict(ssd.TUNING)
     for bv in (32, 64):
         for nw in (4, 8):
-            for ns in (1, 3):
+            for ns in (2, 3):  # one stage is refused by the planner (kernels.ssd)
                 ssd.TUNING.update(block_v=bv, num_warps=nw, num_stages=ns)
                 try:
                     f, fb, peak = bench_one(qs_fused, t, keys, do_bench)
@@ -271,7 +276,8 @@ def tune(device, L=16384) -> list:
                     rows.append(dict(block_v=bv, num_warps=nw, num_stages=ns, error=repr(e)[:200]))
                     print(f"tune block_v={bv} warps={nw} stages={ns}: failed: {e!r}"[:300], flush=True)
                     continue
-                rows.append(dict(block_v=bv, num_warps=nw, num_stages=ns, fwd_ms=f, fwd_bwd_ms=fb))
+                rows.append(dict(block_v=bv, num_warps=nw, num_stages=ns, fwd_ms=f, fwd_bwd_ms=fb,
+                                 plans_run=_plans_run(ssd)))
                 print(f"tune L={L} block_v={bv} warps={nw} stages={ns}: fwd {f:.3f} ms fwd+bwd {fb:.3f} ms",
                       flush=True)
     ssd.TUNING.clear()
@@ -299,12 +305,12 @@ def tune_bwd(device, L=16384) -> list:
             rows.append(dict(knobs, error=repr(e)[:200]))
             print(f"tune-bwd {knobs}: failed: {e!r}"[:300], flush=True)
             return
-        rows.append(dict(knobs, fwd_ms=f, fwd_bwd_ms=fb, peak_bytes_fwd_bwd=peak))
+        rows.append(dict(knobs, fwd_ms=f, fwd_bwd_ms=fb, peak_bytes_fwd_bwd=peak, plans_run=_plans_run(ssd)))
         print(f"tune-bwd L={L} {knobs}: fwd {f:.3f} ms fwd+bwd {fb:.3f} ms", flush=True)
 
     for split in (True, False):
         for nw in (4, 8):
-            for ns in (1, 2):
+            for ns in (2, 3):
                 one(bwd_split=split, bwd_num_warps=nw, bwd_num_stages=ns)
     ok = [r for r in rows if "error" not in r]
     if ok:
