@@ -14,17 +14,26 @@ warm-up and repetitions in ms as below) on random inputs, plus the peak memory o
   concatenation ``[x; flip(x)]`` (B, C, log_a concatenated likewise), then roll by one, flip the second
   half back, add, plus ``delta * x``. The causal SSD is ``mamba_ssm``'s ``mamba_chunk_scan_combined``
   when importable, else this project's causal kernel (:func:`kernels.ssd.semiseparable_matmul`);
-  the JSON records which;
+  the JSON records which. Mamba's SSD scales each input column by its step (``y = M diag(dt) x``), so
+  the mamba path passes ``x / dt`` to compute ``M x`` exactly (one extra elementwise pass);
 * ``qs_torch``: ``structured``'s torch algorithm (``Quasiseparable.matmul`` with ``MIXERZOO_KERNELS=off``);
 * ``ss_causal``: one causal SSD call (:func:`kernels.ssd.semiseparable_matmul`), the yardstick for
   "a bidirectional product within 2x of a causal scan";
+* ``fla_simple_gla``: one causal call of ``fla``'s (``fla-core``, pure Triton) ``chunk_simple_gla`` with
+  q = C, k = B (expanded over heads: fla has no shared-group layout), v = x, g = log_a, scale = 1: the same
+  product as ``ss_causal``. Run only when ``fla`` is importable. fla refuses its gated backward on Hopper
+  with Triton >= 3.4, < 3.7.1 (fla issue #640: wrong results); the row then carries the forward time only
+  and the refusal in ``bwd_error``;
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (non-causal) with q = k = v shapes
   (B, H, L, 64).
 
 The device's copy bandwidth (a 1 GiB device-to-device copy, bytes read + written) and bf16 matmul rate
 (8192^3) are measured once; each result carries ``bound_ms`` = max(min bytes / bandwidth, flops / rate)
 and ``fraction_of_bound`` = bound_ms / time. Outputs in ``out``: ``kernels-<device>[-quick].json`` and
-``kernels-<device>[-quick].png`` (log-log time vs L, forward and forward+backward); then, if
+``kernels-<device>[-quick].png`` (log-log time vs L, forward and forward+backward); the JSON's ``peers``
+records which peers were importable and their versions (or why not); on the device they are installed
+outside the repo from carried wheels by ``results/device-scripts/install_peers.sh`` (then
+``PYTHONPATH=/root/peers:. python -m benchmarks.kernels ...``). Then, if
 ``benchmarks.kernels_matfree`` is importable, its ``run(device, out, quick)``.
 """
 from __future__ import annotations
@@ -72,6 +81,39 @@ def _mamba_chunk_scan():
         return None
 
 
+def _fla_simple_gla():
+    try:
+        from fla.ops.simple_gla import chunk_simple_gla
+        return chunk_simple_gla
+    except Exception:
+        return None
+
+
+# peer name -> (distribution, importable module whose failure is reported)
+PEERS = {"mamba_ssm": ("mamba-ssm", "mamba_ssm.ops.triton.ssd_combined"),
+         "fla": ("fla-core", "fla.ops.simple_gla")}
+
+
+def peer_versions() -> dict:
+    """For each peer: ``{"importable": True, "version": ...}`` or ``{"importable": False, "error": ...}``."""
+    import importlib
+    import importlib.metadata
+    out = {}
+    for name, (dist, module) in PEERS.items():
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # missing, or its own imports fail (compiled extensions, triton API)
+            out[name] = dict(importable=False, error=f"{type(e).__name__}: {e}"[:300])
+            continue
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            version = getattr(importlib.import_module(name), "__version__", "unknown")
+        out[name] = dict(importable=True, version=version, path=os.path.dirname(
+            importlib.import_module(name).__file__))
+    return out
+
+
 # -------------------------------------------------------------------------------------------- methods
 def make_inputs(L, device, dtype=torch.bfloat16, seed=0):
     g = torch.Generator(device=device).manual_seed(seed)
@@ -95,6 +137,18 @@ def ss_causal(t):
     return semiseparable_matmul(t["x"], t["b"], t["c"], t["log_a"])
 
 
+def fla_simple_gla(t, chunk_simple_gla):
+    """One causal product ``y = M x`` through fla's ``chunk_simple_gla`` (fla's layout: (batch, L, heads, dim);
+    o_t = scale sum_{s<=t} (q_t . k_s) exp(G_t - G_s) v_s with G the cumulative sum of g: q = C, k = B,
+    g = log_a, scale = 1 give ``m_ts = c_t . b_s exp(sum_{r=s+1..t} log_a_r)``, as ``ss_causal``)."""
+    x, b, c, log_a = t["x"], t["b"], t["c"], t["log_a"]
+    heads = x.shape[1]
+    q = c.expand(-1, heads, -1, -1).transpose(1, 2)
+    k = b.expand(-1, heads, -1, -1).transpose(1, 2)
+    y, _ = chunk_simple_gla(q, k, x.transpose(1, 2), g=log_a.transpose(1, 2), scale=1.0)
+    return y.transpose(1, 2)
+
+
 def qs_paper(t, mamba=None):
     """Hydra's arrangement: causal SSD on [x; flip(x)], roll by one (row 0 zeroed), flip back, add, + delta x."""
     x, b, c, log_a, delta = t["x"], t["b"], t["c"], t["log_a"], t["delta"]
@@ -103,9 +157,15 @@ def qs_paper(t, mamba=None):
     c2 = torch.cat([c, c.flip(-2)], 0)
     la2 = torch.cat([log_a, log_a.flip(-1)], 0)
     if mamba is not None:
-        # mamba's layout: x (batch, L, heads, P), dt (batch, L, heads), A (heads,), B/C (batch, L, groups, N);
-        # dt = 1, A = log_a would need per-step A: pass dt = -log_a with A = -1 (log a_t = A dt_t).
-        y2 = mamba(x2.transpose(1, 2), (-la2).transpose(1, 2), -torch.ones(H, device=x.device),
+        # mamba's layout: x (batch, L, heads, P), dt (batch, L, heads), A (heads,), B/C (batch, L, groups, N).
+        # Its product is y_t = sum_s C_t.B_s exp(A sum_{r=s+1..t} dt_r) dt_s x_s: A is per head only, so the
+        # per-step decay goes into dt = -log_a with A = -1, and the dt_s x_s column scaling is undone by
+        # passing x / dt. dt is floored at 1e-20 (log_a = 0 would divide by zero): the decays it changes
+        # move by < 1e-20, below float32 resolution, and x / dt stays far inside bf16/fp32 range.
+        # D, z, dt_bias, seq_idx: none; dt_softplus off; dt_limit (0, inf) leaves dt > 0 as is.
+        dt2 = (-la2).clamp_min(1e-20)
+        x2 = x2 / dt2[..., None].to(x2.dtype)
+        y2 = mamba(x2.transpose(1, 2), dt2.transpose(1, 2), -torch.ones(H, device=x.device),
                    b2.transpose(1, 2), c2.transpose(1, 2), chunk_size=256)
         y2 = y2.transpose(1, 2)
     else:
@@ -141,6 +201,9 @@ def _sdpa_inputs(t):
 
 
 # -------------------------------------------------------------------------------------------- costs
+CAUSAL_METHODS = ("ss_causal", "fla_simple_gla")  # one direction; the rest compute the bidirectional product
+
+
 def cost(method, L) -> tuple[float, float, float, float]:
     """(fwd bytes, fwd flops, fwd+bwd bytes, fwd+bwd flops): the fewest bytes (each input read once, each
     output written once) and the flops of the chunked algorithm (Q = 64) for the bidirectional product."""
@@ -154,7 +217,7 @@ def cost(method, L) -> tuple[float, float, float, float]:
         f = 4 * B * H * L * L * P
         return 4 * xs, f, 8 * xs, 3.5 * f
     per_dir = 2 * Q * Q * N + 4 * Q * N * P  # Gram + state in/out per chunk
-    dirs = 1 if method == "ss_causal" else 2
+    dirs = 1 if method in CAUSAL_METHODS else 2
     fwd_f = chunks * (dirs * per_dir + 2 * Q * Q * P)
     fwd_b = 2 * xs + bcs + small
     # backward: dx (same as fwd) + one pass per generator gradient and direction (same cost each)
@@ -164,14 +227,29 @@ def cost(method, L) -> tuple[float, float, float, float]:
 
 
 # -------------------------------------------------------------------------------------------- runner
+class BackwardRefused(Exception):
+    """The method's backward raised (a peer refusing it on this device); carries the forward time."""
+
+    def __init__(self, t_fwd, error):
+        super().__init__(error)
+        self.t_fwd, self.error = t_fwd, error
+
+
 def bench_one(fn, t, grad_keys, do_bench):
     leaves = {k: v.detach().clone().requires_grad_(k in grad_keys) for k, v in t.items()}
     with torch.no_grad():
         t_fwd = do_bench(lambda: fn(leaves), warmup=WARMUP_MS, rep=REP_MS, return_mode="median")
     y = fn(leaves)
     dy = torch.randn_like(y)
-    del y
     grads = [leaves[k] for k in grad_keys]
+    try:  # one backward outside the timer: a peer that refuses it (fla on Hopper) still gets its forward row
+        y.backward(dy)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as e:
+        del y
+        raise BackwardRefused(t_fwd, f"{type(e).__name__}: {e}"[:300]) from e
+    del y
 
     def fwd_bwd():
         fn(leaves).backward(dy)
@@ -197,8 +275,13 @@ def run_scans(device, out, quick) -> dict:
     lengths = QUICK_LENGTHS if quick else LENGTHS
     bounds = measure_bounds(device)
     mamba = _mamba_chunk_scan()
+    fla = _fla_simple_gla()
+    peers = peer_versions()
+    print(f"peers: {json.dumps(peers)}", flush=True)
     methods = {"qs_fused": qs_fused, "qs_paper": lambda t: qs_paper(t, mamba), "ss_causal": ss_causal,
                "qs_torch": qs_torch, "sdpa": sdpa}
+    if fla is not None:
+        methods["fla_simple_gla"] = lambda t: fla_simple_gla(t, fla)
     results = []
     for L in lengths:
         t = make_inputs(L, device)
@@ -211,6 +294,14 @@ def run_scans(device, out, quick) -> dict:
                 t_fwd, t_fb, peak = bench_one(fn, tt, keys, do_bench)
             except torch.cuda.OutOfMemoryError as e:
                 results.append(dict(method=name, L=L, error=f"out of memory: {e}"[:200]))
+                torch.cuda.empty_cache()
+                continue
+            except BackwardRefused as e:
+                fb, ff, _, _ = cost(name, L)
+                bound_f = max(fb / bounds["copy_bytes_per_s"], ff / bounds["bf16_matmul_flops_per_s"]) * 1e3
+                results.append(dict(method=name, L=L, fwd_ms=e.t_fwd, bound_fwd_ms=bound_f,
+                                    fraction_of_bound_fwd=bound_f / e.t_fwd, bwd_error=e.error))
+                print(f"L={L:6d} {name:10s} fwd {e.t_fwd:8.3f} ms  backward refused: {e.error}"[:300], flush=True)
                 torch.cuda.empty_cache()
                 continue
             fb, ff, fbb, fbf = cost(name, L)
@@ -243,6 +334,7 @@ def run_scans(device, out, quick) -> dict:
                            timer="triton.testing.do_bench median"),
                paper_arrangement_scan="mamba_ssm.mamba_chunk_scan_combined" if mamba else
                "kernels.ssd.semiseparable_matmul (mamba_ssm not importable)",
+               peers=peers,
                kernel_launch=dict(__import__("kernels.ssd").ssd.TUNING),
                bounds=bounds, results=results, summary_fused_vs_paper=summary)
     os.makedirs(out, exist_ok=True)
@@ -330,7 +422,7 @@ def _plot(results, path, device_name):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, title in zip(axes, ("fwd_ms", "fwd_bwd_ms"), ("forward", "forward + backward")):
         for m in sorted({r["method"] for r in results}):
-            rows = sorted((r for r in results if r["method"] == m and "error" not in r), key=lambda r: r["L"])
+            rows = sorted((r for r in results if r["method"] == m and key in r), key=lambda r: r["L"])
             if rows:
                 ax.loglog([r["L"] for r in rows], [r[key] for r in rows], "o-", label=m, base=2)
         ax.set_xlabel("L")

@@ -1,0 +1,81 @@
+"""benchmarks.kernels' peer adapters compute the benchmark's product (CPU, float64).
+
+The peers themselves (mamba_ssm's Triton SSD, fla's chunk_simple_gla) need CUDA: fla's kernels do not run
+under TRITON_INTERPRET (its loops index with Python ints: ``i_t.to`` fails in the interpreter) and mamba's
+fused path is CUDA-only. So the adapters are tested here with stand-ins that implement each peer's documented
+product densely; ``results/device-scripts/check_peers.py`` compares the real peers on the GPU. When mamba_ssm is
+importable, its own pure-torch reference (``ssd_chunk_scan_combined_ref``) checks the mamba stand-in.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import kernels as bk
+
+
+def _segsum_decay(log_a: torch.Tensor) -> torch.Tensor:
+    """(..., L) -> (..., L, L): exp(sum_{r=s+1..t} log_a_r) for t >= s, 0 above the diagonal."""
+    cum = log_a.cumsum(-1)
+    diff = cum[..., :, None] - cum[..., None, :]
+    causal = torch.ones(diff.shape[-2:], dtype=torch.bool).tril()
+    return torch.where(causal, diff, torch.full_like(diff, -torch.inf)).exp()
+
+
+def mamba_standin(x, dt, A, B, C, chunk_size, **kw):
+    """mamba_chunk_scan_combined's product, densely: y_t = sum_{s<=t} C_t.B_s exp(A sum_{r=s+1..t} dt_r)
+    dt_s x_s; x (b, L, h, p), dt (b, L, h), A (h,), B, C (b, L, groups, n)."""
+    assert not kw, kw
+    heads = x.shape[2]
+    groups = B.shape[2]
+    Bh = B.repeat_interleave(heads // groups, dim=2)
+    Ch = C.repeat_interleave(heads // groups, dim=2)
+    gram = torch.einsum("bthn,bshn->bhts", Ch, Bh)
+    decay = _segsum_decay((dt * A).transpose(1, 2))  # (b, h, L, L)
+    y = torch.einsum("bhts,bhs,bshp->bthp", gram * decay, dt.transpose(1, 2), x)
+    return y
+
+
+def fla_standin(q, k, v, g=None, scale=None, **kw):
+    """chunk_simple_gla's product, densely: o_t = scale sum_{s<=t} (q_t . k_s) exp(G_t - G_s) v_s, G = cumsum g;
+    q, k (B, T, H, K), v (B, T, H, V), g (B, T, H)."""
+    assert not kw and scale is not None
+    gram = torch.einsum("bthk,bshk->bhts", q, k)
+    o = torch.einsum("bhts,bshv->bthv", scale * gram * _segsum_decay(g.transpose(1, 2)), v)
+    return o, None
+
+
+def _inputs(L, gen):
+    t = bk.make_inputs(L, "cpu", dtype=torch.float64, seed=int(torch.randint(2 ** 31, (1,), generator=gen)))
+    t = {k: v.to(torch.float64) for k, v in t.items()}
+    t["log_a"][:, :, L // 2] = 0.0  # a step with no decay: mamba's dt would be 0 there (the x / dt floor)
+    return t
+
+
+@pytest.mark.parametrize("L", [1, 2, 7])
+def test_qs_paper_with_mamba_layout_matches_quasiseparable(L, gen, rel_err):
+    t = _inputs(L, gen)
+    want = bk.qs_torch(t)
+    got = bk.qs_paper(t, mamba_standin)
+    assert rel_err(got, want) < 1e-12
+
+
+def test_mamba_standin_matches_mamba_reference(gen, rel_err):
+    ssd = pytest.importorskip("mamba_ssm.ops.triton.ssd_combined")
+    b, L, h, p, n, chunk = 2, 8, 3, 4, 5, 4  # mamba's reference needs L to be a multiple of the chunk
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    x, B, C = r(b, L, h, p), r(b, L, 1, n), r(b, L, 1, n)
+    dt = torch.rand(b, L, h, generator=gen, dtype=torch.float64)
+    A = -torch.rand(h, generator=gen, dtype=torch.float64)
+    # mamba's reference casts dt to float32 before its cumsum ("high precision"): float32-level agreement
+    assert rel_err(mamba_standin(x, dt, A, B, C, chunk), ssd.ssd_chunk_scan_combined_ref(x, dt, A, B, C, chunk)) \
+        < 1e-6
+
+
+@pytest.mark.parametrize("L", [1, 7])
+def test_fla_simple_gla_layout_matches_semiseparable(L, gen, rel_err):
+    import structured
+    t = _inputs(L, gen)
+    want = structured.get("semiseparable")(t["b"].expand(-1, bk.H, -1, -1), t["c"].expand(-1, bk.H, -1, -1),
+                                           t["log_a"]).matmul(t["x"])
+    assert rel_err(bk.fla_simple_gla(t, fla_standin), want) < 1e-12
