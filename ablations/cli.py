@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local one)")
     q.add_argument("--seeds", default=None, help="override the seeds, e.g. 0,1,2 or 0-4")
     q.add_argument("--filter", action="append", metavar="KEY=VALUE",
-                   help="only runs whose config has KEY=VALUE (dotted, e.g. model.mixer=cauchy); repeatable")
+                   help="only runs whose config has KEY=VALUE (dotted, e.g. model.mixer=cauchy; alternatives "
+                        "with |: model.mixer=cauchy|toeplitz); repeatable, all must hold")
     q.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     q.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     q.add_argument("--no-report", action="store_true", help="do not print the table at the end")

@@ -349,7 +349,8 @@ def one_line(summary: dict) -> str:
 
 # ----------------------------------------------------------------------------------------- grids
 def filter_specs(specs: list[RunSpec], filters: list[str]) -> list[RunSpec]:
-    """Keep the runs whose resolved config has every ``dotted.key=value`` of ``filters``."""
+    """Keep the runs whose resolved config has every ``dotted.key=value`` of ``filters``; a value may list
+    alternatives separated by ``|`` (``model.mixer=toeplitz|cauchy``: either)."""
     out = specs
     for f in filters:
         if "=" not in f:
@@ -365,7 +366,7 @@ def filter_specs(specs: list[RunSpec], filters: list[str]) -> list[RunSpec]:
                     node = node[part]
                 else:
                     raise ValueError(f"--filter: {key!r} is not a config field (e.g. model.mixer, seed)")
-            if str(node).lower() == value.lower():
+            if str(node).lower() in {v.lower() for v in value.split("|")}:
                 keep.append(s)
         out = keep
     if not out:

@@ -186,3 +186,13 @@ def test_list_into_a_closed_pipe_exits_cleanly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert "Traceback" not in err
+
+
+def test_filter_alternatives_select_either_value():
+    from ablations import grid as grid_mod, runner
+    specs = grid_mod.expand("table2", scale="smoke")
+    both = runner.filter_specs(specs, ["model.mixer=toeplitz|cauchy", "model.sequence_aligned=true"])
+    assert sorted(s.config.model.mixer for s in both) == ["cauchy", "toeplitz"]
+    assert all(s.config.model.sequence_aligned for s in both)
+    with pytest.raises(ValueError, match="selects no run"):
+        runner.filter_specs(specs, ["model.mixer=toeplitz|nope", "model.mixer=cauchy"])

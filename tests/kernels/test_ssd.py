@@ -483,6 +483,11 @@ def test_wide_state_through_planned_chunk(monkeypatch, kind):
     assert seen["fwd"] == [fwd] and seen["bwd"] == [bwd]
     assert ssd.LAST_PLANS[pairs] == fwd and ssd.LAST_PLANS[BWD_PAIR] == bwd
     check(out, 1e-2)
+    if DEV == "cuda":
+        # Compiled float64 tiles at N=256 need twice bf16's shared memory: no plan fits an H100 (an H100 run
+        # refused them with OutOfResources), and the planner refuses them (test_plan_fits_h100_shared_memory).
+        # The exactness of these chunks in float64 is checked under the interpreter (CPU, CI).
+        return
     # float64 through the bf16 plans (the planner would refuse float64 at N=256 if nothing fit)
     monkeypatch.setattr(ssd, "plan_candidates",
                         lambda kernels, *a, backward=False, **k: [bwd if backward else fwd])
