@@ -312,7 +312,11 @@ class _SSMParams(Mixer):
         dt = F.softplus(dt_raw[..., 0] + dt_bias[:, None])                 # (B, H, L)
         if mask is not None:
             dt = dt * mask.to(dt.dtype)[:, None, :]
-        return B * dt[..., None], A[:, None] * dt
+        # b keeps B's dtype: under CUDA bf16 autocast dt comes out of softplus in float32, and a float32 b
+        # would send the whole SSD product to the kernels in float32 (FMAs instead of tensor cores: the lab
+        # model's Hydra steps ran at 2.8/s against attention's 45/s on an H100, 95% of it in the float32
+        # scans; results/device-scripts/profile_lab_step.py). The decays stay float32.
+        return (B * dt[..., None]).to(B.dtype), A[:, None] * dt
 
 
 def _one_sided_with_skip(b, c, log_a, D, backward=False):

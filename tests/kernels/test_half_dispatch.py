@@ -61,3 +61,37 @@ def test_float32_generators_keep_float32_operands(monkeypatch):
     M = structured.get("semiseparable")(b, c, -torch.rand(1, 9, device=DEV), validate=False)
     M.matmul(torch.randn(1, 9, 3, device=DEV).bfloat16())
     assert seen == [torch.float32]
+
+
+@pytest.mark.parametrize("mixer", ["quasiseparable", "semiseparable", "bidir_add"])
+def test_ssm_mixers_under_autocast_send_bf16_operands(monkeypatch, mixer):
+    """End to end through a mixer block: under bf16 autocast the SSM mixers' x and input generators
+    b = B dt reach the kernels in bfloat16 (dt comes out of softplus in float32; b must not promote the
+    product to float32, as it did before), the decays in float32."""
+    import mixers
+    monkeypatch.setenv("MIXERZOO_KERNELS", "on")
+    seen = []
+    for name in ("semiseparable_matmul", "quasiseparable_matmul"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda x, b, c, log_a, *a, _real=real, **k:
+                            seen.append((x.dtype, b.dtype, c.dtype, log_a.dtype)) or _real(x, b, c, log_a, *a, **k))
+    torch.manual_seed(0)
+    enc = mixers.MixerEncoder(vocab_size=50, d_model=32, n_layers=1, mixer=mixer, sequence_aligned=True,
+                              max_seq_len=24, mlp_ratio=0, headdim=8, qk_dim=4).to(DEV)
+    with torch.autocast(DEV, dtype=torch.bfloat16):
+        out = enc(torch.randint(0, 50, (2, 24), device=DEV))
+    out.float().sum().backward()
+    half = torch.bfloat16
+    assert seen and all(s == (half, half, half, torch.float32) for s in seen), seen
+
+
+def test_discretize_keeps_the_generator_dtype():
+    """CUDA autocast runs softplus in float32 (CPU autocast does not, so the test above cannot see it here):
+    with B in bfloat16 and dt_raw in float32, b = B dt stays bfloat16 and log_a float32."""
+    import mixers
+    m = mixers.get("quasiseparable")(nheads=2, headdim=8, qk_dim=4, sequence_aligned=True, max_seq_len=8)
+    dt_raw = torch.randn(2, m.nheads, 8, 1)
+    B = torch.randn(2, 1, 8, m.d_state).bfloat16()
+    b, log_a = m._discretize(dt_raw, B, None, "")
+    assert b.dtype == torch.bfloat16 and log_a.dtype == torch.float32
+    assert b.shape == (2, m.nheads, 8, m.d_state)
