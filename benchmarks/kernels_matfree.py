@@ -451,6 +451,38 @@ def _print_table(results):
               f"{fmt(r, 'peak_extra_mb'):>12s}")
 
 
+def merge(paths, out):
+    """Merge the JSON of runs made in separate calls (e.g. ``--kinds cauchy,sdpa`` and ``--kinds vandermonde``
+    with different ``--out``, when one device call could not hold both) into ``out``: each kind's results and
+    accuracy come from the last file that has them; the commands are all kept; targets and plot are redrawn.
+    Only runs of the same device, shapes and mode (smoke or not) merge."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    for key in ("device", "shapes", "smoke"):
+        values = {json.dumps(r.get(key), sort_keys=True) for r in runs}
+        if len(values) > 1:
+            raise ValueError(f"merge: the files differ in {key!r} ({sorted(values)}); only runs of one device, "
+                             f"shapes and mode merge")
+    payload = dict(runs[0])
+    payload["results"], payload["accuracy_vs_float64"] = [], {}
+    payload["command"] = " ; ".join(r["command"] for r in runs)
+    payload["merged_from"] = [os.path.abspath(p) for p in paths]
+    for r in runs:
+        kinds = {x["kind"] for x in r["results"]}
+        payload["results"] = [x for x in payload["results"] if x["kind"] not in kinds] + r["results"]
+        payload["accuracy_vs_float64"].update(r.get("accuracy_vs_float64", {}))
+    lengths = sorted({x["L"] for x in payload["results"]})
+    payload["targets"] = _targets(payload["results"], lengths)
+    os.makedirs(out, exist_ok=True)
+    json_path, png_path = os.path.join(out, "kernels_matfree.json"), os.path.join(out, "kernels_matfree.png")
+    _write(json_path, payload)
+    _plot(payload["results"], png_path, payload["shapes"])
+    _print_table(payload["results"])
+    return [json_path, png_path]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
@@ -459,7 +491,13 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true",
                    help=f"tiny shapes {SMOKE_SHAPES}, L in {SMOKE_LENGTHS}: checks the script (also on --device cpu)")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {KINDS}")
+    p.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                   help="run nothing: merge these kernels_matfree.json files (separate calls) into --out, redraw")
     a = p.parse_args(argv)
+    if a.merge:
+        for path in merge(a.merge, a.out):
+            print(path)
+        return
     if a.device == "cpu" and a.smoke and "triton" not in sys.modules:
         os.environ.setdefault("TRITON_INTERPRET", "1")   # before triton is imported
     for path in run(a.device, a.out, a.quick, tuple(k for k in a.kinds.split(",") if k), smoke=a.smoke):

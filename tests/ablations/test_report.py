@@ -83,6 +83,18 @@ def test_table_layout_values_and_reference(tmp_path):
     keep = ~np.isnan(ours)
     expect = spearmanr(ours[keep], df["Paper Avg"].to_numpy()[keep]).statistic
     assert df.attrs["spearman"]["rho"] == pytest.approx(expect) and df.attrs["spearman"]["n"] == 5
+    # per column too; "not evaluable" (inf) rows are left out, not ranked first; losses are not ranked
+    by_col = df.attrs["spearman_by_column"]
+    assert "mlm loss" not in by_col
+    r2x = df["recall acc [val_2x]"].to_numpy()
+    fin = np.isfinite(r2x)
+    if fin.sum() >= 3:
+        assert by_col["recall acc [val_2x]"]["n"] == fin.sum()
+    else:
+        assert "recall acc [val_2x]" not in by_col
+    d = df["doc acc"].to_numpy()
+    fin = np.isfinite(d)
+    assert by_col["doc acc"]["rho"] == pytest.approx(spearmanr(d[fin], df["Paper Avg"].to_numpy()[fin]).statistic)
 
 
 def test_formats(tmp_path):
