@@ -94,23 +94,29 @@ Fast products (none builds an L x L tensor)
     with ``E' = min_rho 4 ((L-1)/2)((rho + 1/rho)/2 + 1) cosh(Omega (rho - 1/rho)/2) rho^(1-n)/(rho - 1)``:
     ``|gq_hat_id - gq_id| <= 2 pi s E' sum_p |g_ip| ||x_p||_1`` and ``|gk_hat_jd - gk_jd| <= 2 pi s E'
     sum_p |x_jp| ||g_p||_1``. Rounding (first order, worst case) adds
-    ``2 D Lam_n (4 Omega + D + n + L + 2) u ||x_p||_1`` to the value bound, where ``Lam_n <= (2/pi) log(n) + 1``
+    ``2 D Lam_n (4 Omega + D + n + L + 2) u ||x_p||_1`` to the value bound (and L times that, the size of
+    the derivative kernel ``j sin(theta j)``, to E' in the q, k gradient bounds), where ``Lam_n <= (2/pi) log(n) + 1``
     is the Lebesgue constant of the points (ATAP Thm 15.2): the angle ``theta j_r`` carries ~``2 Omega u`` of
     phase error (plus as much from rounding j_r), and the interpolation amplifies node errors by at most
     Lam_n. Default eps: 1e-12 (float64), 1e-6 (float32), as for ``nufft``. n grows like
     ``Omega + O(log(1/eps))``, so the path pays only when ``Omega`` is small against L -- Hydra's scale
-    ``s = 1e-3`` (``Omega ~ pi s |q|_max L``: n ~ 30 at L = 2048 in float32, against L); with ``s = 1`` and
-    ``|q| ~ 1`` the interpolant needs n > L and the path is unavailable (``method_fast="chebyshev"`` then
-    raises; ``auto`` never picks it).
+    ``s = 1e-3`` (``Omega ~ pi s |q|_max L``; standard normal q, k with |q|_max ~ 4.8 give, in float32,
+    n = 51 at L = 2048 and n = 156 at L = 8192); with ``s = 1`` and ``|q| ~ 1`` the interpolant needs n > L
+    and the path is unavailable (``method_fast="chebyshev"`` then raises; ``auto`` never picks it).
+    Measured (2 CPU threads, float32, batch 1, 4 heads, P = 64, D = 16, s = 1e-3), forward / forward+backward:
+    L = 2048: 21 / 50 ms (tiled 850 / 2545 ms, nufft 350 / 1087 ms); L = 8192: 220 / 415 ms (tiled
+    11.4 / 51 s, nufft 2.0 / 5.2 s).
 
 Choosing (``method_fast="auto"``): cost per batch element (multiply-add units, fitted on a 2-core CPU in
 float32) ``tiled ~ L^2 (16 D + 2P)`` vs. ``nufft ~ 2 n P (5 log2 n + 40) + 24 L D S P + 2e6`` (two windows of
 2 L D S entries, each applied to 2P real columns at 3 units) vs. ``chebyshev ~ L n_c (16 D + 4 P) + 2e5``
 (2 L D n_c angle products and cosines at 8 units, four L x n_c x P GEMMs; infinite when n_c > L, where it
 is unavailable); auto takes the smallest. Model crossover of nufft at P = 64, float32 (S = 7): L ~ 320
-(D = 2), ~ 520 (D = 16); chebyshev wins wherever ``n_c`` is a small fraction of L (e.g. n_c ~ 30 at s = 1e-3,
-L = 2048). Only the chebyshev cost depends on the data (Omega, one host synchronization; computed only
-when that path is a candidate). :meth:`Vandermonde.plan` reports the decision.
+(D = 2), ~ 520 (D = 16); chebyshev wins wherever ``n_c`` is a small fraction of L (n_c = 51 at s = 1e-3,
+L = 2048). Measured time ratios chebyshev/tiled (D = 16, P = 64, s = 1e-3, float32): 1.3 at L = 16 (model
+2.5: picks tiled), 0.64 at L = 32 (model 0.76), 0.09 at L = 256 (model 0.08). Only the chebyshev cost depends
+on the data (Omega, one host synchronization; computed only when that path is a candidate).
+:meth:`Vandermonde.plan` reports the decision.
 
 Defining property (``check_structure``): ``cos((j+1)t) + cos((j-1)t) = 2 cos t cos(jt)`` gives
 ``2 D_{cos theta} A - A (Z + Z^T)`` nonzero only in the first and last columns (rank <= 2) for every
