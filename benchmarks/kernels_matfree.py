@@ -14,6 +14,9 @@ memory of one forward+backward, for
 * ``torch_tiled`` / ``torch_expsum`` / ``torch_nufft``: the torch algorithms of ``structured/`` (exact
   tiled; Cauchy's exponential-sum expansion as torch GEMMs, kernels forced off; Vandermonde's NUFFT,
   in float32);
+* ``chebyshev`` (Vandermonde): ``structured.vandermonde.vandermonde_matmul_chebyshev``, Chebyshev interpolation
+  in the index (rank n, approximate with a stated bound; for the paper's small angles, scale 1e-3), in
+  float32 at its default eps = 1e-6; rows record ``chebyshev_points`` (n);
 * ``materialize``: the paper code's way, the (B, H, L, L, d) tensor of terms in bf16 summed over d,
   then a batched matmul (out-of-memory is caught and recorded);
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` at the same shapes
@@ -110,13 +113,15 @@ def _methods(kind):
             "torch_expsum": mode("off", lambda x, q, k: cauchy_matmul_expsum(x, q, k, c)),
             "materialize": lambda x, q, k: _materialized_cauchy(x, q, k, c),
         }
-    from structured.vandermonde import vandermonde_matmul_nufft, vandermonde_matmul_tiled
+    from structured.vandermonde import vandermonde_matmul_chebyshev, vandermonde_matmul_nufft, vandermonde_matmul_tiled
     s = VANDERMONDE_SCALE
     return {
         "triton": lambda x, q, k: kernels.vandermonde_matmul(x, q, k, s),
         "torch_tiled": mode("off", lambda x, q, k: vandermonde_matmul_tiled(x, q, k, s)),
         # torch.fft has no bf16: the NUFFT runs in float32 (its default eps 1e-6)
         "torch_nufft": lambda x, q, k: vandermonde_matmul_nufft(x.float(), q.float(), k.float(), s).to(x.dtype),
+        # bf16 angles would cost ~|theta j| 2^-8 of phase: interpolated in float32 (eps 1e-6), like the NUFFT
+        "chebyshev": lambda x, q, k: vandermonde_matmul_chebyshev(x.float(), q.float(), k.float(), s).to(x.dtype),
         "materialize": lambda x, q, k: _materialized_vandermonde(x, q, k, s),
     }
 
@@ -321,6 +326,18 @@ def _expsum_features(args, eps):
     return expsum_feature_count(len(exp_sum_nodes(eps, R)[0]))
 
 
+def _chebyshev_points(args):
+    """Chebyshev points n the interpolation uses on these inputs (float32 default eps)."""
+    from structured.vandermonde import NUFFT_DEFAULT_EPS, chebyshev_omega, chebyshev_plan
+    x, q, k = args
+    return chebyshev_plan(x.shape[-2], chebyshev_omega(q.float(), k.float(), VANDERMONDE_SCALE),
+                          NUFFT_DEFAULT_EPS[torch.float32]).n
+
+
+#: Per-method facts about the inputs recorded in each row: (kind, method) -> (key, fn(args)).
+ROW_INFO = {("vandermonde", "chebyshev"): ("chebyshev_points", _chebyshev_points)}
+
+
 def _kernel_configs(kind, method, L):
     """The autotuner's choices for our kernels at this L (None below the autotuning length)."""
     from kernels import _matfree_tiled as _matfree
@@ -415,6 +432,9 @@ def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=Fals
                     if "fwd_ms" in rec:   # two GEMM launches of 2 L d F P flops per batch element
                         flops = 4 * shapes["batch"] * shapes["heads"] * L * shapes["qk_dim"] * F * shapes["headdim"]
                         rec["tensor_tflops_fwd"] = flops / (rec["fwd_ms"] * 1e-3) / 1e12
+                if (kind, name) in ROW_INFO:
+                    key, info = ROW_INFO[kind, name]
+                    rec[key] = info(args)
                 if name == "triton" and "fwd_ms" in rec and on_gpu:
                     evals = (shapes["batch"] * shapes["heads"] * L * L * shapes["qk_dim"]
                              * (1 if kind == "cauchy" else 2))
