@@ -49,21 +49,23 @@ def check_tile(tile) -> int | None:
     return tile
 
 
-def check_method_options(method_fast: str, methods: tuple[str, str, str], eps, tile) -> str:
-    """Validate the fast-path choice of a class with an approximate path and this exact tiled one.
+def check_method_options(method_fast: str, methods: tuple[str, ...], eps, tile) -> str:
+    """Validate the fast-path choice of a class with approximate paths and the exact tiled one.
 
-    methods: ``("auto", <approximate path>, "tiled")``. ``eps`` (accuracy of the approximate path) and
+    methods: ``("auto", <approximate path>, ..., "tiled")``. ``eps`` (accuracy of the approximate paths) and
     ``tile`` (rows per tile) must not be given for a path that would never read them: nothing is ignored.
     """
     if method_fast not in methods:
         raise ValueError(f"method_fast must be one of {methods}, got {method_fast!r}")
-    approx = methods[1]
+    approx = tuple(m for m in methods if m not in ("auto", "tiled"))
+    others = " or ".join(repr(m) for m in ("auto",) + approx)
+    paths = " and ".join(repr(m) for m in approx) + (" path" if len(approx) == 1 else " paths")
     if method_fast == "tiled" and eps is not None:
-        raise ValueError(f"eps={eps!r} sets the accuracy of the {approx!r} path, which method_fast='tiled' (exact) "
-                         f"never uses; pass eps=None, or method_fast='auto' or {approx!r}")
-    if method_fast == approx and tile is not None:
-        raise ValueError(f"tile={tile!r} sets the row tile of the exact 'tiled' path, which method_fast={approx!r} "
-                         f"never uses; pass tile=None, or method_fast='auto' or 'tiled'")
+        raise ValueError(f"eps={eps!r} sets the accuracy of the {paths}, which method_fast='tiled' (exact) "
+                         f"never uses; pass eps=None, or method_fast={others}")
+    if method_fast in approx and tile is not None:
+        raise ValueError(f"tile={tile!r} sets the row tile of the exact 'tiled' path, which "
+                         f"method_fast={method_fast!r} never uses; pass tile=None, or method_fast='auto' or 'tiled'")
     return method_fast
 
 

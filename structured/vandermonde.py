@@ -666,11 +666,7 @@ class Vandermonde(StructuredMatrix):
         self.scale = _check_scale(scale)
         self.tile = check_tile(tile)
         self.eps = None if eps is None else _check_nufft_eps(eps)
-        if method_fast not in FAST_METHODS:
-            raise ValueError(f"method_fast must be one of {FAST_METHODS}, got {method_fast!r}")
-        # the shared check knows one approximate path at a time: the chosen one, else the first (for tiled)
-        approx = method_fast if method_fast in APPROXIMATE_METHODS else APPROXIMATE_METHODS[0]
-        check_method_options(method_fast, ("auto", approx, "tiled"), eps, tile)
+        check_method_options(method_fast, FAST_METHODS, eps, tile)
         if validate:
             for name, t in (("q", q), ("k", k)):
                 if not bool(torch.isfinite(t).all()):

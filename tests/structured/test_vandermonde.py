@@ -193,7 +193,7 @@ def test_kernel_dispatch_hook(monkeypatch):
     (dict(scale=float("nan")), "scale must be"),
     (dict(scale="1"), "scale must be"),
     (dict(tile=-2), "tile must be"),
-    (dict(eps=1e-3, method_fast="tiled"), "eps=0.001 sets the accuracy of the 'nufft' path, which method_fast='tiled'"),
+    (dict(eps=1e-3, method_fast="tiled"), "eps=0.001 sets the accuracy of the 'nufft' and 'chebyshev' paths, which method_fast='tiled'"),
     (dict(tile=4, method_fast="nufft"), "tile=4 sets the row tile .* method_fast='nufft' never uses"),
     (dict(eps=0.0), "eps must be"),
     (dict(eps=1e-15), "eps must be"),
