@@ -79,3 +79,25 @@ def test_fla_simple_gla_layout_matches_semiseparable(L, gen, rel_err):
     want = structured.get("semiseparable")(t["b"].expand(-1, bk.H, -1, -1), t["c"].expand(-1, bk.H, -1, -1),
                                            t["log_a"]).matmul(t["x"])
     assert rel_err(bk.fla_simple_gla(t, fla_standin), want) < 1e-12
+
+
+def test_tune_bwd_marks_rows_the_planner_ran_differently(monkeypatch):
+    """A knob set the planner cannot run as asked (no 3-stage backward entry fits) measured another
+    configuration: its row says so and it is never picked as the best."""
+    import benchmarks.kernels as bk
+    from kernels import ssd
+    times = iter(range(100, 0, -1))   # later rows are faster: a 3-stage row would win if it counted
+
+    def fake_bench(fn, t, keys, do_bench):
+        asked = ssd.TUNING
+        ssd.LAST_PLANS[ssd._BWD_KERNELS] = ssd.Plan(64, 64, 4, 2, bool(asked["bwd_split"]))  # always 2 stages
+        return 1.0, float(next(times)), 0
+
+    monkeypatch.setattr(bk, "bench_one", fake_bench)
+    monkeypatch.setattr(ssd, "LAST_PLANS", {})   # the fake plans must not outlive the test
+    rows = bk.tune_bwd("cpu", L=8)
+    three = [r for r in rows if r.get("bwd_num_stages") == 3]
+    assert three and all("not_as_asked" in r and "stages=3" in r["not_as_asked"] for r in three)
+    assert not any("not_as_asked" in r for r in rows if r.get("bwd_num_stages") == 2)
+    # the follow-up rows (atomic sum, states pair) ran at the best row's knobs, which must be a 2-stage one
+    assert rows[-1]["bwd_num_stages"] == 2 and rows[-2]["bwd_num_stages"] == 2
