@@ -46,8 +46,15 @@ BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin"
 
 
 # Methods: the product run and TUNING changes on top of BENCH_TUNING ('qs_nosplit': the backward's other
-# arrangement, one sweep program per batch element, for comparison).
-METHODS = {"qs": ("qs", {}), "causal": ("causal", {}), "qs_nosplit": ("qs", {"bwd_split": False})}
+# arrangement, one sweep program per batch element, for comparison; '*_per_role': the split sweep as one
+# role-specialized launch per role, TUNING["bwd_split_launch"] = "per_role").
+METHODS = {"qs": ("qs", {}), "causal": ("causal", {}), "qs_nosplit": ("qs", {"bwd_split": False}),
+           "qs_per_role": ("qs", {"bwd_split_launch": "per_role"}),
+           "causal_per_role": ("causal", {"bwd_split_launch": "per_role"})}
+# What main() analyses by default, (shape, method).
+RUNS = [("bench", "qs"), ("bench", "causal"), ("bench", "qs_nosplit"), ("lab", "qs"), ("lab", "causal"),
+        ("bench", "qs_per_role"), ("bench", "causal_per_role"), ("lab", "qs_per_role"),
+        ("lab", "causal_per_role")]
 
 
 def record_launches(method: str, B: int, H: int, L: int, N: int, P: int) -> list:
@@ -97,7 +104,9 @@ def kernel_name(launch: dict, method: str) -> str:
         return "sweep" if kw["HAS_UP"] else "sweep_causal"
     if fn is K._bwd_states_kernel:
         return "bwd_states" + ("_pair" if kw["PAIR"] else "") + ("_causal" if METHODS[method][0] == "causal" else "")
-    return "bwd_sweep" + ("_split" if kw["SPLIT"] else "") + ("_causal" if METHODS[method][0] == "causal" else "")
+    role = f"_role{kw['ROLE']}" if kw.get("ROLE", -1) >= 0 else ""
+    return ("bwd_sweep" + ("_split" if kw["SPLIT"] else "") + role
+            + ("_causal" if METHODS[method][0] == "causal" else ""))
 
 
 def compile_launch(launch: dict):
@@ -192,8 +201,10 @@ def analyse(method: str, shape: str) -> list:
                      64 // warps, 32)
         waves = math.ceil(programs / (H100["sms"] * max(per_sm, 1)))
         n_chunks = math.ceil(s["L"] / kw["BQ"])
-        # A kernel with one branch per role (split sweep, unpaired states): each program runs one branch.
-        branches = 3 if kw.get("SPLIT") else (grid[1] if name.startswith("bwd_states") and not kw["PAIR"] else 1)
+        # A kernel with one branch per role (split sweep in one launch, unpaired states): each program runs
+        # one branch.
+        branches = (3 if kw.get("SPLIT") and kw.get("ROLE", -1) < 0
+                    else grid[1] if name.startswith("bwd_states") and not kw["PAIR"] else 1)
         t = ttir_counts(ck.asm["ttir"])
         total_flops = t["dot_flops"] * n_chunks * programs / branches
         total_bytes = (t["load_bytes"] + t["store_bytes"] + t["atomic_bytes"]) * n_chunks * programs / branches
@@ -239,8 +250,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
-    runs = [("bench", "qs"), ("bench", "causal"), ("bench", "qs_nosplit"), ("lab", "qs"), ("lab", "causal")]
-    rows = [r for shape, method in runs for r in analyse(method, shape)]
+    rows = [r for shape, method in RUNS for r in analyse(method, shape)]
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "scan-static-sm90.json"), "w") as f:
         json.dump(dict(triton=triton.__version__, target="cuda sm_90 (warp 32)", tuning=BENCH_TUNING,

@@ -496,7 +496,7 @@ def _bwd_sweep_kernel(
     DCU, sdcu0, sdcu1, sdcul, sdcud,
     RS, DDL,
     B1, seqlen, N, P, n_chunks,
-    SPLIT: tl.constexpr,
+    SPLIT: tl.constexpr, ROLE: tl.constexpr,
     LO_S: tl.constexpr, HAS_UP: tl.constexpr, UP_S: tl.constexpr, SHARED_GRAM: tl.constexpr,
     COMBINE: tl.constexpr, JOINT_DY: tl.constexpr, HAS_D: tl.constexpr,
     AT_BL: tl.constexpr, AT_CL: tl.constexpr, AT_BU: tl.constexpr, AT_CU: tl.constexpr,
@@ -506,12 +506,27 @@ def _bwd_sweep_kernel(
     """Left-to-right gradient sweep, program (role, batch element). SPLIT: three programs per batch element
     (role 0: dx, 1: db, 2: dc; each carries one state and holds about a third of the tiles, and the three
     of one batch element are adjacent in launch order so that they share x and dy in L2); otherwise one
-    program computes all (fewer products: the dy x^T tiles and G_up are formed once)."""
+    program computes all (fewer products: the dy x^T tiles and G_up are formed once).
+
+    ROLE (SPLIT only): -1 takes the role from ``program_id(0)`` at run time (grid ``(3, batch)``, one binary
+    holding all three roles' code, whose shared memory and registers must serve every role: 145 KiB on sm_90
+    at the benchmark shape where each role alone needs 80 to 89 KiB); 0, 1 or 2 compiles that role alone
+    (grid ``(1, batch)``, one launch per role: a binary sized to its own tiles, but the launches run one
+    after another, so x and dy are read once per role instead of sharing L2)."""
     role = tl.program_id(0)
     pid = tl.program_id(1)
     b0 = (pid // B1).to(tl.int64)
     b1 = (pid % B1).to(tl.int64)
-    if SPLIT:
+    if SPLIT and ROLE >= 0:
+        _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1,
+                  scll, scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU,
+                  sau0, sau1, saul, D, sd0, sd1, sdl, GL, HU, DX, sdx0, sdx1, sdxl, sdxd, DBL, sdbl0, sdbl1,
+                  sdbll, sdbld, DCL, sdcl0, sdcl1, sdcll, sdcld, DBU, sdbu0, sdbu1, sdbul, sdbud, DCU, sdcu0,
+                  sdcu1, sdcul, sdcud, RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=ROLE == 0,
+                  DO_DB=ROLE == 1, DO_DC=ROLE == 2, LO_S=LO_S, HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM,
+                  COMBINE=COMBINE, JOINT_DY=JOINT_DY, HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU,
+                  AT_CU=AT_CU, BQ=BQ, BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+    elif SPLIT:
         if role == 0:
             _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1,
                       scll, scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU,
@@ -558,7 +573,11 @@ def _bwd_sweep_kernel(
 # Each kernel is compiled in its largest variant (both triangles, separate generators for them, shifted,
 # with the diagonal; the backward's generator gradients atomic), contiguous operands and 16-divisible
 # sizes, as a launch specializes them (vectorized loads are the ones the software pipeline stages).
-MEASURED_KERNELS = ("upper_states", "sweep", "sweep_causal", "bwd_states", "bwd_sweep", "bwd_sweep_split")
+# bwd_sweep_role<r>: the split backward sweep compiled for role r alone (ROLE = r, one launch per role;
+# TUNING["bwd_split_launch"] = "per_role" in kernels.ssd), measured like bwd_sweep_split, whose binary
+# holds all three roles (ROLE = -1).
+MEASURED_KERNELS = ("upper_states", "sweep", "sweep_causal", "bwd_states", "bwd_sweep", "bwd_sweep_split",
+                    "bwd_sweep_role0", "bwd_sweep_role1", "bwd_sweep_role2")
 
 
 def _kernel_spec(kernel: str, dtype: str, BG: int, BV: int, BQ: int):
@@ -581,12 +600,14 @@ def _kernel_spec(kernel: str, dtype: str, BG: int, BV: int, BQ: int):
     if kernel == "bwd_states":
         ptrs = {"C": ptr, "AL": vec, "DY": ptr, "GL": ptr, "BU": ptr, "AU": vec, "X": ptr, "HU": ptr}
         return _bwd_states_kernel, ptrs, dict(LO_S=1, PAIR=True, BN=BG, BP=BV, **common)
-    if kernel in ("bwd_sweep", "bwd_sweep_split"):
+    if kernel in MEASURED_KERNELS and kernel.startswith("bwd_sweep"):
+        role = int(kernel[-1]) if kernel.startswith("bwd_sweep_role") else -1
         ptrs = {**{n: ptr for n in ("X", "DY", "BL", "CL", "BU", "CU", "GL", "HU", "DX")},
                 **{n: vec for n in ("AL", "AU", "D", "DBL", "DCL", "DBU", "DCU", "RS", "DDL")}}
         return _bwd_sweep_kernel, ptrs, dict(
-            SPLIT=kernel == "bwd_sweep_split", LO_S=1, HAS_UP=True, UP_S=1, SHARED_GRAM=False, COMBINE=False,
-            JOINT_DY=False, HAS_D=True, AT_BL=True, AT_CL=True, AT_BU=True, AT_CU=True, BN=BG, BP=BV, **common)
+            SPLIT=kernel != "bwd_sweep", ROLE=role, LO_S=1, HAS_UP=True, UP_S=1, SHARED_GRAM=False,
+            COMBINE=False, JOINT_DY=False, HAS_D=True, AT_BL=True, AT_CL=True, AT_BU=True, AT_CU=True, BN=BG,
+            BP=BV, **common)
     raise KeyError(f"kernel must be one of {MEASURED_KERNELS}, got {kernel!r}")
 
 
@@ -594,7 +615,10 @@ def _kernel_spec(kernel: str, dtype: str, BG: int, BV: int, BQ: int):
 # 64/64/64; sweep: shared Gram, unshifted, no diagonal; causal; states: not paired, unshifted; backward
 # sweeps: shared generators combined with joint dy, causal, plain stores): all within the largest variant
 # except the split backward sweep with shared generators (+0.5 KiB at bf16 64/64/64). kernels.ssd keeps a
-# margin for that kernel (and for warp counts other than the table's 4).
+# margin for that kernel (and for warp counts other than the table's 4). Later, triton 3.6 on the current
+# kernel: the split sweep with shared generators (SHARED_GRAM, COMBINE) exceeds its table rows at 13 of 75
+# bf16 cells, all with BQ = BG, by up to 216 KiB (145 against 113 KiB at 64/64/64; see
+# results/bench/scan-static-sm90.md), not yet in the table; the per-role rows cover that variant.
 
 
 def measure_shared_memory(kernel: str, dtype: str, BG: int, BV: int, BQ: int, num_warps: int = 4,
@@ -666,7 +690,7 @@ def compiled_shared_memory() -> list:
                           if isinstance(k, tuple) and len(k) == 1}
                 sig = getattr(compiled.src, "signature", {})
                 blocks = {n: consts[n] for n in ("BQ", "BG", "BV", "BN", "BP", "HAS_UP", "SHARED_GRAM", "SPLIT",
-                                                 "PAIR") if n in consts}
+                                                 "ROLE", "PAIR") if n in consts}
                 rows.append(dict(kernel=fn.__name__, dtype=sig.get("V", sig.get("X", sig.get("K"))), **blocks,
                                  num_warps=compiled.metadata.num_warps, num_stages=compiled.metadata.num_stages,
                                  shared=compiled.metadata.shared))
@@ -685,10 +709,12 @@ def _main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=_main.__doc__)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--kernels", nargs="+", default=list(MEASURED_KERNELS), choices=MEASURED_KERNELS,
+                    help="measure only these kernels' rows (default: all)")
     a = ap.parse_args(argv)
     gens = (16, 32, 64, 128, 256)
     rows = []
-    for kernel in MEASURED_KERNELS:
+    for kernel in a.kernels:
         bwd = kernel.startswith("bwd")
         for dtype in ("bf16", "fp32", "fp64"):
             for stages in ((2,) if bwd or kernel == "sweep_causal" else (2, 3)):

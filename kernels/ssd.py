@@ -18,7 +18,9 @@ the upper triangle's state), and one left-to-right kernel writes dx, the generat
 broadcast batch dims in the kernel), the log-decay gradients (running sums of ``b . db - c . dc``, carried by
 the sweep) and the diagonal's gradient. It runs as one program per batch element that forms each chunk's
 ``C B^T`` and ``dy x^T`` once for all gradients, or as three (dx; column-generator gradients; row-generator
-gradients), adjacent in launch order so that they share x and dy in L2 (``TUNING["bwd_split"]``).
+gradients), adjacent in launch order so that they share x and dy in L2 (``TUNING["bwd_split"]``); the
+three run in one launch of one binary holding all roles, or as three launches of role-specialized binaries
+(``TUNING["bwd_split_launch"]``).
 
 Launch configurations (chunk, columns per program, stages) are chosen before launching from shared-memory
 sizes measured ahead of time for sm_90 (:data:`SMEM_TABLE`, :func:`plan_candidates`), so that a launch does
@@ -59,12 +61,20 @@ DEFAULT_CHUNK = 64
 # batch element in the input dtype and sum them in torch (False). Not yet timed on a GPU:
 # `python -m benchmarks.kernels --tune-bwd` sweeps them. bwd_states_pair: the backward's right-to-left kernel
 # computes its two states in one program per batch element (one wave here) or in two (two waves).
+# bwd_split_launch (split arrangement only): "one" launch whose programs pick their role at run time (one
+# binary with all three roles' code: on sm_90 at the benchmark shape 145 KiB of shared memory, 1 program
+# per SM, 255 registers and 252 B of spills; results/bench/scan-static-sm90.md), or "per_role": three
+# launches, each compiled for one role alone (its own shared memory and registers), which run one after
+# another, so x and dy are read once per role instead of once from DRAM and twice from L2. Which wins is
+# a GPU measurement (`--tune-bwd` sweeps both); where the table has no per-role entry that fits, the
+# planner runs the one-launch plan at the same chunk (Plan.split_launch says which ran).
 # These are starting points: plan_candidates lowers the chunk and block_v (then stages, never below 2, and
 # for the backward it tries the other bwd_split arrangement) until the measured shared memory of the kernel
 # pair fits the device (_SMEM_SM90); the backward's state kernel runs with the bwd_* warps and stages.
 TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2,
           "bwd_num_warps": 4, "bwd_num_stages": 2, "bwd_atomic_sum": True, "bwd_split": False,
-          "bwd_states_pair": True}
+          "bwd_states_pair": True, "bwd_split_launch": "one"}
+BWD_SPLIT_LAUNCHES = ("one", "per_role")
 
 
 class _Tri(NamedTuple):
@@ -152,7 +162,13 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
 #     PYTHONPATH=/path/to/triton-3.6:. python -m kernels._ssd_triton --jobs 2
 # (see kernels._ssd_triton.measure_shared_memory: each kernel in its largest variant, 4 warps). Row
 # "kernel dtype stages BQ BG:", columns BV = 16, 32, 64, 128 (forward: columns of V per program) or
-# BP = 16, 32, 64, 128, 256 (backward: pow2(P), all of P in one program).
+# BP = 16, 32, 64, 128, 256 (backward: pow2(P), all of P in one program). The bwd_sweep_role0/1/2 rows (the
+# split backward sweep compiled for one role, TUNING["bwd_split_launch"] = "per_role") were added later by
+#     PYTHONPATH=/path/to/triton-3.6:. python -m kernels._ssd_triton --jobs 2 \
+#         --kernels bwd_sweep_role0 bwd_sweep_role1 bwd_sweep_role2
+# (triton 3.6.0, 1.5 min on 2 CPU cores). bwd_sweep_split's binary holds all three roles and needs about
+# the largest role's memory (shared memory is reused across the role branches), so in this largest variant
+# the per-role rows save little: at bf16 BQ = 64, N = P = 64, 113 / 105 / 105 KiB against 113.
 # Spot checks with measure_shared_memory: float16 needs exactly what bfloat16 needs; 8 warps what 4 need
 # except the backward sweep at BG = 64 (+4 KiB); see _SMEM_MARGIN. What grows:
 # the software pipeline keeps `stages` copies of each tile it prefetches, (BQ, BG) generator tiles and
@@ -519,6 +535,141 @@ bwd_sweep_split fp64 2 64 32: 137 161 225 353 641
 bwd_sweep_split fp64 2 64 64: 193 225 289 449 769
 bwd_sweep_split fp64 2 64 128: 322 354 449 641 1089
 bwd_sweep_split fp64 2 64 256: 594 642 769 1089 1729
+bwd_sweep_role0 bf16 2 16 16: 5 6 10 16 30
+bwd_sweep_role0 bf16 2 16 32: 8 10 14 22 40
+bwd_sweep_role0 bf16 2 16 64: 14 17 27 47 87
+bwd_sweep_role0 bf16 2 16 128: 24 31 49 85 157
+bwd_sweep_role0 bf16 2 16 256: 46 59 93 161 297
+bwd_sweep_role0 bf16 2 32 16: 8 11 16 26 48
+bwd_sweep_role0 bf16 2 32 32: 14 17 23 35 59
+bwd_sweep_role0 bf16 2 32 64: 23 27 37 61 109
+bwd_sweep_role0 bf16 2 32 128: 41 47 65 105 185
+bwd_sweep_role0 bf16 2 32 256: 79 89 121 193 337
+bwd_sweep_role0 bf16 2 64 16: 30 37 51 79 143
+bwd_sweep_role0 bf16 2 64 32: 45 53 69 101 173
+bwd_sweep_role0 bf16 2 64 64: 77 89 113 169 281
+bwd_sweep_role0 bf16 2 64 128: 137 153 193 273 433
+bwd_sweep_role0 bf16 2 64 256: 257 289 353 481 737
+bwd_sweep_role0 fp32 2 16 16: 11 15 23 39 71
+bwd_sweep_role0 fp32 2 16 32: 17 23 35 59 107
+bwd_sweep_role0 fp32 2 16 64: 29 39 59 99 179
+bwd_sweep_role0 fp32 2 16 128: 53 71 107 179 323
+bwd_sweep_role0 fp32 2 16 256: 101 135 203 339 611
+bwd_sweep_role0 fp32 2 32 16: 23 29 41 65 113
+bwd_sweep_role0 fp32 2 32 32: 33 41 57 89 153
+bwd_sweep_role0 fp32 2 32 64: 53 65 89 137 233
+bwd_sweep_role0 fp32 2 32 128: 93 113 153 233 393
+bwd_sweep_role0 fp32 2 32 256: 181 209 281 425 713
+bwd_sweep_role0 fp32 2 64 16: 59 69 89 129 209
+bwd_sweep_role0 fp32 2 64 32: 77 89 113 161 257
+bwd_sweep_role0 fp32 2 64 64: 113 129 161 225 353
+bwd_sweep_role0 fp32 2 64 128: 185 209 257 353 545
+bwd_sweep_role0 fp32 2 64 256: 345 369 449 609 929
+bwd_sweep_role0 fp64 2 16 16: 17 23 35 63 119
+bwd_sweep_role0 fp64 2 16 32: 29 41 53 85 157
+bwd_sweep_role0 fp64 2 16 64: 49 69 109 133 233
+bwd_sweep_role0 fp64 2 16 128: 93 125 197 341 393
+bwd_sweep_role0 fp64 2 16 256: 181 237 373 645 1189
+bwd_sweep_role0 fp64 2 32 16: 39 49 69 109 189
+bwd_sweep_role0 fp64 2 32 32: 57 73 89 137 233
+bwd_sweep_role0 fp64 2 32 64: 89 113 161 201 329
+bwd_sweep_role0 fp64 2 32 128: 161 193 273 433 521
+bwd_sweep_role0 fp64 2 32 256: 313 353 497 785 1361
+bwd_sweep_role0 fp64 2 64 16: 108 126 162 234 378
+bwd_sweep_role0 fp64 2 64 32: 137 161 194 274 434
+bwd_sweep_role0 fp64 2 64 64: 193 225 289 354 546
+bwd_sweep_role0 fp64 2 64 128: 322 354 449 641 802
+bwd_sweep_role0 fp64 2 64 256: 594 642 769 1089 1729
+bwd_sweep_role1 bf16 2 16 16: 4 7 12 22 42
+bwd_sweep_role1 bf16 2 16 32: 6 10 17 31 59
+bwd_sweep_role1 bf16 2 16 64: 10 16 27 49 93
+bwd_sweep_role1 bf16 2 16 128: 18 28 47 85 161
+bwd_sweep_role1 bf16 2 16 256: 34 52 87 157 297
+bwd_sweep_role1 bf16 2 32 16: 8 12 19 35 67
+bwd_sweep_role1 bf16 2 32 32: 11 15 25 45 85
+bwd_sweep_role1 bf16 2 32 64: 16 23 37 65 121
+bwd_sweep_role1 bf16 2 32 128: 28 39 61 105 193
+bwd_sweep_role1 bf16 2 32 256: 52 71 109 185 337
+bwd_sweep_role1 bf16 2 64 16: 26 37 59 103 191
+bwd_sweep_role1 bf16 2 64 32: 33 45 69 117 221
+bwd_sweep_role1 bf16 2 64 64: 57 73 105 169 313
+bwd_sweep_role1 bf16 2 64 128: 101 121 161 241 433
+bwd_sweep_role1 bf16 2 64 256: 189 217 273 385 673
+bwd_sweep_role1 fp32 2 16 16: 9 14 24 44 84
+bwd_sweep_role1 fp32 2 16 32: 13 20 34 62 118
+bwd_sweep_role1 fp32 2 16 64: 21 32 54 98 186
+bwd_sweep_role1 fp32 2 16 128: 37 56 94 170 322
+bwd_sweep_role1 fp32 2 16 256: 69 104 174 314 594
+bwd_sweep_role1 fp32 2 32 16: 20 27 41 73 137
+bwd_sweep_role1 fp32 2 32 32: 25 33 53 93 173
+bwd_sweep_role1 fp32 2 32 64: 35 49 77 133 245
+bwd_sweep_role1 fp32 2 32 128: 63 81 125 213 389
+bwd_sweep_role1 fp32 2 32 256: 119 145 221 373 677
+bwd_sweep_role1 fp32 2 64 16: 54 67 93 145 249
+bwd_sweep_role1 fp32 2 64 32: 63 77 105 161 289
+bwd_sweep_role1 fp32 2 64 64: 81 97 129 209 369
+bwd_sweep_role1 fp32 2 64 128: 117 137 193 305 529
+bwd_sweep_role1 fp32 2 64 256: 221 249 321 497 849
+bwd_sweep_role1 fp64 2 16 16: 17 29 49 89 169
+bwd_sweep_role1 fp64 2 16 32: 25 39 67 123 235
+bwd_sweep_role1 fp64 2 16 64: 41 63 107 195 371
+bwd_sweep_role1 fp64 2 16 128: 73 111 187 339 643
+bwd_sweep_role1 fp64 2 16 256: 137 207 347 627 1187
+bwd_sweep_role1 fp64 2 32 16: 39 53 89 161 305
+bwd_sweep_role1 fp64 2 32 32: 49 65 113 193 353
+bwd_sweep_role1 fp64 2 32 64: 69 97 153 265 489
+bwd_sweep_role1 fp64 2 32 128: 117 161 249 425 777
+bwd_sweep_role1 fp64 2 32 256: 213 289 441 745 1353
+bwd_sweep_role1 fp64 2 64 16: 108 134 186 321 593
+bwd_sweep_role1 fp64 2 64 32: 126 154 210 353 641
+bwd_sweep_role1 fp64 2 64 64: 162 194 258 449 769
+bwd_sweep_role1 fp64 2 64 128: 234 274 385 609 1057
+bwd_sweep_role1 fp64 2 64 256: 378 465 641 993 1697
+bwd_sweep_role2 bf16 2 16 16: 4 7 12 22 42
+bwd_sweep_role2 bf16 2 16 32: 6 10 17 31 59
+bwd_sweep_role2 bf16 2 16 64: 10 16 27 49 93
+bwd_sweep_role2 bf16 2 16 128: 18 28 47 85 161
+bwd_sweep_role2 bf16 2 16 256: 34 52 87 157 297
+bwd_sweep_role2 bf16 2 32 16: 7 12 19 35 67
+bwd_sweep_role2 bf16 2 32 32: 11 15 25 45 85
+bwd_sweep_role2 bf16 2 32 64: 16 23 37 65 121
+bwd_sweep_role2 bf16 2 32 128: 28 39 61 105 193
+bwd_sweep_role2 bf16 2 32 256: 52 71 109 185 337
+bwd_sweep_role2 bf16 2 64 16: 22 33 55 99 191
+bwd_sweep_role2 bf16 2 64 32: 33 45 69 117 221
+bwd_sweep_role2 bf16 2 64 64: 57 73 105 169 313
+bwd_sweep_role2 bf16 2 64 128: 101 121 161 241 433
+bwd_sweep_role2 bf16 2 64 256: 189 217 273 385 673
+bwd_sweep_role2 fp32 2 16 16: 10 15 25 45 85
+bwd_sweep_role2 fp32 2 16 32: 14 21 35 63 119
+bwd_sweep_role2 fp32 2 16 64: 22 33 55 99 187
+bwd_sweep_role2 fp32 2 16 128: 38 57 95 171 323
+bwd_sweep_role2 fp32 2 16 256: 70 105 175 315 595
+bwd_sweep_role2 fp32 2 32 16: 21 29 45 77 141
+bwd_sweep_role2 fp32 2 32 32: 27 37 57 97 177
+bwd_sweep_role2 fp32 2 32 64: 39 53 81 137 249
+bwd_sweep_role2 fp32 2 32 128: 63 85 129 217 393
+bwd_sweep_role2 fp32 2 32 256: 119 149 225 377 681
+bwd_sweep_role2 fp32 2 64 16: 55 69 97 153 265
+bwd_sweep_role2 fp32 2 64 32: 65 81 113 177 305
+bwd_sweep_role2 fp32 2 64 64: 85 105 145 225 385
+bwd_sweep_role2 fp32 2 64 128: 125 153 209 321 545
+bwd_sweep_role2 fp32 2 64 256: 221 249 337 513 865
+bwd_sweep_role2 fp64 2 16 16: 15 29 49 89 169
+bwd_sweep_role2 fp64 2 16 32: 23 37 69 125 237
+bwd_sweep_role2 fp64 2 16 64: 39 61 105 197 373
+bwd_sweep_role2 fp64 2 16 128: 71 109 185 337 645
+bwd_sweep_role2 fp64 2 16 256: 135 205 345 625 1185
+bwd_sweep_role2 fp64 2 32 16: 27 57 89 153 297
+bwd_sweep_role2 fp64 2 32 32: 37 57 113 193 353
+bwd_sweep_role2 fp64 2 32 64: 61 89 145 273 497
+bwd_sweep_role2 fp64 2 32 128: 109 153 241 417 785
+bwd_sweep_role2 fp64 2 32 256: 205 281 433 737 1345
+bwd_sweep_role2 fp64 2 64 16: 47 137 193 305 561
+bwd_sweep_role2 fp64 2 64 32: 65 97 225 353 609
+bwd_sweep_role2 fp64 2 64 64: 105 145 225 449 769
+bwd_sweep_role2 fp64 2 64 128: 193 241 353 577 1089
+bwd_sweep_role2 fp64 2 64 256: 369 433 609 961 1665
 """
 _SM90_SHARED_BYTES = 232448  # an H100's (sm_90) opt-in shared memory per block, 227 KiB
 
@@ -539,18 +690,25 @@ SMEM_TABLE = _parse_smem_table(_SMEM_SM90)
 _BWD_KERNELS = ("bwd_states", "bwd_sweep")
 # Headroom for what the table does not hold (see kernels._ssd_triton): variants of the split backward
 # sweep measured up to 0.5 KiB above its table entries, 8 warps up to 4 KiB above 4 (the table's).
-_SMEM_MARGIN = {"bwd_sweep_split": 2048, "warps": 8192}
+_SMEM_MARGIN = {"bwd_sweep_split": 2048, "bwd_sweep_role0": 2048, "bwd_sweep_role1": 2048,
+                "bwd_sweep_role2": 2048, "warps": 8192}
+# The split backward sweep's table names per launch arrangement (TUNING["bwd_split_launch"]).
+_SPLIT_SWEEP_NAMES = {"one": ("bwd_sweep_split",),
+                      "per_role": ("bwd_sweep_role0", "bwd_sweep_role1", "bwd_sweep_role2")}
 _TABLE_DTYPE = {torch.float16: "bf16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
 
 
 class Plan(NamedTuple):
     """One launch configuration of a kernel pair: chunk rows BQ, columns per program BV (backward: BP,
-    all of P), warps, pipeline stages, and the backward's sweep arrangement (``TUNING["bwd_split"]``)."""
+    all of P), warps, pipeline stages, the backward's sweep arrangement (``TUNING["bwd_split"]``) and, when
+    split, how its three roles are launched (``TUNING["bwd_split_launch"]``: "one" launch of a binary with
+    all roles, or "per_role": one role-specialized launch each)."""
     BQ: int
     BV: int
     num_warps: int
     num_stages: int
     split: bool = False
+    split_launch: str = "one"
 
 
 def _smem_limit(device: torch.device) -> int:
@@ -595,7 +753,11 @@ def plan_candidates(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: i
     TUNING's stages, then the same at each smaller stage count down to 2 (one stage is never used:
     (32, 4, 1) faulted on an H100 at L = 16384, not understood). Backward: BP = pow2(P) is fixed (one
     program holds all of P), so only BQ moves; ``TUNING["bwd_split"]``'s arrangement first, the other one
-    after it. Chunks above 64 are not measured: a 128 request runs at 64 or less.
+    after it. With ``TUNING["bwd_split_launch"] == "per_role"`` each split step is tried as three
+    role-specialized launches (table rows ``bwd_sweep_role0/1/2``, the largest of them must fit) and then,
+    at the same chunk, as the one launch (``bwd_sweep_split``), so a shape the per-role rows do not cover
+    or fit still runs; the plan run says which (``Plan.split_launch``, recorded in :data:`LAST_PLANS`).
+    Chunks above 64 are not measured: a 128 request runs at 64 or less.
     Memoized (about 20 us a call otherwise, twice per forward).
     """
     key = (kernels, _pow2(N), _pow2(P), dtype, chunk, limit, backward, tuple(sorted(TUNING.items())),
@@ -612,24 +774,31 @@ def _plan_candidates(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: 
     dt = _TABLE_DTYPE[dtype]
     if backward:
         split0 = bool(TUNING["bwd_split"])
+        launch0 = TUNING.get("bwd_split_launch", "one")
+        if launch0 not in BWD_SPLIT_LAUNCHES:
+            raise ValueError(f"kernels.ssd.TUNING['bwd_split_launch'] is {launch0!r}; allowed: "
+                             f"{BWD_SPLIT_LAUNCHES} (one launch of the all-roles binary, or one per role)")
+        launches = ("per_role", "one") if launch0 == "per_role" else ("one",)
         warps, stages0 = TUNING["bwd_num_warps"] or 4, TUNING["bwd_num_stages"] or 3
         BV0 = _pow2(P)
-        steps = [(q, BV0, s) for s in (split0, not split0) for q, _ in _tile_pairs(min(chunk, 64), 16)]
+        steps = [(q, BV0, s, lnch if s else "one") for s in (split0, not split0)
+                 for q, _ in _tile_pairs(min(chunk, 64), 16) for lnch in (launches if s else ("one",))]
     else:
         BV0 = min(TUNING["block_v"], _pow2(P))
         warps, stages0 = TUNING["num_warps"] or 4, TUNING["num_stages"] or 3
-        steps = [(q, v, False) for q, v in _tile_pairs(min(chunk, 64), BV0)]
+        steps = [(q, v, False, "one") for q, v in _tile_pairs(min(chunk, 64), BV0)]
     key = "bwd_num_stages" if backward else "num_stages"
     if stages0 < 2:
         raise ValueError(f"kernels.ssd.TUNING[{key!r}] is {TUNING[key]!r}; the scan kernels run with 2 or more "
                          f"pipeline stages (one stage faulted on an H100), or None for Triton's default")
     out = []
     for stages in range(stages0, 1, -1):
-        for BQ, BV, split in steps:
-            names = tuple(k + "_split" if split and k == "bwd_sweep" else k for k in kernels)
+        for BQ, BV, split, split_launch in steps:
+            names = tuple(n for k in kernels
+                          for n in (_SPLIT_SWEEP_NAMES[split_launch] if split and k == "bwd_sweep" else (k,)))
             need = max(SMEM_TABLE.get((k, dt, stages, BQ, BG, BV), float("inf")) + _SMEM_MARGIN.get(k, 0)
                        for k in names) + (_SMEM_MARGIN["warps"] if warps != 4 else 0)
-            plan = Plan(BQ, BV, warps, stages, split)
+            plan = Plan(BQ, BV, warps, stages, split, split_launch)
             if need <= limit and (kernels, dt, BG, plan) not in _REFUSED:
                 out.append(plan)
     return out
@@ -751,7 +920,8 @@ def _backward_planned(x, dy, lower, upper, delta, s: int, combine: bool, plan: P
     """All gradients of ``y = (lower + upper + diag(delta)) x`` with the products' offsets (both triangles
     shifted by ``s``); ``lower``/``upper`` are ``(b, c, log_a)`` broadcastable to x's batch dims, ``upper``
     may be None (causal), ``combine``: upper's b, c are lower's (the same tensors), so their gradients are
-    summed in the kernel and returned once. Two Triton launches (see :mod:`kernels._ssd_triton`). Returns
+    summed in the kernel and returned once. Two Triton launches (four with ``plan.split_launch ==
+    "per_role"``; see :mod:`kernels._ssd_triton`). Returns
     ``(dx, db, dc, dlog_a, db', dc', dlog_a', ddelta)`` (None where absent or combined)."""
     nb = x.dim() - 2
     batch, L, P = x.shape[:-2], x.shape[-2], x.shape[-1]
@@ -791,15 +961,20 @@ def _backward_planned(x, dy, lower, upper, delta, s: int, combine: bool, plan: P
     ddl = torch.empty((B0 * B1, L), dtype=acc_t, device=dev) if delta is not None else rs
     D = Vv(delta) if delta is not None else AL
     split = plan.split
-    _k._bwd_sweep_kernel[(3 if split else 1, B0 * B1)](
-        X, *X.stride(), DY, *DY.stride(), BL, *BL.stride(), CL, *CL.stride(), AL, *AL.stride()[:3],
-        BU, *BU.stride(), CU, *CU.stride(), AU, *AU.stride()[:3], D, *D.stride()[:3], g_lo, h_up,
-        dx, *dx.stride(), t_bl.view, *t_bl.view.stride(), t_cl.view, *t_cl.view.stride(),
-        t_bu.view, *t_bu.view.stride(), t_cu.view, *t_cu.view.stride(), rs, ddl,
-        B1, L, N, P, n_chunks, SPLIT=split,
-        LO_S=s, HAS_UP=has_up, UP_S=s, SHARED_GRAM=has_up and _same(b, bu) and _same(c, cu),
-        COMBINE=combine, JOINT_DY=has_up and s == 0, HAS_D=delta is not None,
-        AT_BL=t_bl.atomic, AT_CL=t_cl.atomic, AT_BU=t_bu.atomic, AT_CU=t_cu.atomic, **common, **launch)
+    # Split: one launch of (3, batch) programs that pick their role at run time (ROLE = -1), or one launch
+    # of (1, batch) programs per role, each compiled for its role alone; the roles write disjoint outputs.
+    per_role = split and plan.split_launch == "per_role"
+    args = (X, *X.stride(), DY, *DY.stride(), BL, *BL.stride(), CL, *CL.stride(), AL, *AL.stride()[:3],
+            BU, *BU.stride(), CU, *CU.stride(), AU, *AU.stride()[:3], D, *D.stride()[:3], g_lo, h_up,
+            dx, *dx.stride(), t_bl.view, *t_bl.view.stride(), t_cl.view, *t_cl.view.stride(),
+            t_bu.view, *t_bu.view.stride(), t_cu.view, *t_cu.view.stride(), rs, ddl,
+            B1, L, N, P, n_chunks)
+    consts = dict(LO_S=s, HAS_UP=has_up, UP_S=s, SHARED_GRAM=has_up and _same(b, bu) and _same(c, cu),
+                  COMBINE=combine, JOINT_DY=has_up and s == 0, HAS_D=delta is not None,
+                  AT_BL=t_bl.atomic, AT_CL=t_cl.atomic, AT_BU=t_bu.atomic, AT_CU=t_cu.atomic, **common, **launch)
+    for role in ((0, 1, 2) if per_role else (-1,)):
+        _k._bwd_sweep_kernel[(1 if per_role else 3 if split else 1, B0 * B1)](
+            *args, SPLIT=split, ROLE=role, **consts)
     # Log-decay gradients from the running sums of the row dots (see kernels._ssd_triton):
     # d log_a_t = sum_{i<t} (b.db - c.dc),  d log_a'_t = sum_{i<=t} (c'.dc' - b'.db').
     dla_lo = rs[1] - rs[0]

@@ -90,7 +90,9 @@ def test_tune_bwd_marks_rows_the_planner_ran_differently(monkeypatch):
 
     def fake_bench(fn, t, keys, do_bench):
         asked = ssd.TUNING
-        ssd.LAST_PLANS[ssd._BWD_KERNELS] = ssd.Plan(64, 64, 4, 2, bool(asked["bwd_split"]))  # always 2 stages
+        split = bool(asked["bwd_split"])
+        ssd.LAST_PLANS[ssd._BWD_KERNELS] = ssd.Plan(64, 64, 4, 2, split,  # always 2 stages
+                                                    asked["bwd_split_launch"] if split else "one")
         return 1.0, float(next(times)), 0
 
     monkeypatch.setattr(bk, "bench_one", fake_bench)
@@ -99,5 +101,6 @@ def test_tune_bwd_marks_rows_the_planner_ran_differently(monkeypatch):
     three = [r for r in rows if r.get("bwd_num_stages") == 3]
     assert three and all("not_as_asked" in r and "stages=3" in r["not_as_asked"] for r in three)
     assert not any("not_as_asked" in r for r in rows if r.get("bwd_num_stages") == 2)
+    assert any(r.get("bwd_split_launch") == "per_role" and r.get("bwd_split") for r in rows)
     # the follow-up rows (atomic sum, states pair) ran at the best row's knobs, which must be a 2-stage one
     assert rows[-1]["bwd_num_stages"] == 2 and rows[-2]["bwd_num_stages"] == 2

@@ -246,29 +246,47 @@ def test_three_batch_dims_and_column_blocks(monkeypatch):
         assert rel_err(a, r) <= 1e-5, name
 
 
-@pytest.mark.parametrize("split", [True, False])
+# The backward sweep's arrangements: three programs per batch element in one launch or in one
+# role-specialized launch each (TUNING["bwd_split_launch"]), or one program per batch element.
+ARRANGEMENTS = [(True, "one"), (True, "per_role"), (False, "one")]
+
+
+def _arrange(monkeypatch, split, split_launch):
+    monkeypatch.setitem(ssd.TUNING, "bwd_split", split)
+    monkeypatch.setitem(ssd.TUNING, "bwd_split_launch", split_launch)
+
+
+def _assert_ran(split, split_launch):
+    """The backward ran the asked arrangement (the planner did not fall back to another one)."""
+    ran = ssd.LAST_PLANS[ssd._BWD_KERNELS]
+    assert (ran.split, ran.split_launch) == (split, split_launch), ran
+
+
+@pytest.mark.parametrize("split,split_launch", ARRANGEMENTS)
 @pytest.mark.parametrize("shift", [True, False])
 @pytest.mark.parametrize("shared", [True, False])
-def test_weak_decays_state_carry_fp64(monkeypatch, shift, shared, split):
+def test_weak_decays_state_carry_fp64(monkeypatch, shift, shared, split, split_launch):
     """Decays near 1 over 5 chunks (ragged last one): the inter-chunk states carry most of every gradient,
     so each state (two carried from the right, two from the left in the backward) is tested tightly; in
-    both arrangements of the backward's kernels (split: three sweep programs per batch element and two
-    state programs; else one of each)."""
-    monkeypatch.setitem(ssd.TUNING, "bwd_split", split)
+    every arrangement of the backward's kernels (split: three sweep programs per batch element, in one
+    launch or one launch per role, and two state programs; else one of each)."""
+    _arrange(monkeypatch, split, split_launch)
     monkeypatch.setitem(ssd.TUNING, "bwd_states_pair", not split)
     leaves, shape = make_inputs(71, shared=shared, seed=12 + shift + 2 * shared)
     leaves["log_a"] = leaves["log_a"] * 0.02
     if not shared:
         leaves["log_a_bwd"] = leaves["log_a_bwd"] * 0.01
     check(run_both("qs", leaves, shape, torch.float64, shift=shift, shared=shared), 1e-12)
+    _assert_ran(split, split_launch)
 
 
-@pytest.mark.parametrize("split", [True, False])
-def test_semiseparable_weak_decays_fp64(monkeypatch, split):
-    monkeypatch.setitem(ssd.TUNING, "bwd_split", split)
+@pytest.mark.parametrize("split,split_launch", ARRANGEMENTS)
+def test_semiseparable_weak_decays_fp64(monkeypatch, split, split_launch):
+    _arrange(monkeypatch, split, split_launch)
     leaves, shape = make_inputs(71, shared=True, seed=17)
     leaves["log_a"] = leaves["log_a"] * 0.02
     check(run_both("ss", leaves, shape, torch.float64), 1e-12)
+    _assert_ran(split, split_launch)
 
 
 @pytest.mark.parametrize("atomic_sum", [True, False])
@@ -298,12 +316,62 @@ def test_generator_gradient_head_sum_paths(monkeypatch, atomic_sum):
         assert rel_err(a, ref) <= 1e-12, name
 
 
-@pytest.mark.parametrize("split", [True, False])
-def test_head_sum_store_path_bf16(monkeypatch, split):
+@pytest.mark.parametrize("split,split_launch", ARRANGEMENTS)
+def test_head_sum_store_path_bf16(monkeypatch, split, split_launch):
     monkeypatch.setitem(ssd.TUNING, "bwd_atomic_sum", False)
-    monkeypatch.setitem(ssd.TUNING, "bwd_split", split)
+    _arrange(monkeypatch, split, split_launch)
     leaves, shape = make_inputs(33, shared=True, seed=14)
     check(run_both("qs", leaves, shape, torch.bfloat16, shift=True, shared=True), 1e-2)
+    _assert_ran(split, split_launch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shift,shared", [(True, True), (False, False)])
+def test_per_role_launches_match_one_launch(monkeypatch, dtype, shift, shared):
+    """The split backward's three role-specialized launches compute what its one launch computes: the
+    same products in the same order per role, so every gradient agrees to rounding-order level (the
+    head-summed generator gradients are float32 atomics, whose order differs between runs)."""
+    leaves, shape = make_inputs(37, shared=shared, seed=21 + shift, dtype=dtype)
+    monkeypatch.setitem(ssd.TUNING, "bwd_split", True)
+    grads = {}
+    for split_launch in ssd.BWD_SPLIT_LAUNCHES:
+        monkeypatch.setitem(ssd.TUNING, "bwd_split_launch", split_launch)
+        out = run_both("qs", leaves, shape, dtype, shift=shift, shared=shared)
+        check(out, 1e-2 if dtype == torch.bfloat16 else 1e-5)
+        _assert_ran(True, split_launch)
+        grads[split_launch] = out["kernel"][1]
+    for k, g in grads["one"].items():
+        assert rel_err(grads["per_role"][k], g) <= 1e-6, k
+
+
+def test_bad_split_launch_raises(monkeypatch):
+    monkeypatch.setitem(ssd.TUNING, "bwd_split_launch", "three")
+    with pytest.raises(ValueError, match="bwd_split_launch.*'three'.*per_role"):
+        ssd.plan_candidates(ssd._BWD_KERNELS, 64, 64, torch.bfloat16, 64, ssd._SM90_SHARED_BYTES, backward=True)
+
+
+def test_per_role_falls_back_to_one_launch_without_table_rows(monkeypatch):
+    """Where the table has no per-role row, the per-role request runs the one launch at the same chunk, and
+    the plan says so; with the rows, the per-role plan comes first and needs the largest role's memory."""
+    monkeypatch.setitem(ssd.TUNING, "bwd_split", True)
+    monkeypatch.setitem(ssd.TUNING, "bwd_split_launch", "per_role")
+    args = (ssd._BWD_KERNELS, 64, 64, torch.bfloat16, 64, ssd._SM90_SHARED_BYTES)
+    plans = ssd.plan_candidates(*args, backward=True)
+    assert (plans[0].split, plans[0].split_launch, plans[1].split_launch) == (True, "per_role", "one")
+    assert plans[0].BQ == plans[1].BQ == 64
+    need = max(ssd.SMEM_TABLE[(f"bwd_sweep_role{r}", "bf16", 2, 64, 64, 64)] for r in range(3))
+    tight = need + ssd._SMEM_MARGIN["bwd_sweep_role0"]
+    assert ssd.plan_candidates(*args[:-1], tight, backward=True)[0].split_launch == "per_role"
+    first = ssd.plan_candidates(*args[:-1], tight - 1, backward=True)[0]
+    assert (first.BQ, first.split_launch) != (64, "per_role")
+    table = {k: v for k, v in ssd.SMEM_TABLE.items() if not k[0].startswith("bwd_sweep_role")}
+    monkeypatch.setattr(ssd, "SMEM_TABLE", table)
+    monkeypatch.setattr(ssd, "_PLAN_MEMO", {})  # its key does not hold the table
+    plans = ssd.plan_candidates(*args, backward=True)
+    assert plans and all(p.split_launch == "one" for p in plans)
+    leaves, shape = make_inputs(19, shared=True, seed=23)
+    check(run_both("qs", leaves, shape, torch.float32, shift=True, shared=True), 1e-5)
+    _assert_ran(True, "one")
 
 
 def test_stride_zero_output_gradient():
