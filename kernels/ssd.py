@@ -166,9 +166,13 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
 # split backward sweep compiled for one role, TUNING["bwd_split_launch"] = "per_role") were added later by
 #     PYTHONPATH=/path/to/triton-3.6:. python -m kernels._ssd_triton --jobs 2 \
 #         --kernels bwd_sweep_role0 bwd_sweep_role1 bwd_sweep_role2
-# (triton 3.6.0, 1.5 min on 2 CPU cores). bwd_sweep_split's binary holds all three roles and needs about
-# the largest role's memory (shared memory is reused across the role branches), so in this largest variant
-# the per-role rows save little: at bf16 BQ = 64, N = P = 64, 113 / 105 / 105 KiB against 113.
+# (triton 3.6.0, 1.5 min on 2 CPU cores). All backward sweep rows were then remeasured as the maximum over
+# the shared-generator variants (kernels._ssd_triton._VARIANTS; the split sweep had been 32 KiB under at
+# bf16 64/64/64) by the same command with --kernels bwd_sweep bwd_sweep_split bwd_sweep_role0
+# bwd_sweep_role1 bwd_sweep_role2 (12 min on 2 busy CPU cores). bwd_sweep_split's binary holds all three
+# roles. In the unshared variant it needs about the largest role's memory, because shared memory is reused
+# across the role branches. In the shared-generator variant, where BQ = BG, it needs more: at bf16 BQ = 64,
+# N = P = 64 the per-role rows are 113 / 105 / 105 KiB against the split's 145.
 # Spot checks with measure_shared_memory: float16 needs exactly what bfloat16 needs; 8 warps what 4 need
 # except the backward sweep at BG = 64 (+4 KiB); see _SMEM_MARGIN. What grows:
 # the software pipeline keeps `stages` copies of each tile it prefetches, (BQ, BG) generator tiles and
@@ -490,19 +494,19 @@ bwd_sweep fp64 2 64 32: 233 257 369 465 769
 bwd_sweep fp64 2 64 64: 385 417 481 641 1025
 bwd_sweep fp64 2 64 128: 625 673 769 977 1537
 bwd_sweep fp64 2 64 256: 1169 1249 1409 1745 2465
-bwd_sweep_split bf16 2 16 16: 5 7 12 22 42
+bwd_sweep_split bf16 2 16 16: 6 9 17 33 65
 bwd_sweep_split bf16 2 16 32: 8 10 17 31 59
 bwd_sweep_split bf16 2 16 64: 14 17 27 49 93
 bwd_sweep_split bf16 2 16 128: 24 31 49 85 161
 bwd_sweep_split bf16 2 16 256: 46 59 93 161 297
 bwd_sweep_split bf16 2 32 16: 8 12 19 35 67
-bwd_sweep_split bf16 2 32 32: 14 17 25 45 85
+bwd_sweep_split bf16 2 32 32: 14 21 33 65 129
 bwd_sweep_split bf16 2 32 64: 23 27 37 65 121
 bwd_sweep_split bf16 2 32 128: 41 47 65 105 193
 bwd_sweep_split bf16 2 32 256: 79 89 121 193 337
 bwd_sweep_split bf16 2 64 16: 30 37 59 103 191
 bwd_sweep_split bf16 2 64 32: 45 53 69 117 221
-bwd_sweep_split bf16 2 64 64: 77 89 113 169 313
+bwd_sweep_split bf16 2 64 64: 77 97 145 273 529
 bwd_sweep_split bf16 2 64 128: 137 153 193 273 433
 bwd_sweep_split bf16 2 64 256: 257 289 353 481 737
 bwd_sweep_split fp32 2 16 16: 13 21 37 69 133
