@@ -517,16 +517,8 @@ def _bwd_sweep_kernel(
     pid = tl.program_id(1)
     b0 = (pid // B1).to(tl.int64)
     b1 = (pid % B1).to(tl.int64)
-    if SPLIT and ROLE >= 0:
-        _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1,
-                  scll, scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU,
-                  sau0, sau1, saul, D, sd0, sd1, sdl, GL, HU, DX, sdx0, sdx1, sdxl, sdxd, DBL, sdbl0, sdbl1,
-                  sdbll, sdbld, DCL, sdcl0, sdcl1, sdcll, sdcld, DBU, sdbu0, sdbu1, sdbul, sdbud, DCU, sdcu0,
-                  sdcu1, sdcul, sdcud, RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=ROLE == 0,
-                  DO_DB=ROLE == 1, DO_DC=ROLE == 2, LO_S=LO_S, HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM,
-                  COMBINE=COMBINE, JOINT_DY=JOINT_DY, HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU,
-                  AT_CU=AT_CU, BQ=BQ, BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
-    elif SPLIT:
+    if SPLIT and ROLE < 0:
+        # The role is known only at run time: one instantiation per role (DO_* are compile-time).
         if role == 0:
             _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1,
                       scll, scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU,
@@ -555,11 +547,13 @@ def _bwd_sweep_kernel(
                       JOINT_DY=JOINT_DY, HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ,
                       BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
     else:
+        # Roles known at compile time: per-role launches (ROLE 0, 1, 2) or one program doing all.
         _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1, scll,
                   scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU, sau0,
                   sau1, saul, D, sd0, sd1, sdl, GL, HU, DX, sdx0, sdx1, sdxl, sdxd, DBL, sdbl0, sdbl1, sdbll, sdbld,
                   DCL, sdcl0, sdcl1, sdcll, sdcld, DBU, sdbu0, sdbu1, sdbul, sdbud, DCU, sdcu0, sdcu1, sdcul, sdcud,
-                  RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=True, DO_DB=True, DO_DC=True, LO_S=LO_S,
+                  RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=(not SPLIT) or ROLE == 0,
+                  DO_DB=(not SPLIT) or ROLE == 1, DO_DC=(not SPLIT) or ROLE == 2, LO_S=LO_S,
                   HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE, JOINT_DY=JOINT_DY,
                   HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ, BN=BN, BP=BP, PREC=PREC,
                   UPCAST=UPCAST, ACC=ACC)
