@@ -455,6 +455,8 @@ def test_plan_fits_h100_shared_memory(N, P, dtype):
         default_fits = all(ssd.SMEM_TABLE.get(
             (k + ("_split" if default.split and k == "bwd_sweep" else ""), DT_NAME[dtype], default.num_stages,
              64, triton.next_power_of_2(N), default.BV), float("inf")) <= H100_SMEM for k in kernels)
+        default_fits &= not any((k, DT_NAME[dtype], 64, triton.next_power_of_2(N)) in ssd._MISCOMPILED
+                                for k in kernels)
         if default_fits:
             assert first == default, (kernels, first, default)
         else:
@@ -536,13 +538,14 @@ def _record_plans(monkeypatch):
 @pytest.mark.parametrize("kind", ["qs", "ss"])
 def test_wide_state_through_planned_chunk(monkeypatch, kind):
     """d_state 256, head dim 32 (the lab shape), asked for chunk 64: the kernels run with the chunks the
-    rule selects for bf16 (smaller than 64 except the causal forward's), and the results are exact:
+    rule selects for bf16 (smaller than 64, the causal forward's too: its chunk-64 launch is miscompiled,
+    see test_plan_skips_miscompiled_launch), and the results are exact:
     float64 to 1e-12 through those same chunks and column blocks (forced: float64's backward has no plan
     that fits an H100 at this N), bfloat16 within its rounding budget."""
     pairs = FWD_PAIRS["quasiseparable" if kind == "qs" else "semiseparable"]
     fwd = ssd.plan_candidates(pairs, 256, 32, torch.bfloat16, 64, H100_SMEM)[0]
     bwd = ssd.plan_candidates(BWD_PAIR, 256, 32, torch.bfloat16, 64, H100_SMEM, backward=True)[0]
-    assert bwd.BQ < 64 and (kind == "ss" or fwd.BQ < 64)  # the causal forward keeps 64
+    assert bwd.BQ < 64 and fwd.BQ < 64
     leaves, shape = make_inputs(70, shared=True, H=2, N=256, P=32, seed=21)
     leaves["log_a"] = leaves["log_a"] * 0.05  # weak decays: the inter-chunk states carry most of it
     monkeypatch.setitem(globals(), "CHUNK", 64)  # ask for the default chunk, as the mixers do
@@ -562,6 +565,19 @@ def test_wide_state_through_planned_chunk(monkeypatch, kind):
     out = run_both(kind, leaves, shape, torch.float64, shift=True if kind == "qs" else None, shared=True)
     assert seen["fwd"][-1] == fwd and seen["bwd"][-1] == bwd
     check(out, 1e-12)
+
+
+def test_plan_skips_miscompiled_launch():
+    """The causal forward sweep at bf16/fp16, chunk 64, state 256 fits by the table but Triton 3.6 miscompiles
+    it (an out-of-bounds shared-memory read under compute-sanitizer on an H100): the planner never offers it,
+    offers chunk 32 instead, and keeps chunk 64 where the state is narrower."""
+    for dt in (torch.bfloat16, torch.float16):
+        at_256 = ssd.plan_candidates(("sweep_causal",), 256, 32, dt, 64, H100_SMEM)
+        assert at_256 and all(p.BQ < 64 for p in at_256) and at_256[0].BQ == 32
+        assert ssd.plan_candidates(("sweep_causal",), 128, 32, dt, 64, H100_SMEM)[0].BQ == 64
+    # the exclusion is by table key: the same chunk stays available to the other kernels and dtypes
+    assert any(p.BQ == 64 for p in ssd.plan_candidates(("sweep_causal",), 256, 32, torch.float32, 64, 10**7))
+    assert ("sweep_causal", "bf16", 2, 64, 256, 32) in ssd.SMEM_TABLE  # it does fit by the table
 
 
 def test_chunk_is_exact_reorganisation():
