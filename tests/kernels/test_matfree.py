@@ -378,7 +378,8 @@ def test_benchmark_smoke_run(tmp_path):
     acc = payload["accuracy_vs_float64"]["cauchy"]
     for name in ("triton", "expsum_triton", "expsum_triton_eps1e-3"):
         assert acc[name]["rel_fro_y"] <= 1e-2 and acc[name]["rel_fro_grad_q"] <= 2e-2, (name, acc[name])
-    assert set(payload["targets"]["cauchy"]) == {"triton", "expsum_triton", "expsum_triton_eps1e-3"}
+    assert set(payload["targets"]["cauchy"]) == {"triton", "expsum_triton", "expsum_triton_eps1e-3", "torch_tiled",
+                                                 "torch_expsum"}
 
 
 # ------------------------------------------------------------------------------------------------------
