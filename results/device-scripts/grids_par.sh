@@ -1,4 +1,4 @@
-# Daemon: the two remaining lab grids at once (one ablate process each), timed; GPU use every 15 s.
+# Session 4 ran it from .device/ (carried). Daemon: the two remaining lab grids at once (one ablate process each), timed; GPU use every 15 s.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd /root/mzsrc
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 15 > /root/mz/gpu_use.csv 2>&1 &

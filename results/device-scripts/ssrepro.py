@@ -1,6 +1,6 @@
 """Which causal-SSD launches fault on the GPU at the lab shape? One case per process (faults are sticky).
-    python .device/ssrepro.py            # driver: runs every case in a subprocess
-    python .device/ssrepro.py CASE       # one case"""
+    PYTHONPATH=. python results/device-scripts/ssrepro.py        # driver: every case in a subprocess
+    PYTHONPATH=. python results/device-scripts/ssrepro.py CASE   # one case (lab_mixer_fwd faulted before 5048461)"""
 import os, subprocess, sys, torch
 CASES = ["lab", "lab_contig", "lab_bq32", "small_batch", "lab_p64", "lab_fwd_only", "qs_lab", "lab_mixer_fwd"]
 
