@@ -19,6 +19,9 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--mixers", default="attention,quasiseparable,semiseparable,bidir_add,toeplitz,cauchy,vandermonde")
 ap.add_argument("--steps", type=int, default=20)
 ap.add_argument("--profile-top", type=int, default=18)
+ap.add_argument("--like-trainer", action="store_true",
+                help="step like ablations.trainer: an (all-real) attention mask, the head on 15%% of positions "
+                     "(positions=), gradient clipping; each adds host syncs the plain step does not have")
 args = ap.parse_args()
 dev = torch.device("cuda")
 
@@ -40,11 +43,20 @@ for name in args.mixers.split(","):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(2, 8192, (64, 128), device=dev)
 
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    keep = torch.rand(ids.shape, device=dev) < 0.15
+
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(ids)
-            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids.flatten())
+            if args.like_trainer:
+                logits = model(ids, mask, positions=keep)
+                loss = torch.nn.functional.cross_entropy(logits.float(), ids[keep])
+            else:
+                logits = model(ids)
+                loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids.flatten())
         loss.backward()
+        if args.like_trainer:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 

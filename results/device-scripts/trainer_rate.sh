@@ -28,4 +28,11 @@ go() {  # label n
 }
 go alone 1
 go "x$N" $N
+# The model step alone, N at once: plain, then with the trainer's mask, selected head and clipping (host syncs)
+for flag in "" --like-trainer; do
+  for i in $(seq $N); do
+    PYTHONPATH=. timeout 120 python3 results/device-scripts/profile_lab_step.py --mixers $MIXER --steps 60 \
+      --profile-top 0 $flag 2>&1 | grep "^==" | cut -c1-40 | sed "s/^/profile x$N ${flag:-plain} /" &
+  done; wait
+done
 nvidia-cuda-mps-control -d && go "mps-x$N" $N; echo quit | timeout 20 nvidia-cuda-mps-control
