@@ -76,9 +76,11 @@ class MixerEncoder(nn.Module):
             raise ValueError(f"input_ids must be a long tensor of shape (B, L), got "
                              f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} "
                              f"{tuple(getattr(input_ids, 'shape', ()))}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
-            raise ValueError(f"input_ids must lie in [0, vocab_size={self.vocab_size}), got values in "
-                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+        if input_ids.numel():
+            lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one host sync, not two
+            if lo < 0 or hi >= self.vocab_size:
+                raise ValueError(f"input_ids must lie in [0, vocab_size={self.vocab_size}), got values in "
+                                 f"[{lo}, {hi}]")
         L = input_ids.shape[1]
         h = self.embeddings(input_ids)
         if self.position_embeddings is not None:
@@ -87,6 +89,9 @@ class MixerEncoder(nn.Module):
                                  f"embeddings are not extendable (use position_embeddings=False)")
             h = h + self.position_embeddings(torch.arange(L, device=input_ids.device))
         h = self.dropout(h)
+        # Check the mask once for all layers (each check reads it back to the host: three syncs), and pass
+        # an all-real one on as None, so the blocks neither check it again nor take their masked paths.
+        attention_mask = self.blocks[0]._check_inputs(h, attention_mask)
         for i, block in enumerate(self.blocks):
             h = h + self.dropout(block(self.mixer_norms[i](h), attention_mask))
             if self.mlps:

@@ -102,3 +102,28 @@ def test_param_table_absolute_count_of_the_parameter_free_mixer():
     V, dm, di, Lmax, layers, k = 30522, 768, 1536, 128, 12, 7
     layer = dm * 2 * di + di * (k + 1) + di + di * dm + 2 * dm
     assert rows[("dft", False)] == V * dm + Lmax * dm + 2 * dm + layers * layer
+
+
+def test_mask_is_checked_once_and_an_all_real_mask_is_none_in_the_blocks(monkeypatch):
+    """The encoder checks the attention mask once for all layers (each check is a host sync on a GPU); an
+    all-real mask reaches the blocks as None and gives exactly the unmasked output; a padded mask reaches
+    every block; a bad mask is still a clear error."""
+    torch.manual_seed(0)
+    enc = mixers.MixerEncoder(40, 16, 3, "quasiseparable", True, 12, headdim=8, qk_dim=4)
+    ids = torch.randint(0, 40, (2, 9))
+    seen = []
+    for block in enc.blocks:
+        orig = block.forward
+        monkeypatch.setattr(block, "forward", lambda u, mask=None, _o=orig: seen.append(mask) or _o(u, mask))
+    real = torch.ones(2, 9, dtype=torch.bool)
+    torch.testing.assert_close(enc(ids, real), enc(ids), rtol=0, atol=0)
+    assert len(seen) == 6 and all(m is None for m in seen)
+    seen.clear()
+    padded = real.clone()
+    padded[1, 6:] = False
+    enc(ids, padded)
+    assert len(seen) == 3 and all(m is padded for m in seen)
+    with pytest.raises(ValueError, match="right-padded"):
+        enc(ids, padded.flip(-1))
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=40\), got values in \[0, 40\]"):
+        enc(torch.tensor([[0, 40]]))
