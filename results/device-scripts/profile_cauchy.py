@@ -1,0 +1,49 @@
+"""Where a Cauchy exp-sum product's time goes on the GPU at the benchmark shape (batch 8, 12 heads, headdim 128,
+qk_dim 16, bf16): its forward measured a flat 2.6 ms from L = 512 to 2048 (results/bench/kernels_matfree.json),
+far above its kernels' FLOP and exponential counts. Prints wall time per call with and without a device sync,
+then torch.profiler's top host ops and CUDA kernels for a few calls. Next-session diagnostic, not yet run.
+
+    PYTHONPATH=. python results/device-scripts/profile_cauchy.py [--L 512] [--backward]
+"""
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.kernels_matfree import SHAPES, _inputs
+from structured.cauchy import cauchy_matmul_expsum
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--L", type=int, default=512)
+ap.add_argument("--backward", action="store_true")
+ap.add_argument("--calls", type=int, default=50)
+args = ap.parse_args()
+x, q, k = _inputs("cauchy", args.L, "cuda", torch.bfloat16, 0, SHAPES)
+leaves = [t.requires_grad_(args.backward) for t in (x, q, k)]
+
+
+def call():
+    y = cauchy_matmul_expsum(*leaves, 0.0)
+    if args.backward:
+        y.float().sum().backward()
+    return y
+
+
+for _ in range(3):
+    call()
+torch.cuda.synchronize()
+t = time.perf_counter()
+for _ in range(args.calls):
+    call()
+host = (time.perf_counter() - t) / args.calls
+torch.cuda.synchronize()
+total = (time.perf_counter() - t) / args.calls
+print(f"L={args.L} backward={args.backward}: {1e3 * host:.3f} ms/call on the host before the final sync, "
+      f"{1e3 * total:.3f} ms/call with it")
+with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    for _ in range(5):
+        call()
+    torch.cuda.synchronize()
+print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
