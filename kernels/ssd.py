@@ -103,6 +103,16 @@ def _view4(t: torch.Tensor, nbatch: int) -> torch.Tensor:
         return t.reshape(-1, *t.shape[nbatch - 1:])
 
 
+def _decay_dtype(dtype: torch.dtype):
+    """The kernels' DEC: the dtype of the decay exponents (chunk-local cumulative sums of the log-decays,
+    their totals and every difference of them; see :mod:`kernels._ssd_triton`). A difference of two such
+    sums formed in float32 carries an absolute error of eps32 * |chunk sum|, which under strong decay (sums
+    of -1000 within a chunk) exceeds float32's 1e-5 budget; formed in float64 and only then rounded to
+    float32 it carries eps32 * |exponent|. Half precision inputs keep float32 exponents (their budget is
+    1e-2, and their binaries, the benchmarks' and training's, stay as they were)."""
+    return tl.float32 if dtype in (torch.float16, torch.bfloat16) else tl.float64
+
+
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
 
@@ -128,6 +138,7 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
     prec = "ieee" if V.dtype == torch.float32 else "tf32"
     upcast = V.dtype == torch.bfloat16 and _interpreting()
     acc = tl.float64 if V.dtype == torch.float64 else tl.float32
+    dec = _decay_dtype(V.dtype)
     out = torch.empty((B0, B1, L, DV), dtype=out_dtype, device=dev)
     launch = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
     if up is not None:
@@ -137,7 +148,8 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
         _k._upper_states_kernel[grid](
             up.K, *up.K.stride(), up.lam, *up.lam.stride()[:3], V, *V.stride(), states,
             B1, L, DG, DV, n_chunks,
-            UP_K=up.k, UP_U=up.u, VO=vo, BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, **launch)
+            UP_K=up.k, UP_U=up.u, VO=vo, BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, DEC=dec,
+            **launch)
     else:
         states = out  # unused placeholder pointer
     lo_ = lo
@@ -153,7 +165,7 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
         LO_R=lo_.r, LO_K=lo_.k, LO_U=lo_.u, LO_V=lo_.v, LO_S=lo_.s,
         HAS_UP=up is not None, UP_R=up_.r, UP_K=up_.k, UP_U=up_.u, UP_V=up_.v, UP_S=up_.s,
         SHARED_GRAM=shared, HAS_D=delta is not None, VO=vo,
-        BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, **launch)
+        BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, DEC=dec, **launch)
     return out
 
 
@@ -956,7 +968,7 @@ def _backward_planned(x, dy, lower, upper, delta, s: int, combine: bool, plan: P
     n_chunks = triton.cdiv(L, BQ)
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     upcast = x.dtype == torch.bfloat16 and _interpreting()
-    common = dict(BQ=BQ, BN=BN, BP=BP, PREC=prec, UPCAST=upcast, ACC=acc)
+    common = dict(BQ=BQ, BN=BN, BP=BP, PREC=prec, UPCAST=upcast, ACC=acc, DEC=_decay_dtype(x.dtype))
     # Adjoint/upper states from the right, stored in x's dtype (cast to it before every product anyway).
     g_lo = torch.empty((B0 * B1, n_chunks, N, P), dtype=x.dtype, device=dev)
     h_up = torch.empty_like(g_lo) if has_up else g_lo
