@@ -723,12 +723,14 @@ def _main(argv=None) -> None:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--kernels", nargs="+", default=list(MEASURED_KERNELS), choices=MEASURED_KERNELS,
                     help="measure only these kernels' rows (default: all)")
+    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32", "fp64"], choices=["bf16", "fp32", "fp64"],
+                    help="measure only these dtypes' rows (default: all)")
     a = ap.parse_args(argv)
     gens = (16, 32, 64, 128, 256)
     rows = []
     for kernel in a.kernels:
         bwd = kernel.startswith("bwd")
-        for dtype in ("bf16", "fp32", "fp64"):
+        for dtype in a.dtypes:
             for stages in ((2,) if bwd or kernel == "sweep_causal" else (2, 3)):
                 for BQ in (16, 32, 64):
                     for BG in gens:
