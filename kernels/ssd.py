@@ -185,6 +185,9 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
 # roles. In the unshared variant it needs about the largest role's memory, because shared memory is reused
 # across the role branches. In the shared-generator variant, where BQ = BG, it needs more: at bf16 BQ = 64,
 # N = P = 64 the per-role rows are 113 / 105 / 105 KiB against the split's 145.
+# When float32 inputs' decay exponents moved to float64 (DEC in kernels._ssd_triton), all fp32 rows were
+# remeasured by the same command with --dtypes fp32 (triton 3.6.0, 8 min on 2 CPU cores): all 750 entries
+# unchanged (bf16 and fp64 compile as before: their DEC is unchanged).
 # Spot checks with measure_shared_memory: float16 needs exactly what bfloat16 needs; 8 warps what 4 need
 # except the backward sweep at BG = 64 (+4 KiB); see _SMEM_MARGIN. What grows:
 # the software pipeline keeps `stages` copies of each tile it prefetches, (BQ, BG) generator tiles and
@@ -1071,7 +1074,9 @@ def semiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_
         arithmetic, results differ in rounding only (tested in float64 to 1e-12).
 
     Returns ``(*batch, L, P)`` in x's dtype; products accumulate in float32 (bf16/fp16 operands on the matrix
-    units, float32 operands in IEEE float32, no tf32; float64 operands and accumulation in float64).
+    units, float32 operands in IEEE float32, no tf32; float64 operands and accumulation in float64). Decay
+    exponents (chunk-local sums of log_a and their differences) are formed in float64 for float32 and float64
+    x, in float32 for half precision (see :func:`_decay_dtype`).
     Differentiable in all inputs; gradients of parameters broadcast over batch dims are summed in the kernel.
 
     Cost: O(L Q (N + P) + L N P) flops, O(L (N + P)) memory traffic; one program per (batch, 64 columns of P)
@@ -1113,7 +1118,8 @@ def quasiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log
         H100). The chunk only reorganises the computation: every chunk gives the same product in exact
         arithmetic, results differ in rounding only (tested in float64 to 1e-12).
 
-    Returns ``(*batch, L, P)`` in x's dtype, float32 accumulation; differentiable in all inputs (the
+    Returns ``(*batch, L, P)`` in x's dtype, float32 accumulation (float64 for float64 x; decay exponents in
+    float64 for float32 and float64 x, see :func:`_decay_dtype`); differentiable in all inputs (the
     backward is one fused kernel pair for all gradients; see the module docstring).
 
     Algorithm: one right-to-left sweep stores the backward direction's chunk states, one left-to-right sweep
