@@ -213,7 +213,7 @@ def analyse(method: str, shape: str) -> list:
             programs_per_sm=per_sm, n_chunks=n_chunks, serial_chunk_steps=waves * n_chunks,
             BQ=kw["BQ"], BG=kw.get("BG", kw.get("BN")), BV=kw.get("BV", kw.get("BP")), num_warps=warps,
             num_stages=ck.metadata.num_stages, shared_bytes=shared,
-            constexprs={k: v for k, v in kw.items() if k not in ("PREC", "UPCAST", "ACC", "num_warps",
+            constexprs={k: v for k, v in kw.items() if k not in ("PREC", "UPCAST", "ACC", "DEC", "num_warps",
                                                                    "num_stages")},
             **{k: v for k, v in m.items() if k != "ptxas_log"}, ptxas_log=m["ptxas_log"],
             dots_per_chunk=t["dots"], atomic_bytes_per_chunk=t["atomic_bytes"],

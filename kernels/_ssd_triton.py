@@ -23,6 +23,14 @@ left-to-right as an (N x P) state in registers, the upper one right-to-left:
 
 Each program owns one batch element and one block of V's columns, so V, R and K are each read once per
 sweep and no flipped, shifted or doubled copy of any input exists.
+
+Precision of the decays: every kernel takes two dtype constexprs, ACC (products and states) and DEC (the
+decay exponents: lam as loaded, its chunk-local cumulative sums and totals, and every difference of them).
+An exponent is cast to ACC right after its last difference and exponentiated there, so its error is about
+eps_ACC * |exponent|; a difference formed in ACC = float32 would carry eps32 * |chunk sum| instead, 1e-4
+under strong decay (sums near -1000 within a chunk), relative, on every neighbour entry. kernels.ssd passes
+DEC = float64 for float32 and float64 inputs and DEC = ACC = float32 for half precision (whose binaries are
+then those of plain float32 exponents). The running sums of the log-decay gradients stay in ACC.
 """
 from __future__ import annotations
 
@@ -74,19 +82,19 @@ def _upper_decays(lam, U: tl.constexpr, V_: tl.constexpr):
 def _state_step(state, K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, svd,
                 b0, b1, rows, g, vc, seqlen, DG, DV,
                 KO: tl.constexpr, U: tl.constexpr, VO: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                ACC: tl.constexpr):
+                ACC: tl.constexpr, DEC: tl.constexpr):
     """The state entering the chunk at ``rows`` from the right, given the one entering the next chunk."""
     dt = V.dtype.element_ty
-    lam = _load_vec(LAM, sa0, sa1, sal, b0, b1, rows, seqlen, ACC)
+    lam = _load_vec(LAM, sa0, sa1, sal, b0, b1, rows, seqlen, DEC)
     rev_total = tl.sum(lam, axis=0)
     rev = rev_total - tl.cumsum(lam, axis=0) + lam
     col_dec = rev - U * lam
     kt = _load_rows(K, sk0, sk1, skl, skd, b0, b1, rows + KO, g, seqlen, DG)
     vt = _load_rows(V, sv0, sv1, svl, svd, b0, b1, rows + VO, vc, seqlen, DV)
     vt = tl.where((rows < seqlen)[:, None], vt, 0.0).to(dt)
-    w = tl.exp(tl.minimum(rev_total - col_dec, 0.0))
+    w = tl.exp(tl.minimum((rev_total - col_dec).to(ACC), 0.0))
     kw = (kt.to(ACC) * w[:, None]).to(dt)
-    return state * tl.exp(rev_total) + _dot(tl.trans(kw), vt, PREC, UPCAST, ACC)
+    return state * tl.exp(rev_total.to(ACC)) + _dot(tl.trans(kw), vt, PREC, UPCAST, ACC)
 
 
 @triton.jit
@@ -94,7 +102,7 @@ def _state_sweep(K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, sv
                  b0, b1, vc, seqlen, DG, DV, n_chunks,
                  KO: tl.constexpr, U: tl.constexpr, VO: tl.constexpr,
                  BQ: tl.constexpr, BG: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                 ACC: tl.constexpr):
+                 ACC: tl.constexpr, DEC: tl.constexpr):
     """Right-to-left sweep storing, per chunk c, ``st_base[c] = sum_{j in chunks > c}
     exp(sum_{t = start(c+1) .. j-1+U} lam_t) K[j + KO] V[j + VO]^T`` (a (DG, DV) tile, columns vc)."""
     q = tl.arange(0, BQ)
@@ -107,7 +115,7 @@ def _state_sweep(K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, sv
         tl.store(st_base + c * DG * DV + st_idx, state.to(st_base.dtype.element_ty), mask=st_mask)
         state = _state_step(state, K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, svd,
                             b0, b1, c * BQ + q, g, vc, seqlen, DG, DV, KO=KO, U=U, VO=VO,
-                            PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+                            PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
 
 
 @triton.jit
@@ -116,7 +124,7 @@ def _state_sweep_pair(K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, sv
                       b0, b1, vc, seqlen, DG, DV, n_chunks,
                       U: tl.constexpr, VO: tl.constexpr, U2: tl.constexpr, VO2: tl.constexpr,
                       BQ: tl.constexpr, BG: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-                      UPCAST: tl.constexpr, ACC: tl.constexpr):
+                      UPCAST: tl.constexpr, ACC: tl.constexpr, DEC: tl.constexpr):
     """Two independent :func:`_state_sweep` (KO = 0) in one loop: one program, two dependency chains."""
     q = tl.arange(0, BQ)
     g = tl.arange(0, BG)
@@ -131,10 +139,10 @@ def _state_sweep_pair(K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, sv
         rows = c * BQ + q
         state = _state_step(state, K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, svd,
                             b0, b1, rows, g, vc, seqlen, DG, DV, KO=0, U=U, VO=VO,
-                            PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+                            PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
         state2 = _state_step(state2, K2, sk20, sk21, sk2l, sk2d, LAM2, sa20, sa21, sa2l, V2, sv20, sv21, sv2l,
                              sv2d, b0, b1, rows, g, vc, seqlen, DG, DV, KO=0, U=U2, VO=VO2,
-                             PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+                             PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
 
 
 @triton.jit
@@ -146,7 +154,7 @@ def _upper_states_kernel(
     B1, seqlen, DG, DV, n_chunks,
     UP_K: tl.constexpr, UP_U: tl.constexpr, VO: tl.constexpr,
     BQ: tl.constexpr, BG: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    ACC: tl.constexpr,
+    ACC: tl.constexpr, DEC: tl.constexpr,
 ):
     """Right-to-left sweep: ST[bh, c] = upper-triangle state entering chunk c (from chunks > c)."""
     pid = tl.program_id(0)
@@ -156,7 +164,7 @@ def _upper_states_kernel(
     vc = pv * BV + tl.arange(0, BV)
     _state_sweep(K, sk0, sk1, skl, skd, LAM, sa0, sa1, sal, V, sv0, sv1, svl, svd,
                  ST + pid.to(tl.int64) * n_chunks * DG * DV, b0, b1, vc, seqlen, DG, DV, n_chunks,
-                 KO=-UP_K, U=UP_U, VO=VO, BQ=BQ, BG=BG, BV=BV, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+                 KO=-UP_K, U=UP_U, VO=VO, BQ=BQ, BG=BG, BV=BV, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
 
 
 @triton.jit
@@ -177,7 +185,7 @@ def _sweep_kernel(
     UP_S: tl.constexpr,
     SHARED_GRAM: tl.constexpr, HAS_D: tl.constexpr, VO: tl.constexpr,
     BQ: tl.constexpr, BG: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    ACC: tl.constexpr,
+    ACC: tl.constexpr, DEC: tl.constexpr,
 ):
     """Left-to-right sweep: carry the lower state, read the stored upper states, write O (see module doc)."""
     pid = tl.program_id(0)
@@ -199,19 +207,19 @@ def _sweep_kernel(
         vt = tl.where(live[:, None], vt, 0.0).to(dt)
         acc = tl.zeros((BQ, BV), dtype=ACC)
         w = tl.zeros((BQ, BQ), dtype=ACC)
-        lam = _load_vec(AL, sal0, sal1, sall, b0, b1, rows, seqlen, ACC)
+        lam = _load_vec(AL, sal0, sal1, sall, b0, b1, rows, seqlen, DEC)
         row_dec, col_dec, total = _lower_decays(lam, LO_U, LO_V)
         rt = _load_rows(RL, srl0, srl1, srll, srld, b0, b1, rows - LO_R, g, seqlen, DG).to(dt)
         kt = _load_rows(KL, skl0, skl1, skll, skld, b0, b1, rows + LO_K, g, seqlen, DG).to(dt)
         gram = _dot(rt, tl.trans(kt), PREC, UPCAST, ACC)
         keep = q[None, :] <= q[:, None] - LO_S
-        expo = tl.where(keep, row_dec[:, None] - col_dec[None, :], 0.0)
+        expo = tl.where(keep, (row_dec[:, None] - col_dec[None, :]).to(ACC), 0.0)
         w += tl.where(keep, gram * tl.exp(tl.minimum(expo, 0.0)), 0.0)
-        acc += _dot(rt, state.to(dt), PREC, UPCAST, ACC) * tl.exp(row_dec)[:, None]
-        kw = (kt.to(ACC) * tl.exp(tl.minimum(total - col_dec, 0.0))[:, None]).to(dt)
-        state = state * tl.exp(total) + _dot(tl.trans(kw), vt, PREC, UPCAST, ACC)
+        acc += _dot(rt, state.to(dt), PREC, UPCAST, ACC) * tl.exp(row_dec.to(ACC))[:, None]
+        kw = (kt.to(ACC) * tl.exp(tl.minimum((total - col_dec).to(ACC), 0.0))[:, None]).to(dt)
+        state = state * tl.exp(total.to(ACC)) + _dot(tl.trans(kw), vt, PREC, UPCAST, ACC)
         if HAS_UP:
-            lam_u = _load_vec(AU, sau0, sau1, saul, b0, b1, rows, seqlen, ACC)
+            lam_u = _load_vec(AU, sau0, sau1, saul, b0, b1, rows, seqlen, DEC)
             row_dec_u, col_dec_u, total_u = _upper_decays(lam_u, UP_U, UP_V)
             if SHARED_GRAM:
                 ru = rt
@@ -221,10 +229,10 @@ def _sweep_kernel(
                 ku = _load_rows(KU, sku0, sku1, skul, skud, b0, b1, rows - UP_K, g, seqlen, DG).to(dt)
                 gram_u = _dot(ru, tl.trans(ku), PREC, UPCAST, ACC)
             keep_u = q[None, :] >= q[:, None] + UP_S
-            expo_u = tl.where(keep_u, row_dec_u[:, None] - col_dec_u[None, :], 0.0)
+            expo_u = tl.where(keep_u, (row_dec_u[:, None] - col_dec_u[None, :]).to(ACC), 0.0)
             w += tl.where(keep_u, gram_u * tl.exp(tl.minimum(expo_u, 0.0)), 0.0)
             st_in = tl.load(st_base + c * DG * DV + g[:, None] * DV + vc[None, :], mask=st_mask, other=0.0)
-            acc += _dot(ru, st_in.to(dt), PREC, UPCAST, ACC) * tl.exp(row_dec_u)[:, None]
+            acc += _dot(ru, st_in.to(dt), PREC, UPCAST, ACC) * tl.exp(row_dec_u.to(ACC))[:, None]
         acc += _dot(w.to(dt), vt, PREC, UPCAST, ACC)
         if HAS_D:
             dg = _load_vec(D, sd0, sd1, sdl, b0, b1, rows, seqlen, ACC)
@@ -274,7 +282,7 @@ def _bwd_states_kernel(
     HU,
     B1, seqlen, N, P, n_chunks,
     LO_S: tl.constexpr, PAIR: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
-    PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, DEC: tl.constexpr,
 ):
     """Right-to-left: stores per chunk G_lo (lower adjoint state, ``sum exp(span) c_m dy[m+S_lo]^T``) and
     H_up (upper state, ``sum exp(span) b'_j x_j^T``) entering it from the right. PAIR: one program per
@@ -291,16 +299,16 @@ def _bwd_states_kernel(
         _state_sweep_pair(C, sc0, sc1, scl, scd, AL, sal0, sal1, sall, DY, sy0, sy1, syl, syd, GL + off,
                           BU, sbu0, sbu1, sbul, sbud, AU, sau0, sau1, saul, X, sx0, sx1, sxl, sxd, HU + off,
                           b0, b1, vc, seqlen, N, P, n_chunks, U=1, VO=LO_S, U2=0, VO2=0,
-                          BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+                          BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
     else:
         if which == 0:
             _state_sweep(C, sc0, sc1, scl, scd, AL, sal0, sal1, sall, DY, sy0, sy1, syl, syd, GL + off,
                          b0, b1, vc, seqlen, N, P, n_chunks, KO=0, U=1, VO=LO_S,
-                         BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+                         BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
         else:
             _state_sweep(BU, sbu0, sbu1, sbul, sbud, AU, sau0, sau1, saul, X, sx0, sx1, sxl, sxd, HU + off,
                          b0, b1, vc, seqlen, N, P, n_chunks, KO=0, U=0, VO=0,
-                         BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+                         BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
 
 
 @triton.jit
@@ -338,7 +346,7 @@ def _bwd_part(
     COMBINE: tl.constexpr, JOINT_DY: tl.constexpr, HAS_D: tl.constexpr,
     AT_BL: tl.constexpr, AT_CL: tl.constexpr, AT_BU: tl.constexpr, AT_CU: tl.constexpr,
     BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    ACC: tl.constexpr,
+    ACC: tl.constexpr, DEC: tl.constexpr,
 ):
     """Left-to-right sweep over one batch element computing the parts of the gradient selected by
     DO_DX (dx and the diagonal's gradient; uses G_lo stored, G_up carried), DO_DB (db, db' and their row
@@ -370,12 +378,12 @@ def _bwd_part(
         bl = _load_rows(BL, sbl0, sbl1, sbll, sbld, b0, b1, rows, gn, seqlen, N).to(dt)
         cl = _load_rows(CL, scl0, scl1, scll, scld, b0, b1, rows, gn, seqlen, N).to(dt)
         # lower triangle (m-space): W[m, j] = exp(ell_m - ell_j), j <= m
-        lam = _load_vec(AL, sal0, sal1, sall, b0, b1, rows, seqlen, ACC)
+        lam = _load_vec(AL, sal0, sal1, sall, b0, b1, rows, seqlen, DEC)
         ell = tl.cumsum(lam, axis=0)
         tot = tl.sum(lam, axis=0)
-        dec_in = tl.exp(ell)  # span chunk start .. m
-        dec_out = tl.exp(tl.minimum(tot - ell, 0.0))  # span j+1 .. chunk end
-        w = tl.where(tri_lo, tl.exp(tl.minimum(ell[:, None] - ell[None, :], 0.0)), 0.0)
+        dec_in = tl.exp(ell.to(ACC))  # span chunk start .. m
+        dec_out = tl.exp(tl.minimum((tot - ell).to(ACC), 0.0))  # span j+1 .. chunk end
+        w = tl.where(tri_lo, tl.exp(tl.minimum((ell[:, None] - ell[None, :]).to(ACC), 0.0)), 0.0)
         if HAS_UP:
             # upper triangle (n-space): W'[n, j] = exp(rev_n - rev_j), j >= n
             if JOINT_DY:
@@ -388,12 +396,12 @@ def _bwd_part(
             else:
                 bu = _load_rows(BU, sbu0, sbu1, sbul, sbud, b0, b1, rows, gn, seqlen, N).to(dt)
                 cu = _load_rows(CU, scu0, scu1, scul, scud, b0, b1, rows, gn, seqlen, N).to(dt)
-            lam_u = _load_vec(AU, sau0, sau1, saul, b0, b1, rows, seqlen, ACC)
+            lam_u = _load_vec(AU, sau0, sau1, saul, b0, b1, rows, seqlen, DEC)
             tot_u = tl.sum(lam_u, axis=0)
             rev = tot_u - tl.cumsum(lam_u, axis=0) + lam_u
-            rdec_in = tl.exp(rev)  # span n .. chunk end
-            rdec_out = tl.exp(tl.minimum(tot_u - rev, 0.0))  # span chunk start .. j-1
-            w_u = tl.where(tri_up, tl.exp(tl.minimum(rev[:, None] - rev[None, :], 0.0)), 0.0)
+            rdec_in = tl.exp(rev.to(ACC))  # span n .. chunk end
+            rdec_out = tl.exp(tl.minimum((tot_u - rev).to(ACC), 0.0))  # span chunk start .. j-1
+            w_u = tl.where(tri_up, tl.exp(tl.minimum((rev[:, None] - rev[None, :]).to(ACC), 0.0)), 0.0)
         if DO_DX + DO_DB > 0:
             g_lo = tl.load(GL + st_off + c * N * P + st_idx, mask=st_mask, other=0.0).to(dt)
         if DO_DB + DO_DC > 0:
@@ -469,11 +477,11 @@ def _bwd_part(
                 else:
                     _emit(DCU, sdcu0, sdcu1, sdcul, sdcud, b0, b1, rows, gn, dc_u, mask_n, AT_CU)
             _emit(DCL, sdcl0, sdcl1, sdcll, sdcld, b0, b1, rows, gn, dc, mask_n, AT_CL)
-            h_lo = h_lo * tl.exp(tot) + _dot(tl.trans((bl.to(ACC) * dec_out[:, None]).to(dt)), xt,
+            h_lo = h_lo * tl.exp(tot.to(ACC)) + _dot(tl.trans((bl.to(ACC) * dec_out[:, None]).to(dt)), xt,
                                              PREC, UPCAST, ACC)
         if HAS_UP:
             if DO_DX + DO_DB > 0:
-                g_up = g_up * tl.exp(tot_u) + _dot(tl.trans((cu.to(ACC) * rdec_in[:, None]).to(dt)), dyu,
+                g_up = g_up * tl.exp(tot_u.to(ACC)) + _dot(tl.trans((cu.to(ACC) * rdec_in[:, None]).to(dt)), dyu,
                                                    PREC, UPCAST, ACC)
 
 
@@ -501,7 +509,7 @@ def _bwd_sweep_kernel(
     COMBINE: tl.constexpr, JOINT_DY: tl.constexpr, HAS_D: tl.constexpr,
     AT_BL: tl.constexpr, AT_CL: tl.constexpr, AT_BU: tl.constexpr, AT_CU: tl.constexpr,
     BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    ACC: tl.constexpr,
+    ACC: tl.constexpr, DEC: tl.constexpr,
 ):
     """Left-to-right gradient sweep, program (role, batch element). SPLIT: three programs per batch element
     (role 0: dx, 1: db, 2: dc; each carries one state and holds about a third of the tiles, and the three
@@ -527,7 +535,7 @@ def _bwd_sweep_kernel(
                       sdcu1, sdcul, sdcud, RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=True, DO_DB=False,
                       DO_DC=False, LO_S=LO_S, HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE,
                       JOINT_DY=JOINT_DY, HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ,
-                      BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+                      BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
         elif role == 1:
             _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1,
                       scll, scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU,
@@ -536,7 +544,7 @@ def _bwd_sweep_kernel(
                       sdcu1, sdcul, sdcud, RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=False, DO_DB=True,
                       DO_DC=False, LO_S=LO_S, HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE,
                       JOINT_DY=JOINT_DY, HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ,
-                      BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+                      BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
         else:
             _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1,
                       scll, scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU,
@@ -545,7 +553,7 @@ def _bwd_sweep_kernel(
                       sdcu1, sdcul, sdcud, RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=False, DO_DB=False,
                       DO_DC=True, LO_S=LO_S, HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE,
                       JOINT_DY=JOINT_DY, HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ,
-                      BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC)
+                      BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
     else:
         # Roles known at compile time: per-role launches (ROLE 0, 1, 2) or one program doing all.
         _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1, scll,
@@ -556,7 +564,7 @@ def _bwd_sweep_kernel(
                   DO_DB=(not SPLIT) or ROLE == 1, DO_DC=(not SPLIT) or ROLE == 2, LO_S=LO_S,
                   HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE, JOINT_DY=JOINT_DY,
                   HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ, BN=BN, BP=BP, PREC=PREC,
-                  UPCAST=UPCAST, ACC=ACC)
+                  UPCAST=UPCAST, ACC=ACC, DEC=DEC)
 
 
 # ------------------------------------------------------------------------------------ shared-memory table
@@ -581,7 +589,8 @@ def _kernel_spec(kernel: str, dtype: str, BG: int, BV: int, BQ: int):
     ptr = "*" + dtype
     vec = "*fp64" if dtype == "fp64" else "*fp32"
     acc = tl_.float64 if dtype == "fp64" else tl_.float32
-    common = dict(BQ=BQ, PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False, ACC=acc)
+    dec = tl_.float32 if dtype == "bf16" else tl_.float64  # as kernels.ssd._decay_dtype chooses
+    common = dict(BQ=BQ, PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False, ACC=acc, DEC=dec)
     if kernel == "upper_states":
         return _upper_states_kernel, {"K": ptr, "LAM": vec, "V": ptr, "ST": ptr}, dict(
             UP_K=0, UP_U=0, VO=0, BG=BG, BV=BV, **common)
@@ -714,12 +723,14 @@ def _main(argv=None) -> None:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--kernels", nargs="+", default=list(MEASURED_KERNELS), choices=MEASURED_KERNELS,
                     help="measure only these kernels' rows (default: all)")
+    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32", "fp64"], choices=["bf16", "fp32", "fp64"],
+                    help="measure only these dtypes' rows (default: all)")
     a = ap.parse_args(argv)
     gens = (16, 32, 64, 128, 256)
     rows = []
     for kernel in a.kernels:
         bwd = kernel.startswith("bwd")
-        for dtype in ("bf16", "fp32", "fp64"):
+        for dtype in a.dtypes:
             for stages in ((2,) if bwd or kernel == "sweep_causal" else (2, 3)):
                 for BQ in (16, 32, 64):
                     for BG in gens:

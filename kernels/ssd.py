@@ -103,6 +103,16 @@ def _view4(t: torch.Tensor, nbatch: int) -> torch.Tensor:
         return t.reshape(-1, *t.shape[nbatch - 1:])
 
 
+def _decay_dtype(dtype: torch.dtype):
+    """The kernels' DEC: the dtype of the decay exponents (chunk-local cumulative sums of the log-decays,
+    their totals and every difference of them; see :mod:`kernels._ssd_triton`). A difference of two such
+    sums formed in float32 carries an absolute error of eps32 * |chunk sum|, which under strong decay (sums
+    of -1000 within a chunk) exceeds float32's 1e-5 budget; formed in float64 and only then rounded to
+    float32 it carries eps32 * |exponent|. Half precision inputs keep float32 exponents (their budget is
+    1e-2, and their binaries, the benchmarks' and training's, stay as they were)."""
+    return tl.float32 if dtype in (torch.float16, torch.bfloat16) else tl.float64
+
+
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
 
@@ -128,6 +138,7 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
     prec = "ieee" if V.dtype == torch.float32 else "tf32"
     upcast = V.dtype == torch.bfloat16 and _interpreting()
     acc = tl.float64 if V.dtype == torch.float64 else tl.float32
+    dec = _decay_dtype(V.dtype)
     out = torch.empty((B0, B1, L, DV), dtype=out_dtype, device=dev)
     launch = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
     if up is not None:
@@ -137,7 +148,8 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
         _k._upper_states_kernel[grid](
             up.K, *up.K.stride(), up.lam, *up.lam.stride()[:3], V, *V.stride(), states,
             B1, L, DG, DV, n_chunks,
-            UP_K=up.k, UP_U=up.u, VO=vo, BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, **launch)
+            UP_K=up.k, UP_U=up.u, VO=vo, BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, DEC=dec,
+            **launch)
     else:
         states = out  # unused placeholder pointer
     lo_ = lo
@@ -153,7 +165,7 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
         LO_R=lo_.r, LO_K=lo_.k, LO_U=lo_.u, LO_V=lo_.v, LO_S=lo_.s,
         HAS_UP=up is not None, UP_R=up_.r, UP_K=up_.k, UP_U=up_.u, UP_V=up_.v, UP_S=up_.s,
         SHARED_GRAM=shared, HAS_D=delta is not None, VO=vo,
-        BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, **launch)
+        BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, DEC=dec, **launch)
     return out
 
 
@@ -173,6 +185,9 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
 # roles. In the unshared variant it needs about the largest role's memory, because shared memory is reused
 # across the role branches. In the shared-generator variant, where BQ = BG, it needs more: at bf16 BQ = 64,
 # N = P = 64 the per-role rows are 113 / 105 / 105 KiB against the split's 145.
+# When float32 inputs' decay exponents moved to float64 (DEC in kernels._ssd_triton), all fp32 rows were
+# remeasured by the same command with --dtypes fp32 (triton 3.6.0, 8 min on 2 CPU cores): all 750 entries
+# unchanged (bf16 and fp64 compile as before: their DEC is unchanged).
 # Spot checks with measure_shared_memory: float16 needs exactly what bfloat16 needs; 8 warps what 4 need
 # except the backward sweep at BG = 64 (+4 KiB); see _SMEM_MARGIN. What grows:
 # the software pipeline keeps `stages` copies of each tile it prefetches, (BQ, BG) generator tiles and
@@ -956,7 +971,7 @@ def _backward_planned(x, dy, lower, upper, delta, s: int, combine: bool, plan: P
     n_chunks = triton.cdiv(L, BQ)
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     upcast = x.dtype == torch.bfloat16 and _interpreting()
-    common = dict(BQ=BQ, BN=BN, BP=BP, PREC=prec, UPCAST=upcast, ACC=acc)
+    common = dict(BQ=BQ, BN=BN, BP=BP, PREC=prec, UPCAST=upcast, ACC=acc, DEC=_decay_dtype(x.dtype))
     # Adjoint/upper states from the right, stored in x's dtype (cast to it before every product anyway).
     g_lo = torch.empty((B0 * B1, n_chunks, N, P), dtype=x.dtype, device=dev)
     h_up = torch.empty_like(g_lo) if has_up else g_lo
@@ -1059,7 +1074,9 @@ def semiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_
         arithmetic, results differ in rounding only (tested in float64 to 1e-12).
 
     Returns ``(*batch, L, P)`` in x's dtype; products accumulate in float32 (bf16/fp16 operands on the matrix
-    units, float32 operands in IEEE float32, no tf32; float64 operands and accumulation in float64).
+    units, float32 operands in IEEE float32, no tf32; float64 operands and accumulation in float64). Decay
+    exponents (chunk-local sums of log_a and their differences) are formed in float64 for float32 and float64
+    x, in float32 for half precision (see :func:`_decay_dtype`).
     Differentiable in all inputs; gradients of parameters broadcast over batch dims are summed in the kernel.
 
     Cost: O(L Q (N + P) + L N P) flops, O(L (N + P)) memory traffic; one program per (batch, 64 columns of P)
@@ -1101,7 +1118,8 @@ def quasiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log
         H100). The chunk only reorganises the computation: every chunk gives the same product in exact
         arithmetic, results differ in rounding only (tested in float64 to 1e-12).
 
-    Returns ``(*batch, L, P)`` in x's dtype, float32 accumulation; differentiable in all inputs (the
+    Returns ``(*batch, L, P)`` in x's dtype, float32 accumulation (float64 for float64 x; decay exponents in
+    float64 for float32 and float64 x, see :func:`_decay_dtype`); differentiable in all inputs (the
     backward is one fused kernel pair for all gradients; see the module docstring).
 
     Algorithm: one right-to-left sweep stores the backward direction's chunk states, one left-to-right sweep

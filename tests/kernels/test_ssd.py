@@ -149,6 +149,27 @@ def test_quasiseparable_long_decays_multi_chunk():
     check(run_both("qs", leaves, shape, torch.float32, shift=True, shared=False), 1e-5)
 
 
+@pytest.mark.parametrize("kind,shift,shared", [("qs", True, True), ("qs", False, False), ("ss", None, True)])
+def test_strong_decays_fp32_exponents_stay_precise(monkeypatch, kind, shift, shared):
+    """log-decays -5..-20 per step over three chunks of 64 (chunk sums near -800): a decay exponent is a
+    difference of chunk-local cumulative sums, so formed in float32 it carries an absolute error of
+    eps32 * |chunk sum| (up to 1e-4), a relative error of that size on each entry whose exponent is not
+    exactly 0. Hydra's shifted sub-diagonal (exponent 0 as row_dec - col_dec, O(1) entries) showed it:
+    forward 1.3e-5 with float32 exponents; the other entries are exp(-5) or smaller. The kernels form the
+    exponents in float64 for float32 inputs (eps32 * |exponent|); forward and every gradient of x, b, c,
+    log-decays (and delta) stay within the float32 budget."""
+    leaves, shape = make_inputs(150, shared=shared, seed=31 + 2 * shared + (shift is True))
+    g = torch.Generator().manual_seed(32)
+    B, H, L, _ = shape
+    for name in ("log_a",) if shared else ("log_a", "log_a_bwd"):
+        leaves[name] = (-5 - 15 * torch.rand(B, H, L, generator=g)).to(DEV)
+    monkeypatch.setitem(globals(), "CHUNK", 64)
+    out = run_both(kind, leaves, shape, torch.float32, shift=shift, shared=shared)
+    fwd = ("upper_states", "sweep") if kind == "qs" else ("sweep_causal",)
+    assert ssd.LAST_PLANS[fwd].BQ == 64 and ssd.LAST_PLANS[ssd._BWD_KERNELS].BQ == 64
+    check(out, 1e-5)
+
+
 # ------------------------------------------------------------------------------------------ half
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_quasiseparable_half_with_grads(dtype):
