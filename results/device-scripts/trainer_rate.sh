@@ -1,10 +1,10 @@
 # Steps/s of real lab runs (the trainer, not profile_lab_step.py) for one mixer, alone and N at once, without
 # and with MPS. Session 4 saw 1.1 steps/s per Hydra run with 6 at once under MPS, where profile_lab_step.py
 # gives 27.6 alone and 8-10 each with 4 at once: this tells whether the trainer or the concurrency is slow.
-#   MIXER=quasiseparable N=6 SECS=80 bash results/device-scripts/trainer_rate.sh
+#   MIXER=quasiseparable N=6 SECS=100 bash results/device-scripts/trainer_rate.sh
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-MIXER=${MIXER:-quasiseparable}; N=${N:-6}; SECS=${SECS:-80}; W=/root/mzrate
+MIXER=${MIXER:-quasiseparable}; N=${N:-6}; SECS=${SECS:-100}; W=/root/mzrate
 rate() {  # label dir: steps/s of each run's MLM stage between its first and last logged step
   python3 - "$1" "$2" <<'PY'
 import glob, json, sys
