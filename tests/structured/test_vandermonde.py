@@ -12,13 +12,9 @@ import kernels
 import structured
 from structured import properties as P
 from structured.vandermonde import Vandermonde, nufft_plan, vandermonde_matmul_nufft, vandermonde_matmul_tiled
+from vandermonde_reference import F64, draw, draw_broadcast, explicit_grads, gen
 
-F64 = torch.float64
 U32 = 2.0 ** -24
-
-
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
 
 
 def reference_dense(q, k, scale=1.0):
@@ -89,9 +85,7 @@ def test_float32_agrees_with_float32_explicit_and_float64():
 def test_broadcast_batch_dims():
     g = gen(6)
     L = 9
-    q = torch.randn(2, 1, L, 2, dtype=F64, generator=g)
-    k = torch.randn(1, 3, L, 2, dtype=F64, generator=g)
-    x = torch.randn(3, L, 4, dtype=F64, generator=g)
+    q, k, x = draw_broadcast(g, L)
     for method in ("tiled", "nufft"):
         M = Vandermonde(q, k, tile=2 if method == "tiled" else None, method_fast=method)
         assert M.batch_shape == (2, 3)
@@ -255,10 +249,7 @@ def test_random_signature_and_reproducibility():
 def test_nufft_within_stated_bound_values_and_gradients(eps, L, scale):
     g = gen(2000 + L)
     D, Pn = 3, 2
-    q = torch.randn(2, L, D, dtype=F64, generator=g, requires_grad=True)
-    k = torch.randn(2, L, D, dtype=F64, generator=g, requires_grad=True)
-    x = torch.randn(2, L, Pn, dtype=F64, generator=g, requires_grad=True)
-    gout = torch.randn(2, L, Pn, dtype=F64, generator=g)
+    q, k, x, gout = draw(g, L, D, Pn)
     M = Vandermonde(q, k, scale=scale, eps=eps, method_fast="nufft")
     plan = M.plan(Pn)
     E = plan.bound
@@ -270,10 +261,7 @@ def test_nufft_within_stated_bound_values_and_gradients(eps, L, scale):
     Mref = reference_dense(q, k, scale)
     jj = torch.arange(L, dtype=F64)
     w = 2 * math.pi * scale
-    theta, phi = w * q.detach(), w * k.detach()
-    G = gout @ x.detach().transpose(-1, -2)                                   # g_i . x_j
-    gq_ref = -w * (G[..., None] * jj[:, None] * torch.sin(theta[..., :, None, :] * jj[:, None])).sum(-2)
-    gk_ref = w * (G[..., None] * jj[:, None, None] * torch.sin(phi[..., None, :, :] * jj[:, None, None])).sum(-3)
+    _, gq_ref, gk_ref = explicit_grads(q, k, x, gout, scale)
     rnd = (4 * w * L * max(q.abs().max(), k.abs().max()).item() + 64 * L) * 2e-16   # float64 rounding, phases
     xa, ga = x.detach().abs(), gout.abs()
     assert ((y.detach() - Mref @ x.detach()).abs() <= (2 * D * E + rnd) * xa.sum(-2, keepdim=True)).all()

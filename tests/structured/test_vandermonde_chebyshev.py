@@ -11,35 +11,15 @@ import torch
 import structured
 from structured.vandermonde import (APPROXIMATE_METHODS, FAST_METHODS, Vandermonde, chebyshev_omega, chebyshev_plan,
                                     vandermonde_matmul_chebyshev)
+from vandermonde_reference import F64, draw, draw_broadcast, exact_matrix, explicit_grads, gen
 
-F64 = torch.float64
 U64, U32 = 2.0 ** -53, 2.0 ** -24
-
-
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def exact_matrix(theta, phi):
-    """m_ij = sum_d cos(theta_id j) - cos(phi_jd i) for given angles, in float64 (one L x L per batch)."""
-    theta, phi = torch.broadcast_tensors(theta.detach().double(), phi.detach().double())
-    jj = torch.arange(theta.shape[-2], dtype=F64)
-    return (torch.cos(theta[..., :, None, :] * jj[:, None]) - torch.cos(phi[..., None, :, :] * jj[:, None, None])).sum(-1)
 
 
 def rounding(D, n, L, omega, u):
     """The docstring's first-order rounding term per unit ||x_p||_1: 2 D Lam_n (4 Omega + D + n + L + 2) u."""
     lebesgue = 2 / math.pi * math.log(max(n, 1)) + 1
     return 2 * D * lebesgue * (4 * omega + D + n + L + 2) * u
-
-
-def explicit_grads(q, k, x, gout, scale):
-    """Exact float64 gradients of sum(gout * (M x)) w.r.t. x, q, k, by autograd through the dense formula."""
-    q, k, x = (t.detach().double().requires_grad_() for t in (q, k, x))
-    w = 2 * math.pi * scale
-    jj = torch.arange(q.shape[-2], dtype=F64)
-    M = (torch.cos(w * q[..., :, None, :] * jj[:, None]) - torch.cos(w * k[..., None, :, :] * jj[:, None, None])).sum(-1)
-    return torch.autograd.grad(((M @ x) * gout.double()).sum(), (x, q, k))
 
 
 # (L, scale, eps): every case has n <= L (the path is available); L = 1 and 2 included
@@ -51,10 +31,7 @@ CASES = [(1, 1e-3, None), (1, 5.0, 1e-7), (2, 1e-3, 1e-3), (2, 1e-4, 1e-6), (7, 
 def test_chebyshev_within_stated_bound_values_and_gradients(L, scale, eps):
     g = gen(10 * L + int(1e4 * scale))
     D, Pn = 3, 2
-    q = torch.randn(2, L, D, dtype=F64, generator=g, requires_grad=True)
-    k = torch.randn(2, L, D, dtype=F64, generator=g, requires_grad=True)
-    x = torch.randn(2, L, Pn, dtype=F64, generator=g, requires_grad=True)
-    gout = torch.randn(2, L, Pn, dtype=F64, generator=g)
+    q, k, x, gout = draw(g, L, D, Pn)
     M = Vandermonde(q, k, scale=scale, eps=eps, method_fast="chebyshev")
     plan = M.plan(Pn)
     target = 1e-12 if eps is None else eps
@@ -137,9 +114,7 @@ def test_gradcheck():
 def test_broadcast_batch_dims():
     g = gen(6)
     L = 40
-    q = torch.randn(2, 1, L, 2, dtype=F64, generator=g)
-    k = torch.randn(1, 3, L, 2, dtype=F64, generator=g)
-    x = torch.randn(3, L, 4, dtype=F64, generator=g)
+    q, k, x = draw_broadcast(g, L)
     M = Vandermonde(q, k, scale=1e-3, method_fast="chebyshev")
     assert M.batch_shape == (2, 3)
     y = M.matmul(x)
