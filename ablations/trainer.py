@@ -247,6 +247,17 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def _memory_row(device: torch.device) -> dict:
+    """Peak device memory so far, for the log (CUDA only: a host query, no sync). Concurrent runs share
+    one GPU, and a run near the card's limit slows every run there (allocator retries), so the log says
+    what each run holds."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_mem_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+            "reserved_gb": round(torch.cuda.memory_reserved(device) / 2**30, 3),
+            "alloc_retries": int(torch.cuda.memory_stats(device).get("num_alloc_retries", 0))}
+
+
 def evaluate(model, task, splits: Iterable[str], batch_size: int, device: torch.device, amp_dtype,
              fixed_length: int | None = None) -> dict:
     """``{split: metrics}`` over the task's evaluation splits.
@@ -402,7 +413,7 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
         if logging_now:
             log.append({"stage": name, "step": done_steps, "train_loss": float(loss_sum) / loss_n,
                         "lr": opt.param_groups[0]["lr"], "grad_norm": float(grad_norm),
-                        "time_s": time.perf_counter() - t0})
+                        "time_s": time.perf_counter() - t0, **_memory_row(device)})
             loss_sum.zero_()
             loss_n = 0
         if evaluating:

@@ -22,8 +22,15 @@ ap.add_argument("--profile-top", type=int, default=18)
 ap.add_argument("--like-trainer", action="store_true",
                 help="step like ablations.trainer: an (all-real) attention mask, the head on 15%% of positions "
                      "(positions=), gradient clipping; each adds host syncs the plain step does not have")
+ap.add_argument("--tuning", nargs="*", default=[], metavar="KEY=VALUE",
+                help="override kernels.ssd.TUNING entries, e.g. bwd_split=True bwd_split_launch=per_role")
 args = ap.parse_args()
 dev = torch.device("cuda")
+for kv in args.tuning:
+    key, value = kv.split("=", 1)
+    if key not in ssd.TUNING:
+        raise SystemExit(f"--tuning: {key!r} is not one of {sorted(ssd.TUNING)}")
+    ssd.TUNING[key] = {"True": True, "False": False}.get(value, int(value) if value.isdigit() else value)
 
 seen = []
 _orig = ssd._run_planned
@@ -69,7 +76,7 @@ for name in args.mixers.split(","):
         step()
     torch.cuda.synchronize()
     sps = args.steps / (time.perf_counter() - t)
-    print(f"== {name}: {sps:.1f} steps/s; scan calls (first 4): {sorted(set(seen))[:4]}; plans {dict(ssd.LAST_PLANS)}",
+    print(f"== {name} {' '.join(args.tuning)}: {sps:.1f} steps/s, peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GB; scan calls (first 4): {sorted(set(seen))[:4]}; plans {dict(ssd.LAST_PLANS)}",
           flush=True)
     if sps < 15:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -80,3 +87,4 @@ for name in args.mixers.split(","):
                                         max_name_column_width=70), flush=True)
     del model, opt
     torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
