@@ -106,7 +106,9 @@ def build_table(out_dir, run_ids=None, reference: str | None = None) -> pd.DataF
     """The Table-2-layout DataFrame of the runs in ``out_dir`` (see the module docstring)."""
     runs = load_runs(out_dir, run_ids)
     if reference is None:
-        refs = {r.get("labels", {}).get("reference") for r in runs} - {None, ""}
+        # Only when every run names the same table: a directory may hold runs shared with another grid
+        # (table3's Hydra runs are table2's), and their reference is not this table's.
+        refs = {r.get("labels", {}).get("reference") or None for r in runs}
         reference = refs.pop() if len(refs) == 1 else None
     cols = _stage_columns(runs)
     groups: dict[tuple, list[dict]] = {}

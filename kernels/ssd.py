@@ -68,12 +68,16 @@ DEFAULT_CHUNK = 64
 # another, so x and dy are read once per role instead of once from DRAM and twice from L2. Which wins is
 # a GPU measurement (`--tune-bwd` sweeps both); where the table has no per-role entry that fits, the
 # planner runs the one-launch plan at the same chunk (Plan.split_launch says which ran).
+# Defaults chosen on the H100 (session 5): split + per_role. Fused Hydra fwd+bwd at L = 16384 (B=8 H=24
+# P=N=64 bf16): 7.8 ms against 9.9 (split, one launch) and 13.7 (unsplit) (results/bench/
+# kernels-cuda-tune-bwd.json); the lab model's training step (d_state 256, L = 128): quasiseparable 33.8
+# against 26.1 steps/s, semiseparable 40.5 against 32.8 (results/device-scripts/profile_lab_step.py --tuning).
 # These are starting points: plan_candidates lowers the chunk and block_v (then stages, never below 2, and
 # for the backward it tries the other bwd_split arrangement) until the measured shared memory of the kernel
 # pair fits the device (_SMEM_SM90); the backward's state kernel runs with the bwd_* warps and stages.
 TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2,
-          "bwd_num_warps": 4, "bwd_num_stages": 2, "bwd_atomic_sum": True, "bwd_split": False,
-          "bwd_states_pair": True, "bwd_split_launch": "one"}
+          "bwd_num_warps": 4, "bwd_num_stages": 2, "bwd_atomic_sum": True, "bwd_split": True,
+          "bwd_states_pair": True, "bwd_split_launch": "per_role"}
 BWD_SPLIT_LAUNCHES = ("one", "per_role")
 
 

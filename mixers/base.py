@@ -335,8 +335,12 @@ class MatrixMixerBlock(nn.Module):
     def _prepare(self, u, mask):
         mask = self._check_inputs(u, mask)
         B, L, _ = u.shape
-        m = None if mask is None else mask.to(u.dtype)[..., None]
         h = self.in_proj(u)
+        # Everything the mixer gets (v, the token channels, the fixed tables, the mask factor) is in h's
+        # dtype: under bf16 autocast that is bfloat16. A float32 mask factor or table would promote the
+        # product to float32, and the SSM scans would leave the tensor cores (the lab model's padded
+        # fine-tuning and fixed Hydra steps ran 10x slower that way on an H100, results/table2-lab/README.md).
+        m = None if mask is None else mask.to(h.dtype)[..., None]
         if m is not None:
             h = h * m
         n_conv = sum(self._width[n] for n in self._conv_groups)
@@ -357,7 +361,7 @@ class MatrixMixerBlock(nn.Module):
         params = {n: self._split_heads(n, x) for n, x in params.items()}
         if not self.sequence_aligned:
             for name, t in self.tables.items():
-                p = t[:, :L].to(u.dtype).unsqueeze(0).expand(B, -1, -1, -1)
+                p = t[:, :L].to(h.dtype).unsqueeze(0).expand(B, -1, -1, -1)
                 params[name] = p if m is None else p * m[:, None]
         v = v.reshape(B, L, self.nheads, self.headdim).transpose(1, 2)
         return z, v, params, mask

@@ -22,4 +22,6 @@ for f in sorted(glob.glob("/root/mz/*-lab/*/metrics.jsonl")):
           f"peak {b.get('peak_mem_gb')} GB reserved {b.get('reserved_gb')} GB retries {b.get('alloc_retries')}")
 PY
 tail -2 /root/mz/gpu_use.csv; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+echo "GPU memory per process (MiB): $(nvidia-smi --query-compute-apps=used_memory --format=csv,noheader,nounits | tr '\n' ' ')"
+[ -f /root/mz/pytest_kernels.log ] && { echo "pytest tests/kernels:"; grep -E "passed|failed|FAILED|ERROR" /root/mz/pytest_kernels.log | tail -8; }
 cd /root/mz && tar --exclude=ckpt -czf $OUT/runs.tgz table2-lab table3-lab times.txt gpu_use.csv *.log 2>/dev/null; ls -la $OUT

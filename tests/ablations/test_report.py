@@ -97,6 +97,19 @@ def test_table_layout_values_and_reference(tmp_path):
     assert by_col["doc acc"]["rho"] == pytest.approx(spearmanr(d[fin], df["Paper Avg"].to_numpy()[fin]).statistic)
 
 
+def test_reference_only_when_every_run_names_it(tmp_path):
+    """A directory holding runs shared with another grid (table3's Hydra runs are table2's) gets no
+    paper column from the runs that name one."""
+    _write_runs(tmp_path)
+    d = next(p for p in tmp_path.iterdir() if p.name.startswith("cauchy-sa"))
+    summary = json.loads((d / "summary.json").read_text())
+    summary["labels"]["reference"] = ""
+    (d / "summary.json").write_text(json.dumps(summary))
+    df = report.build_table(tmp_path)
+    assert df.attrs["reference"] is None and "Paper Avg" not in df.columns
+    assert report.build_table(tmp_path, reference="table2").attrs["reference"] == "table2"
+
+
 def test_formats(tmp_path):
     _write_runs(tmp_path)
     df = report.build_table(tmp_path)

@@ -431,10 +431,11 @@ DT_NAME = {torch.float16: "bf16", torch.bfloat16: "bf16", torch.float32: "fp32",
 
 
 def _measured(kernel, dtype, plan, N):
-    """The table's bytes for one kernel under a plan (KeyError when not measured: a test failure)."""
-    name = kernel + "_split" if plan.split and kernel == "bwd_sweep" else kernel
-    return ssd.SMEM_TABLE[(name, DT_NAME[dtype], plan.num_stages, plan.BQ, triton.next_power_of_2(max(N, 16)),
-                           plan.BV)]
+    """The table's bytes for one kernel under a plan, the largest of its launches (a split sweep runs as one
+    binary or one per role); KeyError when not measured: a test failure."""
+    names = ssd._SPLIT_SWEEP_NAMES[plan.split_launch] if plan.split and kernel == "bwd_sweep" else (kernel,)
+    return max(ssd.SMEM_TABLE[(name, DT_NAME[dtype], plan.num_stages, plan.BQ, triton.next_power_of_2(max(N, 16)),
+                               plan.BV)] for name in names)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -470,15 +471,23 @@ def test_plan_fits_h100_shared_memory(N, P, dtype):
         first = plans[0]
         default_bv = triton.next_power_of_2(max(P, 16)) if backward else min(ssd.TUNING["block_v"],
                                                                                triton.next_power_of_2(P))
-        default = ssd.Plan(64, default_bv, first.num_warps, ssd.TUNING["bwd_num_stages" if backward
-                                                                       else "num_stages"],
-                           bool(ssd.TUNING["bwd_split"]) if backward else False)
-        default_fits = all(ssd.SMEM_TABLE.get(
-            (k + ("_split" if default.split and k == "bwd_sweep" else ""), DT_NAME[dtype], default.num_stages,
-             64, triton.next_power_of_2(N), default.BV), float("inf")) <= H100_SMEM for k in kernels)
-        default_fits &= not any((k, DT_NAME[dtype], 64, triton.next_power_of_2(N)) in ssd._MISCOMPILED
-                                for k in kernels)
-        if default_fits:
+        stages = ssd.TUNING["bwd_num_stages" if backward else "num_stages"]
+        split = bool(ssd.TUNING["bwd_split"]) if backward else False
+
+        def fits(launch):  # the kernels' table rows at chunk 64 and the default tiles (split sweeps by role)
+            names = [n for k in kernels
+                     for n in (ssd._SPLIT_SWEEP_NAMES[launch] if split and k == "bwd_sweep" else (k,))]
+            return (all(ssd.SMEM_TABLE.get((n, DT_NAME[dtype], stages, 64, triton.next_power_of_2(N), default_bv),
+                                           float("inf")) <= H100_SMEM for n in names)
+                    and not any((n, DT_NAME[dtype], 64, triton.next_power_of_2(N)) in ssd._MISCOMPILED
+                                for n in names))
+
+        # the per-role launch falls back to the one-launch split binary at the same tiles
+        launches = [ssd.TUNING["bwd_split_launch"] if split else "one"]
+        launches += ["one"] if launches[0] == "per_role" else []
+        fitting = [launch for launch in launches if fits(launch)]
+        default = ssd.Plan(64, default_bv, first.num_warps, stages, split, fitting[0] if fitting else launches[0])
+        if fitting:
             assert first == default, (kernels, first, default)
         else:
             assert first.BQ * first.BV < 64 * default_bv or first.split != default.split

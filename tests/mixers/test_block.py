@@ -207,6 +207,21 @@ def test_padding_gives_the_unpadded_outputs(name, param, impl):
     assert torch.isfinite(y).all()
 
 
+@pytest.mark.parametrize("name,param", COMBOS, ids=IDS)
+def test_mixer_inputs_take_the_in_projection_dtype_under_autocast(name, param):
+    """Under bf16 autocast the values, the token channels and the fixed tables all reach the mixer in
+    bfloat16, padded or not: a float32 mask factor or table would promote the whole product to float32
+    (off the tensor cores in the SSM scans)."""
+    blk = make_block(name, param, dtype=torch.float32)
+    u = rand_u(2, 9, dtype=torch.float32)
+    mask = torch.arange(9)[None, :] < torch.tensor([9, 5])[:, None]
+    for m in (None, mask):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, v, params = blk.mixer_inputs(u, m)
+        assert v.dtype == torch.bfloat16
+        assert {n: t.dtype for n, t in params.items()} == {n: torch.bfloat16 for n in params}
+
+
 @pytest.mark.parametrize("name,param", [c for c in PAD_COMBOS if mixers.get(c[0]).has_matrix],
                          ids=[f"{n}-{p}" for n, p in PAD_COMBOS if mixers.get(n).has_matrix])
 def test_padded_matrix_leading_block_equals_unpadded_matrix(name, param):
