@@ -299,8 +299,9 @@ def write_tables(df: pd.DataFrame, out_dir) -> list[Path]:
 # ----------------------------------------------------------------------------------------- plots
 def write_plots(out_dir, run_ids=None) -> list[Path]:
     """``plots/val_loss.png`` (validation loss vs step of the first stage, one line per mixer and
-    parameterization: the paper's Fig. 3 analogue) and ``plots/delta.png`` (per class, Avg of the
-    sequence-aligned minus the fixed parameterization, ours beside the paper's)."""
+    parameterization: the paper's Fig. 3 analogue), ``plots/scores.png`` (every row's scored columns, mean
+    with the seed standard deviation) and, where some class has both parameterizations, ``plots/delta.png``
+    (per class, Avg of the sequence-aligned minus the fixed parameterization, ours beside the paper's)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -340,7 +341,34 @@ def write_plots(out_dir, run_ids=None) -> list[Path]:
     plt.close(fig)
     written.append(p)
 
+    # Every row's scores with the seed spread: the plot for grids without fixed/SA pairs (table3) too.
+    score_cols = [c for c in df.columns if f"{c} std" in df.columns and "loss" not in c
+                  and np.isfinite(df[c].to_numpy(dtype=float)).any()]
+    if score_cols:
+        labels = [f"{s} ({'SA' if sa else 'fixed'})" for s, sa in zip(df["Structure"], df["Seq.-aligned"])]
+        fig, axes = plt.subplots(1, len(score_cols), figsize=(2.6 * len(score_cols) + 2.2, 0.32 * len(df) + 1.6),
+                                 sharey=True, squeeze=False)
+        y = np.arange(len(df))[::-1]
+        for ax, col in zip(axes[0], score_cols):
+            vals = df[col].to_numpy(dtype=float)
+            shown = np.where(np.isfinite(vals), vals, np.nan)  # "not evaluable" (inf) rows stay empty
+            ax.barh(y, shown, xerr=df[f"{col} std"].to_numpy(dtype=float), color="tab:blue", alpha=0.8,
+                    error_kw={"elinewidth": 1, "capsize": 2})
+            lo = np.nanmin(shown - df[f"{col} std"].fillna(0).to_numpy(dtype=float)) if np.isfinite(shown).any() else 0
+            ax.set_xlim(left=max(0.0, lo - 0.1 * (np.nanmax(shown) - lo + 1e-9)))
+            ax.set_title(col, fontsize=9)
+            ax.tick_params(axis="x", labelsize=8)
+        axes[0][0].set_yticks(y, labels, fontsize=8)
+        fig.suptitle("Mean over seeds, error bar: seed standard deviation" + flag, fontsize=10)
+        fig.tight_layout()
+        p = plot_dir / "scores.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        written.append(p)
+
     sa_rows = df[df["Seq.-aligned"] & df["Δ SA−fixed"].notna()]
+    if sa_rows.empty:  # no class with both parameterizations: nothing to compare
+        return written
     fig, ax = plt.subplots(figsize=(7, 4))
     x = np.arange(len(sa_rows))
     has_paper = "Paper Δ" in df.columns

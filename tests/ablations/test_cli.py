@@ -105,8 +105,9 @@ def test_ablate_and_report(tmp_path, capsys):
     assert rc == 0 and text.count("[skipped: already completed]") == 2
     rc, text, err = run_cli(["report", str(out), "--format", "latex", "--plots"], capsys)
     assert rc == 0 and text.startswith("\\begin{tabular}")
-    for name in ("table.md", "table.csv", "table.tex", "plots/val_loss.png", "plots/delta.png"):
+    for name in ("table.md", "table.csv", "table.tex", "plots/val_loss.png", "plots/scores.png"):
         assert (out / name).exists(), name
+    assert not (out / "plots" / "delta.png").exists()  # no mixer with both parameterizations in this grid
     rc, text, _ = run_cli(["report", str(out), "--format", "csv"], capsys)
     assert rc == 0 and text.splitlines()[0].startswith("Structure,mixer,Seq.-aligned,#Params")
     rc, _, err = run_cli(["report", str(tmp_path / "missing")], capsys)

@@ -153,10 +153,24 @@ def test_footer_says_what_avg_is_and_flags_smoke_numbers(tmp_path):
 def test_plots_written(tmp_path):
     _write_runs(tmp_path)
     paths = report.write_plots(tmp_path)
-    assert sorted(p.name for p in paths) == ["delta.png", "val_loss.png"]
+    assert sorted(p.name for p in paths) == ["delta.png", "scores.png", "val_loss.png"]
     for p in paths:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_no_delta_plot_without_fixed_and_aligned_pairs(tmp_path):
+    """A grid of sequence-aligned rows only (table3) gets no empty delta plot."""
+    _write_runs(tmp_path)
+    for d in tmp_path.iterdir():
+        if "-fx-" in d.name or d.name.startswith("dense"):
+            for f in d.iterdir():
+                f.unlink()
+            d.rmdir()
+    (tmp_path / "plots").mkdir(exist_ok=True)
+    paths = report.write_plots(tmp_path)
+    assert sorted(p.name for p in paths) == ["scores.png", "val_loss.png"]
+    assert not (tmp_path / "plots" / "delta.png").exists()
 
 
 def test_missing_dir_and_empty_dir(tmp_path):
