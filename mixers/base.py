@@ -300,24 +300,7 @@ class MatrixMixerBlock(nn.Module):
             raise ValueError(f"input length L={L} exceeds max_seq_len={self.max_seq_len}: the fixed parameterization "
                              f"of mixer {self.mixer.name!r} is a learned table of max_seq_len rows and is not "
                              f"extendable (use sequence_aligned=True, or a larger max_seq_len)")
-        if mask is None:
-            return None
-        if not isinstance(mask, torch.Tensor) or mask.shape != u.shape[:2]:
-            raise ValueError(f"mask must be a bool tensor of shape (B, L)={tuple(u.shape[:2])}, got "
-                             f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
-        if mask.dtype != torch.bool:
-            raise ValueError(f"mask must have dtype torch.bool (True on real tokens), got {mask.dtype}")
-        if not bool(mask.any(-1).all()):
-            empty = (~mask.any(-1)).nonzero().flatten().tolist()
-            raise ValueError(f"mask must mark at least one real token per sequence; rows {empty} are all padding")
-        # Right padding only: position-dependent parameters (fixed tables, Toeplitz lags, the SSM shift) index
-        # positions from the start, so a left-padded sequence would not equal its unpadded self.
-        if mask.shape[-1] > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
-            bad = (mask[:, 1:] & ~mask[:, :-1]).any(-1).nonzero().flatten().tolist()
-            raise ValueError(f"mask must be right-padded (each row: real tokens first, then padding); rows {bad} "
-                             f"have a real token after padding")
-        # An all-real mask is no mask: keeps the unmasked fast paths (e.g. SDPA without attn_mask).
-        return None if bool(mask.all()) else mask
+        return normalize_mask(mask, u.shape[:2])
 
     def _split_heads(self, name, x):
         """(B, L, width) -> (B, H or 1, L, size)."""
@@ -390,9 +373,34 @@ class MatrixMixerBlock(nn.Module):
         return self.mixer.matrices(params, v.shape[-2], mask)
 
 
+def normalize_mask(mask: torch.Tensor | None, shape) -> torch.Tensor | None:
+    """Validate a padding mask for inputs of batch shape ``shape = (B, L)``: bool, True on real tokens,
+    right-padded, at least one real token per row (ValueError naming the rows otherwise). Returns None for
+    no mask or an all-real one, so callers take their unmasked paths. Reads the mask back to the host."""
+    shape = tuple(shape)
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.shape != shape:
+        raise ValueError(f"mask must be a bool tensor of shape (B, L)={tuple(shape)}, got "
+                         f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must have dtype torch.bool (True on real tokens), got {mask.dtype}")
+    if not bool(mask.any(-1).all()):
+        empty = (~mask.any(-1)).nonzero().flatten().tolist()
+        raise ValueError(f"mask must mark at least one real token per sequence; rows {empty} are all padding")
+    # Right padding only: position-dependent parameters (fixed tables, Toeplitz lags, the SSM shift) index
+    # positions from the start, so a left-padded sequence would not equal its unpadded self.
+    if mask.shape[-1] > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        bad = (mask[:, 1:] & ~mask[:, :-1]).any(-1).nonzero().flatten().tolist()
+        raise ValueError(f"mask must be right-padded (each row: real tokens first, then padding); rows {bad} "
+                         f"have a real token after padding")
+    # An all-real mask is no mask: keeps the unmasked fast paths (e.g. SDPA without attn_mask).
+    return None if bool(mask.all()) else mask
+
+
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     """softplus^{-1}(x) = log(expm1(x)) for x > 0."""
     return x + torch.log(-torch.expm1(-x))
 
 
-__all__ = ["Mixer", "Channels", "MatrixMixerBlock", "GatedRMSNorm", "IMPLS", "inverse_softplus"]
+__all__ = ["Mixer", "Channels", "MatrixMixerBlock", "GatedRMSNorm", "IMPLS", "inverse_softplus", "normalize_mask"]

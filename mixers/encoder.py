@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import registry
-from .base import MatrixMixerBlock, _check_int
+from .base import MatrixMixerBlock, _check_int, normalize_mask
 
 
 class MixerEncoder(nn.Module):
@@ -91,7 +91,7 @@ class MixerEncoder(nn.Module):
         h = self.dropout(h)
         # Check the mask once for all layers (each check reads it back to the host: three syncs), and pass
         # an all-real one on as None, so the blocks neither check it again nor take their masked paths.
-        attention_mask = self.blocks[0]._check_inputs(h, attention_mask)
+        attention_mask = normalize_mask(attention_mask, h.shape[:2])
         for i, block in enumerate(self.blocks):
             h = h + self.dropout(block(self.mixer_norms[i](h), attention_mask))
             if self.mlps:
