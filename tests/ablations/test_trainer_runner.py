@@ -97,9 +97,20 @@ def test_run_writes_files_and_rerun_skips(tmp_path):
     recs = trainer.read_jsonl(d / "metrics.jsonl")
     evals = [r["step"] for r in recs if r["stage"] == "standin_copy" and "split" in r]
     assert evals == [4, 8, 12]
+    assert not any("peak_mem_gb" in r for r in recs)  # GPU memory fields only on CUDA
     before = (d / "summary.json").stat().st_mtime_ns
     again = runner.execute_run(c, tmp_path)
     assert again["skipped"] and (d / "summary.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU memory fields are logged on CUDA only")
+def test_cuda_log_rows_carry_memory_fields(tmp_path):
+    c = cfg(device="cuda")
+    s = runner.execute_run(c, tmp_path)
+    assert s["status"] == "completed", s["reason"]
+    rows = [r for r in trainer.read_jsonl(tmp_path / run_id(c) / "metrics.jsonl") if "train_loss" in r]
+    assert rows and all(r["peak_mem_gb"] > 0 and r["reserved_gb"] >= r["peak_mem_gb"] - 1e-3
+                        and r["alloc_retries"] >= 0 for r in rows)
 
 
 def test_finetune_starts_from_the_pretrained_encoder(tmp_path):
