@@ -381,7 +381,7 @@ def normalize_mask(mask: torch.Tensor | None, shape) -> torch.Tensor | None:
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor) or mask.shape != shape:
-        raise ValueError(f"mask must be a bool tensor of shape (B, L)={tuple(shape)}, got "
+        raise ValueError(f"mask must be a bool tensor of shape (B, L)={shape}, got "
                          f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must have dtype torch.bool (True on real tokens), got {mask.dtype}")

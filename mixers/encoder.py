@@ -89,8 +89,9 @@ class MixerEncoder(nn.Module):
                                  f"embeddings are not extendable (use position_embeddings=False)")
             h = h + self.position_embeddings(torch.arange(L, device=input_ids.device))
         h = self.dropout(h)
-        # Check the mask once for all layers (each check reads it back to the host: three syncs), and pass
-        # an all-real one on as None, so the blocks neither check it again nor take their masked paths.
+        # Check the mask here (each check reads it back to the host: three syncs) and pass an all-real one on
+        # as None, so the blocks skip both the check and their masked paths. A padded mask is checked again
+        # by each block, whose forward is public and validates its own input.
         attention_mask = normalize_mask(attention_mask, h.shape[:2])
         for i, block in enumerate(self.blocks):
             h = h + self.dropout(block(self.mixer_norms[i](h), attention_mask))
