@@ -48,8 +48,12 @@ Fast products (none builds an L x L tensor)
     **GPU path**: on CUDA with Triton (:func:`kernels.enabled`) the same expansion runs as fused kernels
     (``kernels.cauchy.cauchy_expsum_product``): ``U = Phi(xn/a) diag(1/a)``, ``V = Phi(yn/a)`` with
     ``Phi_im = sqrt(w_m) e^{-tau_m t_i}`` are recomputed in registers in every pass (never stored; memory
-    O(L (P + D) + D M P)), and M is rounded up to a power of two by a finer step h (:func:`exp_sum_nodes`,
-    ``min_count``), which keeps the bound. bfloat16 x runs on the tensor cores in bfloat16 (features and
+    O(L (P + D) + D M P)). There ``a``, R and the nodes are found on the device for each batch element and
+    term (:func:`quadrature_constants`; no host synchronization, so a model's queue never stalls on it),
+    and each M is rounded up to a multiple of 16 by a finer step h (as :func:`exp_sum_nodes` does with
+    ``min_count``), which keeps the bound; a non-positive denominator or a spread beyond
+    ``kernels.cauchy.R_MAX`` = 2^40 gives NaN outputs there (the check needs a sync; :class:`Cauchy` with
+    ``validate=True`` makes it and raises). bfloat16 x runs on the tensor cores in bfloat16 (features and
     ``V^T x`` rounded to it, all factors positive), adding ``3 u_bf16 (|M||x|)`` (``u_bf16 = 2^-8``) to the
     rounding term above; float16 x runs in float32; accumulation is float32 (float64 for float64).
     The rank D*M is a few times larger than the optimal (Zolotarev) rank of a positive Cauchy matrix,
@@ -143,12 +147,24 @@ def _check_eps(eps) -> float | None:
 # --------------------------------------------------------------------------------------------------
 # Exponential sums for 1/z on [1, R]
 # --------------------------------------------------------------------------------------------------
+def quadrature_constants(eps: float) -> tuple[float, float, float]:
+    """``(h, s_hi, ln(eps/4))`` of the trapezoid rule for accuracy eps (module docstring): the step, the
+    right end of the interval, and the left end for R = 1 (``s_lo = ln(eps/4) - ln R``). One place for the
+    rule: :func:`exp_sum_nodes` and the GPU kernels (``kernels.cauchy``, which place nodes per batch element
+    and term on the device) both derive their nodes from these numbers."""
+    return math.pi ** 2 / math.log(1000.0 / eps), math.log(math.log(4.0 / eps)) + 0.5, math.log(eps / 4.0)
+
+
+def node_count(eps: float, R: float) -> int:
+    """The number of trapezoid nodes for accuracy eps on [1, R]: ``ceil((s_hi - s_lo) / h) + 1``."""
+    h, s_hi, log_eps4 = quadrature_constants(eps)
+    return int(math.ceil((s_hi - (log_eps4 - math.log(R))) / h)) + 1
+
+
 @functools.lru_cache(maxsize=512)
 def _trapezoid_nodes_cached(eps: float, log2_r: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    R = 2.0 ** log2_r
-    h = math.pi ** 2 / math.log(1000.0 / eps)
-    s_lo = math.log(eps / (4.0 * R))
-    s_hi = math.log(math.log(4.0 / eps)) + 0.5
+    h, s_hi, log_eps4 = quadrature_constants(eps)
+    s_lo = log_eps4 - log2_r * math.log(2.0)
     n = int(math.ceil((s_hi - s_lo) / h)) + 1
     if count > n:
         # the same interval [s_lo, s_hi] with a finer step: tails unchanged, discretization error smaller
@@ -167,7 +183,7 @@ def exp_sum_nodes(eps: float, R: float, min_count: int | None = None) -> tuple[t
     M grows like ``ln(4R/eps) ln(1000/eps) / pi^2``. ``min_count``: at least this many nodes; when it
     exceeds the minimal M, ``min_count`` nodes spread over the same interval (a smaller step h: the tails
     are unchanged and the discretization error only shrinks, so the same bound holds). The GPU kernels
-    ask for a power of two this way instead of padding with zero weights.
+    round their counts up to a multiple of 16 this way (on the device, from the exact R of each term).
     """
     eps = _check_eps(eps)
     if eps is None:
@@ -205,24 +221,27 @@ def cauchy_matmul_expsum(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.
                          eps: float | None = None) -> torch.Tensor:
     """Approximate ``M x`` with ``m_ij = sum_d 1/(q_id + k_jd + c)`` by the exponential-sum expansion.
 
-    x: ``(*batch, L, P)``; q, k: ``(*batch, L, D)`` with ``q + c + k > 0`` (ValueError otherwise); c a float
-    or 0-dim tensor; batch dims broadcast. Returns ``(*batch, L, P)`` in x's dtype. Error bound (module
-    docstring): ``|y_hat - y| <= eps (|M||x|) + rounding``, entrywise, and likewise for the gradients with
-    respect to x, q, k, c (autograd through the expansion). Cost O(D M L P), M = number of nodes.
+    x: ``(*batch, L, P)``; q, k: ``(*batch, L, D)`` with ``q + c + k > 0``; c a float or 0-dim tensor; batch
+    dims broadcast. Returns ``(*batch, L, P)`` in x's dtype. Error bound (module docstring):
+    ``|y_hat - y| <= eps (|M||x|) + rounding``, entrywise, and likewise for the gradients with respect to
+    x, q, k, c (autograd through the expansion). Cost O(D M L P), M = number of nodes.
     On CUDA with Triton (:func:`kernels.enabled`) the expansion runs as fused feature-map kernels
-    (``kernels.cauchy.cauchy_expsum_product``: the same expansion with M rounded up to a power of two
-    by a finer step, no ``(L, D M)`` factor ever stored), else as the torch GEMMs ``U (V^T x)``.
+    (``kernels.cauchy.cauchy_expsum_product``): the scaling and the nodes are chosen on the device for
+    each batch element and term (no host synchronization), the node count rounded up to a multiple of 16
+    by a finer step, and no ``(L, D M)`` factor is ever stored; a non-positive denominator, or a spread R
+    beyond ``kernels.cauchy.R_MAX``, gives NaN there instead of the ValueError of the torch path.
+    Elsewhere it runs as the torch GEMMs ``U (V^T x)`` with one node set for the whole batch.
     """
     eps = _check_eps(eps)
     if eps is None:
         eps = DEFAULT_EPS.get(x.dtype, DEFAULT_EPS[torch.float32])
     x, q, k = expand_matrices(x, q, k)
     xn, yn = (q, k) if isinstance(c, float) and c == 0.0 else (q + c, k)
-    a, R = _node_scaling(xn, yn)
     kc = _expsum_kernels(x)
-    tau, w = exp_sum_nodes(eps, R, _kernel_node_count(kc, eps, R))
     if kc is not None:
-        return kc.cauchy_expsum_product(x, xn, yn, a, tau, w)
+        return kc.cauchy_expsum_product(x, xn, yn, eps)
+    a, R = _node_scaling(xn, yn)
+    tau, w = exp_sum_nodes(eps, R)
     return _expsum_product(x, xn, yn, a.to(xn.dtype), tau.to(x.device, x.dtype), w.to(x.device, x.dtype))
 
 
@@ -233,11 +252,6 @@ def _expsum_kernels(t: torch.Tensor):
         return None
     from kernels import cauchy as kc
     return kc
-
-
-def _kernel_node_count(kc, eps: float, R: float) -> int | None:
-    # the kernels evaluate a power of two of features per term: ask for that many nodes (a finer step)
-    return None if kc is None else kc.expsum_feature_count(len(exp_sum_nodes(eps, R)[0]))
 
 
 def _expsum_product(x, xn, yn, a, tau, w):
@@ -346,8 +360,10 @@ class Cauchy(StructuredMatrix):
     ----------
     q, k : ``(*batch, L, D)`` tensors, all entries > 0 (batch dims broadcast).
     c : float or 0-dim tensor, >= 0 (a shift shared by all denominators; differentiable if a tensor).
-    validate : check ``q, k > 0`` and ``c >= 0`` (ValueError naming the argument otherwise). Pass False in
-        hot loops whose parameters are positive by construction (shapes are always checked).
+    validate : check ``q, k > 0`` and ``c >= 0`` (ValueError naming the argument otherwise), and on the GPU
+        expansion the nodes' spread at each product (one device synchronization each). Pass False in hot
+        loops whose parameters are positive by construction (shapes are always checked); the GPU kernels
+        then run without any synchronization and give NaN where the expansion's range is left.
     eps : entrywise relative accuracy of the ``expsum`` fast path, in [1e-15, 0.1]; None = 1e-13 for
         float64 and 1e-6 for float32/half computations. Must be None with ``method_fast="tiled"``.
     method_fast : ``"auto"`` (cheaper of the two by the cost model), ``"expsum"`` or ``"tiled"``.
@@ -389,6 +405,7 @@ class Cauchy(StructuredMatrix):
         batch = broadcast_batch(q=(q, 2), k=(k, 2))
         super().__init__(q.shape[-2], batch, promote(q, k), q.device, q.shape[-1])
         self.q, self.k, self.c = q, k, c
+        self.validate = validate
         self.method_fast = method_fast
         if method_fast == "tiled":
             self.approximate = False
@@ -413,8 +430,11 @@ class Cauchy(StructuredMatrix):
     def plan(self, P: int = 1, dtype: torch.dtype | None = None) -> CauchyPlan:
         """The method ``matmul`` uses for ``P`` right-hand sides in ``dtype`` (default: the parameters'
         compute dtype), with the quantities the cost model compares. The backend (Triton kernels or torch,
-        by :func:`kernels.enabled` on the parameters' device) picks the cost model and, for the kernels,
-        the node count (a power of two, see :func:`exp_sum_nodes`)."""
+        by :func:`kernels.enabled` on the parameters' device) picks the cost model. On the kernels,
+        ``n_nodes`` is the largest count over batch elements and terms (a multiple of 16), and the choice
+        between the paths is made without the data: ``cost_expsum`` is taken at the kernels' largest
+        feature count (``kernels.cauchy.expsum_max_features``), so that :meth:`matmul` decides it the same
+        way without a device synchronization. Computing R here synchronizes (it is a report)."""
         dtype = compute_dtype(self.dtype if dtype is None else dtype)
         L, D = self.length, self.order
         kc = _expsum_kernels(self.q)
@@ -426,15 +446,38 @@ class Cauchy(StructuredMatrix):
         eps = self._eps_for(dtype)
         xn, yn = self._nodes(dtype)
         _, R = _node_scaling(xn, yn)
-        n_nodes = len(exp_sum_nodes(eps, R, _kernel_node_count(kc, eps, R))[0])
-        rank = D * n_nodes
-        cost_expsum = L * rank * (cm.expsum_rhs * P + cm.expsum_feature)
-        if self.method_fast == "auto":
-            method = "expsum" if cost_expsum < cost_tiled else "tiled"
+        if kc is None:
+            n_nodes = len(exp_sum_nodes(eps, R)[0])
+            n_cost = n_nodes
         else:
-            method = self.method_fast
-        return CauchyPlan(method, eps if method == "expsum" else 0.0, R, n_nodes, rank, cost_expsum, cost_tiled,
-                          backend)
+            n_nodes = kc.expsum_feature_count(node_count(eps, R))
+            n_cost = kc.expsum_max_features(eps)
+        method, cost_expsum = self._choose(P, n_cost, cm, cost_tiled)
+        return CauchyPlan(method, eps if method == "expsum" else 0.0, R, n_nodes, D * n_nodes, cost_expsum,
+                          cost_tiled, backend)
+
+    def _choose(self, P: int, n_nodes: int, cm: CostModel, cost_tiled: float) -> tuple[str, float]:
+        cost_expsum = self.length * self.order * n_nodes * (cm.expsum_rhs * P + cm.expsum_feature)
+        if self.method_fast == "auto":
+            return ("expsum" if cost_expsum < cost_tiled else "tiled"), cost_expsum
+        return self.method_fast, cost_expsum
+
+    def _kernel_method(self, kc, P: int, dtype: torch.dtype) -> tuple[str, float]:
+        """(method, eps) on the kernels, decided without the data (see :meth:`plan`); with ``validate=True``
+        the expansion's range is checked here (one synchronization, like the validation itself)."""
+        if self.method_fast == "tiled":
+            return "tiled", 0.0
+        cm = COST_MODELS["triton"]
+        eps = self._eps_for(dtype)
+        cost_tiled = float(self.length) * self.length * (cm.tiled_term * self.order + cm.tiled_rhs * P)
+        method, _ = self._choose(P, kc.expsum_max_features(eps), cm, cost_tiled)
+        if method == "expsum" and self.validate:
+            _, R = _node_scaling(*self._nodes(dtype))
+            if R > kc.R_MAX:
+                raise ValueError(f"the nodes spread R = (max(q + c) + max k) / (min(q + c) + min k) = {R:.4g} "
+                                 f"exceeds the GPU expansion's R_MAX = {kc.R_MAX:.4g} (2^40); use "
+                                 f"method_fast='tiled' (exact), or run on the CPU")
+        return method, (eps if method == "expsum" else 0.0)
 
     # --------------------------------------------------------------------------------- interface
     def to_dense(self) -> torch.Tensor:
@@ -453,11 +496,16 @@ class Cauchy(StructuredMatrix):
         return torch.reciprocal(xn[..., :, None] + yn[..., None, :])
 
     def _fast_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        plan = self.plan(x.shape[-1], x.dtype)
+        kc = _expsum_kernels(self.q)
+        if kc is None:
+            plan = self.plan(x.shape[-1], x.dtype)
+            method, eps = plan.method, plan.eps
+        else:
+            method, eps = self._kernel_method(kc, x.shape[-1], compute_dtype(x.dtype))
         # Every path takes the shift folded into the row nodes (xn = q + c, differentiable in c if a tensor).
         xn, yn = self._nodes(x.dtype)
-        if plan.method == "expsum":
-            return cauchy_matmul_expsum(x, xn, yn, eps=plan.eps)
+        if method == "expsum":
+            return cauchy_matmul_expsum(x, xn, yn, eps=eps)
         import kernels
         if kernels.enabled(x):
             batch = x.shape[:-2]

@@ -258,7 +258,7 @@ def test_expsum_float64_within_stated_bound(kernels_on, eps, L):
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(L), dtype=torch.float64)
     plan, y, gx, gq, gk = run_expsum_class(x, q, k, c, g, eps, torch.float64)
     assert plan.backend == "triton" and plan.method == "expsum"
-    assert plan.n_nodes == expsum_feature_count(plan.n_nodes) >= 16     # a power of two of nodes
+    assert plan.n_nodes == expsum_feature_count(plan.n_nodes) >= 16     # a multiple of 16 nodes
     ref = expsum_reference(x, q, k, c, g)
     tol = eps + (L + plan.rank + 35) * UNIT[torch.float64]
     assert ((y - ref["y"]).abs() <= tol * ref["y_abs"]).all()
@@ -306,39 +306,69 @@ def test_expsum_gradcheck(kernels_on, L):
                                     eps=1e-6, atol=1e-7, fast_mode=True)
 
 
-def test_expsum_kernel_equals_torch_expansion():
-    """Same nodes (21 of them, padded to 32 zero-weight features in the kernel), broadcast batch dims:
-    the kernel and structured's torch GEMMs compute the same expansion to float64 rounding."""
-    from structured.cauchy import _expsum_product, _node_scaling, exp_sum_nodes
-    gen = torch.Generator().manual_seed(80)
+def per_term_expansion(x, xn, yn, eps):
+    """float64 reference of the kernels' expansion: for each batch element b and term d its own scaling
+    a = min xn + min yn, spread R = (max xn + max yn)/a and trapezoid grid (structured.cauchy's rule at
+    the exact R, the count rounded up to a multiple of 16 by a finer step), then U (V^T x) term by term."""
+    from structured.cauchy import node_count, quadrature_constants
+    h0, s_hi, log_eps4 = quadrature_constants(eps)
+    B, L, D = xn.shape
+    y = torch.zeros_like(x)
+    counts = torch.zeros(B, D, dtype=torch.long)
+    for b in range(B):
+        for d in range(D):
+            u, v = xn[b, :, d], yn[b, :, d]
+            a = u.min() + v.min()
+            R = float((u.max() + v.max()) / a)
+            n = expsum_feature_count(node_count(eps, R))
+            s_lo = log_eps4 - math.log(R)
+            s = s_lo + (s_hi - s_lo) / (n - 1) * torch.arange(n, dtype=torch.float64)
+            tau, w = torch.exp(s), (s_hi - s_lo) / (n - 1) * torch.exp(s)
+            U = w * torch.exp(-(u / a)[:, None] * tau) / a
+            V = torch.exp(-(v / a)[:, None] * tau)
+            y[b] += U @ (V.T @ x[b])
+            counts[b, d] = n
+    return y, counts
+
+
+def test_expsum_kernel_equals_its_float64_definition():
+    """Per-term scaling and node grid chosen on the device, broadcast batch dims: the kernel computes the
+    expansion of per_term_expansion to float64 rounding, with node counts that differ between terms."""
+    gen_ = torch.Generator().manual_seed(80)
     B, H, L, P, D = 2, 3, 23, 5, 2
-    x = torch.randn((B, H, L, P), generator=gen, dtype=torch.float64)
-    q = positive_nodes((B, 1, L, D), gen).expand(B, H, L, D)
-    k = positive_nodes((1, H, L, D), gen).expand(B, H, L, D)
-    a, R = _node_scaling(q, k)
-    tau, w = exp_sum_nodes(1e-3, R)
-    assert expsum_feature_count(len(tau)) > len(tau)
-    ref = _expsum_product(x, q, k, a, tau, w)
-    y = cauchy_expsum_product(x.to(DEVICE), q.to(DEVICE), k.to(DEVICE), a.to(DEVICE), tau, w)
-    assert rel_err(y, ref) <= 1e-13
+    x = torch.randn((B, H, L, P), generator=gen_, dtype=torch.float64)
+    q = positive_nodes((B, 1, L, D), gen_).expand(B, H, L, D).clone()
+    k = positive_nodes((1, H, L, D), gen_).expand(B, H, L, D).clone()
+    q[0, 0, 3, 1] = 1e6                      # one term with a much wider spread: more nodes there
+    ref, counts = per_term_expansion(x.reshape(-1, L, P), q.reshape(-1, L, D), k.reshape(-1, L, D), 1e-3)
+    assert counts.max() > counts.min()
+    y = cauchy_expsum_product(x.to(DEVICE), q.to(DEVICE), k[:1].to(DEVICE).expand(B, H, L, D), 1e-3)
+    assert rel_err(y, ref.reshape(B, H, L, P)) <= 1e-13
+
+
+def test_expsum_out_of_range_terms_give_nan_in_their_batch_element_only():
+    """No host sync on the kernel path: a non-positive denominator or a spread beyond R_MAX shows as NaN
+    in the affected batch element, the others are computed normally."""
+    from kernels.cauchy import R_MAX
+    x, q, k = (t.to(DEVICE) for t in draw("cauchy", (3,), 9, 4, 2, seed=3))
+    q, k = q.clone(), k.clone()
+    q[0, 2, 1] = -k[0, :, 1].min() - 0.1            # batch element 0: one non-positive denominator
+    q[1, 4, 0] = 4.0 * R_MAX * (q[1, :, 0].min() + k[1, :, 0].min())   # element 1: spread beyond R_MAX
+    y = cauchy_expsum_product(x, q, k, 1e-6)
+    assert torch.isnan(y[0]).all() and torch.isnan(y[1]).all() and torch.isfinite(y[2]).all()
+    ref, _ = per_term_expansion(x[2:].double().cpu(), q[2:].double().cpu(), k[2:].double().cpu(), 1e-6)
+    assert rel_err(y[2:], ref) <= 1e-12
 
 
 def test_expsum_bad_arguments():
     x, q, k = (t.to(DEVICE) for t in draw("cauchy", (2,), 6, 3, 2, seed=0))
-    a = torch.ones(2, 1, 2, dtype=torch.float64, device=DEVICE)
-    tau = w = torch.ones(4, dtype=torch.float64)
     with pytest.raises(ValueError, match="precision must be one of"):
-        cauchy_expsum_product(x, q, k, a, tau, w, precision="bf16x3")
-    with pytest.raises(ValueError, match="tau and w must have one length"):
-        cauchy_expsum_product(x, q, k, a, tau, w[:3])
-    with pytest.raises(ValueError, match="w must be a non-empty 1-D tensor"):
-        cauchy_expsum_product(x, q, k, a, tau, w[:0])
-    with pytest.raises(ValueError, match="a must have shape"):
-        cauchy_expsum_product(x, q, k, a[..., :1], tau, w)
+        cauchy_expsum_product(x, q, k, 1e-6, precision="bf16x3")
+    for bad in (None, 0.0, 0.5, "1e-6"):
+        with pytest.raises(ValueError, match="eps must be"):
+            cauchy_expsum_product(x, q, k, bad)
     with pytest.raises(ValueError, match="length of x"):
-        cauchy_expsum_product(x, q[:, :5], k[:, :5], a, tau, w)
-    with pytest.raises(ValueError, match="tau and w must be positive"):
-        cauchy_expsum_product(x, q, k, a, -tau, w)
+        cauchy_expsum_product(x, q[:, :5], k[:, :5], 1e-6)
     with pytest.raises(ValueError, match="n_nodes must be a positive int"):
         expsum_feature_count(0)
 

@@ -345,20 +345,42 @@ def test_kernel_dispatch_hook(monkeypatch):
     assert calls == [((3, L, 4), (3, L, 2), (3, L, 2), torch.float32, 0.0)] and (y == 0).all()
     assert len(calls) == 1
 
-    # the expansion goes to the fused feature-map kernel, with a power-of-two node count (finer step)
+    # the expansion goes to the fused feature-map kernel with eps only: the kernels place the nodes on
+    # the device, so with validate=False no value ever comes back to the host (no synchronization)
+    import structured.cauchy as sc
     import kernels.cauchy as kc
     expsum_calls = []
 
-    def fake_expsum(x_, xn_, yn_, a_, tau_, w_):
-        expsum_calls.append(len(tau_))
-        assert torch.equal(xn_, q.expand(3, L, 2)) and torch.equal(yn_, k.expand(3, L, 2)) and a_.shape == (3, 1, 2)
+    def fake_expsum(x_, xn_, yn_, eps_):
+        expsum_calls.append(eps_)
+        assert torch.equal(xn_, q.expand(3, L, 2)) and torch.equal(yn_, k.expand(3, L, 2))
         return torch.ones_like(x_)
+
+    def no_sync(*a, **kw):
+        raise AssertionError("the node scaling (a host synchronization) ran on the kernel path")
 
     monkeypatch.setattr(kc, "cauchy_expsum_product", fake_expsum)
     M = Cauchy(q, k, method_fast="expsum")
     plan = M.plan(4)
     assert plan.backend == "triton" and plan.n_nodes == kc.expsum_feature_count(plan.n_nodes)
-    assert (M.matmul(x) == 1).all() and expsum_calls == [plan.n_nodes] and len(calls) == 1
+    assert plan.n_nodes % 16 == 0 and plan.n_nodes <= kc.expsum_max_features(plan.eps)
+    monkeypatch.setattr(sc, "_node_scaling", no_sync)
+    fast = Cauchy(q, k, method_fast="expsum", validate=False)
+    assert (fast.matmul(x) == 1).all() and expsum_calls == [plan.eps] and len(calls) == 1
+    # "auto" decides from the kernels' largest feature count, without the data either
+    assert Cauchy(q, k, validate=False)._kernel_method(kc, 4, torch.float32) == ("tiled", 0.0)   # L = 6
+    with pytest.raises(AssertionError, match="synchronization"):      # validate=True checks the range
+        M.matmul(x)
+
+
+def test_kernel_path_validate_rejects_a_spread_beyond_r_max(monkeypatch):
+    import kernels.cauchy as kc
+    monkeypatch.setattr(kernels, "enabled", lambda t: True)
+    monkeypatch.setattr(kc, "cauchy_expsum_product", lambda *a: pytest.fail("must raise before the product"))
+    q = torch.tensor([[1e-7], [1e6]]).expand(2, 2).contiguous()
+    k = torch.full((2, 2), 1e-7)
+    with pytest.raises(ValueError, match="exceeds the GPU expansion's R_MAX"):
+        Cauchy(q, k, method_fast="expsum").matmul(torch.ones(2, 1))
 
 
 # ------------------------------------------------------------------------------ validation
