@@ -23,7 +23,7 @@ memory of one forward+backward, for
   (q, k head dim 16, v head dim 128), a familiar yardstick.
 
 Expansion rows also record ``features_per_term`` (F, the largest node count over batch elements and terms,
-rounded up to a multiple of 16) and
+rounded up to a multiple of the kernels' chunk) and
 ``tensor_tflops_fwd`` (4 B H L d F P flops of the two forward GEMM launches over the forward time), to set
 against the device's bf16 matmul rate. A method that raises is recorded with its error; the others run on.
 
@@ -322,11 +322,11 @@ def _plot(results, path, shapes):
 def _expsum_features(args, eps):
     """Features per term the expansion kernel uses on these inputs: the largest over batch elements and
     terms (each term's node count for eps and its own R, rounded up to a multiple of 16)."""
-    from kernels.cauchy import expsum_feature_count
+    from kernels.cauchy import expsum_chunk, expsum_feature_count
     from structured.cauchy import _node_scaling, node_count
     _, q, k = args
     _, R = _node_scaling(q.float(), k.float())
-    return expsum_feature_count(node_count(eps, R))
+    return expsum_feature_count(node_count(eps, R), expsum_chunk(eps))
 
 
 def _chebyshev_points(args):

@@ -405,6 +405,8 @@ def check_args(fn: str, x, q, k):
                          f"got q {tuple(q.shape)}, k {tuple(k.shape)}")
     if not (x.device == q.device == k.device):
         raise ValueError(f"{fn}: x, q, k must be on one device, got {x.device}, {q.device}, {k.device}")
+    if x.shape[:-2] == q.shape[:-2] == k.shape[:-2]:
+        return x, q, k                   # nothing to broadcast (broadcast_shapes costs ~50 us of host time)
     try:
         batch = torch.broadcast_shapes(x.shape[:-2], q.shape[:-2], k.shape[:-2])
     except RuntimeError:

@@ -141,25 +141,35 @@ def cauchy_matmul(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.0, *, p
 # product at L ~ 512 takes ~0.2 ms of GPU time; a sync per call made it host-bound, and in a model it would
 # stall the queue at every layer). The "prep" kernel finds a_bd = min_i x_ibd + min_j y_jbd and
 # R_bd = (max x + max y) / a_bd, then the trapezoid grid of structured.cauchy (quadrature_constants):
-# s_lo = ln(eps/4) - ln R_bd, n = ceil((s_hi - s_lo)/h) + 1 rounded up to a multiple of FEATURE_CHUNK by a
+# s_lo = ln(eps/4) - ln R_bd, n = ceil((s_hi - s_lo)/h) + 1 rounded up to a multiple of the chunk FC by a
 # finer step over the same interval (the bound only improves), and stores (1/a, s_lo, h', n) in float64.
-# The other kernels loop over the n / FEATURE_CHUNK feature chunks of each term, computing
-# tau_m = e^{s_m} and sqrt(w_m) = sqrt(h' tau_m) in float64 in registers.
+# The other kernels loop over the n / FC feature chunks of each term, computing tau_m = e^{s_m} and
+# sqrt(w_m) = sqrt(h' tau_m) in float64 in registers. FC (expsum_chunk) is one chunk for a typical spread
+# (R <= 16), as large as the GEMMs like it (<= 64): wider spreads take more chunks, not a sync.
 
-#: Features per chunk: the K (or M) dimension of the feature GEMMs, a multiple of 16 for ``tl.dot``.
-FEATURE_CHUNK = 16
 #: Largest node spread ``R_bd`` per batch element and term the kernels take. Beyond it, or for a
 #: non-positive (or NaN) denominator, the term's outputs are NaN: raising would need a device sync.
 #: ``structured.cauchy.Cauchy(validate=True)`` checks both on the host instead.
 R_MAX = 2.0 ** 40
+#: Spread for which one chunk of features suffices (expsum_chunk); larger R_bd loop over more chunks.
+R_ONE_CHUNK = 16.0
 
 
-def expsum_feature_count(n_nodes: int) -> int:
-    """Features the kernels evaluate for ``n_nodes`` trapezoid nodes: the next multiple of
-    ``FEATURE_CHUNK`` (spread over the same interval by a finer step, which keeps the bound)."""
+def expsum_feature_count(n_nodes: int, chunk: int = 16) -> int:
+    """Features the kernels evaluate for ``n_nodes`` trapezoid nodes: the next multiple of ``chunk``
+    (:func:`expsum_chunk`; spread over the same interval by a finer step, which keeps the bound)."""
     if isinstance(n_nodes, bool) or not isinstance(n_nodes, int) or n_nodes < 1:
         raise ValueError(f"n_nodes must be a positive int, got {n_nodes!r}")
-    return -(-n_nodes // FEATURE_CHUNK) * FEATURE_CHUNK
+    return -(-n_nodes // chunk) * chunk
+
+
+@functools.lru_cache(maxsize=64)
+def expsum_chunk(eps: float) -> int:
+    """Features per chunk for accuracy ``eps``: the node count at spread ``R_ONE_CHUNK`` rounded up to a
+    power of two in [16, 64] (``tl.dot`` needs >= 16; 64 keeps the chunk GEMMs on the tensor cores' sweet
+    spot). 64 at the float32 default eps = 1e-6, 32 at eps = 1e-3."""
+    from structured.cauchy import node_count
+    return min(64, max(16, _next_pow2(node_count(eps, R_ONE_CHUNK))))
 
 
 @functools.lru_cache(maxsize=64)
@@ -167,7 +177,7 @@ def expsum_max_features(eps: float) -> int:
     """Features per term at the largest spread ``R_MAX`` for accuracy ``eps``: the size of the Z blocks
     (whose unused tail is never read), and the count the cost model assumes without a device sync."""
     from structured.cauchy import node_count
-    return expsum_feature_count(node_count(eps, R_MAX))
+    return expsum_feature_count(node_count(eps, R_MAX), expsum_chunk(eps))
 
 
 @triton.jit
@@ -188,33 +198,35 @@ def _chunk_nodes(s_lo, h, offs_f, ACC: tl.constexpr):
 def _expsum_prep_kernel(
     XN, YN, UT, VT, PRM, QUAD,
     L, stride_xb, stride_xl, stride_xd, stride_yb, stride_yl, stride_yd,
-    D: tl.constexpr, FC: tl.constexpr, F_MAX: tl.constexpr, R_LIMIT: tl.constexpr, BLOCK_L: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, F_MAX: tl.constexpr, R_LIMIT: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
-    # one program per (batch element, term): scaling, node grid, and the scaled nodes u = x/a, v = y/a
-    # transposed to (b, d, L) (each term's column contiguous for the other kernels)
-    pid = tl.program_id(0)
-    bh = pid // D
-    d = pid % D
+    # one program per batch element, all terms at once ((BLOCK_L, D) tiles: rows of the nodes are
+    # contiguous): scaling, node grid, and the scaled nodes u = x/a, v = y/a transposed to (b, d, L)
+    # (each term's column contiguous for the other kernels)
+    bh = tl.program_id(0)
     ACC = UT.dtype.element_ty
-    X_b = XN + bh.to(tl.int64) * stride_xb + d * stride_xd
-    Y_b = YN + bh.to(tl.int64) * stride_yb + d * stride_yd
-    x_lo = tl.full((BLOCK_L,), float("inf"), ACC)
-    y_lo = tl.full((BLOCK_L,), float("inf"), ACC)
-    x_hi = tl.full((BLOCK_L,), -float("inf"), ACC)
-    y_hi = tl.full((BLOCK_L,), -float("inf"), ACC)
+    offs_d = tl.arange(0, D_PAD)
+    mask_d = offs_d < D
+    X_b = XN + bh.to(tl.int64) * stride_xb + offs_d[None, :] * stride_xd
+    Y_b = YN + bh.to(tl.int64) * stride_yb + offs_d[None, :] * stride_yd
+    x_lo = tl.full((BLOCK_L, D_PAD), float("inf"), ACC)
+    y_lo = tl.full((BLOCK_L, D_PAD), float("inf"), ACC)
+    x_hi = tl.full((BLOCK_L, D_PAD), -float("inf"), ACC)
+    y_hi = tl.full((BLOCK_L, D_PAD), -float("inf"), ACC)
     for l0 in range(0, L, BLOCK_L):
         offs = l0 + tl.arange(0, BLOCK_L)
-        mask = offs < L
-        xv = tl.load(X_b + offs * stride_xl, mask=mask, other=0.0).to(ACC)
-        yv = tl.load(Y_b + offs * stride_yl, mask=mask, other=0.0).to(ACC)
+        mask = (offs < L)[:, None] & mask_d[None, :]
+        xv = tl.load(X_b + offs[:, None] * stride_xl, mask=mask, other=0.0).to(ACC)
+        yv = tl.load(Y_b + offs[:, None] * stride_yl, mask=mask, other=0.0).to(ACC)
         x_lo = tl.minimum(x_lo, tl.where(mask, xv, float("inf")))
         y_lo = tl.minimum(y_lo, tl.where(mask, yv, float("inf")))
         x_hi = tl.maximum(x_hi, tl.where(mask, xv, -float("inf")))
         y_hi = tl.maximum(y_hi, tl.where(mask, yv, -float("inf")))
-    # the sums are formed in ACC (float32 for halves), so a = min x + min y is not rounded up past the
-    # smallest denominator by a bf16 addition; extremes are exact in any dtype
-    lo = (tl.min(x_lo, axis=0) + tl.min(y_lo, axis=0)).to(tl.float64)
-    hi = (tl.max(x_hi, axis=0) + tl.max(y_hi, axis=0)).to(tl.float64)
+    # per term; the sums are formed in ACC (float32 for halves), so a = min x + min y is not rounded up
+    # past the smallest denominator by a bf16 addition; extremes are exact in any dtype
+    lo = tl.where(mask_d, (tl.min(x_lo, axis=0) + tl.min(y_lo, axis=0)).to(tl.float64), 1.0)   # padded terms: 1
+    hi = tl.where(mask_d, (tl.max(x_hi, axis=0) + tl.max(y_hi, axis=0)).to(tl.float64), 1.0)
     R = hi / lo
     valid = (lo > 0.0) & (R <= R_LIMIT)          # false for NaN too
     R = tl.where(valid, tl.maximum(R, 1.0), 1.0)
@@ -225,21 +237,20 @@ def _expsum_prep_kernel(
     n = tl.minimum(tl.ceil(n / FC) * FC, F_MAX)   # <= F_MAX already for R <= R_LIMIT; keeps loops in bounds
     h = (s_hi - s_lo) / (n - 1.0)
     inv_a = tl.where(valid, 1.0 / lo, float("nan"))
-    P_b = PRM + pid.to(tl.int64) * 4
-    tl.store(P_b, inv_a)
-    tl.store(P_b + 1, s_lo)
-    tl.store(P_b + 2, h)
-    tl.store(P_b + 3, n)
-    inv = inv_a.to(ACC)
-    UT_b = UT + pid.to(tl.int64) * L
-    VT_b = VT + pid.to(tl.int64) * L
+    P_b = PRM + (bh.to(tl.int64) * D + offs_d) * 4
+    tl.store(P_b, inv_a, mask=mask_d)
+    tl.store(P_b + 1, s_lo, mask=mask_d)
+    tl.store(P_b + 2, h, mask=mask_d)
+    tl.store(P_b + 3, n, mask=mask_d)
+    inv = inv_a.to(ACC)[None, :]
+    T_b = bh.to(tl.int64) * (D * L) + offs_d[None, :] * L
     for l0 in range(0, L, BLOCK_L):
         offs = l0 + tl.arange(0, BLOCK_L)
-        mask = offs < L
-        xv = tl.load(X_b + offs * stride_xl, mask=mask, other=0.0).to(ACC)
-        yv = tl.load(Y_b + offs * stride_yl, mask=mask, other=0.0).to(ACC)
-        tl.store(UT_b + offs, xv * inv, mask=mask)
-        tl.store(VT_b + offs, yv * inv, mask=mask)
+        mask = (offs < L)[:, None] & mask_d[None, :]
+        xv = tl.load(X_b + offs[:, None] * stride_xl, mask=mask, other=0.0).to(ACC)
+        yv = tl.load(Y_b + offs[:, None] * stride_yl, mask=mask, other=0.0).to(ACC)
+        tl.store(UT + T_b + offs[:, None], xv * inv, mask=mask)
+        tl.store(VT + T_b + offs[:, None], yv * inv, mask=mask)
 
 
 @triton.jit
@@ -373,8 +384,8 @@ def _expsum_rows_kernel(
         tl.store(OUT + bh.to(tl.int64) * stride_ob + offs_l[:, None] * stride_ol + offs_p[None, :],
                  _cast_out(acc, OUT.dtype.element_ty, DOT_F32), mask=mask_lp)
     if WITH_GRAD:
-        tl.store(DN + bh.to(tl.int64) * (L * D) + offs_l[:, None] * D + offs_d[None, :], dn,
-                 mask=mask_l[:, None] & (offs_d[None, :] < D))
+        tl.store(DN + bh.to(tl.int64) * (L * D) + offs_l[:, None] * D + offs_d[None, :],
+                 _cast_out(dn, DN.dtype.element_ty, DOT_F32), mask=mask_l[:, None] & (offs_d[None, :] < D))
 
 
 # (BLOCK_L, num_warps, num_stages) candidates; the CPU interpreter and short sequences use the first
@@ -383,12 +394,12 @@ _EXPSUM_CONFIGS = {
     "rows": [(64, 8, 2), (64, 4, 2), (128, 8, 2), (32, 4, 2)],
 }
 _EXPSUM_KERNELS = {"reduce": _expsum_reduce_kernel, "rows": _expsum_rows_kernel}
-_EXPSUM_KEYS = {"reduce": ["P", "D", "F_MAX", "L_BUCKET", "PRECISION"],
-                "rows": ["P", "D", "F_MAX", "L_BUCKET", "PRECISION", "WITH_OUT", "WITH_GRAD"]}
+_EXPSUM_KEYS = {"reduce": ["P", "D", "FC", "F_MAX", "L_BUCKET", "PRECISION"],
+                "rows": ["P", "D", "FC", "F_MAX", "L_BUCKET", "PRECISION", "WITH_OUT", "WITH_GRAD"]}
 _EXPSUM_INTERPRET_BLOCK = 16
 EXPSUM_AUTOTUNE_MIN_LENGTH = 1024
 EXPSUM_AUTOTUNE_MAX_BUCKET = 8192
-_PREP_MAX_BLOCK = 1024
+_PREP_MAX_ELEMENTS = 2048   # (BLOCK_L, D_PAD) tile of the prep kernel
 
 
 @functools.lru_cache(maxsize=None)
@@ -401,7 +412,7 @@ def _expsum_launch(role, args, n_programs, L, **meta):
     """``args`` up to P (L_BUCKET is inserted), then ``meta["_strides"]``; n_programs: BLOCK_L -> grid."""
     meta["DOT_F32"] = _interpreting()
     strides = meta.pop("_strides")
-    bucket = min(triton.next_power_of_2(L), EXPSUM_AUTOTUNE_MAX_BUCKET)
+    bucket = min(_next_pow2(L), EXPSUM_AUTOTUNE_MAX_BUCKET)
     if _interpreting():
         bl = _EXPSUM_INTERPRET_BLOCK
         _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, *strides, BLOCK_L=bl, **meta)
@@ -413,45 +424,57 @@ def _expsum_launch(role, args, n_programs, L, **meta):
         _expsum_tuned(role)[lambda m: (n_programs(m["BLOCK_L"]),)](*args, bucket, *strides, **meta)
 
 
+# plain-Python forms of triton.cdiv / triton.next_power_of_2 (those are Triton functions: ~6 us per call
+# from Python, a visible part of a product's host time at L ~ 512)
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 def _block_p(P):
-    return max(16, triton.next_power_of_2(P))
+    return max(16, _next_pow2(P))
 
 
-def _expsum_prep(xn3, yn3, acc, quad, f_max):
+def _expsum_prep(xn3, yn3, acc, quad, fc, f_max):
     """Per (batch element, term): the scaled transposed nodes ``ut = (xn/a)^T``, ``vt = (yn/a)^T``
     (bh, D, L) in ``acc`` and the float64 table (1/a, s_lo, h, n) (bh, D, 4); see the comment above."""
     bh, L, D = xn3.shape
     ut = torch.empty((bh, D, L), dtype=acc, device=xn3.device)
     vt = torch.empty_like(ut)
     prm = torch.empty((bh, D, 4), dtype=torch.float64, device=xn3.device)
-    block = _EXPSUM_INTERPRET_BLOCK if _interpreting() else min(_PREP_MAX_BLOCK, max(16, triton.next_power_of_2(L)))
-    _expsum_prep_kernel[(bh * D,)](xn3, yn3, ut, vt, prm, quad, L, *xn3.stride(), *yn3.stride(), D=D,
-                                   FC=FEATURE_CHUNK, F_MAX=f_max, R_LIMIT=R_MAX, BLOCK_L=block)
+    d_pad = _next_pow2(D)
+    block = (_EXPSUM_INTERPRET_BLOCK if _interpreting()
+             else min(_PREP_MAX_ELEMENTS // d_pad, max(16, _next_pow2(L))))
+    _expsum_prep_kernel[(bh,)](xn3, yn3, ut, vt, prm, quad, L, *xn3.stride(), *yn3.stride(), D=D, D_PAD=d_pad,
+                               FC=fc, F_MAX=f_max, R_LIMIT=R_MAX, BLOCK_L=block)
     return ut, vt, prm
 
 
-def _expsum_reduce(nt, x3, prm, f_max, precision):
+def _expsum_reduce(nt, x3, prm, fc, f_max, precision):
     """``Z_d = (1/a_d) Phi_d(n_d)^T x`` for every batch element and term: (bh, D, f_max, P) in x3's dtype,
     rows past each term's node count left unwritten (never read)."""
     bh, L, P = x3.shape
     D = nt.shape[1]
     z = torch.empty((bh, D, f_max, P), dtype=x3.dtype, device=x3.device)
-    _expsum_launch("reduce", (nt, x3, prm, z, L, P), lambda bl: bh * D * (f_max // FEATURE_CHUNK), L,
-                   _strides=(x3.stride(0), x3.stride(1)), D=D, FC=FEATURE_CHUNK, F_MAX=f_max, BLOCK_P=_block_p(P),
+    _expsum_launch("reduce", (nt, x3, prm, z, L, P), lambda bl: bh * D * (f_max // fc), L,
+                   _strides=(x3.stride(0), x3.stride(1)), D=D, FC=fc, F_MAX=f_max, BLOCK_P=_block_p(P),
                    PRECISION=precision)
     return z
 
 
-def _expsum_rows(nt, w, prm, precision, xx=None, out=None, dn=None):
+def _expsum_rows(nt, w, prm, fc, precision, xx=None, out=None, dn=None):
     """The row kernel (see its comment): writes ``out`` if given and ``dn`` (bh, L, D) if given."""
     bh, D, L = nt.shape
     f_max, P = w.shape[2], w.shape[3]
     xx_ = xx if xx is not None else w          # placeholders of unused pointers (never read or written)
     out_ = out if out is not None else w
     dn_ = dn if dn is not None else nt
-    _expsum_launch("rows", (nt, w, prm, xx_, out_, dn_, L, P), lambda bl: bh * triton.cdiv(L, bl), L,
+    _expsum_launch("rows", (nt, w, prm, xx_, out_, dn_, L, P), lambda bl: bh * _cdiv(L, bl), L,
                    _strides=(xx_.stride(0), xx_.stride(1), out_.stride(0), out_.stride(1)),
-                   D=D, D_PAD=triton.next_power_of_2(D), FC=FEATURE_CHUNK, F_MAX=f_max, BLOCK_P=_block_p(P),
+                   D=D, D_PAD=_next_pow2(D), FC=fc, F_MAX=f_max, BLOCK_P=_block_p(P),
                    WITH_OUT=out is not None, WITH_GRAD=dn is not None, PRECISION=precision)
 
 
@@ -459,36 +482,36 @@ class _ExpSumProduct(torch.autograd.Function):
     """``y = sum_d (1/a_d) Phi_d(u_d) Phi_d(v_d)^T x`` with the scaled nodes u, v (see the comment above)."""
 
     @staticmethod
-    def forward(ctx, x3, xn3, yn3, acc, quad, f_max, precision):
+    def forward(ctx, x3, xn3, yn3, acc, quad, fc, f_max, precision):
         # x3 (bh, L, P) in the dot dtype; xn3, yn3 (bh, L, D) in any float dtype (read in acc)
-        ut, vt, prm = _expsum_prep(xn3, yn3, acc, quad, f_max)
-        z = _expsum_reduce(vt, x3, prm, f_max, precision)
+        ut, vt, prm = _expsum_prep(xn3, yn3, acc, quad, fc, f_max)
+        z = _expsum_reduce(vt, x3, prm, fc, f_max, precision)
         y3 = torch.empty_like(x3)
-        _expsum_rows(ut, z, prm, precision, out=y3)
+        _expsum_rows(ut, z, prm, fc, precision, out=y3)
         ctx.save_for_backward(x3, ut, vt, prm, z)
-        ctx.meta = (precision, f_max, xn3.dtype, yn3.dtype)
+        ctx.meta = (precision, fc, f_max, xn3.dtype, yn3.dtype)
         return y3
 
     @staticmethod
     def backward(ctx, gy):
         x3, ut, vt, prm, z = ctx.saved_tensors
-        precision, f_max, xn_dtype, yn_dtype = ctx.meta
+        precision, fc, f_max, xn_dtype, yn_dtype = ctx.meta
         need_x, need_xn, need_yn = ctx.needs_input_grad[:3]
         g3 = gy.to(x3.dtype)
         if g3.stride(-1) != 1:
             g3 = g3.contiguous()
         bh, D, L = ut.shape
         dx = dxn = dyn = None
+        # the node gradients are stored in the nodes' own dtypes by the kernel (no conversion pass)
         if need_x or need_yn:                  # features of v: dx and the column-node gradient
-            gz = _expsum_reduce(ut, g3, prm, f_max, precision)
+            gz = _expsum_reduce(ut, g3, prm, fc, f_max, precision)
             dx = torch.empty_like(x3) if need_x else None
-            dyn = torch.empty((bh, L, D), dtype=ut.dtype, device=ut.device) if need_yn else None
-            _expsum_rows(vt, gz, prm, precision, xx=x3, out=dx, dn=dyn)
+            dyn = torch.empty((bh, L, D), dtype=yn_dtype, device=ut.device) if need_yn else None
+            _expsum_rows(vt, gz, prm, fc, precision, xx=x3, out=dx, dn=dyn)
         if need_xn:                            # features of u: the row-node gradient
-            dxn = torch.empty((bh, L, D), dtype=ut.dtype, device=ut.device)
-            _expsum_rows(ut, z, prm, precision, xx=g3, dn=dxn)
-        return (dx, None if dxn is None else dxn.to(xn_dtype), None if dyn is None else dyn.to(yn_dtype),
-                None, None, None, None)
+            dxn = torch.empty((bh, L, D), dtype=xn_dtype, device=ut.device)
+            _expsum_rows(ut, z, prm, fc, precision, xx=g3, dn=dxn)
+        return dx, dxn, dyn, None, None, None, None, None
 
 
 _QUADRATURE: dict = {}
@@ -535,12 +558,12 @@ def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, e
     Notes
     -----
     Three kernels forward: "prep" (one program per batch element and term: extremes, grid, scaled nodes),
-    ``Z_d = (1/a_d) Phi_d(v_d)^T x`` (one program per batch element, term and chunk of 16 features) and
+    ``Z_d = (1/a_d) Phi_d(v_d)^T x`` (one program per batch element, term and chunk of features) and
     ``y = sum_d Phi_d(u_d) Z_d`` (one program per row block), with ``Phi_d(t)_im = sqrt(w_dm) exp(-tau_dm t_i)``,
     ``u = xn/a``, ``v = yn/a``; the backward runs the second on g (``GZ``) and the third twice: on
     (v, GZ, x) for dx and d yn, on (u, Z, g) for d xn. Cost per batch element: 2 d F L P multiply-adds
     and d F L exponentials per kernel launch on the tensor cores (F ~ the node count rounded up to a
-    multiple of 16, 48 at eps = 1e-6 and R ~ 10); memory O(L (P + d) + d F_max P), F_max =
+    multiple of the chunk :func:`expsum_chunk`, 64 at eps = 1e-6 and R <= 16); memory O(L (P + d) + d F_max P), F_max =
     :func:`expsum_max_features`: no L x L or L x dF tensor is ever stored.
     Arithmetic: float32 accumulation (float64 for float64 inputs), nodes in float64. bfloat16 ``x`` keeps
     the tensor cores in bfloat16: the feature values and Z are rounded to bfloat16 (relative 2^-8 each,
@@ -568,6 +591,7 @@ def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, e
     x3 = x.reshape(-1, L, P).to(dot)
     if x3.stride(-1) != 1:
         x3 = x3.contiguous()
-    y3 = _ExpSumProduct.apply(x3, xn.reshape(-1, L, D), yn.reshape(-1, L, D), acc, _quadrature(float(eps), x.device),
-                              expsum_max_features(float(eps)), precision)
+    eps = float(eps)
+    y3 = _ExpSumProduct.apply(x3, xn.reshape(-1, L, D), yn.reshape(-1, L, D), acc, _quadrature(eps, x.device),
+                              expsum_chunk(eps), expsum_max_features(eps), precision)
     return y3.reshape(*batch, L, P).to(x.dtype)

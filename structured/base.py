@@ -103,6 +103,9 @@ def broadcast_batch(**named: tuple[torch.Tensor, int]) -> torch.Size:
 def expand_matrices(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Expand tensors of shapes ``(*batch_k, m_k, n_k)`` to their common broadcast batch shape (views, no
     copies): the form the matrix-free products take ``x (*batch, L, P)`` and ``q, k (*batch, L, D)`` in."""
+    first = tensors[0].shape[:-2]
+    if all(t.shape[:-2] == first for t in tensors[1:]):
+        return tuple(tensors)            # nothing to broadcast (broadcast_shapes costs ~50 us of host time)
     batch = torch.broadcast_shapes(*(t.shape[:-2] for t in tensors))
     return tuple(t.expand(*batch, *t.shape[-2:]) for t in tensors)
 

@@ -50,7 +50,8 @@ Fast products (none builds an L x L tensor)
     ``Phi_im = sqrt(w_m) e^{-tau_m t_i}`` are recomputed in registers in every pass (never stored; memory
     O(L (P + D) + D M P)). There ``a``, R and the nodes are found on the device for each batch element and
     term (:func:`quadrature_constants`; no host synchronization, so a model's queue never stalls on it),
-    and each M is rounded up to a multiple of 16 by a finer step h (as :func:`exp_sum_nodes` does with
+    and each M is rounded up to a multiple of the kernels' chunk (``kernels.cauchy.expsum_chunk``: 64 at
+    eps = 1e-6) by a finer step h (as :func:`exp_sum_nodes` does with
     ``min_count``), which keeps the bound; a non-positive denominator or a spread beyond
     ``kernels.cauchy.R_MAX`` = 2^40 gives NaN outputs there (the check needs a sync; :class:`Cauchy` with
     ``validate=True`` makes it and raises). bfloat16 x runs on the tensor cores in bfloat16 (features and
@@ -183,7 +184,7 @@ def exp_sum_nodes(eps: float, R: float, min_count: int | None = None) -> tuple[t
     M grows like ``ln(4R/eps) ln(1000/eps) / pi^2``. ``min_count``: at least this many nodes; when it
     exceeds the minimal M, ``min_count`` nodes spread over the same interval (a smaller step h: the tails
     are unchanged and the discretization error only shrinks, so the same bound holds). The GPU kernels
-    round their counts up to a multiple of 16 this way (on the device, from the exact R of each term).
+    round their counts up to a multiple of their chunk this way (on the device, from the exact R of each term).
     """
     eps = _check_eps(eps)
     if eps is None:
@@ -227,7 +228,7 @@ def cauchy_matmul_expsum(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.
     x, q, k, c (autograd through the expansion). Cost O(D M L P), M = number of nodes.
     On CUDA with Triton (:func:`kernels.enabled`) the expansion runs as fused feature-map kernels
     (``kernels.cauchy.cauchy_expsum_product``): the scaling and the nodes are chosen on the device for
-    each batch element and term (no host synchronization), the node count rounded up to a multiple of 16
+    each batch element and term (no host synchronization), the node count rounded up to a multiple of the chunk
     by a finer step, and no ``(L, D M)`` factor is ever stored; a non-positive denominator, or a spread R
     beyond ``kernels.cauchy.R_MAX``, gives NaN there instead of the ValueError of the torch path.
     Elsewhere it runs as the torch GEMMs ``U (V^T x)`` with one node set for the whole batch.
@@ -431,7 +432,7 @@ class Cauchy(StructuredMatrix):
         """The method ``matmul`` uses for ``P`` right-hand sides in ``dtype`` (default: the parameters'
         compute dtype), with the quantities the cost model compares. The backend (Triton kernels or torch,
         by :func:`kernels.enabled` on the parameters' device) picks the cost model. On the kernels,
-        ``n_nodes`` is the largest count over batch elements and terms (a multiple of 16), and the choice
+        ``n_nodes`` is the largest count over batch elements and terms (a multiple of the chunk), and the choice
         between the paths is made without the data: ``cost_expsum`` is taken at the kernels' largest
         feature count (``kernels.cauchy.expsum_max_features``), so that :meth:`matmul` decides it the same
         way without a device synchronization. Computing R here synchronizes (it is a report)."""
@@ -450,7 +451,7 @@ class Cauchy(StructuredMatrix):
             n_nodes = len(exp_sum_nodes(eps, R)[0])
             n_cost = n_nodes
         else:
-            n_nodes = kc.expsum_feature_count(node_count(eps, R))
+            n_nodes = kc.expsum_feature_count(node_count(eps, R), kc.expsum_chunk(eps))
             n_cost = kc.expsum_max_features(eps)
         method, cost_expsum = self._choose(P, n_cost, cm, cost_tiled)
         return CauchyPlan(method, eps if method == "expsum" else 0.0, R, n_nodes, D * n_nodes, cost_expsum,

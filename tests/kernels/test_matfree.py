@@ -215,7 +215,7 @@ def test_memory_is_linear_in_length(name):
 #     |y_hat - y| <= (eps + 3 u_dot + (L + d F + 32) u_acc) (|M| |x|)   (+ u_out |y| for a rounded output)
 # entrywise, and the same factor times sum_j |g_i . x_j| / den_ijd^2 for the node gradients.
 # ------------------------------------------------------------------------------------------------------
-from kernels.cauchy import cauchy_expsum_product, expsum_feature_count  # noqa: E402
+from kernels.cauchy import cauchy_expsum_product, expsum_chunk, expsum_feature_count  # noqa: E402
 
 UNIT = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 
@@ -258,7 +258,8 @@ def test_expsum_float64_within_stated_bound(kernels_on, eps, L):
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(L), dtype=torch.float64)
     plan, y, gx, gq, gk = run_expsum_class(x, q, k, c, g, eps, torch.float64)
     assert plan.backend == "triton" and plan.method == "expsum"
-    assert plan.n_nodes == expsum_feature_count(plan.n_nodes) >= 16     # a multiple of 16 nodes
+    chunk = expsum_chunk(plan.eps)
+    assert plan.n_nodes == expsum_feature_count(plan.n_nodes, chunk) >= chunk >= 16   # whole chunks
     ref = expsum_reference(x, q, k, c, g)
     tol = eps + (L + plan.rank + 35) * UNIT[torch.float64]
     assert ((y - ref["y"]).abs() <= tol * ref["y_abs"]).all()
@@ -309,7 +310,8 @@ def test_expsum_gradcheck(kernels_on, L):
 def per_term_expansion(x, xn, yn, eps):
     """float64 reference of the kernels' expansion: for each batch element b and term d its own scaling
     a = min xn + min yn, spread R = (max xn + max yn)/a and trapezoid grid (structured.cauchy's rule at
-    the exact R, the count rounded up to a multiple of 16 by a finer step), then U (V^T x) term by term."""
+    the exact R, the count rounded up to a multiple of the kernels' chunk by a finer step), then U (V^T x) term
+    by term."""
     from structured.cauchy import node_count, quadrature_constants
     h0, s_hi, log_eps4 = quadrature_constants(eps)
     B, L, D = xn.shape
@@ -320,7 +322,7 @@ def per_term_expansion(x, xn, yn, eps):
             u, v = xn[b, :, d], yn[b, :, d]
             a = u.min() + v.min()
             R = float((u.max() + v.max()) / a)
-            n = expsum_feature_count(node_count(eps, R))
+            n = expsum_feature_count(node_count(eps, R), expsum_chunk(eps))
             s_lo = log_eps4 - math.log(R)
             s = s_lo + (s_hi - s_lo) / (n - 1) * torch.arange(n, dtype=torch.float64)
             tau, w = torch.exp(s), (s_hi - s_lo) / (n - 1) * torch.exp(s)

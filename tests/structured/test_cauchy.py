@@ -362,8 +362,9 @@ def test_kernel_dispatch_hook(monkeypatch):
     monkeypatch.setattr(kc, "cauchy_expsum_product", fake_expsum)
     M = Cauchy(q, k, method_fast="expsum")
     plan = M.plan(4)
-    assert plan.backend == "triton" and plan.n_nodes == kc.expsum_feature_count(plan.n_nodes)
-    assert plan.n_nodes % 16 == 0 and plan.n_nodes <= kc.expsum_max_features(plan.eps)
+    chunk = kc.expsum_chunk(plan.eps)
+    assert plan.backend == "triton" and plan.n_nodes == kc.expsum_feature_count(plan.n_nodes, chunk)
+    assert plan.n_nodes % chunk == 0 and plan.n_nodes <= kc.expsum_max_features(plan.eps)
     monkeypatch.setattr(sc, "_node_scaling", no_sync)
     fast = Cauchy(q, k, method_fast="expsum", validate=False)
     assert (fast.matmul(x) == 1).all() and expsum_calls == [plan.eps] and len(calls) == 1
