@@ -14,9 +14,10 @@ memory of one forward+backward, for
 * ``torch_tiled`` / ``torch_expsum`` / ``torch_nufft``: the torch algorithms of ``structured/`` (exact
   tiled; Cauchy's exponential-sum expansion as torch GEMMs, kernels forced off; Vandermonde's NUFFT,
   in float32);
-* ``chebyshev`` (Vandermonde): ``structured.vandermonde.vandermonde_matmul_chebyshev``, Chebyshev interpolation
-  in the index (rank n, approximate with a stated bound; for the paper's small angles, scale 1e-3), in
-  float32 at its default eps = 1e-6; rows record ``chebyshev_points`` (n);
+* ``chebyshev`` / ``chebyshev_torch`` (Vandermonde): ``structured.vandermonde.vandermonde_matmul_chebyshev``,
+  Chebyshev interpolation in the index (rank n, approximate with a stated bound; for the paper's small angles,
+  scale 1e-3), in float32 at its default eps = 1e-6, with its cosine features from the fused kernel
+  (``kernels.cosine_features``) or from torch (kernels off); rows record ``chebyshev_points`` (n);
 * ``materialize``: the paper code's way, the (B, H, L, L, d) tensor of terms in bf16 summed over d,
   then a batched matmul (out-of-memory is caught and recorded);
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` at the same shapes
@@ -31,6 +32,12 @@ Accuracy: at the first L every method's output and gradients (x, q, k; random co
 with the exact product in float64 on the same (bf16-rounded) inputs; ``accuracy_vs_float64`` records
 the relative Frobenius errors, the max error over max |reference|, and for Cauchy (M > 0) the max
 entrywise ratio ``|y_hat - y| / (M |x|)``, the quantity the stated bounds control.
+
+Timing: ``do_bench`` medians of eager calls (host launch work included: at L = 512 a product is a few tenths
+of a millisecond of GPU work, so Python and launch overhead show), and, for the methods in ``GRAPHED`` (no host
+synchronization inside), also of CUDA-graph replays of the same calls (``fwd_ms_graph``, ``fwd_bwd_ms_graph``:
+the GPU's own time, as a captured training step or ``torch.compile(mode="reduce-overhead")`` would see it);
+the targets are given for both. The GPU is kept busy for two seconds first, so that no row meets idle clocks.
 
 Writes ``kernels_matfree.json`` (device, versions, command, all numbers) and ``kernels_matfree.png``
 (time vs L, log-log) into ``out``. Usage: ``python -m benchmarks.kernels_matfree --out results/bench``.
@@ -62,6 +69,8 @@ SINGLE_SHOT_S = 0.5               # slower than this: one timed run instead of d
 GIVE_UP_S = 3.0                   # predicted slower than this at the next L (quadratic in L): not run
 KINDS = ("cauchy", "vandermonde", "sdpa")
 OURS = ("triton", "expsum_triton", "expsum_triton_eps1e-3")   # run at every L (no give-up)
+# also timed as CUDA-graph replays (no host synchronization inside; the Chebyshev path reads Omega on the host)
+GRAPHED = ("triton", "expsum_triton", "expsum_triton_eps1e-3", "materialize", "sdpa")
 H100_SXM_BOOST_HZ = 1.98e9        # for the special-function roofline (16 MUFU results / clock / SM)
 
 
@@ -121,8 +130,12 @@ def _methods(kind):
         "torch_tiled": mode("off", lambda x, q, k: vandermonde_matmul_tiled(x, q, k, s)),
         # torch.fft has no bf16: the NUFFT runs in float32 (its default eps 1e-6)
         "torch_nufft": lambda x, q, k: vandermonde_matmul_nufft(x.float(), q.float(), k.float(), s).to(x.dtype),
-        # bf16 angles would cost ~|theta j| 2^-8 of phase: interpolated in float32 (eps 1e-6), like the NUFFT
-        "chebyshev": lambda x, q, k: vandermonde_matmul_chebyshev(x.float(), q.float(), k.float(), s).to(x.dtype),
+        # bf16 angles would cost ~|theta j| 2^-8 of phase: interpolated in float32 (eps 1e-6), like the NUFFT;
+        # its cosine features from the fused kernel (kernels.cosine_features), or torch's blocks
+        "chebyshev": mode("on", lambda x, q, k: vandermonde_matmul_chebyshev(x.float(), q.float(), k.float(),
+                                                                            s).to(x.dtype)),
+        "chebyshev_torch": mode("off", lambda x, q, k: vandermonde_matmul_chebyshev(x.float(), q.float(), k.float(),
+                                                                                   s).to(x.dtype)),
         "materialize": lambda x, q, k: _materialized_vandermonde(x, q, k, s),
     }
 
@@ -167,8 +180,35 @@ def _time(fn, do_bench, device):
     return do_bench(fn, warmup=25, rep=100, return_mode="median"), "do_bench median"
 
 
-def _measure(fn, args, do_bench, device):
-    """fwd ms, fwd+bwd ms, peak extra MB of one fwd+bwd (CUDA only), or the error."""
+def _graph_time(fn, do_bench):
+    """Median ms of replaying ``fn`` captured in a CUDA graph (its launches without the host's launch work).
+    A method that synchronizes with the host cannot be captured: the error propagates to the caller."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):       # warm up (compile, autotune, allocate) outside the capture
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
+
+
+def _warm_up_clocks(seconds=2.0):
+    """Keep the GPU busy for a moment, so that the first timed method does not meet it at idle clocks (in one
+    session the first row, the exact kernel at L = 512, measured 6x slower than its neighbours)."""
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
+
+
+def _measure(fn, args, do_bench, device, graph=False):
+    """fwd ms, fwd+bwd ms, peak extra MB of one fwd+bwd (CUDA only), or the error; with ``graph`` also both
+    times as CUDA-graph replays (``*_ms_graph``; ``graph_error`` if the method cannot be captured)."""
     x, q, k = args
     leaves = [t.detach().clone().requires_grad_() for t in (x, q, k)]
     gy = torch.randn_like(x)
@@ -190,6 +230,16 @@ def _measure(fn, args, do_bench, device):
             fwd_bwd()
             torch.cuda.synchronize()
             rec["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        if graph and on_gpu and rec.get("fwd_bwd_timing") == "do_bench median":
+            try:
+                with torch.no_grad():
+                    rec["fwd_ms_graph"] = _graph_time(lambda: fn(*args), do_bench)
+                rec["fwd_bwd_ms_graph"] = _graph_time(lambda: fn(*leaves).backward(gy), do_bench)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as e:     # e.g. a host synchronization inside the method
+                rec["graph_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                torch.cuda.synchronize()
     except torch.cuda.OutOfMemoryError:
         rec["error"] = "out of memory"
     except Exception as e:   # one failing method is recorded, the rest of a device session still runs
@@ -273,6 +323,10 @@ def _targets(results, lengths):
                                                               "fwd_ms"),
                 f"slowdown_vs_sdpa_L{mid}_fwd_bwd (target <= 5)": ratio((kind, method, mid), ("sdpa", "sdpa", mid)),
                 f"slowdown_vs_sdpa_L{mid}_fwd": ratio((kind, method, mid), ("sdpa", "sdpa", mid), "fwd_ms"),
+                f"speedup_vs_materialize_L{short}_fwd_bwd_graph": ratio((kind, "materialize", short),
+                                                                        (kind, method, short), "fwd_bwd_ms_graph"),
+                f"slowdown_vs_sdpa_L{mid}_fwd_bwd_graph": ratio((kind, method, mid), ("sdpa", "sdpa", mid),
+                                                                "fwd_bwd_ms_graph"),
                 f"runs_at_L{max(lengths)}": "fwd_bwd_ms" in big,
                 "peak_extra_mb_by_L": {r["L"]: r.get("peak_extra_mb") for r in results
                                        if r["kind"] == kind and r["method"] == method},
@@ -338,7 +392,8 @@ def _chebyshev_points(args):
 
 
 #: Per-method facts about the inputs recorded in each row: (kind, method) -> (key, fn(args)).
-ROW_INFO = {("vandermonde", "chebyshev"): ("chebyshev_points", _chebyshev_points)}
+ROW_INFO = {("vandermonde", "chebyshev"): ("chebyshev_points", _chebyshev_points),
+            ("vandermonde", "chebyshev_torch"): ("chebyshev_points", _chebyshev_points)}
 
 
 def _kernel_configs(kind, method, L):
@@ -379,6 +434,7 @@ def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=Fals
     do_bench = None
     if on_gpu:
         from triton.testing import do_bench
+        _warm_up_clocks()
 
     os.makedirs(out, exist_ok=True)
     json_path = os.path.join(out, "kernels_matfree.json")
@@ -397,8 +453,9 @@ def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=Fals
                      "python": platform.python_version()},
         "shapes": {**shapes, "dtype": "bfloat16", "vandermonde_scale": VANDERMONDE_SCALE, "cauchy_c": 0.0},
         "timing": "triton.testing.do_bench median (warmup 25 ms, rep 100 ms); one synchronized run when a "
-                  f"call exceeds {SINGLE_SHOT_S} s; peak_extra_mb = max_memory_allocated during one fwd+bwd "
-                  "minus the inputs" if on_gpu else "wall-clock median of 3 runs (CPU smoke run: not performance data)",
+                  f"call exceeds {SINGLE_SHOT_S} s; *_ms_graph: the same medians of CUDA-graph replays (methods "
+                  f"{', '.join(GRAPHED)}); peak_extra_mb = max_memory_allocated during one fwd+bwd minus the inputs; "
+                  "GPU kept busy 2 s before the first row" if on_gpu else "wall-clock median of 3 runs (CPU smoke run: not performance data)",
         "results": [],
     }
     if os.path.exists(json_path):
@@ -420,7 +477,7 @@ def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=Fals
                 if name in given_up:
                     rec["error"] = given_up[name]
                 else:
-                    rec.update(_measure(fn, args, do_bench, device))
+                    rec.update(_measure(fn, args, do_bench, device, graph=name in GRAPHED))
                     slowest = max(rec.get("fwd_ms", 0), rec.get("fwd_bwd_ms", 0))
                     if 4 * slowest > 1e3 * GIVE_UP_S and name not in OURS and on_gpu:
                         given_up[name] = f"not run: predicted > {GIVE_UP_S} s from {slowest:.0f} ms at L={L}"

@@ -14,7 +14,8 @@ and return ``(*batch, L, P)`` in the dtype of ``x``, accumulating in float32 or 
 * :func:`semiseparable_matmul` (causal SSD), :func:`quasiseparable_matmul` (fused bidirectional Hydra
   scan) -- ``kernels/ssd.py``
 * :func:`cauchy_matmul` (exact, tiled) and :func:`cauchy_expsum_product` (exponential-sum expansion with a stated
-  bound) -- ``kernels/cauchy.py``; :func:`vandermonde_matmul` -- ``kernels/vandermonde.py``
+  bound) -- ``kernels/cauchy.py``; :func:`vandermonde_matmul` and :func:`cosine_features` (the feature maps of
+  ``structured.vandermonde``'s Chebyshev path) -- ``kernels/vandermonde.py``
 """
 from __future__ import annotations
 
@@ -83,4 +84,9 @@ def cauchy_expsum_product(*args, **kwargs):
 
 def vandermonde_matmul(*args, **kwargs):
     from .vandermonde import vandermonde_matmul as f
+    return f(*args, **kwargs)
+
+
+def cosine_features(*args, **kwargs):
+    from .vandermonde import cosine_features as f
     return f(*args, **kwargs)

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._matfree_tiled import Term, check_args, matfree_matmul, upcast_nodes
+from ._matfree_tiled import Term, _interpreting, _put, check_args, matfree_matmul, upcast_nodes
 
 try:  # triton >= 3.1
     from triton.language.extra import libdevice
@@ -131,3 +131,131 @@ def vandermonde_matmul(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale=
         q = q * scale
         k = k * scale
     return matfree_matmul(x, q, k, VANDERMONDE, precision)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cosine features of the Chebyshev path (structured.vandermonde.vandermonde_matmul_chebyshev)
+# ----------------------------------------------------------------------------------------------------
+# u_ir = sum_d cos(theta_id t_r) (theta in radians, t_r the Chebyshev points in index space) and its
+# backward g_theta_id = -sum_r G_ir t_r sin(theta_id t_r), without the (L, n, D) tensor of angles that the
+# torch reference (structured.vandermonde._CosineFeatures) builds block by block. Angles are formed in turns
+# (theta t / 2 pi) and reduced to [-1/2, 1/2] before an accurate cosine (_reduce_turns), as in the exact
+# kernel above; the cosines are libdevice's accurate ones (not the fast ones): these kernels evaluate
+# only L n D of them, and the path's error bound (2 D E ||x||_1) should not gain a 1e-6 term per cosine.
+
+@triton.jit
+def _cos_features_fwd_kernel(
+    TH, NODES, OUT, L, N,
+    stride_tb, stride_tl, stride_td, stride_ob, stride_ol,
+    D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # one program per (batch element, row block, point block)
+    pid = tl.program_id(0)
+    n_row_blocks = tl.cdiv(L, BLOCK_L)
+    bh = pid // n_row_blocks
+    offs_l = (pid % n_row_blocks) * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_l = offs_l < L
+    mask_n = offs_n < N
+    ACC = NODES.dtype.element_ty
+    t = tl.load(NODES + offs_n, mask=mask_n, other=0.0)
+    TH_b = TH + bh.to(tl.int64) * stride_tb + offs_l * stride_tl
+    acc = tl.zeros((BLOCK_L, BLOCK_N), dtype=ACC)
+    for d in range(D):
+        turns = tl.load(TH_b + d * stride_td, mask=mask_l, other=0.0).to(ACC) * 0.15915494309189535  # 1/(2 pi)
+        acc += _cos_turns(_reduce_turns(turns[:, None] * t[None, :]), False)
+    tl.store(OUT + bh.to(tl.int64) * stride_ob + offs_l[:, None] * stride_ol + offs_n[None, :],
+             acc.to(OUT.dtype.element_ty), mask=mask_l[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _cos_features_bwd_kernel(
+    TH, NODES, G, GT, L, N,
+    stride_tb, stride_tl, stride_td, stride_gb, stride_gl, stride_gtb, stride_gtl, stride_gtd,
+    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # one program per (batch element, row block): g_theta_id = -sum_r G_ir t_r sin(theta_id t_r)
+    pid = tl.program_id(0)
+    n_row_blocks = tl.cdiv(L, BLOCK_L)
+    bh = pid // n_row_blocks
+    offs_l = (pid % n_row_blocks) * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_d = tl.arange(0, D_PAD)
+    mask_l = offs_l < L
+    ACC = NODES.dtype.element_ty
+    TH_b = TH + bh.to(tl.int64) * stride_tb + offs_l * stride_tl
+    G_b = G + bh.to(tl.int64) * stride_gb + offs_l[:, None] * stride_gl
+    gth = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
+    for d in range(D):
+        turns = tl.load(TH_b + d * stride_td, mask=mask_l, other=0.0).to(ACC) * 0.15915494309189535
+        part = tl.zeros((BLOCK_L, BLOCK_N), dtype=ACC)
+        for n0 in range(0, N, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < N
+            t = tl.load(NODES + offs_n, mask=mask_n, other=0.0)
+            g = tl.load(G_b + offs_n[None, :], mask=mask_l[:, None] & mask_n[None, :], other=0.0).to(ACC)
+            part += g * t[None, :] * _sin_turns(_reduce_turns(turns[:, None] * t[None, :]), False)
+        gth = _put(gth, offs_d, d, -tl.sum(part, axis=1))
+    tl.store(GT + bh.to(tl.int64) * stride_gtb + offs_l[:, None] * stride_gtl + offs_d[None, :] * stride_gtd,
+             gth.to(GT.dtype.element_ty), mask=mask_l[:, None] & (offs_d[None, :] < D))
+
+
+# (BLOCK_L, BLOCK_N, num_warps); 8 warps keep the float32 64 x 64 tiles of angles in registers (sm_90,
+# triton 3.6: 4 warps spilled in the backward)
+_COS_BLOCK = {"interpret": (16, 16, 4), "gpu": (64, 64, 8)}
+
+
+def _cos_blocks():
+    return _COS_BLOCK["interpret" if _interpreting() else "gpu"]
+
+
+class _CosineFeaturesKernel(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, theta3, nodes):
+        bh, L, D = theta3.shape
+        N = nodes.shape[0]
+        out = torch.empty((bh, L, N), dtype=theta3.dtype, device=theta3.device)
+        bl, bn, warps = _cos_blocks()
+        _cos_features_fwd_kernel[(bh * -(-L // bl), -(-N // bn))](
+            theta3, nodes, out, L, N, *theta3.stride(), out.stride(0), out.stride(1), D=D, BLOCK_L=bl, BLOCK_N=bn,
+            num_warps=warps)
+        ctx.save_for_backward(theta3, nodes)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        theta3, nodes = ctx.saved_tensors
+        bh, L, D = theta3.shape
+        N = nodes.shape[0]
+        if g.stride(-1) != 1:
+            g = g.contiguous()
+        gt = torch.empty_like(theta3)
+        bl, bn, warps = _cos_blocks()
+        _cos_features_bwd_kernel[(bh * -(-L // bl),)](
+            theta3, nodes, g, gt, L, N, *theta3.stride(), g.stride(0), g.stride(1), *gt.stride(), D=D,
+            D_PAD=1 << max(0, D - 1).bit_length(), BLOCK_L=bl, BLOCK_N=bn, num_warps=warps)
+        return gt, None
+
+
+def cosine_features(theta: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    """``u_ir = sum_d cos(theta_id nodes_r)`` on the GPU, differentiable in theta.
+
+    theta: ``(*batch, L, D)`` angles in radians (float64/float32; halves are computed in float32);
+    nodes: ``(n,)`` real points (here the Chebyshev points in index space, constants). Returns
+    ``(*batch, L, n)`` in theta's dtype. The same function as the torch reference
+    ``structured.vandermonde._CosineFeatures`` (which it replaces on CUDA), without its ``(L, n, D)`` block of
+    angles: L n D accurate cosines forward and sines backward, computed in registers after reducing the
+    angle to [-pi, pi] in turns; memory O(L (n + D)).
+    """
+    for name, t, dims in (("theta", theta, "(*batch, L, D)"), ("nodes", nodes, "(n,)")):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise ValueError(f"cosine_features: {name} must be a floating tensor {dims}, got {t!r:.80}")
+    if theta.dim() < 2 or nodes.dim() != 1 or 0 in theta.shape[-2:] or nodes.numel() == 0:
+        raise ValueError(f"cosine_features: theta must be (*batch, L, D) and nodes (n,) with nonzero sizes; got "
+                         f"{tuple(theta.shape)} and {tuple(nodes.shape)}")
+    if not (theta.is_cuda or _interpreting()) or nodes.device != theta.device:
+        raise ValueError(f"cosine_features: the Triton kernels need theta and nodes on one CUDA device (or "
+                         f"TRITON_INTERPRET=1); got {theta.device} and {nodes.device}")
+    acc = torch.float64 if theta.dtype == torch.float64 else torch.float32
+    batch, L, D = theta.shape[:-2], theta.shape[-2], theta.shape[-1]
+    out = _CosineFeaturesKernel.apply(theta.to(acc).reshape(-1, L, D), nodes.to(acc))
+    return out.reshape(*batch, L, nodes.numel()).to(theta.dtype)

@@ -79,7 +79,9 @@ Fast products (none builds an L x L tensor)
     Cost per batch element O(L D n) cosines + O(L n P) multiply-adds, memory O(L (n + P)): U and V are
     formed block by block (never an ``(L, D, n)`` tensor beyond ``structured.base.BLOCK_ELEMENTS``) by a
     function that saves only the angles and recomputes ``-j_r sin(theta_id j_r)`` in backward; the GEMMs
-    are differentiated by autograd, so the gradients are the exact gradients of the approximant.
+    are differentiated by autograd, so the gradients are the exact gradients of the approximant. On CUDA
+    with Triton (:func:`kernels.enabled`) U and V come from the fused kernel ``kernels.cosine_features``
+    instead (the same function, its cosines in registers: no block of angles in memory at all).
     **Error bound** (exact arithmetic; :func:`chebyshev_plan`): f_i is analytic in the Bernstein ellipse
     E_rho (``|Im t| <= (rho - 1/rho)/2``) with ``|f_i| <= cosh(Omega (rho - 1/rho)/2)``,
     ``Omega = max |omega|`` over all q- and k-nodes of the batch, so (Trefethen, *Approximation Theory and
@@ -526,11 +528,19 @@ class _CosineFeatures(torch.autograd.Function):
         return gt, None
 
 
+def _cosine_features(theta: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    # the fused GPU kernel where kernels.enabled (same function, no (L, n, D) block of angles), else torch
+    import kernels
+    if kernels.enabled(theta):
+        return kernels.cosine_features(theta, nodes)
+    return _CosineFeatures.apply(theta, nodes)
+
+
 def _chebyshev_product(x: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor, n: int) -> torch.Tensor:
     """``U (Lam^T x) - Lam (V^T x)`` with n points (x, theta, phi expanded to one batch shape)."""
     nodes, lam = _interpolation_matrix(x.shape[-2], n, x.dtype, x.device)
-    U = _CosineFeatures.apply(theta, nodes)
-    V = _CosineFeatures.apply(phi, nodes)
+    U = _cosine_features(theta, nodes)
+    V = _cosine_features(phi, nodes)
     return U @ (lam.transpose(0, 1) @ x) - lam @ (V.transpose(-1, -2) @ x)
 
 
