@@ -142,10 +142,13 @@ def cauchy_matmul(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.0, *, p
 # stall the queue at every layer). The "prep" kernel finds a_bd = min_i x_ibd + min_j y_jbd and
 # R_bd = (max x + max y) / a_bd, then the trapezoid grid of structured.cauchy (quadrature_constants):
 # s_lo = ln(eps/4) - ln R_bd, n = ceil((s_hi - s_lo)/h) + 1 rounded up to a multiple of the chunk FC by a
-# finer step over the same interval (the bound only improves), and stores (1/a, s_lo, h', n) in float64.
-# The other kernels loop over the n / FC feature chunks of each term, computing tau_m = e^{s_m} and
-# sqrt(w_m) = sqrt(h' tau_m) in float64 in registers. FC (expsum_chunk) is one chunk for a typical spread
-# (R <= 16), as large as the GEMMs like it (<= 64): wider spreads take more chunks, not a sync.
+# finer step over the same interval (the bound only improves); it stores (1/a, n) and the nodes
+# tau_m = e^{s_m}, sqrt(w_m) = sqrt(h' tau_m) (computed in float64, stored in the accumulation dtype) per term.
+# The other kernels loop over the n / FC feature chunks of each term. FC (expsum_chunk) is one chunk for a
+# typical spread (R <= 16), as large as the GEMMs like it (<= 64): wider spreads take more chunks, not a
+# sync. The row kernel takes every term's first chunk in one loop over the terms (the loop Triton
+# software-pipelines: the next term's Z block loads during this one's GEMMs) and the rare further chunks
+# in a second loop nest.
 
 #: Largest node spread ``R_bd`` per batch element and term the kernels take. Beyond it, or for a
 #: non-positive (or NaN) denominator, the term's outputs are NaN: raising would need a device sync.
@@ -182,24 +185,17 @@ def expsum_max_features(eps: float) -> int:
 
 @triton.jit
 def _term_params(PRM, bhd):
-    # (1/a, s_lo, h, n) of batch element and term bhd = b * D + d, written by the prep kernel
-    p = PRM + bhd.to(tl.int64) * 4
-    return tl.load(p), tl.load(p + 1), tl.load(p + 2), tl.load(p + 3).to(tl.int32)
-
-
-@triton.jit
-def _chunk_nodes(s_lo, h, offs_f, ACC: tl.constexpr):
-    # tau_m = e^{s_m} and sqrt(w_m) = sqrt(h tau_m) at s_m = s_lo + m h, in float64, then rounded to ACC
-    s = s_lo + offs_f.to(tl.float64) * h
-    return tl.exp(s).to(ACC), tl.exp(0.5 * (s + tl.log(h))).to(ACC)
+    # (1/a, n) of batch element and term bhd = b * D + d, written by the prep kernel
+    p = PRM + bhd.to(tl.int64) * 2
+    return tl.load(p), tl.load(p + 1).to(tl.int32)
 
 
 @triton.jit
 def _expsum_prep_kernel(
-    XN, YN, UT, VT, PRM, QUAD,
+    XN, YN, UT, VT, PRM, TAU, SW, QUAD,
     L, stride_xb, stride_xl, stride_xd, stride_yb, stride_yl, stride_yd,
-    D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, F_MAX: tl.constexpr, R_LIMIT: tl.constexpr,
-    BLOCK_L: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, F_MAX: tl.constexpr, F_PAD: tl.constexpr,
+    R_LIMIT: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     # one program per batch element, all terms at once ((BLOCK_L, D) tiles: rows of the nodes are
     # contiguous): scaling, node grid, and the scaled nodes u = x/a, v = y/a transposed to (b, d, L)
@@ -237,11 +233,16 @@ def _expsum_prep_kernel(
     n = tl.minimum(tl.ceil(n / FC) * FC, F_MAX)   # <= F_MAX already for R <= R_LIMIT; keeps loops in bounds
     h = (s_hi - s_lo) / (n - 1.0)
     inv_a = tl.where(valid, 1.0 / lo, float("nan"))
-    P_b = PRM + (bh.to(tl.int64) * D + offs_d) * 4
+    P_b = PRM + (bh.to(tl.int64) * D + offs_d) * 2
     tl.store(P_b, inv_a, mask=mask_d)
-    tl.store(P_b + 1, s_lo, mask=mask_d)
-    tl.store(P_b + 2, h, mask=mask_d)
-    tl.store(P_b + 3, n, mask=mask_d)
+    tl.store(P_b + 1, n, mask=mask_d)
+    # the nodes of every term, (D, F_MAX): s_m = s_lo + m h', tau = e^s, sqrt(w) = sqrt(h' e^s) (unused past n)
+    offs_f = tl.arange(0, F_PAD)
+    node = s_lo[:, None] + offs_f.to(tl.float64)[None, :] * h[:, None]
+    N_b = (bh.to(tl.int64) * D + offs_d[:, None]) * F_MAX + offs_f[None, :]
+    mask_df = mask_d[:, None] & (offs_f[None, :] < F_MAX)
+    tl.store(TAU + N_b, tl.exp(node).to(ACC), mask=mask_df)
+    tl.store(SW + N_b, tl.exp(0.5 * (node + tl.log(h)[:, None])).to(ACC), mask=mask_df)
     inv = inv_a.to(ACC)[None, :]
     T_b = bh.to(tl.int64) * (D * L) + offs_d[None, :] * L
     for l0 in range(0, L, BLOCK_L):
@@ -294,45 +295,64 @@ def _round_bf16(v):
 
 @triton.jit
 def _expsum_reduce_kernel(
-    NT, X, PRM, Z,
+    NT, X, PRM, TAU, SW, Z,
     L, P, L_BUCKET,
     stride_xb, stride_xl,
     D: tl.constexpr, FC: tl.constexpr, F_MAX: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
     DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # Z[b, d, chunk] = (1/a_bd) Phi_chunk(n[b, d])^T X[b]: one program per (batch element, term, feature
-    # chunk), a loop over L; chunks past the term's node count n_bd exit at once (their rows are never read)
+    # chunk), a loop over L; chunks past the term's node count n_bd do nothing (their rows are never read)
     pid = tl.program_id(0)
     bhd = pid // (F_MAX // FC)
     f0 = (pid % (F_MAX // FC)) * FC
     bh = bhd // D
-    inv_a, s_lo, h, n = _term_params(PRM, bhd)
-    if f0 < n:
-        ACC = NT.dtype.element_ty
-        offs_f = f0 + tl.arange(0, FC)
-        offs_p = tl.arange(0, BLOCK_P)
-        mask_p = offs_p < P
-        tau, sw = _chunk_nodes(s_lo, h, offs_f, ACC)
-        N_b = NT + bhd.to(tl.int64) * L
-        X_b = X + bh.to(tl.int64) * stride_xb
-        acc = tl.zeros((FC, BLOCK_P), dtype=ACC)
-        for l0 in range(0, L, BLOCK_L):
-            offs_l = l0 + tl.arange(0, BLOCK_L)
-            mask_l = offs_l < L
-            t = tl.load(N_b + offs_l, mask=mask_l, other=0.0)       # padded rows: x = 0 there
-            xt = tl.load(X_b + offs_l[:, None] * stride_xl + offs_p[None, :],
-                         mask=mask_l[:, None] & mask_p[None, :], other=0.0)
-            phi_t = _exp_features(t, tau, sw, True)
-            acc += _mm(phi_t, xt, xt.dtype, DOT_F32, PRECISION).to(ACC)
-        Z_b = Z + bhd.to(tl.int64) * (F_MAX * P)
-        # stored in the dot dtype: every use multiplies it on the tensor cores in that dtype anyway
-        tl.store(Z_b + offs_f[:, None] * P + offs_p[None, :],
-                 _cast_out(acc * inv_a.to(ACC), Z.dtype.element_ty, DOT_F32), mask=mask_p[None, :])
+    inv_a, n = _term_params(PRM, bhd)
+    ACC = NT.dtype.element_ty
+    offs_f = f0 + tl.arange(0, FC)
+    offs_p = tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    tau = tl.load(TAU + bhd.to(tl.int64) * F_MAX + offs_f)
+    sw = tl.load(SW + bhd.to(tl.int64) * F_MAX + offs_f)
+    N_b = NT + bhd.to(tl.int64) * L
+    X_b = X + bh.to(tl.int64) * stride_xb
+    acc = tl.zeros((FC, BLOCK_P), dtype=ACC)
+    for l0 in range(0, tl.where(f0 < n, L, 0), BLOCK_L):
+        offs_l = l0 + tl.arange(0, BLOCK_L)
+        mask_l = offs_l < L
+        t = tl.load(N_b + offs_l, mask=mask_l, other=0.0)       # padded rows: x = 0 there
+        xt = tl.load(X_b + offs_l[:, None] * stride_xl + offs_p[None, :],
+                     mask=mask_l[:, None] & mask_p[None, :], other=0.0)
+        phi_t = _exp_features(t, tau, sw, True)
+        acc += _mm(phi_t, xt, xt.dtype, DOT_F32, PRECISION).to(ACC)
+    Z_b = Z + bhd.to(tl.int64) * (F_MAX * P)
+    # stored in the dot dtype: every use multiplies it on the tensor cores in that dtype anyway
+    tl.store(Z_b + offs_f[:, None] * P + offs_p[None, :],
+             _cast_out(acc * inv_a.to(ACC), Z.dtype.element_ty, DOT_F32), mask=(offs_f < n)[:, None] & mask_p[None, :])
+
+
+@triton.jit
+def _rows_chunk(t, TAU_d, SW_d, W_d, f0, xx, offs_c, offs_p, mask_p, P, acc, ACC: tl.constexpr,
+                DT: tl.constexpr, WITH_OUT: tl.constexpr, WITH_GRAD: tl.constexpr, DOT_F32: tl.constexpr,
+                PRECISION: tl.constexpr):
+    # one feature chunk of one term: acc += Phi W (WITH_OUT); returns acc and the chunk's
+    # -sum_m tau_m phi_m(t) (XX . W_m) per row (WITH_GRAD; zeros otherwise)
+    tau = tl.load(TAU_d + f0 + offs_c)
+    sw = tl.load(SW_d + f0 + offs_c)
+    w = tl.load(W_d + (f0 + offs_c)[:, None] * P + offs_p[None, :], mask=mask_p[None, :], other=0.0)
+    phi = _exp_features(t, tau, sw, False)
+    if WITH_OUT:
+        acc += _mm(phi, w, DT, DOT_F32, PRECISION).to(ACC)
+    g = tl.zeros_like(t)
+    if WITH_GRAD:
+        s = _mm(xx, tl.trans(w), DT, DOT_F32, PRECISION).to(ACC)     # XX_i . W_dm
+        g = -tl.sum(phi * s * tau[None, :], axis=1)
+    return acc, g
 
 
 @triton.jit
 def _expsum_rows_kernel(
-    NT, W, PRM, XX, OUT, DN,
+    NT, W, PRM, TAU, SW, XX, OUT, DN,
     L, P, L_BUCKET,
     stride_xxb, stride_xxl, stride_ob, stride_ol,
     D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, F_MAX: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -356,30 +376,31 @@ def _expsum_rows_kernel(
     mask_lp = mask_l[:, None] & mask_p[None, :]
     N_b = NT + bh.to(tl.int64) * (D * L)
     W_b = W + bh.to(tl.int64) * (D * F_MAX * P)
+    NODES_b = bh.to(tl.int64) * (D * F_MAX)
     DT = W.dtype.element_ty
     ACC = NT.dtype.element_ty
     acc = tl.zeros((BLOCK_L, BLOCK_P), dtype=ACC)
     dn = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
+    xx = tl.zeros((BLOCK_L, BLOCK_P), dtype=DT)
     if WITH_GRAD:
         xx = tl.load(XX + bh.to(tl.int64) * stride_xxb + offs_l[:, None] * stride_xxl + offs_p[None, :],
                      mask=mask_lp, other=0.0)
-    for d in range(D):
-        inv_a, s_lo, h, n = _term_params(PRM, bh * D + d)
+    for d in range(D):              # every term's first chunk (all terms have one)
+        inv_a, n = _term_params(PRM, bh * D + d)
         t = tl.load(N_b + d * L + offs_l, mask=mask_l, other=0.0)
-        gsum = tl.zeros((BLOCK_L, FC), dtype=ACC)      # summed over chunks, reduced once per term
-        for f0 in range(0, n, FC):
-            offs_f = f0 + offs_c
-            tau, sw = _chunk_nodes(s_lo, h, offs_f, ACC)
-            w = tl.load(W_b + d * (F_MAX * P) + offs_f[:, None] * P + offs_p[None, :], mask=mask_p[None, :],
-                        other=0.0)
-            phi = _exp_features(t, tau, sw, False)
-            if WITH_OUT:
-                acc += _mm(phi, w, DT, DOT_F32, PRECISION).to(ACC)
-            if WITH_GRAD:
-                s = _mm(xx, tl.trans(w), DT, DOT_F32, PRECISION).to(ACC)     # XX_i . W_dm
-                gsum += phi * s * tau[None, :]
+        acc, g = _rows_chunk(t, TAU + NODES_b + d * F_MAX, SW + NODES_b + d * F_MAX, W_b + d * (F_MAX * P), 0, xx,
+                             offs_c, offs_p, mask_p, P, acc, ACC, DT, WITH_OUT, WITH_GRAD, DOT_F32, PRECISION)
         if WITH_GRAD:
-            dn = _put(dn, offs_d, d, -tl.sum(gsum, axis=1) * inv_a.to(ACC))
+            dn = _put(dn, offs_d, d, g * inv_a.to(ACC))
+    for d in range(D):              # further chunks: terms whose spread exceeds R_ONE_CHUNK (usually none)
+        inv_a, n = _term_params(PRM, bh * D + d)
+        t = tl.load(N_b + d * L + offs_l, mask=mask_l, other=0.0)
+        for f0 in range(FC, n, FC):
+            acc, g = _rows_chunk(t, TAU + NODES_b + d * F_MAX, SW + NODES_b + d * F_MAX, W_b + d * (F_MAX * P), f0,
+                                 xx, offs_c, offs_p, mask_p, P, acc, ACC, DT, WITH_OUT, WITH_GRAD, DOT_F32,
+                                 PRECISION)
+            if WITH_GRAD:
+                dn = _put(dn, offs_d, d, g * inv_a.to(ACC))
     if WITH_OUT:
         tl.store(OUT + bh.to(tl.int64) * stride_ob + offs_l[:, None] * stride_ol + offs_p[None, :],
                  _cast_out(acc, OUT.dtype.element_ty, DOT_F32), mask=mask_lp)
@@ -440,17 +461,20 @@ def _block_p(P):
 
 def _expsum_prep(xn3, yn3, acc, quad, fc, f_max):
     """Per (batch element, term): the scaled transposed nodes ``ut = (xn/a)^T``, ``vt = (yn/a)^T``
-    (bh, D, L) in ``acc`` and the float64 table (1/a, s_lo, h, n) (bh, D, 4); see the comment above."""
+    (bh, D, L) in ``acc``, and the per-term tables: (1/a, n) (bh, D, 2) in float64, tau and sqrt(w)
+    (bh, D, f_max) in ``acc``; see the comment above."""
     bh, L, D = xn3.shape
     ut = torch.empty((bh, D, L), dtype=acc, device=xn3.device)
     vt = torch.empty_like(ut)
-    prm = torch.empty((bh, D, 4), dtype=torch.float64, device=xn3.device)
+    prm = torch.empty((bh, D, 2), dtype=torch.float64, device=xn3.device)
+    nodes = torch.empty((2, bh, D, f_max), dtype=acc, device=xn3.device)        # tau, sqrt(w)
     d_pad = _next_pow2(D)
     block = (_EXPSUM_INTERPRET_BLOCK if _interpreting()
              else min(_PREP_MAX_ELEMENTS // d_pad, max(16, _next_pow2(L))))
-    _expsum_prep_kernel[(bh,)](xn3, yn3, ut, vt, prm, quad, L, *xn3.stride(), *yn3.stride(), D=D, D_PAD=d_pad,
-                               FC=fc, F_MAX=f_max, R_LIMIT=R_MAX, BLOCK_L=block)
-    return ut, vt, prm
+    _expsum_prep_kernel[(bh,)](xn3, yn3, ut, vt, prm, nodes[0], nodes[1], quad, L, *xn3.stride(), *yn3.stride(),
+                               D=D, D_PAD=d_pad, FC=fc, F_MAX=f_max, F_PAD=_next_pow2(f_max), R_LIMIT=R_MAX,
+                               BLOCK_L=block)
+    return ut, vt, (prm, nodes[0], nodes[1])
 
 
 def _expsum_reduce(nt, x3, prm, fc, f_max, precision):
@@ -459,7 +483,7 @@ def _expsum_reduce(nt, x3, prm, fc, f_max, precision):
     bh, L, P = x3.shape
     D = nt.shape[1]
     z = torch.empty((bh, D, f_max, P), dtype=x3.dtype, device=x3.device)
-    _expsum_launch("reduce", (nt, x3, prm, z, L, P), lambda bl: bh * D * (f_max // fc), L,
+    _expsum_launch("reduce", (nt, x3, *prm, z, L, P), lambda bl: bh * D * (f_max // fc), L,
                    _strides=(x3.stride(0), x3.stride(1)), D=D, FC=fc, F_MAX=f_max, BLOCK_P=_block_p(P),
                    PRECISION=precision)
     return z
@@ -472,7 +496,7 @@ def _expsum_rows(nt, w, prm, fc, precision, xx=None, out=None, dn=None):
     xx_ = xx if xx is not None else w          # placeholders of unused pointers (never read or written)
     out_ = out if out is not None else w
     dn_ = dn if dn is not None else nt
-    _expsum_launch("rows", (nt, w, prm, xx_, out_, dn_, L, P), lambda bl: bh * _cdiv(L, bl), L,
+    _expsum_launch("rows", (nt, w, *prm, xx_, out_, dn_, L, P), lambda bl: bh * _cdiv(L, bl), L,
                    _strides=(xx_.stride(0), xx_.stride(1), out_.stride(0), out_.stride(1)),
                    D=D, D_PAD=_next_pow2(D), FC=fc, F_MAX=f_max, BLOCK_P=_block_p(P),
                    WITH_OUT=out is not None, WITH_GRAD=dn is not None, PRECISION=precision)
@@ -488,13 +512,13 @@ class _ExpSumProduct(torch.autograd.Function):
         z = _expsum_reduce(vt, x3, prm, fc, f_max, precision)
         y3 = torch.empty_like(x3)
         _expsum_rows(ut, z, prm, fc, precision, out=y3)
-        ctx.save_for_backward(x3, ut, vt, prm, z)
+        ctx.save_for_backward(x3, ut, vt, *prm, z)
         ctx.meta = (precision, fc, f_max, xn3.dtype, yn3.dtype)
         return y3
 
     @staticmethod
     def backward(ctx, gy):
-        x3, ut, vt, prm, z = ctx.saved_tensors
+        x3, ut, vt, *prm, z = ctx.saved_tensors
         precision, fc, f_max, xn_dtype, yn_dtype = ctx.meta
         need_x, need_xn, need_yn = ctx.needs_input_grad[:3]
         g3 = gy.to(x3.dtype)
