@@ -513,7 +513,7 @@ def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=Fals
                 torch.cuda.empty_cache()
     for L in (lengths if "sdpa" in kinds else []):
         fn, args = _sdpa(L, device, dtype, seed=L, shapes=shapes)
-        rec = {"kind": "sdpa", "method": "sdpa", "L": L, **_measure(fn, args, do_bench, device)}
+        rec = {"kind": "sdpa", "method": "sdpa", "L": L, **_measure(fn, args, do_bench, device, graph=True)}
         results.append(rec)
         print(json.dumps(rec), flush=True)
     payload["targets"] = _targets(results, lengths)
