@@ -115,11 +115,11 @@ def vandermonde_matmul(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale=
     rounded to its dtype on the tensor cores, accumulating in float32); float64 inputs run the same
     kernels in float64 with accurate cosines. Cost per batch element: 2 L^2 d cosines (4 L^2 d
     sines/cosines in the backward pass) and 2 L^2 P multiply-adds per pass; memory O(L (P + d)).
-    Measured on an H100 (``results/bench/kernels_matfree.json``): bf16, B=8, H=12, P=128, d=16,
-    L=2048: 8.3 ms forward, 25.7 ms forward+backward, bound by the quarter-rate pipe that runs the
-    sines/cosines *and* the floor of the turn reduction (one FRND per MUFU op in the SASS); the
-    reduction now uses two full-rate adds instead (:func:`_reduce_turns`), which halves that pipe's
-    instruction count (sm_90 SASS: 1.0 instead of 2.0 quarter-rate ops per cosine) -- re-measure.
+    Measured on an H100 (``results/bench/kernels_matfree.json``, session 6): bf16, B=8, H=12, P=128,
+    d=16, L=2048: 7.0 ms forward, 28.8 ms forward+backward (8.3 / 25.7 ms before the turn reduction
+    used two full-rate adds instead of a floor, :func:`_reduce_turns`: the forward gained, the backward,
+    with its sines and the per-term reductions, did not). Bound by the quarter-rate pipe of the
+    sines/cosines.
     Backward: ``dx = M^T g``, ``dq_id = -2 pi s sum_j (g_i . x_j) j sin(2 pi s q_id j)``,
     ``dk_jd = 2 pi s sum_i (g_i . x_j) i sin(2 pi s k_jd i)``.
     Reference: FlashAttention's tiling (Dao et al. 2022, arXiv 2205.14135); the NUFFT (type 1/2) view

@@ -1,7 +1,7 @@
 """Where a Cauchy exp-sum product's time goes on the GPU at the benchmark shape (batch 8, 12 heads, headdim 128,
-qk_dim 16, bf16): its forward measured a flat 2.6 ms from L = 512 to 2048 (results/bench/kernels_matfree.json),
-far above its kernels' FLOP and exponential counts. Prints wall time per call with and without a device sync,
-then torch.profiler's top host ops and CUDA kernels for a few calls. Next-session diagnostic, not yet run.
+qk_dim 16, bf16). Prints wall time per call with and without a device sync, then torch.profiler's top host ops
+and CUDA kernels for a few calls. Session 5 found the old path host-bound (a sync per call to size the
+expansion); session 6 ran it after each rewrite (results/bench/profile-cauchy-cuda.log, checks_s6b.sh).
 
     PYTHONPATH=. python results/device-scripts/profile_cauchy.py [--L 512] [--backward]
 """
