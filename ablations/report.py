@@ -185,11 +185,12 @@ def _put(row: dict, col: str, vals: list) -> None:
 
 
 def spearman(ours, paper) -> dict | None:
-    """Spearman rank correlation over the rows where both values exist (None with fewer than 3)."""
+    """Spearman rank correlation over the rows where both values exist (None with fewer than 3, or where
+    either side is constant there: the coefficient is undefined, e.g. a smoke grid whose runs all tie)."""
     from scipy.stats import spearmanr
     a, b = np.asarray(ours, dtype=float), np.asarray(paper, dtype=float)
     keep = np.isfinite(a) & np.isfinite(b)  # inf marks "not evaluable" (a fixed mixer at another length)
-    if keep.sum() < 3:
+    if keep.sum() < 3 or np.ptp(a[keep]) == 0 or np.ptp(b[keep]) == 0:
         return None
     res = spearmanr(a[keep], b[keep])
     return {"rho": float(res.statistic), "p": float(res.pvalue), "n": int(keep.sum())}

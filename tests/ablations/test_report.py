@@ -180,3 +180,10 @@ def test_missing_dir_and_empty_dir(tmp_path):
         report.build_table(tmp_path)
     with pytest.raises(ValueError, match="reference must be one of table2"):
         report.load_reference("table9")
+
+
+def test_spearman_is_none_where_undefined():
+    assert report.spearman([1.0, 2.0], [1.0, 2.0]) is None                      # fewer than 3 rows
+    assert report.spearman([0.5, 0.5, 0.5, 0.5], [1.0, 2.0, 3.0, 4.0]) is None  # ties everywhere: undefined
+    assert report.spearman([1.0, 2.0, float("inf"), 3.0], [2.0, 4.0, 5.0, 6.0])["n"] == 3
+    assert report.spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])["rho"] == -1.0
