@@ -30,7 +30,7 @@ def dense_features(theta, nodes):
     return torch.cos(theta.double()[..., :, None, :] * nodes.double()[:, None]).sum(-1)
 
 
-@pytest.mark.parametrize("L, D, n", [(1, 1, 1), (5, 3, 7), (37, 4, 22), (70, 16, 65)])
+@pytest.mark.parametrize("L, D, n", [(1, 1, 1), (5, 3, 7), (37, 4, 22), (45, 16, 33)])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
 def test_matches_the_torch_reference_with_gradients(L, D, n, dtype, tol):
     theta = angles((2, 3, L, D), seed=L + n).to(DEVICE, dtype)
