@@ -8,9 +8,9 @@ for L = 512 ... 16384. For each product it measures forward and forward+backward
 memory of one forward+backward, for
 
 * ``triton``: :func:`kernels.cauchy_matmul` / :func:`kernels.vandermonde_matmul` (exact, tiled);
-* ``expsum_triton`` / ``expsum_triton_eps1e-3`` (Cauchy): ``structured.cauchy.cauchy_matmul_expsum``
+* ``expsum_triton`` / ``expsum_triton_eps1e-6`` (Cauchy): ``structured.cauchy.cauchy_matmul_expsum``
   dispatched to the fused exponential-sum kernel (``kernels.cauchy.cauchy_expsum_product``), at the
-  float32 default eps = 1e-6 and at eps = 1e-3 (below bf16's own rounding, 2^-9);
+  default eps for bf16 x, 1e-3 (below bf16's own rounding, 2^-8), and at float32's default, eps = 1e-6;
 * ``torch_tiled`` / ``torch_expsum`` / ``torch_nufft``: the torch algorithms of ``structured/`` (exact
   tiled; Cauchy's exponential-sum expansion as torch GEMMs, kernels forced off; Vandermonde's NUFFT,
   in float32);
@@ -68,9 +68,9 @@ VANDERMONDE_SCALE = 1e-3          # Hydra's code (notes section 1.3)
 SINGLE_SHOT_S = 0.5               # slower than this: one timed run instead of do_bench
 GIVE_UP_S = 3.0                   # predicted slower than this at the next L (quadratic in L): not run
 KINDS = ("cauchy", "vandermonde", "sdpa")
-OURS = ("triton", "expsum_triton", "expsum_triton_eps1e-3")   # run at every L (no give-up)
+OURS = ("triton", "expsum_triton", "expsum_triton_eps1e-6")   # run at every L (no give-up)
 # also timed as CUDA-graph replays (no host synchronization inside; the Chebyshev path reads Omega on the host)
-GRAPHED = ("triton", "expsum_triton", "expsum_triton_eps1e-3", "materialize", "sdpa")
+GRAPHED = ("triton", "expsum_triton", "expsum_triton_eps1e-6", "materialize", "sdpa")
 H100_SXM_BOOST_HZ = 1.98e9        # for the special-function roofline (16 MUFU results / clock / SM)
 
 
@@ -118,7 +118,7 @@ def _methods(kind):
         return {
             "triton": lambda x, q, k: kernels.cauchy_matmul(x, q, k, c),
             "expsum_triton": mode("on", lambda x, q, k: cauchy_matmul_expsum(x, q, k, c)),
-            "expsum_triton_eps1e-3": mode("on", lambda x, q, k: cauchy_matmul_expsum(x, q, k, c, eps=1e-3)),
+            "expsum_triton_eps1e-6": mode("on", lambda x, q, k: cauchy_matmul_expsum(x, q, k, c, eps=1e-6)),
             "torch_tiled": mode("off", lambda x, q, k: cauchy_matmul_tiled(x, q, k, c)),
             "torch_expsum": mode("off", lambda x, q, k: cauchy_matmul_expsum(x, q, k, c)),
             "materialize": lambda x, q, k: _materialized_cauchy(x, q, k, c),
@@ -373,12 +373,14 @@ def _plot(results, path, shapes):
     plt.close(fig)
 
 
-def _expsum_features(args, eps):
+def _expsum_features(args, eps=None):
     """Features per term the expansion kernel uses on these inputs: the largest over batch elements and
-    terms (each term's node count for eps and its own R, rounded up to a multiple of 16)."""
+    terms (each term's node count for eps and its own R, rounded up to a multiple of the chunk); eps None:
+    the default for x's dtype."""
     from kernels.cauchy import expsum_chunk, expsum_feature_count
-    from structured.cauchy import _node_scaling, node_count
-    _, q, k = args
+    from structured.cauchy import DEFAULT_EPS, _node_scaling, node_count
+    x, q, k = args
+    eps = DEFAULT_EPS[x.dtype] if eps is None else eps
     _, R = _node_scaling(q.float(), k.float())
     return expsum_feature_count(node_count(eps, R), expsum_chunk(eps))
 
@@ -487,7 +489,7 @@ def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=Fals
                 if configs:
                     rec["configs"] = configs
                 if name.startswith("expsum_triton"):
-                    F = _expsum_features(args, 1e-3 if name.endswith("eps1e-3") else 1e-6)
+                    F = _expsum_features(args, 1e-6 if name.endswith("eps1e-6") else None)
                     rec["features_per_term"] = F
                     if "fwd_ms" in rec:   # two GEMM launches of 2 L d F P flops per batch element
                         flops = 4 * shapes["batch"] * shapes["heads"] * L * shapes["qk_dim"] * F * shapes["headdim"]

@@ -40,8 +40,11 @@ Fast products (none builds an L x L tensor)
 
     where rounding <= gamma (|M||x|), gamma = (L + D M + 32) u (u = unit roundoff; worst case, typically
     sqrt of that). The gradients are exact derivatives of the expansion, whose derivative kernel obeys the
-    same eps bound, so autograd through ``U (V^T x)`` is both correct and accurate. Default eps:
-    1e-13 in float64, 1e-6 in float32 (the fp32 summation floor is ~sqrt(M) 2^-24).
+    same eps bound, so autograd through ``U (V^T x)`` is both correct and accurate. Default eps, by the
+    dtype of x: 1e-13 in float64, 1e-6 in float32 (the fp32 summation floor is ~sqrt(M) 2^-24), 1e-3 for
+    bfloat16 and 1e-4 for float16 x: below their unit roundoff (2^-8, 2^-11), which the rounding of x (and
+    on the GPU of the features) adds anyway, so a smaller eps buys no visible accuracy (H100, L = 512:
+    max entrywise error / (|M||x|) 1.0e-3 at eps 1e-6 and at 1e-3) and costs up to ~1.4x the time.
     Range: positive nodes (validated, or the mixer's exp/softplus) put every ``z`` in ``[1, R]`` with a finite
     R, and the quadrature meets eps for *every* R (M grows only like ln R), so the exact ``tiled`` path is
     needed only where it is cheaper (short L, see "Choosing") or asked for; a non-positive denominator raises.
@@ -109,8 +112,9 @@ from .base import (
 from .tiled import check_method_options, check_tile, tiled_matmul
 
 FAST_METHODS = ("auto", "expsum", "tiled")
-#: Default entrywise relative accuracy of the exponential-sum expansion, per compute dtype.
-DEFAULT_EPS = {torch.float64: 1e-13, torch.float32: 1e-6}
+#: Default entrywise relative accuracy of the exponential-sum expansion, per dtype of x (the product's
+#: operand): below each dtype's unit roundoff (module docstring, "Default eps").
+DEFAULT_EPS = {torch.float64: 1e-13, torch.float32: 1e-6, torch.bfloat16: 1e-3, torch.float16: 1e-4}
 #: Accepted range of ``eps`` (below 1e-15 float64 rounding dominates; above 0.1 it is not an approximation).
 EPS_RANGE = (1e-15, 0.1)
 
@@ -139,8 +143,9 @@ def _check_eps(eps) -> float | None:
     if eps is None:
         return None
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (EPS_RANGE[0] <= eps <= EPS_RANGE[1]):
-        raise ValueError(f"eps must be None (per-dtype default {DEFAULT_EPS[torch.float64]:g} for float64, "
-                         f"{DEFAULT_EPS[torch.float32]:g} for float32) or a float in [{EPS_RANGE[0]:g}, "
+        raise ValueError(f"eps must be None (a default per dtype of x: "
+                         f"{', '.join(f'{v:g} for {str(k)[6:]}' for k, v in DEFAULT_EPS.items())}) or a float in "
+                         f"[{EPS_RANGE[0]:g}, "
                          f"{EPS_RANGE[1]:g}], got {eps!r}")
     return float(eps)
 
@@ -366,7 +371,8 @@ class Cauchy(StructuredMatrix):
         loops whose parameters are positive by construction (shapes are always checked); the GPU kernels
         then run without any synchronization and give NaN where the expansion's range is left.
     eps : entrywise relative accuracy of the ``expsum`` fast path, in [1e-15, 0.1]; None = 1e-13 for
-        float64 and 1e-6 for float32/half computations. Must be None with ``method_fast="tiled"``.
+        float64, 1e-6 for float32, 1e-3 for bfloat16 and 1e-4 for float16 (the dtype of x in a product; of
+        the parameters for :attr:`error_eps`). Must be None with ``method_fast="tiled"``.
     method_fast : ``"auto"`` (cheaper of the two by the cost model), ``"expsum"`` or ``"tiled"``.
     tile : rows per tile of the tiled path (None = automatic, ~``structured.base.BLOCK_ELEMENTS`` elements
         per block on the CPU, ``DEVICE_BLOCK_ELEMENTS`` on accelerators). Must be None with
@@ -382,7 +388,8 @@ class Cauchy(StructuredMatrix):
     property_name = "per term: rank(D_{q+c} C + C D_k) <= 1"
     approximate = True
     error_bound = ("expsum path: entrywise |y_hat - y| <= eps (|M| |x|) + (L + D M + 32) u (|M| |x|), gradients "
-                   "likewise; eps = 1e-13 (float64) / 1e-6 (float32) unless given (see error_eps); the tiled "
+                   "likewise; eps = 1e-13 / 1e-6 / 1e-3 / 1e-4 for float64 / float32 / bfloat16 / float16 x "
+                   "unless given (see error_eps); the tiled "
                    "path is exact")
 
     def __init__(self, q: torch.Tensor, k: torch.Tensor, c=0.0, validate: bool = True, eps: float | None = None,
@@ -420,22 +427,23 @@ class Cauchy(StructuredMatrix):
     def _eps_for(self, dtype: torch.dtype) -> float:
         if self.eps is not None:
             return self.eps
-        return DEFAULT_EPS.get(compute_dtype(dtype), DEFAULT_EPS[torch.float32])
+        return DEFAULT_EPS.get(dtype, DEFAULT_EPS[torch.float32])
 
     @property
     def error_eps(self) -> float:
-        """The eps of :attr:`error_bound` in effect for the parameters' compute dtype (0.0 if
+        """The eps of :attr:`error_bound` in effect for x of the parameters' dtype (0.0 if
         ``method_fast="tiled"``; the tiled path is exact up to rounding)."""
         return 0.0 if self.method_fast == "tiled" else self._eps_for(self.dtype)
 
     def plan(self, P: int = 1, dtype: torch.dtype | None = None) -> CauchyPlan:
-        """The method ``matmul`` uses for ``P`` right-hand sides in ``dtype`` (default: the parameters'
-        compute dtype), with the quantities the cost model compares. The backend (Triton kernels or torch,
+        """The method ``matmul`` uses for ``P`` right-hand sides of x in ``dtype`` (default: the parameters'
+        dtype; it sets the default eps, the nodes are taken in its compute dtype), with the quantities the cost model compares. The backend (Triton kernels or torch,
         by :func:`kernels.enabled` on the parameters' device) picks the cost model. On the kernels,
         ``n_nodes`` is the largest count over batch elements and terms (a multiple of the chunk), and the choice
         between the paths is made without the data: ``cost_expsum`` is taken at the kernels' largest
         feature count (``kernels.cauchy.expsum_max_features``), so that :meth:`matmul` decides it the same
         way without a device synchronization. Computing R here synchronizes (it is a report)."""
+        eps = self._eps_for(self.dtype if dtype is None else dtype)
         dtype = compute_dtype(self.dtype if dtype is None else dtype)
         L, D = self.length, self.order
         kc = _expsum_kernels(self.q)
@@ -444,7 +452,6 @@ class Cauchy(StructuredMatrix):
         cost_tiled = float(L) * L * (cm.tiled_term * D + cm.tiled_rhs * P)
         if self.method_fast == "tiled":
             return CauchyPlan("tiled", 0.0, math.nan, 0, 0, math.nan, cost_tiled, backend)
-        eps = self._eps_for(dtype)
         xn, yn = self._nodes(dtype)
         _, R = _node_scaling(xn, yn)
         if kc is None:
@@ -470,6 +477,7 @@ class Cauchy(StructuredMatrix):
             return "tiled", 0.0
         cm = COST_MODELS["triton"]
         eps = self._eps_for(dtype)
+        dtype = compute_dtype(dtype)
         cost_tiled = float(self.length) * self.length * (cm.tiled_term * self.order + cm.tiled_rhs * P)
         method, _ = self._choose(P, kc.expsum_max_features(eps), cm, cost_tiled)
         if method == "expsum" and self.validate:
@@ -502,7 +510,7 @@ class Cauchy(StructuredMatrix):
             plan = self.plan(x.shape[-1], x.dtype)
             method, eps = plan.method, plan.eps
         else:
-            method, eps = self._kernel_method(kc, x.shape[-1], compute_dtype(x.dtype))
+            method, eps = self._kernel_method(kc, x.shape[-1], x.dtype)
         # Every path takes the shift folded into the row nodes (xn = q + c, differentiable in c if a tensor).
         xn, yn = self._nodes(x.dtype)
         if method == "expsum":

@@ -273,7 +273,8 @@ def test_expsum_float64_within_stated_bound(kernels_on, eps, L):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("D", [1, 4])
 def test_expsum_matches_exact_reference(kernels_on, dtype, D):
-    """float32: within 1e-5 of the exact product (default eps 1e-6), bf16 within 1e-2 (issue 5 budgets),
+    """float32: within 1e-5 of the exact product (default eps 1e-6), bf16 (default eps 1e-3, below its
+    rounding) within 1e-2 (issue 5 budgets),
     float16 (computed in float32, output rounded) within 5e-3, values and gradients, and entrywise within
     the stated bound (float16's rounding term is counted at its own unit, an overestimate)."""
     L, P, c = 37, 6, 0.0
@@ -282,7 +283,9 @@ def test_expsum_matches_exact_reference(kernels_on, dtype, D):
     xd, gd = x.to(dtype).double(), g.to(dtype).double()       # what the kernel sees
     qd, kd = q.to(dtype).double(), k.to(dtype).double()
     plan, y, gx, gq, gk = run_expsum_class(x, q, k, c, g, None, dtype)
-    assert plan.backend == "triton" and plan.eps == 1e-6
+    import structured.cauchy as sc
+    assert plan.backend == "triton" and plan.eps == sc.DEFAULT_EPS[dtype]
+    assert dtype == torch.float32 or plan.eps < UNIT[dtype]     # halves: below their own rounding
     ref = expsum_reference(xd, qd, kd, c, gd)
     acc = torch.float32
     tol = plan.eps + 3 * UNIT[dtype] + (L + plan.rank + 32) * UNIT[acc] + (UNIT[dtype] if dtype != acc else 0.0)
@@ -405,12 +408,12 @@ def test_benchmark_smoke_run(tmp_path):
     with open(json_path) as f:
         payload = json.load(f)
     methods = {r["method"] for r in payload["results"] if r["kind"] == "cauchy"}
-    assert {"triton", "expsum_triton", "expsum_triton_eps1e-3", "torch_tiled", "torch_expsum", "materialize"} <= methods
+    assert {"triton", "expsum_triton", "expsum_triton_eps1e-6", "torch_tiled", "torch_expsum", "materialize"} <= methods
     assert all("fwd_bwd_ms" in r for r in payload["results"])
     acc = payload["accuracy_vs_float64"]["cauchy"]
-    for name in ("triton", "expsum_triton", "expsum_triton_eps1e-3"):
+    for name in ("triton", "expsum_triton", "expsum_triton_eps1e-6"):
         assert acc[name]["rel_fro_y"] <= 1e-2 and acc[name]["rel_fro_grad_q"] <= 2e-2, (name, acc[name])
-    assert set(payload["targets"]["cauchy"]) == {"triton", "expsum_triton", "expsum_triton_eps1e-3", "torch_tiled",
+    assert set(payload["targets"]["cauchy"]) == {"triton", "expsum_triton", "expsum_triton_eps1e-6", "torch_tiled",
                                                  "torch_expsum"}
 
 
