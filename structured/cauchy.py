@@ -81,7 +81,9 @@ takes the smaller. The crossover is ``L* ~= r (2P + 12) / (8D + 2P)``: P = 64, R
 give, in float32 (M ~ 46), L* ~= 90 for D = 2 and ~= 400 for the paper's D = 16; in float64 (M ~ 141,
 D = 16) L* ~= 1200. triton (GPU kernels; tensor-core flop units, calibrated on the H100 timings of the
 exact kernel, the expansion's constants estimated from its GEMM and exponential counts):
-``expsum ~ L r (12 P + 400)`` vs. ``tiled ~ L^2 (700 D + 6 P)``: L* ~= 80 to 170 at D = 16, P = 128.
+``expsum ~ L r (12 P + 400)`` vs. ``tiled ~ L^2 (700 D + 6 P)``, with r = D times the kernels' *largest*
+feature count (``kernels.cauchy.expsum_max_features``: 64 at bf16's default eps, 128 at 1e-6), so that the
+choice needs no look at the data (no sync): L* ~= 170 (bf16 x) and ~= 330 (float32 x) at D = 16, P = 128.
 Measured speed-ups of the fast path over ``to_dense() @ x`` are in ``results/bench/structured-cpu.json``
 (``mixerzoo bench structured --device cpu --out results/bench --threads 1``; about 33x at L = 4096 with
 the ``random()`` instances). :meth:`Cauchy.plan` reports the decision.
