@@ -40,7 +40,9 @@ the GPU's own time, as a captured training step or ``torch.compile(mode="reduce-
 the targets are given for both. The GPU is kept busy for two seconds first, so that no row meets idle clocks.
 
 Writes ``kernels_matfree.json`` (device, versions, command, all numbers) and ``kernels_matfree.png``
-(time vs L, log-log) into ``out``. Usage: ``python -m benchmarks.kernels_matfree --out results/bench``.
+(time vs L, log-log) into ``out``. Usage: ``python -m benchmarks.kernels_matfree --out results/bench``;
+``--kinds cauchy,sdpa`` and ``--methods expsum_triton,triton`` restrict a run (the file's other rows are kept:
+re-measure ours without re-running the slow baselines).
 ``--smoke`` runs tiny shapes (also on ``--device cpu``, kernels in Triton's interpreter, wall-clock
 medians) to check the script itself; its numbers are not performance data.
 """
@@ -253,8 +255,14 @@ def _measure(fn, args, do_bench, device, graph=False):
     return rec
 
 
-def _accuracy(kind, methods, args, seed):
-    """Every method's errors against the exact float64 product on the same inputs, values and gradients."""
+def method_names() -> list[str]:
+    """Every Cauchy and Vandermonde method of the benchmark (``--methods`` takes a subset)."""
+    return sorted(set(_methods("cauchy")) | set(_methods("vandermonde")))
+
+
+def _accuracy(kind, methods, args, seed, only=None):
+    """Every method's (or those in ``only``) errors against the exact float64 product on the same inputs,
+    values and gradients."""
     exact = methods["torch_tiled"]
     gen = torch.Generator(device=args[0].device).manual_seed(seed)
     g = torch.randn(args[0].shape, device=args[0].device, dtype=args[0].dtype, generator=gen)
@@ -271,6 +279,8 @@ def _accuracy(kind, methods, args, seed):
             ref_abs = exact(args[0].double().abs(), args[1].double(), args[2].double())
     out = {}
     for name, fn in methods.items():
+        if only is not None and name not in only:
+            continue
         try:
             mine = run(fn, args[0].dtype)
         except torch.cuda.OutOfMemoryError:
@@ -411,7 +421,8 @@ def _kernel_configs(kind, method, L):
     return None
 
 
-def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=False) -> list[str]:
+def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=False,
+        methods=None) -> list[str]:
     """Run the benchmark on ``device`` and write JSON + PNG into ``out``; return their paths.
 
     ``kinds``: a subset of ``KINDS``. If ``out`` already holds a ``kernels_matfree.json``, its results for
@@ -419,10 +430,19 @@ def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=Fals
     ``smoke``: tiny shapes and lengths (``SMOKE_SHAPES``, ``SMOKE_LENGTHS``), the only mode allowed on
     the CPU (kernels in Triton's interpreter, which must be enabled before triton is imported:
     :func:`main` does it).
+    ``methods``: None (all) or a subset of the Cauchy / Vandermonde method names (``method_names()``): only
+    those rows are measured, and the file's rows of the other methods are kept (re-measure ours without
+    re-running the slow baselines).
     """
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise ValueError(f"kinds must be a subset of {KINDS}, got {tuple(kinds)}")
+    if methods is not None:
+        allowed = method_names()
+        unknown = sorted(set(methods) - set(allowed))
+        if unknown or not methods:
+            raise ValueError(f"methods must be a non-empty subset of {allowed}, got {tuple(methods)}")
+        methods = frozenset(methods)
     on_gpu = str(device).startswith("cuda")
     if not on_gpu and not (smoke and str(device) == "cpu"):
         raise ValueError(f"device must be a CUDA device, or 'cpu' with smoke=True (a check of the script), "
@@ -464,17 +484,22 @@ def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=Fals
         with open(json_path) as f:
             old = json.load(f)
         if bool(old.get("smoke", False)) == smoke:
-            payload["results"] = [r for r in old.get("results", []) if r["kind"] not in kinds]
-            payload["accuracy_vs_float64"] = {k: v for k, v in old.get("accuracy_vs_float64", {}).items()
-                                              if k not in kinds}
+            rerun = lambda kind, method: kind in kinds and (methods is None or method in methods  # noqa: E731
+                                                            or kind == "sdpa")
+            payload["results"] = [r for r in old.get("results", []) if not rerun(r["kind"], r["method"])]
+            payload["accuracy_vs_float64"] = {
+                k: {m: v for m, v in acc.items() if m == "L" or not rerun(k, m)}
+                for k, acc in old.get("accuracy_vs_float64", {}).items() if methods is not None or k not in kinds}
             payload["earlier_commands"] = old.get("earlier_commands", []) + [old.get("command")]
     results = payload["results"]
     for kind in [k for k in ("cauchy", "vandermonde") if k in kinds]:
-        methods = _methods(kind)
+        fns = _methods(kind)
         given_up = {}
         for L in lengths:
             args = _inputs(kind, L, device, dtype, seed=L, shapes=shapes)
-            for name, fn in methods.items():
+            for name, fn in fns.items():
+                if methods is not None and name not in methods:
+                    continue
                 rec = {"kind": kind, "method": name, "L": L}
                 if name in given_up:
                     rec["error"] = given_up[name]
@@ -507,7 +532,8 @@ def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=Fals
                 print(json.dumps(rec), flush=True)
                 _write(json_path, payload)
             if L == lengths[0]:   # one accuracy check per kind, every method, against float64 (same inputs)
-                payload.setdefault("accuracy_vs_float64", {})[kind] = {"L": L, **_accuracy(kind, methods, args, L)}
+                acc = payload.setdefault("accuracy_vs_float64", {}).setdefault(kind, {})
+                acc.update({"L": L, **_accuracy(kind, fns, args, L, only=methods)})
                 print(json.dumps(payload["accuracy_vs_float64"][kind]), flush=True)
                 _write(json_path, payload)
             del args
@@ -573,6 +599,8 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true",
                    help=f"tiny shapes {SMOKE_SHAPES}, L in {SMOKE_LENGTHS}: checks the script (also on --device cpu)")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {KINDS}")
+    p.add_argument("--methods", default=None, help="comma-separated Cauchy/Vandermonde methods to measure (default "
+                   "all); the other methods' rows already in --out are kept")
     p.add_argument("--merge", nargs="+", metavar="JSON", default=None,
                    help="run nothing: merge these kernels_matfree.json files (separate calls) into --out, redraw")
     a = p.parse_args(argv)
@@ -582,7 +610,9 @@ def main(argv=None):
         return
     if a.device == "cpu" and a.smoke and "triton" not in sys.modules:
         os.environ.setdefault("TRITON_INTERPRET", "1")   # before triton is imported
-    for path in run(a.device, a.out, a.quick, tuple(k for k in a.kinds.split(",") if k), smoke=a.smoke):
+    methods = None if a.methods is None else tuple(m for m in a.methods.split(",") if m)
+    for path in run(a.device, a.out, a.quick, tuple(k for k in a.kinds.split(",") if k), smoke=a.smoke,
+                    methods=methods):
         print(path)
 
 

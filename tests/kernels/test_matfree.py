@@ -450,3 +450,21 @@ def test_vandermonde_turn_reduction_float32():
     small = t.double().abs() < 2.0 ** 22
     assert (r[small].abs() <= 0.5).all()
     assert torch.allclose(torch.cos(2 * math.pi * r), torch.cos(2 * math.pi * t.double()), atol=1e-9)
+
+
+def test_benchmark_methods_filter_keeps_the_other_rows(tmp_path):
+    """``--methods`` re-measures some rows and keeps the file's others (values and accuracy alike)."""
+    import json
+
+    from benchmarks import kernels_matfree as bench
+    with pytest.raises(ValueError, match="methods must be a non-empty subset of"):
+        bench.run(device=DEVICE, out=str(tmp_path), smoke=True, kinds=("cauchy",), methods=("fastest",))
+    bench.run(device=DEVICE, out=str(tmp_path), smoke=True, kinds=("cauchy",), methods=("torch_tiled", "materialize"))
+    json_path, _ = bench.run(device=DEVICE, out=str(tmp_path), smoke=True, kinds=("cauchy",),
+                             methods=("expsum_triton",))
+    with open(json_path) as f:
+        payload = json.load(f)
+    rows = {(r["method"], r["L"]) for r in payload["results"]}
+    assert rows == {(m, L) for m in ("torch_tiled", "materialize", "expsum_triton") for L in bench.SMOKE_LENGTHS}
+    assert set(payload["accuracy_vs_float64"]["cauchy"]) == {"L", "torch_tiled", "materialize", "expsum_triton"}
+    assert payload["earlier_commands"]
