@@ -387,12 +387,11 @@ def _expsum_features(args, eps=None):
     """Features per term the expansion kernel uses on these inputs: the largest over batch elements and
     terms (each term's node count for eps and its own R, rounded up to a multiple of the chunk); eps None:
     the default for x's dtype."""
-    from kernels.cauchy import expsum_chunk, expsum_feature_count
-    from structured.cauchy import DEFAULT_EPS, _node_scaling, node_count
+    from kernels.cauchy import expsum_features
+    from structured.cauchy import DEFAULT_EPS, _node_scaling
     x, q, k = args
-    eps = DEFAULT_EPS[x.dtype] if eps is None else eps
     _, R = _node_scaling(q.float(), k.float())
-    return expsum_feature_count(node_count(eps, R), expsum_chunk(eps))
+    return expsum_features(DEFAULT_EPS[x.dtype] if eps is None else eps, R)
 
 
 def _chebyshev_points(args):

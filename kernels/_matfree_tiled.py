@@ -65,6 +65,16 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# plain-Python forms of triton.cdiv / triton.next_power_of_2 (those are Triton functions: ~6 us per call
+# from Python, a visible part of a product's host time at L ~ 512)
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 # ----------------------------------------------------------------------------------------------------
 # kernels
 # ----------------------------------------------------------------------------------------------------
@@ -304,17 +314,17 @@ def _launch(role, term, args, L, bh, **meta):
     block = _GRID_BLOCK[role]
     if _interpreting():
         blk = _INTERPRET_BLOCK
-        kernel[(bh * triton.cdiv(L, blk),)](*args, BLOCK_M=blk, BLOCK_N=blk, **meta)
+        kernel[(bh * _cdiv(L, blk),)](*args, BLOCK_M=blk, BLOCK_N=blk, **meta)
     elif L < AUTOTUNE_MIN_LENGTH:
         bm, bn, w, st = _FIXED
-        kernel[(bh * triton.cdiv(L, bm if block == "BLOCK_M" else bn),)](
+        kernel[(bh * _cdiv(L, bm if block == "BLOCK_M" else bn),)](
             *args, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, **meta)
     else:
-        _tuned(term.name, role)[lambda m: (bh * triton.cdiv(L, m[block]),)](*args, **meta)
+        _tuned(term.name, role)[lambda m: (bh * _cdiv(L, m[block]),)](*args, **meta)
 
 
 def _common(D, P, precision):
-    return {"D": D, "BLOCK_P": max(16, triton.next_power_of_2(P)), "DOT_F32": _interpreting(),
+    return {"D": D, "BLOCK_P": max(16, _next_pow2(P)), "DOT_F32": _interpreting(),
             "PRECISION": precision, "FAST": not _interpreting()}
 
 
@@ -327,7 +337,7 @@ def _pair_flag(term, qt, kt):
 def _launch_fwd(x3, qt, kt, pair_ok, term, precision):
     bh, L, P = x3.shape
     y = torch.empty_like(x3)
-    args = (x3, qt, kt, y, pair_ok, L, P, triton.next_power_of_2(L), x3.stride(0), x3.stride(1),
+    args = (x3, qt, kt, y, pair_ok, L, P, _next_pow2(L), x3.stride(0), x3.stride(1),
             y.stride(0), y.stride(1))
     _launch("fwd", term, args, L, bh, VALUE=term.value, VALUE2=term.value2, **_common(qt.shape[1], P, precision))
     return y
@@ -339,8 +349,8 @@ def _launch_bwd(x3, g3, qt, kt, pair_ok, term, precision):
     dx = torch.empty_like(x3)
     dqt = torch.empty_like(qt)
     dkt = torch.empty_like(kt)
-    meta = dict(_common(D, P, precision), TERMS=term.terms, TERMS2=term.terms2, D_PAD=triton.next_power_of_2(D))
-    lb = triton.next_power_of_2(L)
+    meta = dict(_common(D, P, precision), TERMS=term.terms, TERMS2=term.terms2, D_PAD=_next_pow2(D))
+    lb = _next_pow2(L)
     _launch("cols", term, (x3, g3, qt, kt, dx, dkt, pair_ok, L, P, lb, x3.stride(0), x3.stride(1),
                            g3.stride(0), g3.stride(1), dx.stride(0), dx.stride(1)), L, bh, **meta)
     _launch("rows", term, (x3, g3, qt, kt, dqt, pair_ok, L, P, lb, x3.stride(0), x3.stride(1),

@@ -18,7 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._matfree_tiled import DOT_PRECISIONS, Term, _interpreting, _put, check_args, matfree_matmul, upcast_nodes
+from ._matfree_tiled import (DOT_PRECISIONS, Term, _cdiv, _interpreting, _next_pow2, _put, check_args, matfree_matmul,
+                             upcast_nodes)
 
 
 @triton.jit
@@ -175,12 +176,18 @@ def expsum_chunk(eps: float) -> int:
     return min(64, max(16, _next_pow2(node_count(eps, R_ONE_CHUNK))))
 
 
+def expsum_features(eps: float, R: float) -> int:
+    """Features the kernels evaluate for a term of spread ``R`` at accuracy ``eps`` (what the prep kernel
+    computes on the device, here on the host: the node count rounded up to whole chunks)."""
+    from structured.cauchy import node_count
+    return expsum_feature_count(node_count(eps, R), expsum_chunk(eps))
+
+
 @functools.lru_cache(maxsize=64)
 def expsum_max_features(eps: float) -> int:
     """Features per term at the largest spread ``R_MAX`` for accuracy ``eps``: the size of the Z blocks
     (whose unused tail is never read), and the count the cost model assumes without a device sync."""
-    from structured.cauchy import node_count
-    return expsum_feature_count(node_count(eps, R_MAX), expsum_chunk(eps))
+    return expsum_features(eps, R_MAX)
 
 
 @triton.jit
@@ -447,16 +454,6 @@ def _expsum_launch(role, args, n_programs, L, **meta):
                                                  **meta)
     else:
         _expsum_tuned(role)[lambda m: (n_programs(m["BLOCK_L"]),)](*args, bucket, *strides, **meta)
-
-
-# plain-Python forms of triton.cdiv / triton.next_power_of_2 (those are Triton functions: ~6 us per call
-# from Python, a visible part of a product's host time at L ~ 512)
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
 
 
 def _block_p(P):

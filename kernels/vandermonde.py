@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._matfree_tiled import Term, _interpreting, _put, check_args, matfree_matmul, upcast_nodes
+from ._matfree_tiled import Term, _cdiv, _interpreting, _next_pow2, _put, check_args, matfree_matmul, upcast_nodes
 
 try:  # triton >= 3.1
     from triton.language.extra import libdevice
@@ -215,7 +215,7 @@ class _CosineFeaturesKernel(torch.autograd.Function):
         N = nodes.shape[0]
         out = torch.empty((bh, L, N), dtype=theta3.dtype, device=theta3.device)
         bl, bn, warps = _cos_blocks()
-        _cos_features_fwd_kernel[(bh * -(-L // bl), -(-N // bn))](
+        _cos_features_fwd_kernel[(bh * _cdiv(L, bl), _cdiv(N, bn))](
             theta3, nodes, out, L, N, *theta3.stride(), out.stride(0), out.stride(1), D=D, BLOCK_L=bl, BLOCK_N=bn,
             num_warps=warps)
         ctx.save_for_backward(theta3, nodes)
@@ -230,9 +230,9 @@ class _CosineFeaturesKernel(torch.autograd.Function):
             g = g.contiguous()
         gt = torch.empty_like(theta3)
         bl, bn, warps = _cos_blocks()
-        _cos_features_bwd_kernel[(bh * -(-L // bl),)](
+        _cos_features_bwd_kernel[(bh * _cdiv(L, bl),)](
             theta3, nodes, g, gt, L, N, *theta3.stride(), g.stride(0), g.stride(1), *gt.stride(), D=D,
-            D_PAD=1 << max(0, D - 1).bit_length(), BLOCK_L=bl, BLOCK_N=bn, num_warps=warps)
+            D_PAD=_next_pow2(D), BLOCK_L=bl, BLOCK_N=bn, num_warps=warps)
         return gt, None
 
 

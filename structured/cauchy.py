@@ -54,8 +54,8 @@ Fast products (none builds an L x L tensor)
     O(L (P + D) + D M P)). There ``a``, R and the nodes are found on the device for each batch element and
     term (:func:`quadrature_constants`; no host synchronization, so a model's queue never stalls on it),
     and each M is rounded up to a multiple of the kernels' chunk (``kernels.cauchy.expsum_chunk``: 64 at
-    eps = 1e-6) by a finer step h (as :func:`exp_sum_nodes` does with
-    ``min_count``), which keeps the bound; a non-positive denominator or a spread beyond
+    eps = 1e-6) by a finer step h (as :func:`exp_sum_nodes` does with ``min_count``), which keeps the
+    bound; a non-positive denominator or a spread beyond
     ``kernels.cauchy.R_MAX`` = 2^40 gives NaN outputs there (the check needs a sync; :class:`Cauchy` with
     ``validate=True`` makes it and raises). bfloat16 x runs on the tensor cores in bfloat16 (features and
     ``V^T x`` rounded to it, all factors positive), adding ``3 u_bf16 (|M||x|)`` (``u_bf16 = 2^-8``) to the
@@ -145,10 +145,9 @@ def _check_eps(eps) -> float | None:
     if eps is None:
         return None
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (EPS_RANGE[0] <= eps <= EPS_RANGE[1]):
-        raise ValueError(f"eps must be None (a default per dtype of x: "
-                         f"{', '.join(f'{v:g} for {str(k)[6:]}' for k, v in DEFAULT_EPS.items())}) or a float in "
-                         f"[{EPS_RANGE[0]:g}, "
-                         f"{EPS_RANGE[1]:g}], got {eps!r}")
+        defaults = ", ".join(f"{v:g} for {str(k).removeprefix('torch.')}" for k, v in DEFAULT_EPS.items())
+        raise ValueError(f"eps must be None (a default per dtype of x: {defaults}) or a float in "
+                         f"[{EPS_RANGE[0]:g}, {EPS_RANGE[1]:g}], got {eps!r}")
     return float(eps)
 
 
@@ -163,17 +162,22 @@ def quadrature_constants(eps: float) -> tuple[float, float, float]:
     return math.pi ** 2 / math.log(1000.0 / eps), math.log(math.log(4.0 / eps)) + 0.5, math.log(eps / 4.0)
 
 
-def node_count(eps: float, R: float) -> int:
-    """The number of trapezoid nodes for accuracy eps on [1, R]: ``ceil((s_hi - s_lo) / h) + 1``."""
+def _grid(eps: float, log_r: float) -> tuple[float, float, float, int]:
+    """``(h, s_lo, s_hi, n)``: step, interval and node count ``ceil((s_hi - s_lo) / h) + 1`` for eps on
+    [1, R], ``log_r = ln R``."""
     h, s_hi, log_eps4 = quadrature_constants(eps)
-    return int(math.ceil((s_hi - (log_eps4 - math.log(R))) / h)) + 1
+    s_lo = log_eps4 - log_r
+    return h, s_lo, s_hi, int(math.ceil((s_hi - s_lo) / h)) + 1
+
+
+def node_count(eps: float, R: float) -> int:
+    """The number of trapezoid nodes for accuracy eps on [1, R] (no rounding of R)."""
+    return _grid(eps, math.log(R))[3]
 
 
 @functools.lru_cache(maxsize=512)
 def _trapezoid_nodes_cached(eps: float, log2_r: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    h, s_hi, log_eps4 = quadrature_constants(eps)
-    s_lo = log_eps4 - log2_r * math.log(2.0)
-    n = int(math.ceil((s_hi - s_lo) / h)) + 1
+    h, s_lo, s_hi, n = _grid(eps, log2_r * math.log(2.0))
     if count > n:
         # the same interval [s_lo, s_hi] with a finer step: tails unchanged, discretization error smaller
         n, h = count, (s_hi - s_lo) / (count - 1)
@@ -391,8 +395,7 @@ class Cauchy(StructuredMatrix):
     approximate = True
     error_bound = ("expsum path: entrywise |y_hat - y| <= eps (|M| |x|) + (L + D M + 32) u (|M| |x|), gradients "
                    "likewise; eps = 1e-13 / 1e-6 / 1e-3 / 1e-4 for float64 / float32 / bfloat16 / float16 x "
-                   "unless given (see error_eps); the tiled "
-                   "path is exact")
+                   "unless given (see error_eps); the tiled path is exact")
 
     def __init__(self, q: torch.Tensor, k: torch.Tensor, c=0.0, validate: bool = True, eps: float | None = None,
                  method_fast: str = "auto", tile: int | None = None):
@@ -439,19 +442,20 @@ class Cauchy(StructuredMatrix):
 
     def plan(self, P: int = 1, dtype: torch.dtype | None = None) -> CauchyPlan:
         """The method ``matmul`` uses for ``P`` right-hand sides of x in ``dtype`` (default: the parameters'
-        dtype; it sets the default eps, the nodes are taken in its compute dtype), with the quantities the cost model compares. The backend (Triton kernels or torch,
-        by :func:`kernels.enabled` on the parameters' device) picks the cost model. On the kernels,
-        ``n_nodes`` is the largest count over batch elements and terms (a multiple of the chunk), and the choice
-        between the paths is made without the data: ``cost_expsum`` is taken at the kernels' largest
-        feature count (``kernels.cauchy.expsum_max_features``), so that :meth:`matmul` decides it the same
-        way without a device synchronization. Computing R here synchronizes (it is a report)."""
+        dtype; it sets the default eps, the nodes are taken in its compute dtype), with the quantities the
+        cost model compares. The backend (Triton kernels or torch, by :func:`kernels.enabled` on the
+        parameters' device) picks the cost model. On the kernels, ``n_nodes`` is the largest count over
+        batch elements and terms (a multiple of the chunk), and the choice between the paths is made
+        without the data: ``cost_expsum`` is taken at the kernels' largest feature count
+        (``kernels.cauchy.expsum_max_features``), so that :meth:`matmul` decides it the same way without a
+        device synchronization. Computing R here synchronizes (it is a report)."""
         eps = self._eps_for(self.dtype if dtype is None else dtype)
         dtype = compute_dtype(self.dtype if dtype is None else dtype)
         L, D = self.length, self.order
         kc = _expsum_kernels(self.q)
         backend = "torch" if kc is None else "triton"
         cm = COST_MODELS[backend]
-        cost_tiled = float(L) * L * (cm.tiled_term * D + cm.tiled_rhs * P)
+        cost_tiled = self._cost_tiled(P, cm)
         if self.method_fast == "tiled":
             return CauchyPlan("tiled", 0.0, math.nan, 0, 0, math.nan, cost_tiled, backend)
         xn, yn = self._nodes(dtype)
@@ -460,11 +464,14 @@ class Cauchy(StructuredMatrix):
             n_nodes = len(exp_sum_nodes(eps, R)[0])
             n_cost = n_nodes
         else:
-            n_nodes = kc.expsum_feature_count(node_count(eps, R), kc.expsum_chunk(eps))
+            n_nodes = kc.expsum_features(eps, R)
             n_cost = kc.expsum_max_features(eps)
         method, cost_expsum = self._choose(P, n_cost, cm, cost_tiled)
         return CauchyPlan(method, eps if method == "expsum" else 0.0, R, n_nodes, D * n_nodes, cost_expsum,
                           cost_tiled, backend)
+
+    def _cost_tiled(self, P: int, cm: CostModel) -> float:
+        return float(self.length) * self.length * (cm.tiled_term * self.order + cm.tiled_rhs * P)
 
     def _choose(self, P: int, n_nodes: int, cm: CostModel, cost_tiled: float) -> tuple[str, float]:
         cost_expsum = self.length * self.order * n_nodes * (cm.expsum_rhs * P + cm.expsum_feature)
@@ -480,8 +487,7 @@ class Cauchy(StructuredMatrix):
         cm = COST_MODELS["triton"]
         eps = self._eps_for(dtype)
         dtype = compute_dtype(dtype)
-        cost_tiled = float(self.length) * self.length * (cm.tiled_term * self.order + cm.tiled_rhs * P)
-        method, _ = self._choose(P, kc.expsum_max_features(eps), cm, cost_tiled)
+        method, _ = self._choose(P, kc.expsum_max_features(eps), cm, self._cost_tiled(P, cm))
         if method == "expsum" and self.validate:
             _, R = _node_scaling(*self._nodes(dtype))
             if R > kc.R_MAX:

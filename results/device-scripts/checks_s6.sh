@@ -1,10 +1,6 @@
 # Session 6 call (machine alone): the Cauchy exp-sum benchmark after the sync-free rewrite, its host/GPU
 # profile, then the matrix-free kernel tests and the GPU-only trainer memory-field test on CUDA.
-set -u
-export PYTHONUNBUFFERED=1
-T0=$(date +%s); left() { echo $(( $1 - ($(date +%s) - T0) )); }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $OUT/device.txt
-python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" | tee -a $OUT/device.txt
+. results/device-scripts/device_env.sh
 echo "== bench"; timeout 330 python3 -m benchmarks.kernels_matfree --out $OUT --kinds cauchy,sdpa 2>&1 \
   | grep -v Warn | tee $OUT/bench.log | tail -40; echo "t=$(left 0)"
 echo "== profile"; for b in "" --backward; do PYTHONPATH=. timeout 45 python3 results/device-scripts/profile_cauchy.py $b 2>&1 \

@@ -1,10 +1,6 @@
 # Session 6, call 2 (machine alone): the Cauchy exp-sum benchmark after the chunk / host-path changes (eager and
 # CUDA-graph timings), its host/GPU profile, then the exp-sum and cosine-feature kernel tests on CUDA.
-set -u
-export PYTHONUNBUFFERED=1
-T0=$(date +%s); left() { echo $(( $1 - ($(date +%s) - T0) )); }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $OUT/device.txt
-python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" | tee -a $OUT/device.txt
+. results/device-scripts/device_env.sh
 echo "== bench"; timeout 400 python3 -m benchmarks.kernels_matfree --out $OUT --kinds cauchy,sdpa 2>&1 \
   | grep -v Warn > $OUT/bench.log; tail -45 $OUT/bench.log | grep -v "^{"; echo "t=$(left 0)"
 echo "== profile"; for b in "" --backward; do PYTHONPATH=. timeout 40 python3 results/device-scripts/profile_cauchy.py $b 2>&1 \
