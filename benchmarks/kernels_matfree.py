@@ -16,8 +16,10 @@ memory of one forward+backward, for
   in float32);
 * ``chebyshev`` / ``chebyshev_torch`` (Vandermonde): ``structured.vandermonde.vandermonde_matmul_chebyshev``,
   Chebyshev interpolation in the index (rank n, approximate with a stated bound; for the paper's small angles,
-  scale 1e-3), in float32 at its default eps = 1e-6, with its cosine features from the fused kernel
-  (``kernels.cosine_features``) or from torch (kernels off); rows record ``chebyshev_points`` (n);
+  scale 1e-3), in float32 at its default eps = 1e-6: the fused kernels (``kernels.chebyshev``: bf16 inputs read
+  as they are, the point count chosen per batch element on the device, no host sync; the row records
+  ``chebyshev_points_per_element``) or torch (kernels off, float32 copies; ``chebyshev_points``, one n for the
+  batch);
 * ``materialize``: the paper code's way, the (B, H, L, L, d) tensor of terms in bf16 summed over d,
   then a batched matmul (out-of-memory is caught and recorded);
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` at the same shapes
@@ -72,7 +74,7 @@ GIVE_UP_S = 3.0                   # predicted slower than this at the next L (qu
 KINDS = ("cauchy", "vandermonde", "sdpa")
 OURS = ("triton", "expsum_triton", "expsum_triton_eps1e-6")   # run at every L (no give-up)
 # also timed as CUDA-graph replays (no host synchronization inside; the Chebyshev path reads Omega on the host)
-GRAPHED = ("triton", "expsum_triton", "expsum_triton_eps1e-6", "materialize", "sdpa")
+GRAPHED = ("triton", "expsum_triton", "expsum_triton_eps1e-6", "chebyshev", "materialize", "sdpa")
 H100_SXM_BOOST_HZ = 1.98e9        # for the special-function roofline (16 MUFU results / clock / SM)
 
 
@@ -132,10 +134,10 @@ def _methods(kind):
         "torch_tiled": mode("off", lambda x, q, k: vandermonde_matmul_tiled(x, q, k, s)),
         # torch.fft has no bf16: the NUFFT runs in float32 (its default eps 1e-6)
         "torch_nufft": lambda x, q, k: vandermonde_matmul_nufft(x.float(), q.float(), k.float(), s).to(x.dtype),
-        # bf16 angles would cost ~|theta j| 2^-8 of phase: interpolated in float32 (eps 1e-6), like the NUFFT;
-        # its cosine features from the fused kernel (kernels.cosine_features), or torch's blocks
-        "chebyshev": mode("on", lambda x, q, k: vandermonde_matmul_chebyshev(x.float(), q.float(), k.float(),
-                                                                            s).to(x.dtype)),
+        # bf16 angles would cost ~|theta j| 2^-8 of phase: interpolated in float32 (eps 1e-6), like the NUFFT.
+        # The fused kernels (kernels.chebyshev) read the bf16 tensors and compute in float32 themselves; the
+        # torch path gets float32 copies
+        "chebyshev": mode("on", lambda x, q, k: vandermonde_matmul_chebyshev(x, q, k, s)),
         "chebyshev_torch": mode("off", lambda x, q, k: vandermonde_matmul_chebyshev(x.float(), q.float(), k.float(),
                                                                                    s).to(x.dtype)),
         "materialize": lambda x, q, k: _materialized_vandermonde(x, q, k, s),
@@ -402,8 +404,21 @@ def _chebyshev_points(args):
                           NUFFT_DEFAULT_EPS[torch.float32]).n
 
 
+def _chebyshev_points_device(args):
+    """The fused kernels' point count per batch element (their prep kernel's choice), as the largest and the
+    smallest over the batch."""
+    from kernels import chebyshev as kc
+    x, q, k = args
+    L = x.shape[-2]
+    n_cap = kc.points_cap(L)
+    (npts, _, _), _, _ = kc._prep(q.reshape(-1, L, q.shape[-1]), k.reshape(-1, L, k.shape[-1]),
+                                  kc._params(1e-6, n_cap, VANDERMONDE_SCALE, L, x.device), n_cap, torch.float32,
+                                  x.shape[-1])
+    return {"max": int(npts.max()), "min": int(npts.min())}
+
+
 #: Per-method facts about the inputs recorded in each row: (kind, method) -> (key, fn(args)).
-ROW_INFO = {("vandermonde", "chebyshev"): ("chebyshev_points", _chebyshev_points),
+ROW_INFO = {("vandermonde", "chebyshev"): ("chebyshev_points_per_element", _chebyshev_points_device),
             ("vandermonde", "chebyshev_torch"): ("chebyshev_points", _chebyshev_points)}
 
 

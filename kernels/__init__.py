@@ -87,6 +87,11 @@ def vandermonde_matmul(*args, **kwargs):
     return f(*args, **kwargs)
 
 
+def vandermonde_chebyshev_product(*args, **kwargs):
+    from .chebyshev import vandermonde_chebyshev_product as f
+    return f(*args, **kwargs)
+
+
 def cosine_features(*args, **kwargs):
     from .vandermonde import cosine_features as f
     return f(*args, **kwargs)

@@ -470,6 +470,37 @@ def chebyshev_plan(length: int, omega: float, eps: float) -> ChebyshevPlan:
     return _chebyshev_plan_cached(length, step, eps)
 
 
+#: Safety factor on the Omega limits of :func:`chebyshev_omega_limits`, which invert the bound in closed form:
+#: it absorbs their rounding, so the bound evaluated at the limit stays <= eps.
+_OMEGA_LIMIT_MARGIN = 1.0 - 1e-9
+
+
+@functools.lru_cache(maxsize=64)
+def _omega_limits_cached(n_max: int, eps: float) -> tuple[float, ...]:
+    u = _LOG_RHO_GRID
+    n = torch.arange(1, n_max + 1, dtype=torch.float64)[:, None]
+    # log E(n, Omega, u) <= log eps  <=>  log cosh(Omega sinh u) <= c  <=>  Omega <= acosh(e^c) / sinh u  (c >= 0)
+    c = math.log(eps) - math.log(4.0) + (n - 1) * u + torch.log(torch.expm1(u))
+    acosh_ec = c + torch.log1p(torch.sqrt(-torch.expm1(-2 * c.clamp(min=0))))
+    omega = torch.where(c >= 0, acosh_ec / torch.sinh(u), torch.full_like(c, -math.inf))
+    return tuple((omega.amax(-1) * _OMEGA_LIMIT_MARGIN).tolist())
+
+
+def chebyshev_omega_limits(n_max: int, eps: float) -> tuple[float, ...]:
+    r"""The largest Omega each number of points covers: entry n-1 is ``sup {Omega : E(n, Omega) <= eps}`` (less a
+    relative 1e-9) for n = 1 .. n_max, with E the Bernstein-ellipse bound of :func:`chebyshev_plan` (the same rho
+    grid). E grows with Omega and falls with n, so the entries increase and the fewest points for a given Omega
+    are ``1 + #{limits < Omega}``: a lookup the GPU kernels do per batch element, without a host sync
+    (``kernels.chebyshev``). For each grid point u = log rho the condition
+    ``log 4 + log cosh(Omega sinh u) - (n-1) u - log(e^u - 1) <= log eps`` inverts in closed form,
+    ``Omega <= acosh(e^c) / sinh u`` with c the rest moved right (no Omega where c < 0), and the limit is the largest
+    over the grid. Work O(n_max * 3000) in float64, cached.
+    """
+    if isinstance(n_max, bool) or not isinstance(n_max, int) or n_max < 1:
+        raise ValueError(f"n_max must be a positive int, got {n_max!r}")
+    return _omega_limits_cached(n_max, _check_nufft_eps(eps))
+
+
 def chebyshev_omega(q: torch.Tensor, k: torch.Tensor, scale: float) -> float:
     """Omega = pi s (L-1) max(|q|, |k|) (one host synchronization), the half-range of the angles."""
     L = q.shape[-2]
@@ -565,6 +596,9 @@ def vandermonde_matmul_chebyshev(x: torch.Tensor, q: torch.Tensor, k: torch.Tens
     """
     scale = _check_scale(scale)
     eps = NUFFT_DEFAULT_EPS.get(x.dtype, NUFFT_DEFAULT_EPS[torch.float32]) if eps is None else _check_nufft_eps(eps)
+    import kernels
+    if kernels.enabled(x):   # fused, no host sync: n per batch element on the device (NaN past its cap)
+        return kernels.vandermonde_chebyshev_product(x, q, k, scale, eps)
     x, q, k = expand_matrices(x, q, k)
     cplan = chebyshev_plan(x.shape[-2], chebyshev_omega(q, k, scale), eps)
     _check_chebyshev_feasible(cplan, eps)
@@ -627,6 +661,9 @@ def _product_nufft(x, q, k, scale, plan: VandermondePlan) -> torch.Tensor:
 
 
 def _product_chebyshev(x, q, k, scale, plan: VandermondePlan) -> torch.Tensor:
+    import kernels
+    if kernels.enabled(x):   # the plan's n (from the batch's largest Omega) caps the kernels' per-element counts
+        return kernels.vandermonde_chebyshev_product(x, q, k, scale, plan.eps, max_points=plan.n_points + 1)
     x, q, k = expand_matrices(x, q, k)
     theta, phi = (2 * math.pi * scale) * q, (2 * math.pi * scale) * k
     return _chebyshev_product(x, theta, phi, plan.n_points)
@@ -794,5 +831,6 @@ class Vandermonde(StructuredMatrix):
         return cls(q, k)
 
 
-__all__ = ["ChebyshevPlan", "Vandermonde", "VandermondePlan", "NufftPlan", "chebyshev_omega", "chebyshev_plan",
+__all__ = ["ChebyshevPlan", "Vandermonde", "VandermondePlan", "NufftPlan", "chebyshev_omega", "chebyshev_omega_limits",
+           "chebyshev_plan",
            "nufft_plan", "vandermonde_matmul_chebyshev", "vandermonde_matmul_nufft", "vandermonde_matmul_tiled"]

@@ -2,8 +2,10 @@
 qk_dim 16, bf16). Prints wall time per call with and without a device sync, then torch.profiler's top host ops
 and CUDA kernels for a few calls. Session 5 found the old path host-bound (a sync per call to size the
 expansion); session 6 ran it after each rewrite (results/bench/profile-cauchy-cuda.log, checks_s6b.sh).
+``--kind vandermonde`` profiles the Vandermonde Chebyshev product (scale 1e-3, the benchmark's ``chebyshev`` row)
+instead (session 7, checks_s7.sh).
 
-    PYTHONPATH=. python results/device-scripts/profile_cauchy.py [--L 512] [--backward]
+    PYTHONPATH=. python results/device-scripts/profile_cauchy.py [--L 512] [--backward] [--kind vandermonde]
 """
 import argparse
 import time
@@ -11,20 +13,24 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.kernels_matfree import SHAPES, _inputs
+from benchmarks.kernels_matfree import SHAPES, VANDERMONDE_SCALE, _inputs
 from structured.cauchy import cauchy_matmul_expsum
+from structured.vandermonde import vandermonde_matmul_chebyshev
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--L", type=int, default=512)
 ap.add_argument("--backward", action="store_true")
 ap.add_argument("--calls", type=int, default=50)
+ap.add_argument("--kind", choices=("cauchy", "vandermonde"), default="cauchy")
 args = ap.parse_args()
-x, q, k = _inputs("cauchy", args.L, "cuda", torch.bfloat16, 0, SHAPES)
+x, q, k = _inputs(args.kind, args.L, "cuda", torch.bfloat16, 0, SHAPES)
+product = ((lambda x, q, k: cauchy_matmul_expsum(x, q, k, 0.0)) if args.kind == "cauchy"
+           else (lambda x, q, k: vandermonde_matmul_chebyshev(x, q, k, VANDERMONDE_SCALE)))
 leaves = [t.requires_grad_(args.backward) for t in (x, q, k)]
 
 
 def call():
-    y = cauchy_matmul_expsum(*leaves, 0.0)
+    y = product(*leaves)
     if args.backward:
         y.float().sum().backward()
     return y
@@ -39,7 +45,7 @@ for _ in range(args.calls):
 host = (time.perf_counter() - t) / args.calls
 torch.cuda.synchronize()
 total = (time.perf_counter() - t) / args.calls
-print(f"L={args.L} backward={args.backward}: {1e3 * host:.3f} ms/call on the host before the final sync, "
+print(f"{args.kind} L={args.L} backward={args.backward}: {1e3 * host:.3f} ms/call on the host before the final sync, "
       f"{1e3 * total:.3f} ms/call with it")
 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
     for _ in range(5):

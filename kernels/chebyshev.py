@@ -1,0 +1,427 @@
+"""The Chebyshev path of the Vandermonde (cosine) product, fused on the GPU, without a host synchronization.
+
+``structured.vandermonde`` (module docstring, ``chebyshev``) approximates ``m_ij = sum_d cos(2 pi s q_id j) -
+cos(2 pi s k_jd i)`` by interpolating each cosine in the index at n Chebyshev points ``t_r`` (index space):
+
+    M_hat = U Lam^T - Lam V^T,   U_ir = sum_d cos(2 pi s q_id t_r),  V_jr = sum_d cos(2 pi s k_jd t_r),
+                                 Lam_jr = l_r(j)   (the Lagrange basis of the points, at the integers j)
+
+a rank-2n factorization with row features ``[U_i, -Lam_i]`` and column features ``[Lam_j, V_j]``. So the product
+runs like the exponential-sum Cauchy kernels (``kernels/cauchy.py``): a "reduce" kernel forms
+``Z = [Lam^T x ; V^T x]`` (2n x P per batch element) and a "rows" kernel ``y_i = U_i Z_0 - Lam_i Z_1``; no feature
+matrix is stored: U, V and Lam are recomputed in registers from the angles, the points and one number per row.
+
+Everything data-dependent is decided on the device, per batch element, by a "prep" kernel:
+
+* ``Omega_b = pi s (L-1) max(|q_b|, |k_b|)`` and the number of points: the fewest with bound E(n, Omega_b) <= eps,
+  read off a table of Omega limits (``structured.vandermonde.chebyshev_omega_limits``: the bound grows with Omega,
+  so n = 1 + #{limits < Omega}), rounded up to a multiple of the chunk ``CHUNK`` (more points only tighten the
+  bound) and capped at ``max_points`` (the size of the Z blocks). Where more points than the cap would be needed,
+  the points are NaN, and so are the batch element's outputs: checking would need a sync (the torch path raises);
+  ``structured.vandermonde.Vandermonde`` plans on the host and passes its own count as the cap.
+* the points ``t_r = (cos(pi r / (n-1)) + 1) (L-1)/2`` (float64, stored in the accumulation dtype) and, per row j,
+  ``1 / sum_r w_r / (j - t_r)`` (weights ``(-1)^r``, halved at both ends): the second ("true") barycentric
+  formula, ``Lam_jr = (w_r / (j - t_r)) / sum_r' (w_r' / (j - t_r'))``, forward-stable for Chebyshev points
+  (Higham, "The numerical stability of barycentric Lagrange interpolation", IMA J. Numer. Anal. 24(4), 2004) and
+  consistent with the stored points: U and Lam use the same rounded t_r, so the approximant interpolates exactly
+  at the points it evaluates. A row on a point (j == t_r) gets 0 there, and Lam_j = e_r.
+
+Backward (g = dL/dy): ``Zg = [Lam^T g ; U^T g]`` by the reduce kernel on (q, g); then the rows kernel twice:
+on (k, Zg, x) for ``dx = Lam (U^T g) - V (Lam^T g)`` and ``dk_jd = 2 pi s sum_r (x_j . (Lam^T g)_r) t_r
+sin(2 pi s k_jd t_r)``, and on (q, Z, g) for ``dq_id = -2 pi s sum_r (g_i . (Lam^T x)_r) t_r sin(2 pi s q_id t_r)``:
+the exact gradients of the approximant. The torch reference of the same computation is
+``structured.vandermonde._chebyshev_product`` (points given, Lam from the same formula in float64).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._matfree_tiled import DOT_PRECISIONS, _cdiv, _interpreting, _next_pow2, _put, check_args
+from .cauchy import _cast_out
+from .vandermonde import _cos_turns, _reduce_turns, _sin_turns
+
+#: Points are taken in chunks of this many (``tl.dot`` needs >= 16): the count is rounded up to a multiple.
+CHUNK = 16
+#: Default cap on the number of points (the Z blocks hold ``min(L, DEFAULT_MAX_POINTS)`` rounded up to a chunk):
+#: beyond ~L points the path costs more than the exact product; Hydra's scale s = 1e-3 needs ~0.016 L + 15.
+DEFAULT_MAX_POINTS = 1024
+
+
+@triton.jit
+def _points(offs, npts, half, valid, ACC: tl.constexpr):
+    # t_r = (cos(pi r / (n - 1)) + 1) (L - 1)/2 in float64, rounded to ACC (NaN where the cap was exceeded)
+    den = tl.maximum(npts - 1, 1).to(tl.float64)
+    t = (tl.cos(3.141592653589793 * offs.to(tl.float64) / den) + 1.0) * half
+    return tl.where(valid, t, float("nan")).to(ACC)
+
+
+@triton.jit
+def _weights(offs, npts, ACC: tl.constexpr):
+    # barycentric weights of second-kind Chebyshev points: (-1)^r, halved at both ends
+    w = tl.where(offs % 2 == 0, 1.0, -1.0)
+    return tl.where((offs == 0) | (offs == npts - 1), 0.5 * w, w).to(ACC)
+
+
+@triton.jit
+def _lagrange(j, t, w, inv_s, TRANSPOSED: tl.constexpr):
+    # Lam_jr = (w_r / (j - t_r)) * inv_s_j, and 1 where j is the point itself (inv_s_j = 0 on such rows)
+    if TRANSPOSED:                                   # (CHUNK, BLOCK_L)
+        diff = j[None, :] - t[:, None]
+        scale = w[:, None] * inv_s[None, :]
+    else:                                            # (BLOCK_L, CHUNK)
+        diff = j[:, None] - t[None, :]
+        scale = w[None, :] * inv_s[:, None]
+    hit = diff == 0
+    return tl.where(hit, 1.0, scale / tl.where(hit, 1.0, diff))
+
+
+@triton.jit
+def _cheb_prep_kernel(
+    Q, K, PRM, NPTS, NODES, INVS, Z, ZG,
+    L, P, stride_qb, stride_ql, stride_qd, stride_kb, stride_kl, stride_kd,
+    D: tl.constexpr, D_PAD: tl.constexpr, N_CAP: tl.constexpr, N_PAD: tl.constexpr, FC: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    # one program per batch element: Omega, the point count, the points, 1 / sum_r w_r / (j - t_r) per row, and
+    # zeros in the rows of the Z blocks (forward and backward) that the reduce kernels will accumulate into
+    b = tl.program_id(0)
+    ACC = NODES.dtype.element_ty
+    offs_d = tl.arange(0, D_PAD)
+    mask_d = offs_d < D
+    Q_b = Q + b.to(tl.int64) * stride_qb + offs_d[None, :] * stride_qd
+    K_b = K + b.to(tl.int64) * stride_kb + offs_d[None, :] * stride_kd
+    top = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
+    for l0 in range(0, L, BLOCK_L):
+        offs = l0 + tl.arange(0, BLOCK_L)
+        mask = (offs < L)[:, None] & mask_d[None, :]
+        qv = tl.abs(tl.load(Q_b + offs[:, None] * stride_ql, mask=mask, other=0.0).to(ACC))
+        kv = tl.abs(tl.load(K_b + offs[:, None] * stride_kl, mask=mask, other=0.0).to(ACC))
+        top = tl.maximum(top, tl.maximum(qv, kv))
+    # (a NaN node may be skipped here: its angles make the outputs NaN anyway; +inf exceeds every limit)
+    omega = tl.max(tl.max(top, axis=1), axis=0).to(tl.float64) * tl.load(PRM + 1)      # pi s (L - 1) max |.|
+    offs_n = tl.arange(0, N_PAD)
+    limits = tl.load(PRM + 3 + offs_n, mask=offs_n < N_CAP, other=float("inf"))
+    need = tl.sum((limits < omega).to(tl.int32), axis=0) + 1
+    valid = need <= N_CAP
+    npts = tl.minimum(((need + FC - 1) // FC) * FC, N_CAP)
+    tl.store(NPTS + b, npts)
+    offs_p = tl.arange(0, BLOCK_P)
+    zeros = tl.zeros((FC, BLOCK_P), dtype=Z.dtype.element_ty)
+    for c0 in range(0, 2 * npts, FC):                # the Lam rows [0, npts), then the feature rows [N_CAP, ...)
+        row = tl.where(c0 < npts, c0, N_CAP + c0 - npts) + tl.arange(0, FC)
+        at = b.to(tl.int64) * (2 * N_CAP * P) + row[:, None] * P + offs_p[None, :]
+        tl.store(Z + at, zeros, mask=offs_p[None, :] < P)
+        tl.store(ZG + at, zeros, mask=offs_p[None, :] < P)
+    half = tl.load(PRM + 2)                          # (L - 1) / 2, float64
+    tl.store(NODES + b.to(tl.int64) * N_CAP + offs_n, _points(offs_n, npts, half, valid, ACC), mask=offs_n < npts)
+    # the sums use the points exactly as stored (recomputed here bit for bit: reading them back would need a
+    # barrier between this program's threads)
+    for l0 in range(0, L, BLOCK_L):
+        offs = l0 + tl.arange(0, BLOCK_L)
+        j = offs.to(ACC)
+        s = tl.zeros((BLOCK_L,), dtype=ACC)
+        hit = tl.zeros((BLOCK_L,), dtype=tl.int32)
+        for c0 in range(0, npts, FC):
+            offs_c = c0 + tl.arange(0, FC)
+            t = _points(offs_c, npts, half, valid, ACC)
+            w = _weights(offs_c, npts, ACC)
+            diff = j[:, None] - t[None, :]
+            on_point = diff == 0
+            s += tl.sum(tl.where(on_point, 0.0, w[None, :] / tl.where(on_point, 1.0, diff)), axis=1)
+            hit = tl.maximum(hit, tl.max(on_point.to(tl.int32), axis=1))
+        # (s != 0 off the points for distinct points; the padded rows of L = 1, where all points coincide, have 0)
+        tl.store(INVS + b.to(tl.int64) * L + offs, tl.where(hit > 0, 0.0, 1.0 / tl.where(s == 0, 1.0, s)),
+                 mask=offs < L)
+
+
+@triton.jit
+def _cheb_reduce_kernel(
+    ANG, X, PRM, NPTS, NODES, INVS, Z,
+    L, P, SEG_LEN, stride_ab, stride_al, stride_ad, stride_xb, stride_xl,
+    D: tl.constexpr, FC: tl.constexpr, N_CAP: tl.constexpr, N_SEG: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_P: tl.constexpr, FAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # Z[b, 0, chunk] += Lam_chunk^T X[b, seg], Z[b, 1, chunk] += F_chunk^T X[b, seg] with
+    # F_jr = sum_d cos(2 pi s ang_jd t_r): one program per (batch element, chunk of points, segment of rows), the
+    # segments' sums added atomically into Z (zeroed by the prep kernel): a batch element has only a few chunks,
+    # and without the split over L too few programs would run at short L. Chunks past the count do nothing.
+    pid = tl.program_id(0)
+    seg = pid % N_SEG
+    b = pid // (N_SEG * (N_CAP // FC))
+    c0 = ((pid // N_SEG) % (N_CAP // FC)) * FC
+    npts = tl.load(NPTS + b)
+    ACC = NODES.dtype.element_ty
+    s = tl.load(PRM).to(ACC)
+    offs_c = c0 + tl.arange(0, FC)
+    offs_p = tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    t = tl.load(NODES + b.to(tl.int64) * N_CAP + offs_c, mask=offs_c < npts, other=0.0)
+    w = _weights(offs_c, npts, ACC)
+    A_b = ANG + b.to(tl.int64) * stride_ab
+    X_b = X + b.to(tl.int64) * stride_xb
+    acc_lam = tl.zeros((FC, BLOCK_P), dtype=ACC)
+    acc_feat = tl.zeros((FC, BLOCK_P), dtype=ACC)
+    seg_end = tl.minimum(L, (seg + 1) * SEG_LEN)
+    for l0 in range(seg * SEG_LEN, tl.where(c0 < npts, seg_end, 0), BLOCK_L):
+        offs_l = l0 + tl.arange(0, BLOCK_L)
+        mask_l = offs_l < seg_end
+        xt = tl.load(X_b + offs_l[:, None] * stride_xl + offs_p[None, :], mask=mask_l[:, None] & mask_p[None, :],
+                     other=0.0).to(ACC)                 # padded rows: x = 0 there
+        inv_s = tl.load(INVS + b.to(tl.int64) * L + offs_l, mask=mask_l, other=0.0)
+        lam = _lagrange(offs_l.to(ACC), t, w, inv_s, True)
+        feat = tl.zeros((FC, BLOCK_L), dtype=ACC)
+        for d in range(D):
+            a = tl.load(A_b + offs_l * stride_al + d * stride_ad, mask=mask_l, other=0.0).to(ACC) * s
+            feat += _cos_turns(_reduce_turns(t[:, None] * a[None, :]), FAST)
+        acc_lam += tl.dot(lam, xt, input_precision=PRECISION)
+        acc_feat += tl.dot(feat, xt, input_precision=PRECISION)
+    if c0 < npts:
+        Z_b = Z + b.to(tl.int64) * (2 * N_CAP * P) + offs_c[:, None] * P + offs_p[None, :]
+        tl.atomic_add(Z_b, acc_lam, mask=mask_p[None, :], sem="relaxed")
+        tl.atomic_add(Z_b + N_CAP * P, acc_feat, mask=mask_p[None, :], sem="relaxed")
+
+
+@triton.jit
+def _cheb_rows_kernel(
+    ANG, W, PRM, NPTS, NODES, INVS, XX, OUT, DANG,
+    L, P, stride_ab, stride_al, stride_ad, stride_xxb, stride_xxl, stride_ob, stride_ol,
+    D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, N_CAP: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_P: tl.constexpr, SIGN: tl.constexpr, WITH_OUT: tl.constexpr, WITH_GRAD: tl.constexpr,
+    FAST: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+):
+    # One program per (batch element, row block), with F_ir = sum_d cos(2 pi s ang_id t_r) (EMULATE: the
+    # interpreter's bf16 stores are made to round to nearest like the GPU's, see kernels.cauchy._mm):
+    #   OUT[rows]     = SIGN (F W_0 - Lam W_1)                                              (WITH_OUT)
+    #   DANG[rows, d] = -SIGN 2 pi s sum_r (XX_i . W_0r) t_r sin(2 pi s ang_id t_r)         (WITH_GRAD)
+    pid = tl.program_id(0)
+    n_blocks = tl.cdiv(L, BLOCK_L)
+    b = pid // n_blocks
+    offs_l = (pid % n_blocks) * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_l = offs_l < L
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_d = tl.arange(0, D_PAD)
+    mask_p = offs_p < P
+    mask_lp = mask_l[:, None] & mask_p[None, :]
+    npts = tl.load(NPTS + b)
+    ACC = NODES.dtype.element_ty
+    s = tl.load(PRM).to(ACC)
+    j = offs_l.to(ACC)
+    inv_s = tl.load(INVS + b.to(tl.int64) * L + offs_l, mask=mask_l, other=0.0)
+    A_b = ANG + b.to(tl.int64) * stride_ab + offs_l * stride_al
+    W_b = W + b.to(tl.int64) * (2 * N_CAP * P)
+    acc = tl.zeros((BLOCK_L, BLOCK_P), dtype=ACC)
+    dang = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
+    xx = tl.zeros((BLOCK_L, BLOCK_P), dtype=ACC)
+    if WITH_GRAD:
+        xx = tl.load(XX + b.to(tl.int64) * stride_xxb + offs_l[:, None] * stride_xxl + offs_p[None, :],
+                     mask=mask_lp, other=0.0).to(ACC)
+    for c0 in range(0, npts, FC):
+        offs_c = c0 + tl.arange(0, FC)
+        t = tl.load(NODES + b.to(tl.int64) * N_CAP + offs_c)
+        w0 = tl.load(W_b + offs_c[:, None] * P + offs_p[None, :], mask=mask_p[None, :], other=0.0)
+        feat = tl.zeros((BLOCK_L, FC), dtype=ACC)
+        dft = tl.zeros((BLOCK_L, FC), dtype=ACC)
+        if WITH_GRAD:                                # (XX_i . W_0r) t_r
+            dft = tl.dot(xx, tl.trans(w0), input_precision=PRECISION) * t[None, :]
+        for d in range(D):
+            a = tl.load(A_b + d * stride_ad, mask=mask_l, other=0.0).to(ACC) * s
+            r = _reduce_turns(a[:, None] * t[None, :])
+            if WITH_OUT:
+                feat += _cos_turns(r, FAST)
+            if WITH_GRAD:
+                dang = _put(dang, offs_d, d, tl.sum(dft * _sin_turns(r, FAST), axis=1))
+        if WITH_OUT:
+            w1 = tl.load(W_b + (N_CAP + offs_c)[:, None] * P + offs_p[None, :], mask=mask_p[None, :], other=0.0)
+            lam = _lagrange(j, t, _weights(offs_c, npts, ACC), inv_s, False)
+            acc += tl.dot(feat, w0, input_precision=PRECISION) - tl.dot(lam, w1, input_precision=PRECISION)
+    if WITH_OUT:
+        tl.store(OUT + b.to(tl.int64) * stride_ob + offs_l[:, None] * stride_ol + offs_p[None, :],
+                 _cast_out(SIGN * acc, OUT.dtype.element_ty, EMULATE), mask=mask_lp)
+    if WITH_GRAD:
+        dang = dang * (-SIGN * 6.283185307179586 * s)
+        tl.store(DANG + b.to(tl.int64) * (L * D) + offs_l[:, None] * D + offs_d[None, :],
+                 _cast_out(dang, DANG.dtype.element_ty, EMULATE), mask=mask_l[:, None] & (offs_d[None, :] < D))
+
+
+# (BLOCK_L, num_warps) of the reduce and rows kernels; the CPU interpreter takes small blocks
+_BLOCKS = {"interpret": {"reduce": (16, 4), "rows": (16, 4)}, "gpu": {"reduce": (64, 4), "rows": (64, 4)}}
+_PREP_BLOCK = {"interpret": 16, "gpu": 64}
+#: The reduce kernels split L into at most this many segments of at least REDUCE_SEGMENT_MIN rows (a multiple of
+#: the block): at L = 512 a batch element's two chunks of points alone would give too few programs.
+REDUCE_MAX_SEGMENTS = 8
+REDUCE_SEGMENT_MIN = 128
+
+
+def _blocks(role):
+    return _BLOCKS["interpret" if _interpreting() else "gpu"][role]
+
+
+def _prep(q3, k3, prm, n_cap, acc, P):
+    """Per batch element: the point count (int32), the points (bh, n_cap) and the row factors (bh, L), in acc;
+    and the forward and backward Z blocks (bh, 2, n_cap, P) in acc, zero in the rows the counts use."""
+    bh, L, D = q3.shape
+    npts = torch.empty((bh,), dtype=torch.int32, device=q3.device)
+    nodes = torch.empty((bh, n_cap), dtype=acc, device=q3.device)
+    invs = torch.empty((bh, L), dtype=acc, device=q3.device)
+    z = torch.empty((2, bh, 2, n_cap, P), dtype=acc, device=q3.device)
+    _cheb_prep_kernel[(bh,)](q3, k3, prm, npts, nodes, invs, z[0], z[1], L, P, *q3.stride(), *k3.stride(), D=D,
+                             D_PAD=_next_pow2(D), N_CAP=n_cap, N_PAD=_next_pow2(n_cap), FC=CHUNK,
+                             BLOCK_L=_PREP_BLOCK["interpret" if _interpreting() else "gpu"],
+                             BLOCK_P=max(16, _next_pow2(P)))
+    return (npts, nodes, invs), z[0], z[1]
+
+
+def _reduce(ang3, x3, prm, tables, z, fast, precision):
+    """Adds ``[Lam^T x ; F(ang)^T x]`` into z (bh, 2, n_cap, P), whose used rows the prep kernel zeroed."""
+    bh, L, P = x3.shape
+    n_cap = z.shape[2]
+    bl, warps = _blocks("reduce")
+    # (the interpreter's segments are short, so that the CPU tests at small L run the split too)
+    seg_min = 2 * bl if _interpreting() else REDUCE_SEGMENT_MIN
+    seg_len = max(seg_min, _cdiv(_cdiv(L, REDUCE_MAX_SEGMENTS), bl) * bl)
+    n_seg = _cdiv(L, seg_len)
+    _cheb_reduce_kernel[(bh * (n_cap // CHUNK) * n_seg,)](
+        ang3, x3, prm, *tables, z, L, P, seg_len, *ang3.stride(), x3.stride(0), x3.stride(1), D=ang3.shape[-1],
+        FC=CHUNK, N_CAP=n_cap, N_SEG=n_seg, BLOCK_L=bl, BLOCK_P=max(16, _next_pow2(P)), FAST=fast,
+        PRECISION=precision, num_warps=warps)
+
+
+def _rows(ang3, w, prm, tables, fast, precision, sign, xx=None, out=None, dang=None):
+    bh, L, D = ang3.shape
+    n_cap, P = w.shape[2], w.shape[3]
+    xx_ = xx if xx is not None else w           # placeholders of unused pointers (never read or written)
+    out_ = out if out is not None else w
+    dang_ = dang if dang is not None else w
+    bl, warps = _blocks("rows")
+    _cheb_rows_kernel[(bh * _cdiv(L, bl),)](
+        ang3, w, prm, *tables, xx_, out_, dang_, L, P, *ang3.stride(), xx_.stride(0), xx_.stride(1),
+        out_.stride(0), out_.stride(1), D=D, D_PAD=_next_pow2(D), FC=CHUNK, N_CAP=n_cap, BLOCK_L=bl,
+        BLOCK_P=max(16, _next_pow2(P)), SIGN=sign, WITH_OUT=out is not None, WITH_GRAD=dang is not None,
+        FAST=fast, PRECISION=precision, EMULATE=_interpreting(), num_warps=warps)
+
+
+class _ChebyshevProduct(torch.autograd.Function):
+    """``y = U (Lam^T x) - Lam (V^T x)`` with the point count chosen per batch element on the device."""
+
+    @staticmethod
+    def forward(ctx, x3, q3, k3, prm, n_cap, acc, fast, precision):
+        tables, z, zg = _prep(q3, k3, prm, n_cap, acc, x3.shape[-1])
+        _reduce(k3, x3, prm, tables, z, fast, precision)
+        y3 = torch.empty_like(x3)
+        _rows(q3, z, prm, tables, fast, precision, 1, out=y3)
+        ctx.save_for_backward(x3, q3, k3, prm, *tables, z, zg)
+        ctx.meta = (fast, precision)
+        return y3
+
+    @staticmethod
+    def backward(ctx, gy):
+        x3, q3, k3, prm, *tables, z, zg = ctx.saved_tensors
+        fast, precision = ctx.meta
+        need_x, need_q, need_k = ctx.needs_input_grad[:3]
+        g3 = gy if gy.stride(-1) == 1 else gy.contiguous()
+        dx = dq = dk = None
+        if need_x or need_k:                   # Zg = [Lam^T g ; U^T g]: dx and dk from the rows of k
+            _reduce(q3, g3, prm, tables, zg, fast, precision)
+            dx = torch.empty_like(x3) if need_x else None
+            dk = torch.empty(k3.shape, dtype=k3.dtype, device=k3.device) if need_k else None
+            _rows(k3, zg, prm, tables, fast, precision, -1, xx=x3, out=dx, dang=dk)
+        if need_q:                             # dq from the rows of q against the forward Z
+            dq = torch.empty(q3.shape, dtype=q3.dtype, device=q3.device)
+            _rows(q3, z, prm, tables, fast, precision, 1, xx=g3, dang=dq)
+        return dx, dq, dk, None, None, None, None, None
+
+
+_PARAMS: dict = {}
+
+
+def _params(eps: float, n_cap: int, scale: float, L: int, device) -> torch.Tensor:
+    """float64 device tensor ``[s, pi s (L-1), (L-1)/2, Omega limits for n = 1 .. n_cap]``, cached (a host-to-device copy
+    per call would wait for the GPU, and could not be captured in a CUDA graph)."""
+    key = (eps, n_cap, scale, L, str(device))
+    hit = _PARAMS.get(key)
+    if hit is None:
+        from structured.vandermonde import chebyshev_omega_limits
+        if len(_PARAMS) >= 64:
+            _PARAMS.clear()
+        values = [scale, math.pi * scale * (L - 1), (L - 1) / 2, *chebyshev_omega_limits(n_cap, eps)]
+        hit = _PARAMS[key] = torch.tensor(values, dtype=torch.float64, device=device)
+    return hit
+
+
+def points_cap(length: int, max_points: int | None = None) -> int:
+    """The number of points the kernels can take (the size of the Z blocks): ``max_points`` (default
+    ``min(L, DEFAULT_MAX_POINTS)``) rounded up to a multiple of ``CHUNK``."""
+    if max_points is None:
+        max_points = min(length, DEFAULT_MAX_POINTS)
+    elif isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+        raise ValueError(f"max_points must be a positive int (the most Chebyshev points per batch element) or None, "
+                         f"got {max_points!r}")
+    return _cdiv(max_points, CHUNK) * CHUNK
+
+
+def device_points(omega: float, eps: float, n_cap: int) -> int | None:
+    """The point count the prep kernel picks for a batch element with ``Omega`` (here on the host, for tests and
+    reports): the fewest with bound <= eps, rounded up to a multiple of ``CHUNK``, at most ``n_cap``; None where
+    more than ``n_cap`` would be needed (the kernels then give NaN)."""
+    from structured.vandermonde import chebyshev_omega_limits
+    need = 1 + sum(1 for v in chebyshev_omega_limits(n_cap, eps) if v < omega)
+    return None if need > n_cap else min(_cdiv(need, CHUNK) * CHUNK, n_cap)
+
+
+def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float, eps: float, *,
+                                  max_points: int | None = None, precision: str = "ieee") -> torch.Tensor:
+    """The Chebyshev approximation of ``y_i = sum_j sum_d [cos(2 pi s q_id j) - cos(2 pi s k_jd i)] x_j``, fused on
+    the GPU with no host synchronization (the point count is chosen on the device; see the module docstring).
+
+    Parameters
+    ----------
+    x : (*batch, L, P) float64/float32/bfloat16/float16.
+    q, k : (*batch, L, d) (batch dims broadcast with x's).
+    scale : s > 0, the angle scale (a float).
+    eps : bound E on each interpolated cosine, in [1e-14, 0.1]; per column p, ``|y_hat_i - y_i| <= 2 d E ||x_p||_1``
+        (exact arithmetic, ``structured.vandermonde`` module docstring), the gradients within their E' bounds.
+    max_points : the most points per batch element (default ``min(L, 1024)``), rounded up to a multiple of
+        ``CHUNK``; a batch element that needs more gets NaN outputs.
+    precision : ``tl.dot`` precision for float32 products, "ieee" (default) or "tf32".
+
+    Returns
+    -------
+    y : (*batch, L, P) in x's dtype, differentiable in x, q, k (gradients in their dtypes).
+
+    Notes
+    -----
+    Three kernels forward (prep, reduce, rows), three backward (reduce, rows twice). Arithmetic in float32 for
+    float32 and half inputs (float64 for float64): the inputs are read in their own dtype, so bf16 x costs no
+    conversion pass, and the angles ``s q t_r`` are formed in float32 (the torch path's ``theta t_r`` likewise).
+    Cost per batch element: 2 L n d cosines and 4 L n P multiply-adds forward (n the element's point count),
+    about twice that backward with the sines; memory O(L (P + d) + n_cap P) with n_cap = the points cap: no L x L
+    or L x n tensor is stored.
+    """
+    if precision not in DOT_PRECISIONS:
+        raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got {precision!r}")
+    if not (x.is_cuda or _interpreting()):
+        raise ValueError(f"vandermonde_chebyshev_product: the Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 "
+                         f"set before triton is imported); got a tensor on {x.device}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale < math.inf):
+        raise ValueError(f"vandermonde_chebyshev_product: scale must be a finite float > 0, got {scale!r}")
+    x, q, k = check_args("vandermonde_chebyshev_product", x, q, k)
+    from structured.vandermonde import _check_nufft_eps
+    eps = _check_nufft_eps(eps)
+    batch, L, P, D = x.shape[:-2], x.shape[-2], x.shape[-1], q.shape[-1]
+    n_cap = points_cap(L, max_points)
+    acc = torch.float64 if torch.float64 in (x.dtype, q.dtype, k.dtype) else torch.float32
+    if acc == torch.float64:
+        precision = "ieee"
+    x3 = x.reshape(-1, L, P)
+    if x3.stride(-1) != 1:
+        x3 = x3.contiguous()
+    # half x: the hardware's cosines (|error| <= ~2^-21 on [-pi, pi], the turns are reduced first), 2^12 below the
+    # output's own rounding; the interpreter has no such function and evaluates accurate ones
+    fast = x.dtype in (torch.bfloat16, torch.float16) and not _interpreting()
+    y3 = _ChebyshevProduct.apply(x3, q.reshape(-1, L, D), k.reshape(-1, L, D),
+                                 _params(eps, n_cap, float(scale), L, x.device), n_cap, acc, fast, precision)
+    return y3.reshape(*batch, L, P)
