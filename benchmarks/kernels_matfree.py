@@ -575,9 +575,9 @@ def _print_table(results):
 
 def merge(paths, out):
     """Merge the JSON of runs made in separate calls (e.g. ``--kinds cauchy,sdpa`` and ``--kinds vandermonde``
-    with different ``--out``, when one device call could not hold both) into ``out``: each kind's results and
-    accuracy come from the last file that has them; the commands are all kept; targets and plot are redrawn.
-    Only runs of the same device, shapes and mode (smoke or not) merge."""
+    with different ``--out``, when one device call could not hold both; or a ``--methods`` re-run) into ``out``:
+    each (kind, method)'s results and accuracy come from the last file that has them; the commands are all kept;
+    targets and plot are redrawn. Only runs of the same device, shapes and mode (smoke or not) merge."""
     runs = []
     for path in paths:
         with open(path) as f:
@@ -592,9 +592,10 @@ def merge(paths, out):
     payload["command"] = " ; ".join(r["command"] for r in runs)
     payload["merged_from"] = [os.path.abspath(p) for p in paths]
     for r in runs:
-        kinds = {x["kind"] for x in r["results"]}
-        payload["results"] = [x for x in payload["results"] if x["kind"] not in kinds] + r["results"]
-        payload["accuracy_vs_float64"].update(r.get("accuracy_vs_float64", {}))
+        rows = {(x["kind"], x["method"]) for x in r["results"]}
+        payload["results"] = [x for x in payload["results"] if (x["kind"], x["method"]) not in rows] + r["results"]
+        for kind, acc in r.get("accuracy_vs_float64", {}).items():
+            payload["accuracy_vs_float64"].setdefault(kind, {}).update(acc)
     lengths = sorted({x["L"] for x in payload["results"]})
     payload["targets"] = _targets(payload["results"], lengths)
     os.makedirs(out, exist_ok=True)

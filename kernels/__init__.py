@@ -14,8 +14,9 @@ and return ``(*batch, L, P)`` in the dtype of ``x``, accumulating in float32 or 
 * :func:`semiseparable_matmul` (causal SSD), :func:`quasiseparable_matmul` (fused bidirectional Hydra
   scan) -- ``kernels/ssd.py``
 * :func:`cauchy_matmul` (exact, tiled) and :func:`cauchy_expsum_product` (exponential-sum expansion with a stated
-  bound) -- ``kernels/cauchy.py``; :func:`vandermonde_matmul` and :func:`cosine_features` (the feature maps of
-  ``structured.vandermonde``'s Chebyshev path) -- ``kernels/vandermonde.py``
+  bound) -- ``kernels/cauchy.py``; :func:`vandermonde_matmul` (exact, tiled) -- ``kernels/vandermonde.py``;
+  :func:`vandermonde_chebyshev_product` (``structured.vandermonde``'s Chebyshev path, fused, with a stated bound)
+  -- ``kernels/chebyshev.py``
 """
 from __future__ import annotations
 
@@ -91,7 +92,3 @@ def vandermonde_chebyshev_product(*args, **kwargs):
     from .chebyshev import vandermonde_chebyshev_product as f
     return f(*args, **kwargs)
 
-
-def cosine_features(*args, **kwargs):
-    from .vandermonde import cosine_features as f
-    return f(*args, **kwargs)

@@ -80,8 +80,11 @@ Fast products (none builds an L x L tensor)
     formed block by block (never an ``(L, D, n)`` tensor beyond ``structured.base.BLOCK_ELEMENTS``) by a
     function that saves only the angles and recomputes ``-j_r sin(theta_id j_r)`` in backward; the GEMMs
     are differentiated by autograd, so the gradients are the exact gradients of the approximant. On CUDA
-    with Triton (:func:`kernels.enabled`) U and V come from the fused kernel ``kernels.cosine_features``
-    instead (the same function, its cosines in registers: no block of angles in memory at all).
+    with Triton (:func:`kernels.enabled`) the whole product runs in ``kernels.chebyshev`` instead: U, V and
+    Lam are recomputed in registers (no L x n tensor at all), and n is chosen per batch element on the device
+    from that element's own Omega (:func:`chebyshev_omega_limits`; the same bound, so never more points than
+    the host's n for the batch, rounded up to a multiple of 16), with no host synchronization; where n would
+    exceed its cap the element's outputs are NaN rather than an error.
     **Error bound** (exact arithmetic; :func:`chebyshev_plan`): f_i is analytic in the Bernstein ellipse
     E_rho (``|Im t| <= (rho - 1/rho)/2``) with ``|f_i| <= cosh(Omega (rho - 1/rho)/2)``,
     ``Omega = max |omega|`` over all q- and k-nodes of the batch, so (Trefethen, *Approximation Theory and
@@ -559,19 +562,11 @@ class _CosineFeatures(torch.autograd.Function):
         return gt, None
 
 
-def _cosine_features(theta: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-    # the fused GPU kernel where kernels.enabled (same function, no (L, n, D) block of angles), else torch
-    import kernels
-    if kernels.enabled(theta):
-        return kernels.cosine_features(theta, nodes)
-    return _CosineFeatures.apply(theta, nodes)
-
-
 def _chebyshev_product(x: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor, n: int) -> torch.Tensor:
     """``U (Lam^T x) - Lam (V^T x)`` with n points (x, theta, phi expanded to one batch shape)."""
     nodes, lam = _interpolation_matrix(x.shape[-2], n, x.dtype, x.device)
-    U = _cosine_features(theta, nodes)
-    V = _cosine_features(phi, nodes)
+    U = _CosineFeatures.apply(theta, nodes)
+    V = _CosineFeatures.apply(phi, nodes)
     return U @ (lam.transpose(0, 1) @ x) - lam @ (V.transpose(-1, -2) @ x)
 
 
@@ -592,7 +587,10 @@ def vandermonde_matmul_chebyshev(x: torch.Tensor, q: torch.Tensor, k: torch.Tens
     eps).n`` points, Omega = pi s (L-1) max(|q|, |k|) over the whole batch. Per column p:
     ``|y_hat_i - y_i| <= 2 D E ||x_p||_1`` (+ rounding), E <= eps; gradients (autograd through the
     approximant) within the E' bounds of the module docstring. Cost O(L n (D + P)), memory O(L (n + P)).
-    Raises ValueError when n > L (large angles: use the nufft or tiled path).
+    Raises ValueError when n > L (large angles: use the nufft or tiled path). Where :func:`kernels.enabled`
+    (CUDA): ``kernels.vandermonde_chebyshev_product``, fused and without a host sync, n per batch element on the
+    device (its own Omega, so within the same bound), NaN outputs for an element needing more than
+    ``min(L, 1024)`` points instead of the ValueError.
     """
     scale = _check_scale(scale)
     eps = NUFFT_DEFAULT_EPS.get(x.dtype, NUFFT_DEFAULT_EPS[torch.float32]) if eps is None else _check_nufft_eps(eps)

@@ -22,6 +22,8 @@ ap.add_argument("--L", type=int, default=512)
 ap.add_argument("--backward", action="store_true")
 ap.add_argument("--calls", type=int, default=50)
 ap.add_argument("--kind", choices=("cauchy", "vandermonde"), default="cauchy")
+ap.add_argument("--cprofile", action="store_true", help="also cProfile the host side of the calls (where the host "
+                "time of an eager call goes: Triton's launcher, autograd, allocations)")
 args = ap.parse_args()
 x, q, k = _inputs(args.kind, args.L, "cuda", torch.bfloat16, 0, SHAPES)
 product = ((lambda x, q, k: cauchy_matmul_expsum(x, q, k, 0.0)) if args.kind == "cauchy"
@@ -53,3 +55,11 @@ with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
     torch.cuda.synchronize()
 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
 print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
+if args.cprofile:
+    import cProfile
+    import pstats
+    with cProfile.Profile() as cprof:
+        for _ in range(args.calls):
+            call()
+        torch.cuda.synchronize()
+    pstats.Stats(cprof).sort_stats("tottime").print_stats(30)
