@@ -26,10 +26,13 @@ Everything data-dependent is decided on the device, per batch element, by a "pre
   consistent with the stored points: U and Lam use the same rounded t_r, so the approximant interpolates exactly
   at the points it evaluates. A row on a point (j == t_r) gets 0 there, and Lam_j = e_r.
 
-Backward (g = dL/dy): ``Zg = [Lam^T g ; U^T g]`` by the reduce kernel on (q, g); then the rows kernel twice:
-on (k, Zg, x) for ``dx = Lam (U^T g) - V (Lam^T g)`` and ``dk_jd = 2 pi s sum_r (x_j . (Lam^T g)_r) t_r
-sin(2 pi s k_jd t_r)``, and on (q, Z, g) for ``dq_id = -2 pi s sum_r (g_i . (Lam^T x)_r) t_r sin(2 pi s q_id t_r)``:
-the exact gradients of the approximant. The torch reference of the same computation is
+The reduce kernel also splits L into segments (enough programs at short L) whose sums are added atomically: the
+results are reproducible to rounding, not bit for bit.
+
+Backward (g = dL/dy): ``Zg = [Lam^T g ; U^T g]`` by the reduce kernel on (q, g); then, in one launch, the rows
+program twice: on (k, Zg, x) for ``dx = Lam (U^T g) - V (Lam^T g)`` and ``dk_jd = 2 pi s sum_r (x_j . (Lam^T g)_r)
+t_r sin(2 pi s k_jd t_r)``, and on (q, Z, g) for ``dq_id = -2 pi s sum_r (g_i . (Lam^T x)_r) t_r sin(2 pi s q_id
+t_r)``: the exact gradients of the approximant. The torch reference of the same computation is
 ``structured.vandermonde._chebyshev_product`` (points given, Lam from the same formula in float64).
 """
 from __future__ import annotations
@@ -141,7 +144,7 @@ def _cheb_prep_kernel(
 @triton.jit
 def _cheb_reduce_kernel(
     ANG, X, PRM, NPTS, NODES, INVS, Z,
-    L, P, SEG_LEN, stride_ab, stride_al, stride_ad, stride_xb, stride_xl,
+    L, P, SEG_LEN,
     D: tl.constexpr, FC: tl.constexpr, N_CAP: tl.constexpr, N_SEG: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_P: tl.constexpr, FAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -149,6 +152,7 @@ def _cheb_reduce_kernel(
     # F_jr = sum_d cos(2 pi s ang_jd t_r): one program per (batch element, chunk of points, segment of rows), the
     # segments' sums added atomically into Z (zeroed by the prep kernel): a batch element has only a few chunks,
     # and without the split over L too few programs would run at short L. Chunks past the count do nothing.
+    # ANG (b, L, D) and X (b, L, P) are contiguous.
     pid = tl.program_id(0)
     seg = pid % N_SEG
     b = pid // (N_SEG * (N_CAP // FC))
@@ -161,21 +165,21 @@ def _cheb_reduce_kernel(
     mask_p = offs_p < P
     t = tl.load(NODES + b.to(tl.int64) * N_CAP + offs_c, mask=offs_c < npts, other=0.0)
     w = _weights(offs_c, npts, ACC)
-    A_b = ANG + b.to(tl.int64) * stride_ab
-    X_b = X + b.to(tl.int64) * stride_xb
+    A_b = ANG + b.to(tl.int64) * (L * D)
+    X_b = X + b.to(tl.int64) * (L * P)
     acc_lam = tl.zeros((FC, BLOCK_P), dtype=ACC)
     acc_feat = tl.zeros((FC, BLOCK_P), dtype=ACC)
     seg_end = tl.minimum(L, (seg + 1) * SEG_LEN)
     for l0 in range(seg * SEG_LEN, tl.where(c0 < npts, seg_end, 0), BLOCK_L):
         offs_l = l0 + tl.arange(0, BLOCK_L)
         mask_l = offs_l < seg_end
-        xt = tl.load(X_b + offs_l[:, None] * stride_xl + offs_p[None, :], mask=mask_l[:, None] & mask_p[None, :],
+        xt = tl.load(X_b + offs_l[:, None] * P + offs_p[None, :], mask=mask_l[:, None] & mask_p[None, :],
                      other=0.0).to(ACC)                 # padded rows: x = 0 there
         inv_s = tl.load(INVS + b.to(tl.int64) * L + offs_l, mask=mask_l, other=0.0)
         lam = _lagrange(offs_l.to(ACC), t, w, inv_s, True)
         feat = tl.zeros((FC, BLOCK_L), dtype=ACC)
         for d in range(D):
-            a = tl.load(A_b + offs_l * stride_al + d * stride_ad, mask=mask_l, other=0.0).to(ACC) * s
+            a = tl.load(A_b + offs_l * D + d, mask=mask_l, other=0.0).to(ACC) * s
             feat += _cos_turns(_reduce_turns(t[:, None] * a[None, :]), FAST)
         acc_lam += tl.dot(lam, xt, input_precision=PRECISION)
         acc_feat += tl.dot(feat, xt, input_precision=PRECISION)
@@ -186,21 +190,18 @@ def _cheb_reduce_kernel(
 
 
 @triton.jit
-def _cheb_rows_kernel(
-    ANG, W, PRM, NPTS, NODES, INVS, XX, OUT, DANG,
-    L, P, stride_ab, stride_al, stride_ad, stride_xxb, stride_xxl, stride_ob, stride_ol,
+def _rows_program(
+    b, blk, ANG, W, PRM, NPTS, NODES, INVS, XX, OUT, DANG, L, P,
     D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, N_CAP: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_P: tl.constexpr, SIGN: tl.constexpr, WITH_OUT: tl.constexpr, WITH_GRAD: tl.constexpr,
     FAST: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
 ):
-    # One program per (batch element, row block), with F_ir = sum_d cos(2 pi s ang_id t_r) (EMULATE: the
-    # interpreter's bf16 stores are made to round to nearest like the GPU's, see kernels.cauchy._mm):
+    # Row block blk of batch element b, with F_ir = sum_d cos(2 pi s ang_id t_r) (ANG (b, L, D), XX and OUT
+    # (b, L, P), DANG (b, L, D), all contiguous; EMULATE: the interpreter's bf16 stores are made to round to
+    # nearest like the GPU's, see kernels.cauchy._mm):
     #   OUT[rows]     = SIGN (F W_0 - Lam W_1)                                              (WITH_OUT)
     #   DANG[rows, d] = -SIGN 2 pi s sum_r (XX_i . W_0r) t_r sin(2 pi s ang_id t_r)         (WITH_GRAD)
-    pid = tl.program_id(0)
-    n_blocks = tl.cdiv(L, BLOCK_L)
-    b = pid // n_blocks
-    offs_l = (pid % n_blocks) * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_l = blk * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_l = offs_l < L
     offs_p = tl.arange(0, BLOCK_P)
     offs_d = tl.arange(0, D_PAD)
@@ -211,14 +212,14 @@ def _cheb_rows_kernel(
     s = tl.load(PRM).to(ACC)
     j = offs_l.to(ACC)
     inv_s = tl.load(INVS + b.to(tl.int64) * L + offs_l, mask=mask_l, other=0.0)
-    A_b = ANG + b.to(tl.int64) * stride_ab + offs_l * stride_al
+    A_b = ANG + b.to(tl.int64) * (L * D) + offs_l * D
     W_b = W + b.to(tl.int64) * (2 * N_CAP * P)
+    rows_lp = b.to(tl.int64) * (L * P) + offs_l[:, None] * P + offs_p[None, :]
     acc = tl.zeros((BLOCK_L, BLOCK_P), dtype=ACC)
     dang = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
     xx = tl.zeros((BLOCK_L, BLOCK_P), dtype=ACC)
     if WITH_GRAD:
-        xx = tl.load(XX + b.to(tl.int64) * stride_xxb + offs_l[:, None] * stride_xxl + offs_p[None, :],
-                     mask=mask_lp, other=0.0).to(ACC)
+        xx = tl.load(XX + rows_lp, mask=mask_lp, other=0.0).to(ACC)
     for c0 in range(0, npts, FC):
         offs_c = c0 + tl.arange(0, FC)
         t = tl.load(NODES + b.to(tl.int64) * N_CAP + offs_c)
@@ -228,7 +229,7 @@ def _cheb_rows_kernel(
         if WITH_GRAD:                                # (XX_i . W_0r) t_r
             dft = tl.dot(xx, tl.trans(w0), input_precision=PRECISION) * t[None, :]
         for d in range(D):
-            a = tl.load(A_b + d * stride_ad, mask=mask_l, other=0.0).to(ACC) * s
+            a = tl.load(A_b + d, mask=mask_l, other=0.0).to(ACC) * s
             r = _reduce_turns(a[:, None] * t[None, :])
             if WITH_OUT:
                 feat += _cos_turns(r, FAST)
@@ -239,12 +240,46 @@ def _cheb_rows_kernel(
             lam = _lagrange(j, t, _weights(offs_c, npts, ACC), inv_s, False)
             acc += tl.dot(feat, w0, input_precision=PRECISION) - tl.dot(lam, w1, input_precision=PRECISION)
     if WITH_OUT:
-        tl.store(OUT + b.to(tl.int64) * stride_ob + offs_l[:, None] * stride_ol + offs_p[None, :],
-                 _cast_out(SIGN * acc, OUT.dtype.element_ty, EMULATE), mask=mask_lp)
+        tl.store(OUT + rows_lp, _cast_out(SIGN * acc, OUT.dtype.element_ty, EMULATE), mask=mask_lp)
     if WITH_GRAD:
         dang = dang * (-SIGN * 6.283185307179586 * s)
         tl.store(DANG + b.to(tl.int64) * (L * D) + offs_l[:, None] * D + offs_d[None, :],
                  _cast_out(dang, DANG.dtype.element_ty, EMULATE), mask=mask_l[:, None] & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _cheb_rows_kernel(
+    Q, Z, PRM, NPTS, NODES, INVS, Y, L, P,
+    D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, N_CAP: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_P: tl.constexpr, FAST: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+):
+    # forward: y = U Z_0 - Lam Z_1, one program per (batch element, row block)
+    n_blocks = tl.cdiv(L, BLOCK_L)
+    pid = tl.program_id(0)
+    _rows_program(pid // n_blocks, pid % n_blocks, Q, Z, PRM, NPTS, NODES, INVS, Y, Y, Y, L, P, D, D_PAD, FC, N_CAP,
+                  BLOCK_L, BLOCK_P, 1, True, False, FAST, PRECISION, EMULATE)
+
+
+@triton.jit
+def _cheb_rows_bwd_kernel(
+    Q, K, X, G, Z, ZG, PRM, NPTS, NODES, INVS, DX, DQ, DK, L, P,
+    D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, N_CAP: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_P: tl.constexpr, FIRST_ROLE: tl.constexpr, WITH_DX: tl.constexpr, WITH_DK: tl.constexpr,
+    FAST: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+):
+    # backward, both row passes in one launch (program_id(1) + FIRST_ROLE picks one):
+    #   role 0, the rows of k: dx = -(V Zg_0 - Lam Zg_1), dk from (x . Zg_0)   (WITH_DX, WITH_DK)
+    #   role 1, the rows of q: dq from (g . Z_0)
+    n_blocks = tl.cdiv(L, BLOCK_L)
+    pid = tl.program_id(0)
+    b = pid // n_blocks
+    blk = pid % n_blocks
+    if tl.program_id(1) + FIRST_ROLE == 0:
+        _rows_program(b, blk, K, ZG, PRM, NPTS, NODES, INVS, X, DX, DK, L, P, D, D_PAD, FC, N_CAP, BLOCK_L, BLOCK_P,
+                      -1, WITH_DX, WITH_DK, FAST, PRECISION, EMULATE)
+    else:
+        _rows_program(b, blk, Q, Z, PRM, NPTS, NODES, INVS, G, DQ, DQ, L, P, D, D_PAD, FC, N_CAP, BLOCK_L, BLOCK_P,
+                      1, False, True, FAST, PRECISION, EMULATE)
 
 
 # (BLOCK_L, num_warps) of the reduce and rows kernels; the CPU interpreter takes small blocks
@@ -285,53 +320,58 @@ def _reduce(ang3, x3, prm, tables, z, fast, precision):
     seg_len = max(seg_min, _cdiv(_cdiv(L, REDUCE_MAX_SEGMENTS), bl) * bl)
     n_seg = _cdiv(L, seg_len)
     _cheb_reduce_kernel[(bh * (n_cap // CHUNK) * n_seg,)](
-        ang3, x3, prm, *tables, z, L, P, seg_len, *ang3.stride(), x3.stride(0), x3.stride(1), D=ang3.shape[-1],
-        FC=CHUNK, N_CAP=n_cap, N_SEG=n_seg, BLOCK_L=bl, BLOCK_P=max(16, _next_pow2(P)), FAST=fast,
-        PRECISION=precision, num_warps=warps)
+        ang3, x3, prm, *tables, z, L, P, seg_len, D=ang3.shape[-1], FC=CHUNK, N_CAP=n_cap, N_SEG=n_seg, BLOCK_L=bl,
+        BLOCK_P=max(16, _next_pow2(P)), FAST=fast, PRECISION=precision, num_warps=warps)
 
 
-def _rows(ang3, w, prm, tables, fast, precision, sign, xx=None, out=None, dang=None):
-    bh, L, D = ang3.shape
-    n_cap, P = w.shape[2], w.shape[3]
-    xx_ = xx if xx is not None else w           # placeholders of unused pointers (never read or written)
-    out_ = out if out is not None else w
-    dang_ = dang if dang is not None else w
+def _row_meta(D, n_cap, P, fast, precision):
     bl, warps = _blocks("rows")
-    _cheb_rows_kernel[(bh * _cdiv(L, bl),)](
-        ang3, w, prm, *tables, xx_, out_, dang_, L, P, *ang3.stride(), xx_.stride(0), xx_.stride(1),
-        out_.stride(0), out_.stride(1), D=D, D_PAD=_next_pow2(D), FC=CHUNK, N_CAP=n_cap, BLOCK_L=bl,
-        BLOCK_P=max(16, _next_pow2(P)), SIGN=sign, WITH_OUT=out is not None, WITH_GRAD=dang is not None,
-        FAST=fast, PRECISION=precision, EMULATE=_interpreting(), num_warps=warps)
+    return dict(D=D, D_PAD=_next_pow2(D), FC=CHUNK, N_CAP=n_cap, BLOCK_L=bl, BLOCK_P=max(16, _next_pow2(P)), FAST=fast,
+                PRECISION=precision, EMULATE=_interpreting(), num_warps=warps)
 
 
 class _ChebyshevProduct(torch.autograd.Function):
-    """``y = U (Lam^T x) - Lam (V^T x)`` with the point count chosen per batch element on the device."""
+    """``y = U (Lam^T x) - Lam (V^T x)`` with the point count chosen per batch element on the device. Takes and
+    returns the caller's shapes (the flattening to (bh, L, .) happens inside: no view nodes in the graph)."""
 
     @staticmethod
-    def forward(ctx, x3, q3, k3, prm, n_cap, acc, fast, precision):
-        tables, z, zg = _prep(q3, k3, prm, n_cap, acc, x3.shape[-1])
+    def forward(ctx, x, q, k, prm, n_cap, acc, fast, precision):
+        L, P, D = x.shape[-2], x.shape[-1], q.shape[-1]
+        x3 = x.reshape(-1, L, P).contiguous()
+        q3, k3 = q.reshape(-1, L, D).contiguous(), k.reshape(-1, L, D).contiguous()
+        bh = x3.shape[0]
+        tables, z, zg = _prep(q3, k3, prm, n_cap, acc, P)
         _reduce(k3, x3, prm, tables, z, fast, precision)
-        y3 = torch.empty_like(x3)
-        _rows(q3, z, prm, tables, fast, precision, 1, out=y3)
-        ctx.save_for_backward(x3, q3, k3, prm, *tables, z, zg)
-        ctx.meta = (fast, precision)
-        return y3
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)      # the output itself, not a view
+        bl = _blocks("rows")[0]
+        _cheb_rows_kernel[(bh * _cdiv(L, bl),)](q3, z, prm, *tables, y, L, P, **_row_meta(D, n_cap, P, fast, precision))
+        ctx.save_for_backward(x3, q3, k3)
+        # intermediates (neither inputs nor outputs) are kept on ctx directly
+        ctx.tables, ctx.z, ctx.zg, ctx.prm = tables, z, zg, prm
+        ctx.meta = (fast, precision, x.shape, q.shape, k.shape)
+        return y
 
     @staticmethod
     def backward(ctx, gy):
-        x3, q3, k3, prm, *tables, z, zg = ctx.saved_tensors
-        fast, precision = ctx.meta
+        x3, q3, k3 = ctx.saved_tensors
+        fast, precision, x_shape, q_shape, k_shape = ctx.meta
         need_x, need_q, need_k = ctx.needs_input_grad[:3]
-        g3 = gy if gy.stride(-1) == 1 else gy.contiguous()
-        dx = dq = dk = None
-        if need_x or need_k:                   # Zg = [Lam^T g ; U^T g]: dx and dk from the rows of k
-            _reduce(q3, g3, prm, tables, zg, fast, precision)
-            dx = torch.empty_like(x3) if need_x else None
-            dk = torch.empty(k3.shape, dtype=k3.dtype, device=k3.device) if need_k else None
-            _rows(k3, zg, prm, tables, fast, precision, -1, xx=x3, out=dx, dang=dk)
-        if need_q:                             # dq from the rows of q against the forward Z
-            dq = torch.empty(q3.shape, dtype=q3.dtype, device=q3.device)
-            _rows(q3, z, prm, tables, fast, precision, 1, xx=g3, dang=dq)
+        bh, L, P = x3.shape
+        D, n_cap = q3.shape[-1], ctx.z.shape[2]
+        g3 = gy.reshape(bh, L, P).to(x3.dtype).contiguous()
+        dx = torch.empty(x_shape, dtype=x3.dtype, device=x3.device) if need_x else None
+        dq = torch.empty(q_shape, dtype=q3.dtype, device=q3.device) if need_q else None
+        dk = torch.empty(k_shape, dtype=k3.dtype, device=k3.device) if need_k else None
+        roles = ([0] if need_x or need_k else []) + ([1] if need_q else [])
+        if not roles:
+            return None, None, None, None, None, None, None, None
+        if roles[0] == 0:                      # Zg = [Lam^T g ; U^T g] for the rows of k
+            _reduce(q3, g3, ctx.prm, ctx.tables, ctx.zg, fast, precision)
+        bl = _blocks("rows")[0]
+        _cheb_rows_bwd_kernel[(bh * _cdiv(L, bl), len(roles))](
+            q3, k3, x3, g3, ctx.z, ctx.zg, ctx.prm, *ctx.tables, dx if need_x else x3, dq if need_q else q3,
+            dk if need_k else k3, L, P, FIRST_ROLE=roles[0], WITH_DX=need_x, WITH_DK=need_k,
+            **_row_meta(D, n_cap, P, fast, precision))
         return dx, dq, dk, None, None, None, None, None
 
 
@@ -394,9 +434,11 @@ def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Ten
 
     Notes
     -----
-    Three kernels forward (prep, reduce, rows), three backward (reduce, rows twice). Arithmetic in float32 for
-    float32 and half inputs (float64 for float64): the inputs are read in their own dtype, so bf16 x costs no
-    conversion pass, and the angles ``s q t_r`` are formed in float32 (the torch path's ``theta t_r`` likewise).
+    Three kernels forward (prep, reduce, rows), two backward (reduce; the rows of k and of q in one launch).
+    Arithmetic in float32 for float32 and half inputs (float64 for float64): the inputs are read in their own
+    dtype, so bf16 x costs no conversion pass, and the angles ``s q t_r`` are formed in float32 (the torch path's
+    ``theta t_r`` likewise). Half x uses the hardware's cosines and sines (turns reduced first: absolute error
+    about 2^-21 each, 2^12 below the output's own rounding); float32 and float64 use accurate ones.
     Cost per batch element: 2 L n d cosines and 4 L n P multiply-adds forward (n the element's point count),
     about twice that backward with the sines; memory O(L (P + d) + n_cap P) with n_cap = the points cap: no L x L
     or L x n tensor is stored.
@@ -416,12 +458,8 @@ def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Ten
     acc = torch.float64 if torch.float64 in (x.dtype, q.dtype, k.dtype) else torch.float32
     if acc == torch.float64:
         precision = "ieee"
-    x3 = x.reshape(-1, L, P)
-    if x3.stride(-1) != 1:
-        x3 = x3.contiguous()
     # half x: the hardware's cosines (|error| <= ~2^-21 on [-pi, pi], the turns are reduced first), 2^12 below the
     # output's own rounding; the interpreter has no such function and evaluates accurate ones
     fast = x.dtype in (torch.bfloat16, torch.float16) and not _interpreting()
-    y3 = _ChebyshevProduct.apply(x3, q.reshape(-1, L, D), k.reshape(-1, L, D),
-                                 _params(eps, n_cap, float(scale), L, x.device), n_cap, acc, fast, precision)
-    return y3.reshape(*batch, L, P)
+    return _ChebyshevProduct.apply(x, q, k, _params(eps, n_cap, float(scale), L, x.device), n_cap, acc, fast,
+                                   precision)

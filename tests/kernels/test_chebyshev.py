@@ -148,3 +148,21 @@ def test_bad_arguments():
         kc.vandermonde_chebyshev_product(x, q, k, 1e-3, 1e-6, precision="fp8")
     with pytest.raises(ValueError, match="length of x"):
         kc.vandermonde_chebyshev_product(x, q[:, :4], k, 1e-3, 1e-6)
+
+
+@pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True), (True, True, False)])
+def test_backward_computes_only_the_requested_gradients(needs):
+    """The backward launch runs only the row passes it needs (the rows of q alone, of k alone, dx without dk):
+    each gradient is the one of the full backward (to rounding: the reduce kernels add their segments atomically,
+    in no fixed order on the GPU)."""
+    x, q, k = inputs(2, 21, 3, 2, seed=9)
+    s, eps = 1e-2, 1e-12
+    full = [t.clone().requires_grad_() for t in (x, q, k)]
+    gy = torch.randn(2, 21, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64).to(DEVICE)
+    kc.vandermonde_chebyshev_product(*full, s, eps).backward(gy)
+    part = [t.clone().requires_grad_(need) for t, need in zip((x, q, k), needs)]
+    kc.vandermonde_chebyshev_product(*part, s, eps).backward(gy)
+    for f, p, need in zip(full, part, needs):
+        assert (p.grad is not None) == need
+        if need:
+            assert torch.allclose(p.grad, f.grad, rtol=1e-12, atol=1e-12 * f.grad.abs().max().item())
