@@ -29,8 +29,8 @@ Everything data-dependent is decided on the device, per batch element, by a "pre
 The reduce kernel also splits L into segments (enough programs at short L) whose sums are added atomically: the
 results are reproducible to rounding, not bit for bit.
 
-Backward (g = dL/dy): ``Zg = [Lam^T g ; U^T g]`` by the reduce kernel on (q, g); then, in one launch, the rows
-program twice: on (k, Zg, x) for ``dx = Lam (U^T g) - V (Lam^T g)`` and ``dk_jd = 2 pi s sum_r (x_j . (Lam^T g)_r)
+Backward (g = dL/dy): ``Zg = [Lam^T g ; U^T g]`` by the reduce kernel on (q, g); then the rows kernel twice:
+on (k, Zg, x) for ``dx = Lam (U^T g) - V (Lam^T g)`` and ``dk_jd = 2 pi s sum_r (x_j . (Lam^T g)_r)
 t_r sin(2 pi s k_jd t_r)``, and on (q, Z, g) for ``dq_id = -2 pi s sum_r (g_i . (Lam^T x)_r) t_r sin(2 pi s q_id
 t_r)``: the exact gradients of the approximant. The torch reference of the same computation is
 ``structured.vandermonde._chebyshev_product`` (points given, Lam from the same formula in float64).
@@ -264,17 +264,19 @@ def _cheb_rows_kernel(
 def _cheb_rows_bwd_kernel(
     Q, K, X, G, Z, ZG, PRM, NPTS, NODES, INVS, DX, DQ, DK, L, P,
     D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, N_CAP: tl.constexpr, BLOCK_L: tl.constexpr,
-    BLOCK_P: tl.constexpr, FIRST_ROLE: tl.constexpr, WITH_DX: tl.constexpr, WITH_DK: tl.constexpr,
+    BLOCK_P: tl.constexpr, ROLE: tl.constexpr, WITH_DX: tl.constexpr, WITH_DK: tl.constexpr,
     FAST: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
 ):
-    # backward, both row passes in one launch (program_id(1) + FIRST_ROLE picks one):
-    #   role 0, the rows of k: dx = -(V Zg_0 - Lam Zg_1), dk from (x . Zg_0)   (WITH_DX, WITH_DK)
-    #   role 1, the rows of q: dq from (g . Z_0)
+    # backward, one row pass per launch:
+    #   ROLE 0, the rows of k: dx = -(V Zg_0 - Lam Zg_1), dk from (x . Zg_0)   (WITH_DX, WITH_DK)
+    #   ROLE 1, the rows of q: dq from (g . Z_0)
+    # (ROLE is a constexpr: one launch with both passes, chosen by program_id(1), compiled both into one kernel,
+    # whose register allocation made the whole backward ~15% slower on the H100, session 7)
     n_blocks = tl.cdiv(L, BLOCK_L)
     pid = tl.program_id(0)
     b = pid // n_blocks
     blk = pid % n_blocks
-    if tl.program_id(1) + FIRST_ROLE == 0:
+    if ROLE == 0:
         _rows_program(b, blk, K, ZG, PRM, NPTS, NODES, INVS, X, DX, DK, L, P, D, D_PAD, FC, N_CAP, BLOCK_L, BLOCK_P,
                       -1, WITH_DX, WITH_DK, FAST, PRECISION, EMULATE)
     else:
@@ -363,15 +365,14 @@ class _ChebyshevProduct(torch.autograd.Function):
         dq = torch.empty(q_shape, dtype=q3.dtype, device=q3.device) if need_q else None
         dk = torch.empty(k_shape, dtype=k3.dtype, device=k3.device) if need_k else None
         roles = ([0] if need_x or need_k else []) + ([1] if need_q else [])
-        if not roles:
-            return None, None, None, None, None, None, None, None
-        if roles[0] == 0:                      # Zg = [Lam^T g ; U^T g] for the rows of k
+        if 0 in roles:                         # Zg = [Lam^T g ; U^T g] for the rows of k
             _reduce(q3, g3, ctx.prm, ctx.tables, ctx.zg, fast, precision)
         bl = _blocks("rows")[0]
-        _cheb_rows_bwd_kernel[(bh * _cdiv(L, bl), len(roles))](
-            q3, k3, x3, g3, ctx.z, ctx.zg, ctx.prm, *ctx.tables, dx if need_x else x3, dq if need_q else q3,
-            dk if need_k else k3, L, P, FIRST_ROLE=roles[0], WITH_DX=need_x, WITH_DK=need_k,
-            **_row_meta(D, n_cap, P, fast, precision))
+        for role in roles:
+            _cheb_rows_bwd_kernel[(bh * _cdiv(L, bl),)](
+                q3, k3, x3, g3, ctx.z, ctx.zg, ctx.prm, *ctx.tables, dx if need_x else x3, dq if need_q else q3,
+                dk if need_k else k3, L, P, ROLE=role, WITH_DX=need_x, WITH_DK=need_k,
+                **_row_meta(D, n_cap, P, fast, precision))
         return dx, dq, dk, None, None, None, None, None
 
 
@@ -434,7 +435,7 @@ def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Ten
 
     Notes
     -----
-    Three kernels forward (prep, reduce, rows), two backward (reduce; the rows of k and of q in one launch).
+    Three kernels forward (prep, reduce, rows), three backward (reduce, the rows of k, the rows of q).
     Arithmetic in float32 for float32 and half inputs (float64 for float64): the inputs are read in their own
     dtype, so bf16 x costs no conversion pass, and the angles ``s q t_r`` are formed in float32 (the torch path's
     ``theta t_r`` likewise). Half x uses the hardware's cosines and sines (turns reduced first: absolute error

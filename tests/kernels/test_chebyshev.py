@@ -152,7 +152,7 @@ def test_bad_arguments():
 
 @pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True), (True, True, False)])
 def test_backward_computes_only_the_requested_gradients(needs):
-    """The backward launch runs only the row passes it needs (the rows of q alone, of k alone, dx without dk):
+    """The backward runs only the row passes it needs (the rows of q alone, of k alone, dx without dk):
     each gradient is the one of the full backward (to rounding: the reduce kernels add their segments atomically,
     in no fixed order on the GPU)."""
     x, q, k = inputs(2, 21, 3, 2, seed=9)
