@@ -411,9 +411,9 @@ def _chebyshev_points_device(args):
     x, q, k = args
     L = x.shape[-2]
     n_cap = kc.points_cap(L)
-    (npts, _, _), _, _ = kc._prep(q.reshape(-1, L, q.shape[-1]), k.reshape(-1, L, k.shape[-1]),
-                                  kc._params(1e-6, n_cap, VANDERMONDE_SCALE, L, x.device), n_cap, torch.float32,
-                                  x.shape[-1])
+    q3, k3 = (t.reshape(-1, L, t.shape[-1]).contiguous() for t in (q, k))
+    (npts, _, _), _, _ = kc._prep(q3, k3, kc._params(1e-6, n_cap, VANDERMONDE_SCALE, L, x.device), n_cap,
+                                  torch.float32, x.shape[-1])
     return {"max": int(npts.max()), "min": int(npts.min())}
 
 

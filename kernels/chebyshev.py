@@ -84,25 +84,23 @@ def _lagrange(j, t, w, inv_s, TRANSPOSED: tl.constexpr):
 
 @triton.jit
 def _cheb_prep_kernel(
-    Q, K, PRM, NPTS, NODES, INVS, Z, ZG,
-    L, P, stride_qb, stride_ql, stride_qd, stride_kb, stride_kl, stride_kd,
+    Q, K, PRM, NPTS, NODES, INVS, Z, ZG, L, P,
     D: tl.constexpr, D_PAD: tl.constexpr, N_CAP: tl.constexpr, N_PAD: tl.constexpr, FC: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     # one program per batch element: Omega, the point count, the points, 1 / sum_r w_r / (j - t_r) per row, and
-    # zeros in the rows of the Z blocks (forward and backward) that the reduce kernels will accumulate into
+    # zeros in the rows of the Z blocks (forward and backward) that the reduce kernels will accumulate into.
+    # Q, K (b, L, D) contiguous: the (BLOCK_L, D) tiles are contiguous blocks of memory.
     b = tl.program_id(0)
     ACC = NODES.dtype.element_ty
     offs_d = tl.arange(0, D_PAD)
-    mask_d = offs_d < D
-    Q_b = Q + b.to(tl.int64) * stride_qb + offs_d[None, :] * stride_qd
-    K_b = K + b.to(tl.int64) * stride_kb + offs_d[None, :] * stride_kd
     top = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
     for l0 in range(0, L, BLOCK_L):
         offs = l0 + tl.arange(0, BLOCK_L)
-        mask = (offs < L)[:, None] & mask_d[None, :]
-        qv = tl.abs(tl.load(Q_b + offs[:, None] * stride_ql, mask=mask, other=0.0).to(ACC))
-        kv = tl.abs(tl.load(K_b + offs[:, None] * stride_kl, mask=mask, other=0.0).to(ACC))
+        at = b.to(tl.int64) * (L * D) + offs[:, None] * D + offs_d[None, :]
+        mask = (offs < L)[:, None] & (offs_d < D)[None, :]
+        qv = tl.abs(tl.load(Q + at, mask=mask, other=0.0).to(ACC))
+        kv = tl.abs(tl.load(K + at, mask=mask, other=0.0).to(ACC))
         top = tl.maximum(top, tl.maximum(qv, kv))
     # (a NaN node may be skipped here: its angles make the outputs NaN anyway; +inf exceeds every limit)
     omega = tl.max(tl.max(top, axis=1), axis=0).to(tl.float64) * tl.load(PRM + 1)      # pi s (L - 1) max |.|
@@ -298,14 +296,15 @@ def _blocks(role):
 
 
 def _prep(q3, k3, prm, n_cap, acc, P):
-    """Per batch element: the point count (int32), the points (bh, n_cap) and the row factors (bh, L), in acc;
-    and the forward and backward Z blocks (bh, 2, n_cap, P) in acc, zero in the rows the counts use."""
+    """q3, k3 (bh, L, D) contiguous. Per batch element: the point count (int32), the points (bh, n_cap) and the row
+    factors (bh, L), in acc; and the forward and backward Z blocks (bh, 2, n_cap, P) in acc, zero in the rows the
+    counts use."""
     bh, L, D = q3.shape
     npts = torch.empty((bh,), dtype=torch.int32, device=q3.device)
     nodes = torch.empty((bh, n_cap), dtype=acc, device=q3.device)
     invs = torch.empty((bh, L), dtype=acc, device=q3.device)
     z = torch.empty((2, bh, 2, n_cap, P), dtype=acc, device=q3.device)
-    _cheb_prep_kernel[(bh,)](q3, k3, prm, npts, nodes, invs, z[0], z[1], L, P, *q3.stride(), *k3.stride(), D=D,
+    _cheb_prep_kernel[(bh,)](q3, k3, prm, npts, nodes, invs, z[0], z[1], L, P, D=D,
                              D_PAD=_next_pow2(D), N_CAP=n_cap, N_PAD=_next_pow2(n_cap), FC=CHUNK,
                              BLOCK_L=_PREP_BLOCK["interpret" if _interpreting() else "gpu"],
                              BLOCK_P=max(16, _next_pow2(P)))
@@ -380,8 +379,8 @@ _PARAMS: dict = {}
 
 
 def _params(eps: float, n_cap: int, scale: float, L: int, device) -> torch.Tensor:
-    """float64 device tensor ``[s, pi s (L-1), (L-1)/2, Omega limits for n = 1 .. n_cap]``, cached (a host-to-device copy
-    per call would wait for the GPU, and could not be captured in a CUDA graph)."""
+    """float64 device tensor ``[s, pi s (L-1), (L-1)/2, Omega limits for n = 1 .. n_cap]``, cached (a host-to-device
+    copy per call would wait for the GPU, and could not be captured in a CUDA graph)."""
     key = (eps, n_cap, scale, L, str(device))
     hit = _PARAMS.get(key)
     if hit is None:

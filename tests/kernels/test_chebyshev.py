@@ -150,7 +150,8 @@ def test_bad_arguments():
         kc.vandermonde_chebyshev_product(x, q[:, :4], k, 1e-3, 1e-6)
 
 
-@pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True), (True, True, False)])
+@pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True),
+                                   (True, True, False)])
 def test_backward_computes_only_the_requested_gradients(needs):
     """The backward runs only the row passes it needs (the rows of q alone, of k alone, dx without dk):
     each gradient is the one of the full backward (to rounding: the reduce kernels add their segments atomically,
