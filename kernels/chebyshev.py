@@ -282,10 +282,12 @@ def _cheb_rows_bwd_kernel(
                       1, False, True, FAST, PRECISION, EMULATE)
 
 
-# (BLOCK_L, num_warps) of the reduce and rows kernels; the CPU interpreter takes small blocks. Rows: 8 warps. In
-# the sm_90 compile (triton 3.6) the rows kernels with 4 warps used all 255 registers and spilled (512 spill
-# stores forward, 704 in the backward rows of k, bf16); with 8 warps they take 168 / 188 registers, no spills.
-_BLOCKS = {"interpret": {"reduce": (16, 4), "rows": (16, 4)}, "gpu": {"reduce": (64, 4), "rows": (64, 8)}}
+# (BLOCK_L, num_warps) of the reduce and rows kernels; the CPU interpreter takes small blocks. In the sm_90 compile
+# (triton 3.6, results/device-scripts/static_chebyshev_sm90.py) the rows kernels with 4 warps use all 255 registers
+# and spill (512 spill stores forward, 704 in the backward rows of k, bf16); 8 warps take 168 / 188 registers
+# without spills, yet measured slower on the H100 (session 7: the same forward, backward rows 250 -> 338 us at
+# L = 512, fwd+bwd 2.47 -> 3.25 ms at L = 2048), so the rows keep 4.
+_BLOCKS = {"interpret": {"reduce": (16, 4), "rows": (16, 4)}, "gpu": {"reduce": (64, 4), "rows": (64, 4)}}
 _PREP_BLOCK = {"interpret": 16, "gpu": 64}
 #: The reduce kernels split L into at most this many segments of at least REDUCE_SEGMENT_MIN rows (a multiple of
 #: the block): at L = 512 a batch element's two chunks of points alone would give too few programs.
