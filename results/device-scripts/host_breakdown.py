@@ -1,0 +1,76 @@
+"""Where the host time of an eager Chebyshev (Vandermonde) fwd+bwd goes at L = 512 (the benchmark shape, bf16):
+each piece is run N times back to back without a sync and timed on the host (the GPU queue absorbs the launches),
+so the numbers are host microseconds per call. Session 7.
+
+    PYTHONPATH=. python results/device-scripts/host_breakdown.py
+"""
+import time
+
+import torch
+
+import kernels
+from benchmarks.kernels_matfree import SHAPES, VANDERMONDE_SCALE, _inputs
+from kernels import chebyshev as kc
+from structured.vandermonde import vandermonde_matmul_chebyshev
+
+N = 100
+x, q, k = _inputs("vandermonde", 512, "cuda", torch.bfloat16, 0, SHAPES)
+leaves = [t.detach().clone().requires_grad_() for t in (x, q, k)]
+gy = torch.randn_like(x)
+s, eps = VANDERMONDE_SCALE, 1e-6
+L, P, D = 512, x.shape[-1], q.shape[-1]
+x3, q3, k3 = x.reshape(-1, L, P), q.reshape(-1, L, D), k.reshape(-1, L, D)
+n_cap = kc.points_cap(L)
+prm = kc._params(eps, n_cap, s, L, x.device)
+tables, z, zg = kc._prep(q3, k3, prm, n_cap, torch.float32, P)
+
+
+def timed(name, fn):
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(N):
+        fn()
+    host = (time.perf_counter() - t0) / N
+    torch.cuda.synchronize()
+    print(f"{name:60s} {1e6 * host:8.1f} us/call on the host")
+
+
+def fwd_bwd():
+    for t in leaves:
+        t.grad = None
+    vandermonde_matmul_chebyshev(*leaves, s).backward(gy)
+
+
+class Nothing(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, c):
+        return torch.empty_like(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        return torch.empty_like(g), None, None
+
+
+def nothing_fwd_bwd():
+    for t in leaves:
+        t.grad = None
+    Nothing.apply(*leaves).backward(gy)
+
+
+bl = kc._blocks("rows")[0]
+y = torch.empty_like(x3)
+timed("fwd+bwd, vandermonde_matmul_chebyshev (the benchmark row)", fwd_bwd)
+with torch.no_grad():
+    timed("fwd, vandermonde_matmul_chebyshev", lambda: vandermonde_matmul_chebyshev(x, q, k, s))
+    timed("fwd, kernels.vandermonde_chebyshev_product", lambda: kc.vandermonde_chebyshev_product(x, q, k, s, eps))
+timed("kernels.enabled(x)", lambda: kernels.enabled(x))
+timed("check_args", lambda: kc.check_args("f", x, q, k))
+timed("_params (cached)", lambda: kc._params(eps, n_cap, s, L, x.device))
+timed("_prep launch (+ 4 torch.empty)", lambda: kc._prep(q3, k3, prm, n_cap, torch.float32, P))
+timed("_reduce launch", lambda: kc._reduce(k3, x3, prm, tables, z, True, "ieee"))
+timed("rows launch", lambda: kc._cheb_rows_kernel[(96 * 8,)](q3, z, prm, *tables, y, L, P,
+                                                             **kc._row_meta(D, n_cap, P, True, "ieee")))
+timed("torch.empty (1 tensor)", lambda: torch.empty((96, 512, 128), dtype=torch.bfloat16, device="cuda"))
+timed("autograd.Function doing nothing, fwd+bwd (3 leaves)", nothing_fwd_bwd)
