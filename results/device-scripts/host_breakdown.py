@@ -74,3 +74,17 @@ timed("rows launch", lambda: kc._cheb_rows_kernel[(96 * 8,)](q3, z, prm, *tables
                                                              **kc._row_meta(D, n_cap, P, True, "ieee")))
 timed("torch.empty (1 tensor)", lambda: torch.empty((96, 512, 128), dtype=torch.bfloat16, device="cuda"))
 timed("autograd.Function doing nothing, fwd+bwd (3 leaves)", nothing_fwd_bwd)
+
+# the backward alone: through the engine (retain_graph) and called directly on a recorded ctx (no engine)
+y_g = kc.vandermonde_chebyshev_product(*leaves, s, eps)
+timed("backward of our Function through the engine (retain_graph)", lambda: y_g.backward(gy, retain_graph=True))
+ctx = y_g.grad_fn
+timed("our backward() called directly (no engine)", lambda: kc._ChebyshevProduct.backward(ctx, gy))
+g3 = gy.reshape(-1, L, P)
+dx, dq, dk = torch.empty_like(x3), torch.empty_like(q3), torch.empty_like(k3)
+for role in (0, 1):
+    timed(f"rows bwd launch, role {role}", lambda: kc._cheb_rows_bwd_kernel[(96 * 8,)](
+        q3, k3, x3, g3, z, zg, prm, *tables, dx, dq, dk, L, P, ROLE=role, WITH_DX=True, WITH_DK=True,
+        **kc._row_meta(D, n_cap, P, True, "ieee")))
+timed("_row_meta", lambda: kc._row_meta(D, n_cap, P, True, "ieee"))
+timed("gy.reshape(...).to(...).contiguous()", lambda: gy.reshape(-1, L, P).to(x3.dtype).contiguous())
