@@ -412,8 +412,9 @@ def _chebyshev_points_device(args):
     L = x.shape[-2]
     n_cap = kc.points_cap(L)
     q3, k3 = (t.reshape(-1, L, t.shape[-1]).contiguous() for t in (q, k))
-    (npts, _, _), _, _ = kc._prep(q3, k3, kc._params(1e-6, n_cap, VANDERMONDE_SCALE, L, x.device), n_cap,
-                                  torch.float32, x.shape[-1])
+    tab, _, _ = kc._prep(q3, k3, kc._params(1e-6, n_cap, VANDERMONDE_SCALE, L, x.device), n_cap, torch.float32,
+                         x.shape[-1])
+    npts = kc.unpack_table(tab, n_cap)[0]
     return {"max": int(npts.max()), "min": int(npts.min())}
 
 

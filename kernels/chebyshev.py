@@ -84,15 +84,16 @@ def _lagrange(j, t, w, inv_s, TRANSPOSED: tl.constexpr):
 
 @triton.jit
 def _cheb_prep_kernel(
-    Q, K, PRM, NPTS, NODES, INVS, Z, ZG, L, P,
+    Q, K, PRM, TAB, Z, L, P,
     D: tl.constexpr, D_PAD: tl.constexpr, N_CAP: tl.constexpr, N_PAD: tl.constexpr, FC: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     # one program per batch element: Omega, the point count, the points, 1 / sum_r w_r / (j - t_r) per row, and
     # zeros in the rows of the Z blocks (forward and backward) that the reduce kernels will accumulate into.
-    # Q, K (b, L, D) contiguous: the (BLOCK_L, D) tiles are contiguous blocks of memory.
+    # Q, K (b, L, D) contiguous: the (BLOCK_L, D) tiles are contiguous blocks of memory. TAB: see _table.
     b = tl.program_id(0)
-    ACC = NODES.dtype.element_ty
+    ACC = TAB.dtype.element_ty
+    TAB_b = TAB + b.to(tl.int64) * (1 + N_CAP + L)
     offs_d = tl.arange(0, D_PAD)
     top = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
     for l0 in range(0, L, BLOCK_L):
@@ -109,16 +110,16 @@ def _cheb_prep_kernel(
     need = tl.sum((limits < omega).to(tl.int32), axis=0) + 1
     valid = need <= N_CAP
     npts = tl.minimum(((need + FC - 1) // FC) * FC, N_CAP)
-    tl.store(NPTS + b, npts)
+    tl.store(TAB_b, npts.to(ACC))
     offs_p = tl.arange(0, BLOCK_P)
     zeros = tl.zeros((FC, BLOCK_P), dtype=Z.dtype.element_ty)
     for c0 in range(0, 2 * npts, FC):                # the Lam rows [0, npts), then the feature rows [N_CAP, ...)
         row = tl.where(c0 < npts, c0, N_CAP + c0 - npts) + tl.arange(0, FC)
         at = b.to(tl.int64) * (2 * N_CAP * P) + row[:, None] * P + offs_p[None, :]
         tl.store(Z + at, zeros, mask=offs_p[None, :] < P)
-        tl.store(ZG + at, zeros, mask=offs_p[None, :] < P)
+        tl.store(Z + tl.num_programs(0).to(tl.int64) * (2 * N_CAP * P) + at, zeros, mask=offs_p[None, :] < P)
     half = tl.load(PRM + 2)                          # (L - 1) / 2, float64
-    tl.store(NODES + b.to(tl.int64) * N_CAP + offs_n, _points(offs_n, npts, half, valid, ACC), mask=offs_n < npts)
+    tl.store(TAB_b + 1 + offs_n, _points(offs_n, npts, half, valid, ACC), mask=offs_n < npts)
     # the sums use the points exactly as stored (recomputed here bit for bit: reading them back would need a
     # barrier between this program's threads)
     for l0 in range(0, L, BLOCK_L):
@@ -135,13 +136,13 @@ def _cheb_prep_kernel(
             s += tl.sum(tl.where(on_point, 0.0, w[None, :] / tl.where(on_point, 1.0, diff)), axis=1)
             hit = tl.maximum(hit, tl.max(on_point.to(tl.int32), axis=1))
         # (s != 0 off the points for distinct points; the padded rows of L = 1, where all points coincide, have 0)
-        tl.store(INVS + b.to(tl.int64) * L + offs, tl.where(hit > 0, 0.0, 1.0 / tl.where(s == 0, 1.0, s)),
+        tl.store(TAB_b + 1 + N_CAP + offs, tl.where(hit > 0, 0.0, 1.0 / tl.where(s == 0, 1.0, s)),
                  mask=offs < L)
 
 
 @triton.jit
 def _cheb_reduce_kernel(
-    ANG, X, PRM, NPTS, NODES, INVS, Z,
+    ANG, X, PRM, TAB, Z,
     L, P, SEG_LEN,
     D: tl.constexpr, FC: tl.constexpr, N_CAP: tl.constexpr, N_SEG: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_P: tl.constexpr, FAST: tl.constexpr, PRECISION: tl.constexpr,
@@ -155,13 +156,14 @@ def _cheb_reduce_kernel(
     seg = pid % N_SEG
     b = pid // (N_SEG * (N_CAP // FC))
     c0 = ((pid // N_SEG) % (N_CAP // FC)) * FC
-    npts = tl.load(NPTS + b)
-    ACC = NODES.dtype.element_ty
+    TAB_b = TAB + b.to(tl.int64) * (1 + N_CAP + L)
+    npts = tl.load(TAB_b).to(tl.int32)
+    ACC = TAB.dtype.element_ty
     s = tl.load(PRM).to(ACC)
     offs_c = c0 + tl.arange(0, FC)
     offs_p = tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
-    t = tl.load(NODES + b.to(tl.int64) * N_CAP + offs_c, mask=offs_c < npts, other=0.0)
+    t = tl.load(TAB_b + 1 + offs_c, mask=offs_c < npts, other=0.0)
     w = _weights(offs_c, npts, ACC)
     A_b = ANG + b.to(tl.int64) * (L * D)
     X_b = X + b.to(tl.int64) * (L * P)
@@ -173,7 +175,7 @@ def _cheb_reduce_kernel(
         mask_l = offs_l < seg_end
         xt = tl.load(X_b + offs_l[:, None] * P + offs_p[None, :], mask=mask_l[:, None] & mask_p[None, :],
                      other=0.0).to(ACC)                 # padded rows: x = 0 there
-        inv_s = tl.load(INVS + b.to(tl.int64) * L + offs_l, mask=mask_l, other=0.0)
+        inv_s = tl.load(TAB_b + 1 + N_CAP + offs_l, mask=mask_l, other=0.0)
         lam = _lagrange(offs_l.to(ACC), t, w, inv_s, True)
         feat = tl.zeros((FC, BLOCK_L), dtype=ACC)
         for d in range(D):
@@ -189,7 +191,7 @@ def _cheb_reduce_kernel(
 
 @triton.jit
 def _rows_program(
-    b, blk, ANG, W, PRM, NPTS, NODES, INVS, XX, OUT, DANG, L, P,
+    b, blk, ANG, W, PRM, TAB, XX, OUT, DANG, L, P,
     D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, N_CAP: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_P: tl.constexpr, SIGN: tl.constexpr, WITH_OUT: tl.constexpr, WITH_GRAD: tl.constexpr,
     FAST: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
@@ -205,11 +207,12 @@ def _rows_program(
     offs_d = tl.arange(0, D_PAD)
     mask_p = offs_p < P
     mask_lp = mask_l[:, None] & mask_p[None, :]
-    npts = tl.load(NPTS + b)
-    ACC = NODES.dtype.element_ty
+    TAB_b = TAB + b.to(tl.int64) * (1 + N_CAP + L)
+    npts = tl.load(TAB_b).to(tl.int32)
+    ACC = TAB.dtype.element_ty
     s = tl.load(PRM).to(ACC)
     j = offs_l.to(ACC)
-    inv_s = tl.load(INVS + b.to(tl.int64) * L + offs_l, mask=mask_l, other=0.0)
+    inv_s = tl.load(TAB_b + 1 + N_CAP + offs_l, mask=mask_l, other=0.0)
     A_b = ANG + b.to(tl.int64) * (L * D) + offs_l * D
     W_b = W + b.to(tl.int64) * (2 * N_CAP * P)
     rows_lp = b.to(tl.int64) * (L * P) + offs_l[:, None] * P + offs_p[None, :]
@@ -220,7 +223,7 @@ def _rows_program(
         xx = tl.load(XX + rows_lp, mask=mask_lp, other=0.0).to(ACC)
     for c0 in range(0, npts, FC):
         offs_c = c0 + tl.arange(0, FC)
-        t = tl.load(NODES + b.to(tl.int64) * N_CAP + offs_c)
+        t = tl.load(TAB_b + 1 + offs_c)
         w0 = tl.load(W_b + offs_c[:, None] * P + offs_p[None, :], mask=mask_p[None, :], other=0.0)
         feat = tl.zeros((BLOCK_L, FC), dtype=ACC)
         dft = tl.zeros((BLOCK_L, FC), dtype=ACC)
@@ -247,39 +250,19 @@ def _rows_program(
 
 @triton.jit
 def _cheb_rows_kernel(
-    Q, Z, PRM, NPTS, NODES, INVS, Y, L, P,
+    ANG, W, PRM, TAB, XX, OUT, DANG, L, P,
     D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, N_CAP: tl.constexpr, BLOCK_L: tl.constexpr,
-    BLOCK_P: tl.constexpr, FAST: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
-):
-    # forward: y = U Z_0 - Lam Z_1, one program per (batch element, row block)
-    n_blocks = tl.cdiv(L, BLOCK_L)
-    pid = tl.program_id(0)
-    _rows_program(pid // n_blocks, pid % n_blocks, Q, Z, PRM, NPTS, NODES, INVS, Y, Y, Y, L, P, D, D_PAD, FC, N_CAP,
-                  BLOCK_L, BLOCK_P, 1, True, False, FAST, PRECISION, EMULATE)
-
-
-@triton.jit
-def _cheb_rows_bwd_kernel(
-    Q, K, X, G, Z, ZG, PRM, NPTS, NODES, INVS, DX, DQ, DK, L, P,
-    D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, N_CAP: tl.constexpr, BLOCK_L: tl.constexpr,
-    BLOCK_P: tl.constexpr, ROLE: tl.constexpr, WITH_DX: tl.constexpr, WITH_DK: tl.constexpr,
+    BLOCK_P: tl.constexpr, SIGN: tl.constexpr, WITH_OUT: tl.constexpr, WITH_GRAD: tl.constexpr,
     FAST: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
 ):
-    # backward, one row pass per launch:
-    #   ROLE 0, the rows of k: dx = -(V Zg_0 - Lam Zg_1), dk from (x . Zg_0)   (WITH_DX, WITH_DK)
-    #   ROLE 1, the rows of q: dq from (g . Z_0)
-    # (ROLE is a constexpr: one launch with both passes, chosen by program_id(1), compiled both into one kernel,
-    # whose register allocation made the whole backward ~15% slower on the H100, session 7)
+    # one program per (batch element, row block). Forward: (q, Z) -> y. Backward, one launch per pass: the rows of
+    # k, (k, Zg, x) -> dx = -(V Zg_0 - Lam Zg_1) and dk; the rows of q, (q, Z, g) -> dq. (One launch for both
+    # passes, chosen by program_id(1), compiled both into one kernel, whose register allocation made the backward
+    # ~15% slower on the H100, session 7.)
     n_blocks = tl.cdiv(L, BLOCK_L)
     pid = tl.program_id(0)
-    b = pid // n_blocks
-    blk = pid % n_blocks
-    if ROLE == 0:
-        _rows_program(b, blk, K, ZG, PRM, NPTS, NODES, INVS, X, DX, DK, L, P, D, D_PAD, FC, N_CAP, BLOCK_L, BLOCK_P,
-                      -1, WITH_DX, WITH_DK, FAST, PRECISION, EMULATE)
-    else:
-        _rows_program(b, blk, Q, Z, PRM, NPTS, NODES, INVS, G, DQ, DQ, L, P, D, D_PAD, FC, N_CAP, BLOCK_L, BLOCK_P,
-                      1, False, True, FAST, PRECISION, EMULATE)
+    _rows_program(pid // n_blocks, pid % n_blocks, ANG, W, PRM, TAB, XX, OUT, DANG, L, P, D, D_PAD, FC, N_CAP,
+                  BLOCK_L, BLOCK_P, SIGN, WITH_OUT, WITH_GRAD, FAST, PRECISION, EMULATE)
 
 
 # (BLOCK_L, num_warps) of the reduce and rows kernels; the CPU interpreter takes small blocks. In the sm_90 compile
@@ -300,22 +283,25 @@ def _blocks(role):
 
 
 def _prep(q3, k3, prm, n_cap, acc, P):
-    """q3, k3 (bh, L, D) contiguous. Per batch element: the point count (int32), the points (bh, n_cap) and the row
-    factors (bh, L), in acc; and the forward and backward Z blocks (bh, 2, n_cap, P) in acc, zero in the rows the
-    counts use."""
+    """q3, k3 (bh, L, D) contiguous. Returns the table (bh, 1 + n_cap + L) in acc, per batch element ``[point count,
+    the points (n_cap; those past the count unwritten), the row factors 1 / sum_r w_r / (j - t_r) (L)]`` (one
+    buffer: each tensor argument costs a Triton launch several microseconds of host time), and the forward and
+    backward Z blocks (bh, 2, n_cap, P) in acc, zero in the rows the counts use."""
     bh, L, D = q3.shape
-    npts = torch.empty((bh,), dtype=torch.int32, device=q3.device)
-    nodes = torch.empty((bh, n_cap), dtype=acc, device=q3.device)
-    invs = torch.empty((bh, L), dtype=acc, device=q3.device)
+    tab = torch.empty((bh, 1 + n_cap + L), dtype=acc, device=q3.device)
     z = torch.empty((2, bh, 2, n_cap, P), dtype=acc, device=q3.device)
-    _cheb_prep_kernel[(bh,)](q3, k3, prm, npts, nodes, invs, z[0], z[1], L, P, D=D,
-                             D_PAD=_next_pow2(D), N_CAP=n_cap, N_PAD=_next_pow2(n_cap), FC=CHUNK,
-                             BLOCK_L=_PREP_BLOCK["interpret" if _interpreting() else "gpu"],
+    _cheb_prep_kernel[(bh,)](q3, k3, prm, tab, z, L, P, D=D, D_PAD=_next_pow2(D), N_CAP=n_cap, N_PAD=_next_pow2(n_cap),
+                             FC=CHUNK, BLOCK_L=_PREP_BLOCK["interpret" if _interpreting() else "gpu"],
                              BLOCK_P=max(16, _next_pow2(P)))
-    return (npts, nodes, invs), z[0], z[1]
+    return tab, z[0], z[1]
 
 
-def _reduce(ang3, x3, prm, tables, z, fast, precision):
+def unpack_table(tab, n_cap):
+    """The prep kernel's table as (point counts (bh,) int, points (bh, n_cap), row factors (bh, L))."""
+    return tab[:, 0].to(torch.int64), tab[:, 1:1 + n_cap], tab[:, 1 + n_cap:]
+
+
+def _reduce(ang3, x3, prm, tab, z, fast, precision):
     """Adds ``[Lam^T x ; F(ang)^T x]`` into z (bh, 2, n_cap, P), whose used rows the prep kernel zeroed."""
     bh, L, P = x3.shape
     n_cap = z.shape[2]
@@ -325,14 +311,20 @@ def _reduce(ang3, x3, prm, tables, z, fast, precision):
     seg_len = max(seg_min, _cdiv(_cdiv(L, REDUCE_MAX_SEGMENTS), bl) * bl)
     n_seg = _cdiv(L, seg_len)
     _cheb_reduce_kernel[(bh * (n_cap // CHUNK) * n_seg,)](
-        ang3, x3, prm, *tables, z, L, P, seg_len, D=ang3.shape[-1], FC=CHUNK, N_CAP=n_cap, N_SEG=n_seg, BLOCK_L=bl,
+        ang3, x3, prm, tab, z, L, P, seg_len, D=ang3.shape[-1], FC=CHUNK, N_CAP=n_cap, N_SEG=n_seg, BLOCK_L=bl,
         BLOCK_P=max(16, _next_pow2(P)), FAST=fast, PRECISION=precision, num_warps=warps)
 
 
-def _row_meta(D, n_cap, P, fast, precision):
+def _rows(ang3, w, prm, tab, xx, out, dang, sign, fast, precision):
+    """The rows kernel (see its comment); ``out`` / ``dang`` None: not computed (``xx`` is read only for dang)."""
+    bh, L, D = ang3.shape
+    n_cap, P = w.shape[2], w.shape[3]
     bl, warps = _blocks("rows")
-    return dict(D=D, D_PAD=_next_pow2(D), FC=CHUNK, N_CAP=n_cap, BLOCK_L=bl, BLOCK_P=max(16, _next_pow2(P)), FAST=fast,
-                PRECISION=precision, EMULATE=_interpreting(), num_warps=warps)
+    _cheb_rows_kernel[(bh * _cdiv(L, bl),)](
+        ang3, w, prm, tab, xx, out if out is not None else w, dang if dang is not None else w, L, P, D=D,
+        D_PAD=_next_pow2(D), FC=CHUNK, N_CAP=n_cap, BLOCK_L=bl, BLOCK_P=max(16, _next_pow2(P)), SIGN=sign,
+        WITH_OUT=out is not None, WITH_GRAD=dang is not None, FAST=fast, PRECISION=precision,
+        EMULATE=_interpreting(), num_warps=warps)
 
 
 class _ChebyshevProduct(torch.autograd.Function):
@@ -344,15 +336,13 @@ class _ChebyshevProduct(torch.autograd.Function):
         L, P, D = x.shape[-2], x.shape[-1], q.shape[-1]
         x3 = x.reshape(-1, L, P).contiguous()
         q3, k3 = q.reshape(-1, L, D).contiguous(), k.reshape(-1, L, D).contiguous()
-        bh = x3.shape[0]
-        tables, z, zg = _prep(q3, k3, prm, n_cap, acc, P)
-        _reduce(k3, x3, prm, tables, z, fast, precision)
+        tab, z, zg = _prep(q3, k3, prm, n_cap, acc, P)
+        _reduce(k3, x3, prm, tab, z, fast, precision)
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)      # the output itself, not a view
-        bl = _blocks("rows")[0]
-        _cheb_rows_kernel[(bh * _cdiv(L, bl),)](q3, z, prm, *tables, y, L, P, **_row_meta(D, n_cap, P, fast, precision))
+        _rows(q3, z, prm, tab, y, y, None, 1, fast, precision)
         ctx.save_for_backward(x3, q3, k3)
         # intermediates (neither inputs nor outputs) are kept on ctx directly
-        ctx.tables, ctx.z, ctx.zg, ctx.prm = tables, z, zg, prm
+        ctx.tab, ctx.z, ctx.zg, ctx.prm = tab, z, zg, prm
         ctx.meta = (fast, precision, x.shape, q.shape, k.shape)
         return y
 
@@ -362,20 +352,15 @@ class _ChebyshevProduct(torch.autograd.Function):
         fast, precision, x_shape, q_shape, k_shape = ctx.meta
         need_x, need_q, need_k = ctx.needs_input_grad[:3]
         bh, L, P = x3.shape
-        D, n_cap = q3.shape[-1], ctx.z.shape[2]
         g3 = gy.reshape(bh, L, P).to(x3.dtype).contiguous()
         dx = torch.empty(x_shape, dtype=x3.dtype, device=x3.device) if need_x else None
         dq = torch.empty(q_shape, dtype=q3.dtype, device=q3.device) if need_q else None
         dk = torch.empty(k_shape, dtype=k3.dtype, device=k3.device) if need_k else None
-        roles = ([0] if need_x or need_k else []) + ([1] if need_q else [])
-        if 0 in roles:                         # Zg = [Lam^T g ; U^T g] for the rows of k
-            _reduce(q3, g3, ctx.prm, ctx.tables, ctx.zg, fast, precision)
-        bl = _blocks("rows")[0]
-        for role in roles:
-            _cheb_rows_bwd_kernel[(bh * _cdiv(L, bl),)](
-                q3, k3, x3, g3, ctx.z, ctx.zg, ctx.prm, *ctx.tables, dx if need_x else x3, dq if need_q else q3,
-                dk if need_k else k3, L, P, ROLE=role, WITH_DX=need_x, WITH_DK=need_k,
-                **_row_meta(D, n_cap, P, fast, precision))
+        if need_x or need_k:                   # Zg = [Lam^T g ; U^T g]; the rows of k: dx and dk
+            _reduce(q3, g3, ctx.prm, ctx.tab, ctx.zg, fast, precision)
+            _rows(k3, ctx.zg, ctx.prm, ctx.tab, x3, dx, dk, -1, fast, precision)
+        if need_q:                             # the rows of q against the forward Z: dq
+            _rows(q3, ctx.z, ctx.prm, ctx.tab, g3, None, dq, 1, fast, precision)
         return dx, dq, dk, None, None, None, None, None
 
 

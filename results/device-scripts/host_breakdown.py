@@ -22,7 +22,7 @@ L, P, D = 512, x.shape[-1], q.shape[-1]
 x3, q3, k3 = x.reshape(-1, L, P), q.reshape(-1, L, D), k.reshape(-1, L, D)
 n_cap = kc.points_cap(L)
 prm = kc._params(eps, n_cap, s, L, x.device)
-tables, z, zg = kc._prep(q3, k3, prm, n_cap, torch.float32, P)
+tab, z, zg = kc._prep(q3, k3, prm, n_cap, torch.float32, P)
 
 
 def timed(name, fn):
@@ -69,9 +69,8 @@ timed("kernels.enabled(x)", lambda: kernels.enabled(x))
 timed("check_args", lambda: kc.check_args("f", x, q, k))
 timed("_params (cached)", lambda: kc._params(eps, n_cap, s, L, x.device))
 timed("_prep launch (+ 4 torch.empty)", lambda: kc._prep(q3, k3, prm, n_cap, torch.float32, P))
-timed("_reduce launch", lambda: kc._reduce(k3, x3, prm, tables, z, True, "ieee"))
-timed("rows launch", lambda: kc._cheb_rows_kernel[(96 * 8,)](q3, z, prm, *tables, y, L, P,
-                                                             **kc._row_meta(D, n_cap, P, True, "ieee")))
+timed("_reduce launch", lambda: kc._reduce(k3, x3, prm, tab, z, True, "ieee"))
+timed("rows launch (forward)", lambda: kc._rows(q3, z, prm, tab, y, y, None, 1, True, "ieee"))
 timed("torch.empty (1 tensor)", lambda: torch.empty((96, 512, 128), dtype=torch.bfloat16, device="cuda"))
 timed("autograd.Function doing nothing, fwd+bwd (3 leaves)", nothing_fwd_bwd)
 
@@ -82,9 +81,6 @@ ctx = y_g.grad_fn
 timed("our backward() called directly (no engine)", lambda: kc._ChebyshevProduct.backward(ctx, gy))
 g3 = gy.reshape(-1, L, P)
 dx, dq, dk = torch.empty_like(x3), torch.empty_like(q3), torch.empty_like(k3)
-for role in (0, 1):
-    timed(f"rows bwd launch, role {role}", lambda: kc._cheb_rows_bwd_kernel[(96 * 8,)](
-        q3, k3, x3, g3, z, zg, prm, *tables, dx, dq, dk, L, P, ROLE=role, WITH_DX=True, WITH_DK=True,
-        **kc._row_meta(D, n_cap, P, True, "ieee")))
-timed("_row_meta", lambda: kc._row_meta(D, n_cap, P, True, "ieee"))
+timed("rows launch (backward, rows of k)", lambda: kc._rows(k3, zg, prm, tab, x3, dx, dk, -1, True, "ieee"))
+timed("rows launch (backward, rows of q)", lambda: kc._rows(q3, z, prm, tab, g3, None, dq, 1, True, "ieee"))
 timed("gy.reshape(...).to(...).contiguous()", lambda: gy.reshape(-1, L, P).to(x3.dtype).contiguous())

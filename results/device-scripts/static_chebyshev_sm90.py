@@ -17,10 +17,10 @@ class Rec:
             kw.setdefault("num_warps", 4); kw.setdefault("num_stages", 2)
             log.append(dict(fn=self.fn, grid=grid, args=args, kw=kw))
         return f
-for name in ("_cheb_prep_kernel", "_cheb_reduce_kernel", "_cheb_rows_kernel", "_cheb_rows_bwd_kernel"):
+for name in ("_cheb_prep_kernel", "_cheb_reduce_kernel", "_cheb_rows_kernel"):
     setattr(kc, name, Rec(getattr(kc, name)))
 kc._interpreting = lambda: False
-for cfg in [(64, 8), (32, 4), (32, 2), (128, 8)]:
+for cfg in [(64, 4), (64, 8), (32, 4)]:
     kc._BLOCKS["gpu"]["rows"] = cfg
     log.clear()
     for dt in (torch.bfloat16, torch.float32):
@@ -34,5 +34,5 @@ for cfg in [(64, 8), (32, 4), (32, 2), (128, 8)]:
     for l in log:
         if "rows" not in l["fn"].fn.__name__: continue
         ck = compile_launch(l)
-        kw = {k: v for k, v in l["kw"].items() if k in ("ROLE", "FAST")}
+        kw = {k: v for k, v in l["kw"].items() if k in ("SIGN", "WITH_OUT", "WITH_GRAD", "FAST")}
         print(cfg, l["fn"].fn.__name__, kw, {k: v for k, v in machine_counts(ck).items() if k in ("regs", "spill_stores", "sass_instrs")}, flush=True)

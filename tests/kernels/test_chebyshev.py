@@ -84,7 +84,8 @@ def test_device_rule_counts_per_batch_element():
     k[2] *= 4
     s, eps = 2e-3, 1e-6
     n_cap = kc.points_cap(300)
-    (npts, nodes, invs), _, _ = kc._prep(q, k, kc._params(eps, n_cap, s, 300, q.device), n_cap, torch.float32, 4)
+    tab, _, _ = kc._prep(q, k, kc._params(eps, n_cap, s, 300, q.device), n_cap, torch.float32, 4)
+    npts, nodes, invs = kc.unpack_table(tab, n_cap)
     want = [kc.device_points(omega_of(q[b], k[b], s), eps, n_cap) for b in range(4)]
     assert npts.tolist() == want and len(set(want)) > 1
     for b, n in enumerate(want):
