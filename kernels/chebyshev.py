@@ -83,6 +83,15 @@ def _lagrange(j, t, w, inv_s, TRANSPOSED: tl.constexpr):
 
 
 @triton.jit
+def _table(TAB, b, L, N_CAP: tl.constexpr):
+    # batch element b's row of the table: [points (N_CAP), row factors (L, padded to 16), point count, padding]; a
+    # row length that is a multiple of 16 keeps every part 16-aligned (an odd offset cost the backward rows kernel
+    # its register allocation in the sm_90 compile: 72 -> 255 registers and spills)
+    l_pad = (L + 15) // 16 * 16
+    return TAB + b.to(tl.int64) * (N_CAP + l_pad + 16), l_pad
+
+
+@triton.jit
 def _cheb_prep_kernel(
     Q, K, PRM, TAB, Z, L, P,
     D: tl.constexpr, D_PAD: tl.constexpr, N_CAP: tl.constexpr, N_PAD: tl.constexpr, FC: tl.constexpr,
@@ -93,7 +102,7 @@ def _cheb_prep_kernel(
     # Q, K (b, L, D) contiguous: the (BLOCK_L, D) tiles are contiguous blocks of memory. TAB: see _table.
     b = tl.program_id(0)
     ACC = TAB.dtype.element_ty
-    TAB_b = TAB + b.to(tl.int64) * (1 + N_CAP + L)
+    TAB_b, l_pad = _table(TAB, b, L, N_CAP)
     offs_d = tl.arange(0, D_PAD)
     top = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
     for l0 in range(0, L, BLOCK_L):
@@ -110,7 +119,7 @@ def _cheb_prep_kernel(
     need = tl.sum((limits < omega).to(tl.int32), axis=0) + 1
     valid = need <= N_CAP
     npts = tl.minimum(((need + FC - 1) // FC) * FC, N_CAP)
-    tl.store(TAB_b, npts.to(ACC))
+    tl.store(TAB_b + N_CAP + l_pad, npts.to(ACC))
     offs_p = tl.arange(0, BLOCK_P)
     zeros = tl.zeros((FC, BLOCK_P), dtype=Z.dtype.element_ty)
     for c0 in range(0, 2 * npts, FC):                # the Lam rows [0, npts), then the feature rows [N_CAP, ...)
@@ -119,7 +128,7 @@ def _cheb_prep_kernel(
         tl.store(Z + at, zeros, mask=offs_p[None, :] < P)
         tl.store(Z + tl.num_programs(0).to(tl.int64) * (2 * N_CAP * P) + at, zeros, mask=offs_p[None, :] < P)
     half = tl.load(PRM + 2)                          # (L - 1) / 2, float64
-    tl.store(TAB_b + 1 + offs_n, _points(offs_n, npts, half, valid, ACC), mask=offs_n < npts)
+    tl.store(TAB_b + offs_n, _points(offs_n, npts, half, valid, ACC), mask=offs_n < npts)
     # the sums use the points exactly as stored (recomputed here bit for bit: reading them back would need a
     # barrier between this program's threads)
     for l0 in range(0, L, BLOCK_L):
@@ -136,7 +145,7 @@ def _cheb_prep_kernel(
             s += tl.sum(tl.where(on_point, 0.0, w[None, :] / tl.where(on_point, 1.0, diff)), axis=1)
             hit = tl.maximum(hit, tl.max(on_point.to(tl.int32), axis=1))
         # (s != 0 off the points for distinct points; the padded rows of L = 1, where all points coincide, have 0)
-        tl.store(TAB_b + 1 + N_CAP + offs, tl.where(hit > 0, 0.0, 1.0 / tl.where(s == 0, 1.0, s)),
+        tl.store(TAB_b + N_CAP + offs, tl.where(hit > 0, 0.0, 1.0 / tl.where(s == 0, 1.0, s)),
                  mask=offs < L)
 
 
@@ -156,14 +165,14 @@ def _cheb_reduce_kernel(
     seg = pid % N_SEG
     b = pid // (N_SEG * (N_CAP // FC))
     c0 = ((pid // N_SEG) % (N_CAP // FC)) * FC
-    TAB_b = TAB + b.to(tl.int64) * (1 + N_CAP + L)
-    npts = tl.load(TAB_b).to(tl.int32)
+    TAB_b, l_pad = _table(TAB, b, L, N_CAP)
+    npts = tl.load(TAB_b + N_CAP + l_pad).to(tl.int32)
     ACC = TAB.dtype.element_ty
     s = tl.load(PRM).to(ACC)
     offs_c = c0 + tl.arange(0, FC)
     offs_p = tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
-    t = tl.load(TAB_b + 1 + offs_c, mask=offs_c < npts, other=0.0)
+    t = tl.load(TAB_b + offs_c, mask=offs_c < npts, other=0.0)
     w = _weights(offs_c, npts, ACC)
     A_b = ANG + b.to(tl.int64) * (L * D)
     X_b = X + b.to(tl.int64) * (L * P)
@@ -175,7 +184,7 @@ def _cheb_reduce_kernel(
         mask_l = offs_l < seg_end
         xt = tl.load(X_b + offs_l[:, None] * P + offs_p[None, :], mask=mask_l[:, None] & mask_p[None, :],
                      other=0.0).to(ACC)                 # padded rows: x = 0 there
-        inv_s = tl.load(TAB_b + 1 + N_CAP + offs_l, mask=mask_l, other=0.0)
+        inv_s = tl.load(TAB_b + N_CAP + offs_l, mask=mask_l, other=0.0)
         lam = _lagrange(offs_l.to(ACC), t, w, inv_s, True)
         feat = tl.zeros((FC, BLOCK_L), dtype=ACC)
         for d in range(D):
@@ -207,12 +216,12 @@ def _rows_program(
     offs_d = tl.arange(0, D_PAD)
     mask_p = offs_p < P
     mask_lp = mask_l[:, None] & mask_p[None, :]
-    TAB_b = TAB + b.to(tl.int64) * (1 + N_CAP + L)
-    npts = tl.load(TAB_b).to(tl.int32)
+    TAB_b, l_pad = _table(TAB, b, L, N_CAP)
+    npts = tl.load(TAB_b + N_CAP + l_pad).to(tl.int32)
     ACC = TAB.dtype.element_ty
     s = tl.load(PRM).to(ACC)
     j = offs_l.to(ACC)
-    inv_s = tl.load(TAB_b + 1 + N_CAP + offs_l, mask=mask_l, other=0.0)
+    inv_s = tl.load(TAB_b + N_CAP + offs_l, mask=mask_l, other=0.0)
     A_b = ANG + b.to(tl.int64) * (L * D) + offs_l * D
     W_b = W + b.to(tl.int64) * (2 * N_CAP * P)
     rows_lp = b.to(tl.int64) * (L * P) + offs_l[:, None] * P + offs_p[None, :]
@@ -223,7 +232,7 @@ def _rows_program(
         xx = tl.load(XX + rows_lp, mask=mask_lp, other=0.0).to(ACC)
     for c0 in range(0, npts, FC):
         offs_c = c0 + tl.arange(0, FC)
-        t = tl.load(TAB_b + 1 + offs_c)
+        t = tl.load(TAB_b + offs_c)
         w0 = tl.load(W_b + offs_c[:, None] * P + offs_p[None, :], mask=mask_p[None, :], other=0.0)
         feat = tl.zeros((BLOCK_L, FC), dtype=ACC)
         dft = tl.zeros((BLOCK_L, FC), dtype=ACC)
@@ -283,12 +292,13 @@ def _blocks(role):
 
 
 def _prep(q3, k3, prm, n_cap, acc, P):
-    """q3, k3 (bh, L, D) contiguous. Returns the table (bh, 1 + n_cap + L) in acc, per batch element ``[point count,
-    the points (n_cap; those past the count unwritten), the row factors 1 / sum_r w_r / (j - t_r) (L)]`` (one
-    buffer: each tensor argument costs a Triton launch several microseconds of host time), and the forward and
-    backward Z blocks (bh, 2, n_cap, P) in acc, zero in the rows the counts use."""
+    """q3, k3 (bh, L, D) contiguous. Returns the table (bh, n_cap + L_pad + 16) in acc, L_pad = L rounded up to 16,
+    per batch element ``[the points (n_cap; those past the count unwritten), the row factors 1 / sum_r w_r / (j -
+    t_r) (L, then padding), the point count, padding]`` (one buffer: each tensor argument costs a Triton launch
+    several microseconds of host time), and the forward and backward Z blocks (bh, 2, n_cap, P) in acc, zero in
+    the rows the counts use."""
     bh, L, D = q3.shape
-    tab = torch.empty((bh, 1 + n_cap + L), dtype=acc, device=q3.device)
+    tab = torch.empty((bh, n_cap + _cdiv(L, 16) * 16 + 16), dtype=acc, device=q3.device)
     z = torch.empty((2, bh, 2, n_cap, P), dtype=acc, device=q3.device)
     _cheb_prep_kernel[(bh,)](q3, k3, prm, tab, z, L, P, D=D, D_PAD=_next_pow2(D), N_CAP=n_cap, N_PAD=_next_pow2(n_cap),
                              FC=CHUNK, BLOCK_L=_PREP_BLOCK["interpret" if _interpreting() else "gpu"],
@@ -297,8 +307,9 @@ def _prep(q3, k3, prm, n_cap, acc, P):
 
 
 def unpack_table(tab, n_cap):
-    """The prep kernel's table as (point counts (bh,) int, points (bh, n_cap), row factors (bh, L))."""
-    return tab[:, 0].to(torch.int64), tab[:, 1:1 + n_cap], tab[:, 1 + n_cap:]
+    """The prep kernel's table as (point counts (bh,) int, points (bh, n_cap), row factors (bh, L_pad): the first L)."""
+    l_pad = tab.shape[1] - n_cap - 16
+    return tab[:, n_cap + l_pad].to(torch.int64), tab[:, :n_cap], tab[:, n_cap:n_cap + l_pad]
 
 
 def _reduce(ang3, x3, prm, tab, z, fast, precision):

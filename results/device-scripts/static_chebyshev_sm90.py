@@ -20,7 +20,7 @@ class Rec:
 for name in ("_cheb_prep_kernel", "_cheb_reduce_kernel", "_cheb_rows_kernel"):
     setattr(kc, name, Rec(getattr(kc, name)))
 kc._interpreting = lambda: False
-for cfg in [(64, 4), (64, 8), (32, 4)]:
+for cfg in [(64, 4), (64, 8)]:
     kc._BLOCKS["gpu"]["rows"] = cfg
     log.clear()
     for dt in (torch.bfloat16, torch.float32):
