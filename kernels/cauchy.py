@@ -504,39 +504,48 @@ def _expsum_rows(nt, w, prm, fc, precision, xx=None, out=None, dn=None):
 
 
 class _ExpSumProduct(torch.autograd.Function):
-    """``y = sum_d (1/a_d) Phi_d(u_d) Phi_d(v_d)^T x`` with the scaled nodes u, v (see the comment above)."""
+    """``y = sum_d (1/a_d) Phi_d(u_d) Phi_d(v_d)^T x`` with the scaled nodes u, v (see the comment above). Takes and
+    returns the caller's shapes and dtypes (the flattening to (bh, L, .) and the casts happen inside: no view or
+    cast nodes in the autograd graph, whose engine costs host time per node)."""
 
     @staticmethod
-    def forward(ctx, x3, xn3, yn3, acc, quad, fc, f_max, precision):
-        # x3 (bh, L, P) in the dot dtype; xn3, yn3 (bh, L, D) in any float dtype (read in acc)
-        ut, vt, prm = _expsum_prep(xn3, yn3, acc, quad, fc, f_max)
+    def forward(ctx, x, xn, yn, acc, dot, quad, fc, f_max, precision):
+        # x (*b, L, P) in any float dtype, multiplied in `dot`; xn, yn (*b, L, D) in any float dtype (read in acc)
+        L, P, D = x.shape[-2], x.shape[-1], xn.shape[-1]
+        x3 = x.reshape(-1, L, P).to(dot)
+        if x3.stride(-1) != 1:
+            x3 = x3.contiguous()
+        ut, vt, prm = _expsum_prep(xn.reshape(-1, L, D), yn.reshape(-1, L, D), acc, quad, fc, f_max)
         z = _expsum_reduce(vt, x3, prm, fc, f_max, precision)
-        y3 = torch.empty_like(x3)
-        _expsum_rows(ut, z, prm, fc, precision, out=y3)
-        ctx.save_for_backward(x3, ut, vt, *prm, z)
-        ctx.meta = (precision, fc, f_max, xn3.dtype, yn3.dtype)
-        return y3
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)       # the kernel stores in x's dtype
+        _expsum_rows(ut, z, prm, fc, precision, out=y.view(-1, L, P))
+        ctx.save_for_backward(x3)
+        ctx.ut, ctx.vt, ctx.prm, ctx.z = ut, vt, prm, z                   # intermediates, kept on ctx directly
+        ctx.meta = (precision, fc, f_max, x.shape, x.dtype, xn.shape, xn.dtype, yn.shape, yn.dtype)
+        return y
 
     @staticmethod
     def backward(ctx, gy):
-        x3, ut, vt, *prm, z = ctx.saved_tensors
-        precision, fc, f_max, xn_dtype, yn_dtype = ctx.meta
+        (x3,) = ctx.saved_tensors
+        ut, vt, prm, z = ctx.ut, ctx.vt, ctx.prm, ctx.z
+        precision, fc, f_max, x_shape, x_dtype, xn_shape, xn_dtype, yn_shape, yn_dtype = ctx.meta
         need_x, need_xn, need_yn = ctx.needs_input_grad[:3]
-        g3 = gy.to(x3.dtype)
+        bh, L, P = x3.shape
+        g3 = gy.reshape(bh, L, P).to(x3.dtype)
         if g3.stride(-1) != 1:
             g3 = g3.contiguous()
-        bh, D, L = ut.shape
         dx = dxn = dyn = None
-        # the node gradients are stored in the nodes' own dtypes by the kernel (no conversion pass)
+        # every gradient is stored by the kernels in its own dtype and final shape (no conversion pass)
         if need_x or need_yn:                  # features of v: dx and the column-node gradient
             gz = _expsum_reduce(ut, g3, prm, fc, f_max, precision)
-            dx = torch.empty_like(x3) if need_x else None
-            dyn = torch.empty((bh, L, D), dtype=yn_dtype, device=ut.device) if need_yn else None
-            _expsum_rows(vt, gz, prm, fc, precision, xx=x3, out=dx, dn=dyn)
+            dx = torch.empty(x_shape, dtype=x_dtype, device=x3.device) if need_x else None
+            dyn = torch.empty(yn_shape, dtype=yn_dtype, device=x3.device) if need_yn else None
+            _expsum_rows(vt, gz, prm, fc, precision, xx=x3, out=None if dx is None else dx.view(bh, L, P),
+                         dn=None if dyn is None else dyn.view(bh, L, -1))
         if need_xn:                            # features of u: the row-node gradient
-            dxn = torch.empty((bh, L, D), dtype=xn_dtype, device=ut.device)
-            _expsum_rows(ut, z, prm, fc, precision, xx=g3, dn=dxn)
-        return dx, dxn, dyn, None, None, None, None, None
+            dxn = torch.empty(xn_shape, dtype=xn_dtype, device=x3.device)
+            _expsum_rows(ut, z, prm, fc, precision, xx=g3, dn=dxn.view(bh, L, -1))
+        return dx, dxn, dyn, None, None, None, None, None, None
 
 
 _QUADRATURE: dict = {}
@@ -607,16 +616,10 @@ def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, e
     if _check_eps(eps) is None:
         raise ValueError("cauchy_expsum_product: eps must be a float in [1e-15, 0.1], got None")
     x, xn, yn = check_args("cauchy_expsum_product", x, xn, yn)
-    batch, L, P = x.shape[:-2], x.shape[-2], x.shape[-1]
-    D = xn.shape[-1]
     acc = torch.float64 if torch.float64 in (x.dtype, xn.dtype, yn.dtype) else torch.float32
     # the dot dtype: bf16 stays on the tensor cores; fp16 goes to fp32 (its exponent range is too narrow
     # for features spanning ~R e^-tau); float64 nodes force float64
     dot = torch.float64 if acc == torch.float64 else (torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32)
-    x3 = x.reshape(-1, L, P).to(dot)
-    if x3.stride(-1) != 1:
-        x3 = x3.contiguous()
     eps = float(eps)
-    y3 = _ExpSumProduct.apply(x3, xn.reshape(-1, L, D), yn.reshape(-1, L, D), acc, _quadrature(eps, x.device),
-                              expsum_chunk(eps), expsum_max_features(eps), precision)
-    return y3.reshape(*batch, L, P).to(x.dtype)
+    return _ExpSumProduct.apply(x, xn, yn, acc, dot, _quadrature(eps, x.device), expsum_chunk(eps),
+                                expsum_max_features(eps), precision)
