@@ -191,28 +191,35 @@ def expsum_max_features(eps: float) -> int:
 
 
 @triton.jit
-def _term_params(PRM, bhd):
-    # (1/a, n) of batch element and term bhd = b * D + d, written by the prep kernel
-    p = PRM + bhd.to(tl.int64) * 2
+def _term_row(TAB, bhd, F_MAX: tl.constexpr):
+    # the table row of batch element and term bhd = b * D + d, written by the prep kernel:
+    # [1/a, n, (14 unused), tau (F_MAX), sqrt(w) (F_MAX)]: one buffer (each tensor argument costs a launch host
+    # time), every part 16-aligned (F_MAX is a multiple of 16)
+    return TAB + bhd.to(tl.int64) * (16 + 2 * F_MAX)
+
+
+@triton.jit
+def _term_params(TAB, bhd, F_MAX: tl.constexpr):
+    # (1/a, n) of batch element and term bhd
+    p = _term_row(TAB, bhd, F_MAX)
     return tl.load(p), tl.load(p + 1).to(tl.int32)
 
 
 @triton.jit
 def _expsum_prep_kernel(
-    XN, YN, UT, VT, PRM, TAU, SW, QUAD,
-    L, stride_xb, stride_xl, stride_xd, stride_yb, stride_yl, stride_yd,
+    XN, YN, UT, VT, TAB, QUAD, L,
     D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, F_MAX: tl.constexpr, F_PAD: tl.constexpr,
     R_LIMIT: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     # one program per batch element, all terms at once ((BLOCK_L, D) tiles: rows of the nodes are
     # contiguous): scaling, node grid, and the scaled nodes u = x/a, v = y/a transposed to (b, d, L)
-    # (each term's column contiguous for the other kernels)
+    # (each term's column contiguous for the other kernels). XN, YN (b, L, D) contiguous.
     bh = tl.program_id(0)
     ACC = UT.dtype.element_ty
     offs_d = tl.arange(0, D_PAD)
     mask_d = offs_d < D
-    X_b = XN + bh.to(tl.int64) * stride_xb + offs_d[None, :] * stride_xd
-    Y_b = YN + bh.to(tl.int64) * stride_yb + offs_d[None, :] * stride_yd
+    X_b = XN + bh.to(tl.int64) * (L * D) + offs_d[None, :]
+    Y_b = YN + bh.to(tl.int64) * (L * D) + offs_d[None, :]
     x_lo = tl.full((BLOCK_L, D_PAD), float("inf"), ACC)
     y_lo = tl.full((BLOCK_L, D_PAD), float("inf"), ACC)
     x_hi = tl.full((BLOCK_L, D_PAD), -float("inf"), ACC)
@@ -220,8 +227,8 @@ def _expsum_prep_kernel(
     for l0 in range(0, L, BLOCK_L):
         offs = l0 + tl.arange(0, BLOCK_L)
         mask = (offs < L)[:, None] & mask_d[None, :]
-        xv = tl.load(X_b + offs[:, None] * stride_xl, mask=mask, other=0.0).to(ACC)
-        yv = tl.load(Y_b + offs[:, None] * stride_yl, mask=mask, other=0.0).to(ACC)
+        xv = tl.load(X_b + offs[:, None] * D, mask=mask, other=0.0).to(ACC)
+        yv = tl.load(Y_b + offs[:, None] * D, mask=mask, other=0.0).to(ACC)
         x_lo = tl.minimum(x_lo, tl.where(mask, xv, float("inf")))
         y_lo = tl.minimum(y_lo, tl.where(mask, yv, float("inf")))
         x_hi = tl.maximum(x_hi, tl.where(mask, xv, -float("inf")))
@@ -240,23 +247,23 @@ def _expsum_prep_kernel(
     n = tl.minimum(tl.ceil(n / FC) * FC, F_MAX)   # <= F_MAX already for R <= R_LIMIT; keeps loops in bounds
     h = (s_hi - s_lo) / (n - 1.0)
     inv_a = tl.where(valid, 1.0 / lo, float("nan"))
-    P_b = PRM + (bh.to(tl.int64) * D + offs_d) * 2
-    tl.store(P_b, inv_a, mask=mask_d)
-    tl.store(P_b + 1, n, mask=mask_d)
+    row = _term_row(TAB, bh * D + offs_d, F_MAX)                       # (D_PAD,) row starts
+    tl.store(row, inv_a.to(ACC), mask=mask_d)
+    tl.store(row + 1, n.to(ACC), mask=mask_d)
     # the nodes of every term, (D, F_MAX): s_m = s_lo + m h', tau = e^s, sqrt(w) = sqrt(h' e^s) (unused past n)
     offs_f = tl.arange(0, F_PAD)
     node = s_lo[:, None] + offs_f.to(tl.float64)[None, :] * h[:, None]
-    N_b = (bh.to(tl.int64) * D + offs_d[:, None]) * F_MAX + offs_f[None, :]
+    N_b = row[:, None] + 16 + offs_f[None, :]
     mask_df = mask_d[:, None] & (offs_f[None, :] < F_MAX)
-    tl.store(TAU + N_b, tl.exp(node).to(ACC), mask=mask_df)
-    tl.store(SW + N_b, tl.exp(0.5 * (node + tl.log(h)[:, None])).to(ACC), mask=mask_df)
+    tl.store(N_b, tl.exp(node).to(ACC), mask=mask_df)
+    tl.store(N_b + F_MAX, tl.exp(0.5 * (node + tl.log(h)[:, None])).to(ACC), mask=mask_df)
     inv = inv_a.to(ACC)[None, :]
     T_b = bh.to(tl.int64) * (D * L) + offs_d[None, :] * L
     for l0 in range(0, L, BLOCK_L):
         offs = l0 + tl.arange(0, BLOCK_L)
         mask = (offs < L)[:, None] & mask_d[None, :]
-        xv = tl.load(X_b + offs[:, None] * stride_xl, mask=mask, other=0.0).to(ACC)
-        yv = tl.load(Y_b + offs[:, None] * stride_yl, mask=mask, other=0.0).to(ACC)
+        xv = tl.load(X_b + offs[:, None] * D, mask=mask, other=0.0).to(ACC)
+        yv = tl.load(Y_b + offs[:, None] * D, mask=mask, other=0.0).to(ACC)
         tl.store(UT + T_b + offs[:, None], xv * inv, mask=mask)
         tl.store(VT + T_b + offs[:, None], yv * inv, mask=mask)
 
@@ -302,33 +309,34 @@ def _round_bf16(v):
 
 @triton.jit
 def _expsum_reduce_kernel(
-    NT, X, PRM, TAU, SW, Z,
+    NT, X, TAB, Z,
     L, P, L_BUCKET,
-    stride_xb, stride_xl,
     D: tl.constexpr, FC: tl.constexpr, F_MAX: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
     DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # Z[b, d, chunk] = (1/a_bd) Phi_chunk(n[b, d])^T X[b]: one program per (batch element, term, feature
-    # chunk), a loop over L; chunks past the term's node count n_bd do nothing (their rows are never read)
+    # chunk), a loop over L; chunks past the term's node count n_bd do nothing (their rows are never read).
+    # X (b, L, P) contiguous.
     pid = tl.program_id(0)
     bhd = pid // (F_MAX // FC)
     f0 = (pid % (F_MAX // FC)) * FC
     bh = bhd // D
-    inv_a, n = _term_params(PRM, bhd)
+    inv_a, n = _term_params(TAB, bhd, F_MAX)
     ACC = NT.dtype.element_ty
     offs_f = f0 + tl.arange(0, FC)
     offs_p = tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
-    tau = tl.load(TAU + bhd.to(tl.int64) * F_MAX + offs_f)
-    sw = tl.load(SW + bhd.to(tl.int64) * F_MAX + offs_f)
+    row = _term_row(TAB, bhd, F_MAX) + 16
+    tau = tl.load(row + offs_f)
+    sw = tl.load(row + F_MAX + offs_f)
     N_b = NT + bhd.to(tl.int64) * L
-    X_b = X + bh.to(tl.int64) * stride_xb
+    X_b = X + bh.to(tl.int64) * (L * P)
     acc = tl.zeros((FC, BLOCK_P), dtype=ACC)
     for l0 in range(0, tl.where(f0 < n, L, 0), BLOCK_L):
         offs_l = l0 + tl.arange(0, BLOCK_L)
         mask_l = offs_l < L
         t = tl.load(N_b + offs_l, mask=mask_l, other=0.0)       # padded rows: x = 0 there
-        xt = tl.load(X_b + offs_l[:, None] * stride_xl + offs_p[None, :],
+        xt = tl.load(X_b + offs_l[:, None] * P + offs_p[None, :],
                      mask=mask_l[:, None] & mask_p[None, :], other=0.0)
         phi_t = _exp_features(t, tau, sw, True)
         acc += _mm(phi_t, xt, xt.dtype, DOT_F32, PRECISION).to(ACC)
@@ -359,9 +367,8 @@ def _rows_chunk(t, TAU_d, SW_d, W_d, f0, xx, offs_c, offs_p, mask_p, P, acc, ACC
 
 @triton.jit
 def _expsum_rows_kernel(
-    NT, W, PRM, TAU, SW, XX, OUT, DN,
+    NT, W, TAB, XX, OUT, DN,
     L, P, L_BUCKET,
-    stride_xxb, stride_xxl, stride_ob, stride_ol,
     D: tl.constexpr, D_PAD: tl.constexpr, FC: tl.constexpr, F_MAX: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_P: tl.constexpr, WITH_OUT: tl.constexpr, WITH_GRAD: tl.constexpr, DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -370,7 +377,7 @@ def _expsum_rows_kernel(
     #   OUT[rows] = sum_d Phi_d(n_d[rows]) W_d                                          (WITH_OUT)
     #   DN[rows, d] = -(1/a_d) sum_m tau_m phi_m(n_d[rows]) (XX[rows] . W_dm)         (WITH_GRAD)
     # forward y: (n, W) = (u, Z); backward: (v, GZ, XX = x) gives dx and dy_nodes, (u, Z, XX = g) gives
-    # dx_nodes. DN is written as (b, L, d), the layout of the nodes themselves.
+    # dx_nodes. DN is written as (b, L, d), the layout of the nodes themselves; XX, OUT (b, L, P) contiguous.
     pid = tl.program_id(0)
     n_blocks = tl.cdiv(L, BLOCK_L)
     bh = pid // n_blocks
@@ -383,33 +390,33 @@ def _expsum_rows_kernel(
     mask_lp = mask_l[:, None] & mask_p[None, :]
     N_b = NT + bh.to(tl.int64) * (D * L)
     W_b = W + bh.to(tl.int64) * (D * F_MAX * P)
-    NODES_b = bh.to(tl.int64) * (D * F_MAX)
     DT = W.dtype.element_ty
     ACC = NT.dtype.element_ty
     acc = tl.zeros((BLOCK_L, BLOCK_P), dtype=ACC)
     dn = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
     xx = tl.zeros((BLOCK_L, BLOCK_P), dtype=DT)
     if WITH_GRAD:
-        xx = tl.load(XX + bh.to(tl.int64) * stride_xxb + offs_l[:, None] * stride_xxl + offs_p[None, :],
-                     mask=mask_lp, other=0.0)
+        xx = tl.load(XX + bh.to(tl.int64) * (L * P) + offs_l[:, None] * P + offs_p[None, :], mask=mask_lp, other=0.0)
     for d in range(D):              # every term's first chunk (all terms have one)
-        inv_a, n = _term_params(PRM, bh * D + d)
+        inv_a, n = _term_params(TAB, bh * D + d, F_MAX)
+        row = _term_row(TAB, bh * D + d, F_MAX) + 16
         t = tl.load(N_b + d * L + offs_l, mask=mask_l, other=0.0)
-        acc, g = _rows_chunk(t, TAU + NODES_b + d * F_MAX, SW + NODES_b + d * F_MAX, W_b + d * (F_MAX * P), 0, xx,
+        acc, g = _rows_chunk(t, row, row + F_MAX, W_b + d * (F_MAX * P), 0, xx,
                              offs_c, offs_p, mask_p, P, acc, ACC, DT, WITH_OUT, WITH_GRAD, DOT_F32, PRECISION)
         if WITH_GRAD:
             dn = _put(dn, offs_d, d, g * inv_a.to(ACC))
     for d in range(D):              # further chunks: terms whose spread exceeds R_ONE_CHUNK (usually none)
-        inv_a, n = _term_params(PRM, bh * D + d)
+        inv_a, n = _term_params(TAB, bh * D + d, F_MAX)
+        row = _term_row(TAB, bh * D + d, F_MAX) + 16
         t = tl.load(N_b + d * L + offs_l, mask=mask_l, other=0.0)
         for f0 in range(FC, n, FC):
-            acc, g = _rows_chunk(t, TAU + NODES_b + d * F_MAX, SW + NODES_b + d * F_MAX, W_b + d * (F_MAX * P), f0,
+            acc, g = _rows_chunk(t, row, row + F_MAX, W_b + d * (F_MAX * P), f0,
                                  xx, offs_c, offs_p, mask_p, P, acc, ACC, DT, WITH_OUT, WITH_GRAD, DOT_F32,
                                  PRECISION)
             if WITH_GRAD:
                 dn = _put(dn, offs_d, d, g * inv_a.to(ACC))
     if WITH_OUT:
-        tl.store(OUT + bh.to(tl.int64) * stride_ob + offs_l[:, None] * stride_ol + offs_p[None, :],
+        tl.store(OUT + bh.to(tl.int64) * (L * P) + offs_l[:, None] * P + offs_p[None, :],
                  _cast_out(acc, OUT.dtype.element_ty, DOT_F32), mask=mask_lp)
     if WITH_GRAD:
         tl.store(DN + bh.to(tl.int64) * (L * D) + offs_l[:, None] * D + offs_d[None, :],
@@ -441,19 +448,18 @@ def _expsum_tuned(role: str):
 
 
 def _expsum_launch(role, args, n_programs, L, **meta):
-    """``args`` up to P (L_BUCKET is inserted), then ``meta["_strides"]``; n_programs: BLOCK_L -> grid."""
+    """``args`` up to P (L_BUCKET is appended); n_programs: BLOCK_L -> grid."""
     meta["DOT_F32"] = _interpreting()
-    strides = meta.pop("_strides")
     bucket = min(_next_pow2(L), EXPSUM_AUTOTUNE_MAX_BUCKET)
     if _interpreting():
         bl = _EXPSUM_INTERPRET_BLOCK
-        _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, *strides, BLOCK_L=bl, **meta)
+        _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, BLOCK_L=bl, **meta)
     elif L < EXPSUM_AUTOTUNE_MIN_LENGTH:
         bl, w, st = _EXPSUM_CONFIGS[role][0]
-        _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, *strides, BLOCK_L=bl, num_warps=w, num_stages=st,
+        _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, BLOCK_L=bl, num_warps=w, num_stages=st,
                                                  **meta)
     else:
-        _expsum_tuned(role)[lambda m: (n_programs(m["BLOCK_L"]),)](*args, bucket, *strides, **meta)
+        _expsum_tuned(role)[lambda m: (n_programs(m["BLOCK_L"]),)](*args, bucket, **meta)
 
 
 def _block_p(P):
@@ -461,44 +467,41 @@ def _block_p(P):
 
 
 def _expsum_prep(xn3, yn3, acc, quad, fc, f_max):
-    """Per (batch element, term): the scaled transposed nodes ``ut = (xn/a)^T``, ``vt = (yn/a)^T``
-    (bh, D, L) in ``acc``, and the per-term tables: (1/a, n) (bh, D, 2) in float64, tau and sqrt(w)
-    (bh, D, f_max) in ``acc``; see the comment above."""
+    """xn3, yn3 (bh, L, D) contiguous. Per (batch element, term): the scaled transposed nodes ``ut = (xn/a)^T``,
+    ``vt = (yn/a)^T`` (bh, D, L) in ``acc``, and the table (bh, D, 16 + 2 f_max) in ``acc``, each row
+    ``[1/a, n, (unused), tau (f_max), sqrt(w) (f_max)]`` (the values computed in float64); see the comment above."""
     bh, L, D = xn3.shape
-    ut = torch.empty((bh, D, L), dtype=acc, device=xn3.device)
-    vt = torch.empty_like(ut)
-    prm = torch.empty((bh, D, 2), dtype=torch.float64, device=xn3.device)
-    nodes = torch.empty((2, bh, D, f_max), dtype=acc, device=xn3.device)        # tau, sqrt(w)
+    ut = torch.empty((2, bh, D, L), dtype=acc, device=xn3.device)
+    ut, vt = ut[0], ut[1]
+    tab = torch.empty((bh, D, 16 + 2 * f_max), dtype=acc, device=xn3.device)
     d_pad = _next_pow2(D)
     block = (_EXPSUM_INTERPRET_BLOCK if _interpreting()
              else min(_PREP_MAX_ELEMENTS // d_pad, max(16, _next_pow2(L))))
-    _expsum_prep_kernel[(bh,)](xn3, yn3, ut, vt, prm, nodes[0], nodes[1], quad, L, *xn3.stride(), *yn3.stride(),
-                               D=D, D_PAD=d_pad, FC=fc, F_MAX=f_max, F_PAD=_next_pow2(f_max), R_LIMIT=R_MAX,
-                               BLOCK_L=block)
-    return ut, vt, (prm, nodes[0], nodes[1])
+    _expsum_prep_kernel[(bh,)](xn3, yn3, ut, vt, tab, quad, L, D=D, D_PAD=d_pad, FC=fc, F_MAX=f_max,
+                               F_PAD=_next_pow2(f_max), R_LIMIT=R_MAX, BLOCK_L=block)
+    return ut, vt, tab
 
 
-def _expsum_reduce(nt, x3, prm, fc, f_max, precision):
+def _expsum_reduce(nt, x3, tab, fc, f_max, precision):
     """``Z_d = (1/a_d) Phi_d(n_d)^T x`` for every batch element and term: (bh, D, f_max, P) in x3's dtype,
-    rows past each term's node count left unwritten (never read)."""
+    rows past each term's node count left unwritten (never read). x3 (bh, L, P) contiguous."""
     bh, L, P = x3.shape
     D = nt.shape[1]
     z = torch.empty((bh, D, f_max, P), dtype=x3.dtype, device=x3.device)
-    _expsum_launch("reduce", (nt, x3, *prm, z, L, P), lambda bl: bh * D * (f_max // fc), L,
-                   _strides=(x3.stride(0), x3.stride(1)), D=D, FC=fc, F_MAX=f_max, BLOCK_P=_block_p(P),
-                   PRECISION=precision)
+    _expsum_launch("reduce", (nt, x3, tab, z, L, P), lambda bl: bh * D * (f_max // fc), L,
+                   D=D, FC=fc, F_MAX=f_max, BLOCK_P=_block_p(P), PRECISION=precision)
     return z
 
 
-def _expsum_rows(nt, w, prm, fc, precision, xx=None, out=None, dn=None):
-    """The row kernel (see its comment): writes ``out`` if given and ``dn`` (bh, L, D) if given."""
+def _expsum_rows(nt, w, tab, fc, precision, xx=None, out=None, dn=None):
+    """The row kernel (see its comment): writes ``out`` (bh, L, P) if given and ``dn`` (bh, L, D) if given; xx and
+    out contiguous."""
     bh, D, L = nt.shape
     f_max, P = w.shape[2], w.shape[3]
     xx_ = xx if xx is not None else w          # placeholders of unused pointers (never read or written)
     out_ = out if out is not None else w
     dn_ = dn if dn is not None else nt
-    _expsum_launch("rows", (nt, w, *prm, xx_, out_, dn_, L, P), lambda bl: bh * _cdiv(L, bl), L,
-                   _strides=(xx_.stride(0), xx_.stride(1), out_.stride(0), out_.stride(1)),
+    _expsum_launch("rows", (nt, w, tab, xx_, out_, dn_, L, P), lambda bl: bh * _cdiv(L, bl), L,
                    D=D, D_PAD=_next_pow2(D), FC=fc, F_MAX=f_max, BLOCK_P=_block_p(P),
                    WITH_OUT=out is not None, WITH_GRAD=dn is not None, PRECISION=precision)
 
@@ -512,39 +515,36 @@ class _ExpSumProduct(torch.autograd.Function):
     def forward(ctx, x, xn, yn, acc, dot, quad, fc, f_max, precision):
         # x (*b, L, P) in any float dtype, multiplied in `dot`; xn, yn (*b, L, D) in any float dtype (read in acc)
         L, P, D = x.shape[-2], x.shape[-1], xn.shape[-1]
-        x3 = x.reshape(-1, L, P).to(dot)
-        if x3.stride(-1) != 1:
-            x3 = x3.contiguous()
-        ut, vt, prm = _expsum_prep(xn.reshape(-1, L, D), yn.reshape(-1, L, D), acc, quad, fc, f_max)
-        z = _expsum_reduce(vt, x3, prm, fc, f_max, precision)
+        x3 = x.reshape(-1, L, P).to(dot).contiguous()
+        ut, vt, tab = _expsum_prep(xn.reshape(-1, L, D).contiguous(), yn.reshape(-1, L, D).contiguous(), acc, quad, fc,
+                                   f_max)
+        z = _expsum_reduce(vt, x3, tab, fc, f_max, precision)
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)       # the kernel stores in x's dtype
-        _expsum_rows(ut, z, prm, fc, precision, out=y.view(-1, L, P))
+        _expsum_rows(ut, z, tab, fc, precision, out=y.view(-1, L, P))
         ctx.save_for_backward(x3)
-        ctx.ut, ctx.vt, ctx.prm, ctx.z = ut, vt, prm, z                   # intermediates, kept on ctx directly
+        ctx.ut, ctx.vt, ctx.tab, ctx.z = ut, vt, tab, z                   # intermediates, kept on ctx directly
         ctx.meta = (precision, fc, f_max, x.shape, x.dtype, xn.shape, xn.dtype, yn.shape, yn.dtype)
         return y
 
     @staticmethod
     def backward(ctx, gy):
         (x3,) = ctx.saved_tensors
-        ut, vt, prm, z = ctx.ut, ctx.vt, ctx.prm, ctx.z
+        ut, vt, tab, z = ctx.ut, ctx.vt, ctx.tab, ctx.z
         precision, fc, f_max, x_shape, x_dtype, xn_shape, xn_dtype, yn_shape, yn_dtype = ctx.meta
         need_x, need_xn, need_yn = ctx.needs_input_grad[:3]
         bh, L, P = x3.shape
-        g3 = gy.reshape(bh, L, P).to(x3.dtype)
-        if g3.stride(-1) != 1:
-            g3 = g3.contiguous()
+        g3 = gy.reshape(bh, L, P).to(x3.dtype).contiguous()
         dx = dxn = dyn = None
         # every gradient is stored by the kernels in its own dtype and final shape (no conversion pass)
         if need_x or need_yn:                  # features of v: dx and the column-node gradient
-            gz = _expsum_reduce(ut, g3, prm, fc, f_max, precision)
+            gz = _expsum_reduce(ut, g3, tab, fc, f_max, precision)
             dx = torch.empty(x_shape, dtype=x_dtype, device=x3.device) if need_x else None
             dyn = torch.empty(yn_shape, dtype=yn_dtype, device=x3.device) if need_yn else None
-            _expsum_rows(vt, gz, prm, fc, precision, xx=x3, out=None if dx is None else dx.view(bh, L, P),
+            _expsum_rows(vt, gz, tab, fc, precision, xx=x3, out=None if dx is None else dx.view(bh, L, P),
                          dn=None if dyn is None else dyn.view(bh, L, -1))
         if need_xn:                            # features of u: the row-node gradient
             dxn = torch.empty(xn_shape, dtype=xn_dtype, device=x3.device)
-            _expsum_rows(ut, z, prm, fc, precision, xx=g3, dn=dxn.view(bh, L, -1))
+            _expsum_rows(ut, z, tab, fc, precision, xx=g3, dn=dxn.view(bh, L, -1))
         return dx, dxn, dyn, None, None, None, None, None, None
 
 
