@@ -90,6 +90,30 @@ def _dot(a, b, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _node_extremes(XN, YN, b, L, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr, ACC: tl.constexpr):
+    # per term d of batch element b of two contiguous (b, L, D) node arrays, read in (BLOCK_L, D) tiles: (min x,
+    # max x, min y, max y), each (D_PAD,) in ACC (extremes are exact in any dtype); padded terms get +inf / -inf.
+    # The prep kernels of the Cauchy exp-sum (scaling, spread) and the Chebyshev path (bandwidth) start here.
+    offs_d = tl.arange(0, D_PAD)
+    X_b = XN + b.to(tl.int64) * (L * D) + offs_d[None, :]
+    Y_b = YN + b.to(tl.int64) * (L * D) + offs_d[None, :]
+    x_lo = tl.full((BLOCK_L, D_PAD), float("inf"), ACC)
+    y_lo = tl.full((BLOCK_L, D_PAD), float("inf"), ACC)
+    x_hi = tl.full((BLOCK_L, D_PAD), -float("inf"), ACC)
+    y_hi = tl.full((BLOCK_L, D_PAD), -float("inf"), ACC)
+    for l0 in range(0, L, BLOCK_L):
+        offs = l0 + tl.arange(0, BLOCK_L)
+        mask = (offs < L)[:, None] & (offs_d < D)[None, :]
+        xv = tl.load(X_b + offs[:, None] * D, mask=mask, other=0.0).to(ACC)
+        yv = tl.load(Y_b + offs[:, None] * D, mask=mask, other=0.0).to(ACC)
+        x_lo = tl.minimum(x_lo, tl.where(mask, xv, float("inf")))
+        y_lo = tl.minimum(y_lo, tl.where(mask, yv, float("inf")))
+        x_hi = tl.maximum(x_hi, tl.where(mask, xv, -float("inf")))
+        y_hi = tl.maximum(y_hi, tl.where(mask, yv, -float("inf")))
+    return tl.min(x_lo, axis=0), tl.max(x_hi, axis=0), tl.min(y_lo, axis=0), tl.max(y_hi, axis=0)
+
+
+@triton.jit
 def _put(acc, offs_d, d, v):
     # acc[:, d] += v: a register tensor cannot be indexed by a column, so select it
     return acc + tl.where(offs_d[None, :] == d, v[:, None], 0.0)

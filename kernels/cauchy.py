@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._matfree_tiled import (DOT_PRECISIONS, Term, _cdiv, _interpreting, _next_pow2, _put, check_args, matfree_matmul,
-                             upcast_nodes)
+from ._matfree_tiled import (DOT_PRECISIONS, Term, _cdiv, _interpreting, _next_pow2, _node_extremes, _put, check_args,
+                             matfree_matmul, upcast_nodes)
 
 
 @triton.jit
@@ -218,25 +218,11 @@ def _expsum_prep_kernel(
     ACC = UT.dtype.element_ty
     offs_d = tl.arange(0, D_PAD)
     mask_d = offs_d < D
-    X_b = XN + bh.to(tl.int64) * (L * D) + offs_d[None, :]
-    Y_b = YN + bh.to(tl.int64) * (L * D) + offs_d[None, :]
-    x_lo = tl.full((BLOCK_L, D_PAD), float("inf"), ACC)
-    y_lo = tl.full((BLOCK_L, D_PAD), float("inf"), ACC)
-    x_hi = tl.full((BLOCK_L, D_PAD), -float("inf"), ACC)
-    y_hi = tl.full((BLOCK_L, D_PAD), -float("inf"), ACC)
-    for l0 in range(0, L, BLOCK_L):
-        offs = l0 + tl.arange(0, BLOCK_L)
-        mask = (offs < L)[:, None] & mask_d[None, :]
-        xv = tl.load(X_b + offs[:, None] * D, mask=mask, other=0.0).to(ACC)
-        yv = tl.load(Y_b + offs[:, None] * D, mask=mask, other=0.0).to(ACC)
-        x_lo = tl.minimum(x_lo, tl.where(mask, xv, float("inf")))
-        y_lo = tl.minimum(y_lo, tl.where(mask, yv, float("inf")))
-        x_hi = tl.maximum(x_hi, tl.where(mask, xv, -float("inf")))
-        y_hi = tl.maximum(y_hi, tl.where(mask, yv, -float("inf")))
+    x_min, x_max, y_min, y_max = _node_extremes(XN, YN, bh, L, D, D_PAD, BLOCK_L, ACC)
     # per term; the sums are formed in ACC (float32 for halves), so a = min x + min y is not rounded up
-    # past the smallest denominator by a bf16 addition; extremes are exact in any dtype
-    lo = tl.where(mask_d, (tl.min(x_lo, axis=0) + tl.min(y_lo, axis=0)).to(tl.float64), 1.0)   # padded terms: 1
-    hi = tl.where(mask_d, (tl.max(x_hi, axis=0) + tl.max(y_hi, axis=0)).to(tl.float64), 1.0)
+    # past the smallest denominator by a bf16 addition
+    lo = tl.where(mask_d, (x_min + y_min).to(tl.float64), 1.0)   # padded terms: 1
+    hi = tl.where(mask_d, (x_max + y_max).to(tl.float64), 1.0)
     R = hi / lo
     valid = (lo > 0.0) & (R <= R_LIMIT)          # false for NaN too
     R = tl.where(valid, tl.maximum(R, 1.0), 1.0)
@@ -262,8 +248,9 @@ def _expsum_prep_kernel(
     for l0 in range(0, L, BLOCK_L):
         offs = l0 + tl.arange(0, BLOCK_L)
         mask = (offs < L)[:, None] & mask_d[None, :]
-        xv = tl.load(X_b + offs[:, None] * D, mask=mask, other=0.0).to(ACC)
-        yv = tl.load(Y_b + offs[:, None] * D, mask=mask, other=0.0).to(ACC)
+        at = bh.to(tl.int64) * (L * D) + offs[:, None] * D + offs_d[None, :]
+        xv = tl.load(XN + at, mask=mask, other=0.0).to(ACC)
+        yv = tl.load(YN + at, mask=mask, other=0.0).to(ACC)
         tl.store(UT + T_b + offs[:, None], xv * inv, mask=mask)
         tl.store(VT + T_b + offs[:, None], yv * inv, mask=mask)
 

@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._matfree_tiled import DOT_PRECISIONS, _cdiv, _interpreting, _next_pow2, _put, check_args
+from ._matfree_tiled import DOT_PRECISIONS, _cdiv, _interpreting, _next_pow2, _node_extremes, _put, check_args
 from .cauchy import _cast_out
 from .vandermonde import _cos_turns, _reduce_turns, _sin_turns
 
@@ -103,17 +103,10 @@ def _cheb_prep_kernel(
     b = tl.program_id(0)
     ACC = TAB.dtype.element_ty
     TAB_b, l_pad = _table(TAB, b, L, N_CAP)
-    offs_d = tl.arange(0, D_PAD)
-    top = tl.zeros((BLOCK_L, D_PAD), dtype=ACC)
-    for l0 in range(0, L, BLOCK_L):
-        offs = l0 + tl.arange(0, BLOCK_L)
-        at = b.to(tl.int64) * (L * D) + offs[:, None] * D + offs_d[None, :]
-        mask = (offs < L)[:, None] & (offs_d < D)[None, :]
-        qv = tl.abs(tl.load(Q + at, mask=mask, other=0.0).to(ACC))
-        kv = tl.abs(tl.load(K + at, mask=mask, other=0.0).to(ACC))
-        top = tl.maximum(top, tl.maximum(qv, kv))
+    q_min, q_max, k_min, k_max = _node_extremes(Q, K, b, L, D, D_PAD, BLOCK_L, ACC)
+    top = tl.max(tl.maximum(tl.maximum(-q_min, q_max), tl.maximum(-k_min, k_max)), axis=0)   # max |q|, |k|
     # (a NaN node may be skipped here: its angles make the outputs NaN anyway; +inf exceeds every limit)
-    omega = tl.max(tl.max(top, axis=1), axis=0).to(tl.float64) * tl.load(PRM + 1)      # pi s (L - 1) max |.|
+    omega = top.to(tl.float64) * tl.load(PRM + 1)      # pi s (L - 1) max |.|
     offs_n = tl.arange(0, N_PAD)
     limits = tl.load(PRM + 3 + offs_n, mask=offs_n < N_CAP, other=float("inf"))
     need = tl.sum((limits < omega).to(tl.int32), axis=0) + 1

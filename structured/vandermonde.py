@@ -594,14 +594,23 @@ def vandermonde_matmul_chebyshev(x: torch.Tensor, q: torch.Tensor, k: torch.Tens
     """
     scale = _check_scale(scale)
     eps = NUFFT_DEFAULT_EPS.get(x.dtype, NUFFT_DEFAULT_EPS[torch.float32]) if eps is None else _check_nufft_eps(eps)
+    return _chebyshev_matmul(x, q, k, scale, eps)
+
+
+def _chebyshev_matmul(x, q, k, scale: float, eps: float, n: int | None = None) -> torch.Tensor:
+    """The Chebyshev product, n points for the batch (None: from its Omega, read on the host). Where
+    :func:`kernels.enabled`: the fused kernels, no host sync, n per batch element on the device, capped at n + 1
+    (None: at min(L, 1024); NaN past the cap)."""
     import kernels
-    if kernels.enabled(x):   # fused, no host sync: n per batch element on the device (NaN past its cap)
-        return kernels.vandermonde_chebyshev_product(x, q, k, scale, eps)
+    if kernels.enabled(x):
+        return kernels.vandermonde_chebyshev_product(x, q, k, scale, eps, max_points=None if n is None else n + 1)
     x, q, k = expand_matrices(x, q, k)
-    cplan = chebyshev_plan(x.shape[-2], chebyshev_omega(q, k, scale), eps)
-    _check_chebyshev_feasible(cplan, eps)
+    if n is None:
+        cplan = chebyshev_plan(x.shape[-2], chebyshev_omega(q, k, scale), eps)
+        _check_chebyshev_feasible(cplan, eps)
+        n = cplan.n
     theta, phi = (2 * math.pi * scale) * q, (2 * math.pi * scale) * k
-    return _chebyshev_product(x, theta, phi, cplan.n)
+    return _chebyshev_product(x, theta, phi, n)
 
 
 FAST_METHODS = ("auto", "nufft", "chebyshev", "tiled")
@@ -659,12 +668,7 @@ def _product_nufft(x, q, k, scale, plan: VandermondePlan) -> torch.Tensor:
 
 
 def _product_chebyshev(x, q, k, scale, plan: VandermondePlan) -> torch.Tensor:
-    import kernels
-    if kernels.enabled(x):   # the plan's n (from the batch's largest Omega) caps the kernels' per-element counts
-        return kernels.vandermonde_chebyshev_product(x, q, k, scale, plan.eps, max_points=plan.n_points + 1)
-    x, q, k = expand_matrices(x, q, k)
-    theta, phi = (2 * math.pi * scale) * q, (2 * math.pi * scale) * k
-    return _chebyshev_product(x, theta, phi, plan.n_points)
+    return _chebyshev_matmul(x, q, k, scale, plan.eps, plan.n_points)
 
 
 #: The approximate paths: how each is costed (with its bound and plan fields) and run.
@@ -830,5 +834,5 @@ class Vandermonde(StructuredMatrix):
 
 
 __all__ = ["ChebyshevPlan", "Vandermonde", "VandermondePlan", "NufftPlan", "chebyshev_omega", "chebyshev_omega_limits",
-           "chebyshev_plan",
-           "nufft_plan", "vandermonde_matmul_chebyshev", "vandermonde_matmul_nufft", "vandermonde_matmul_tiled"]
+           "chebyshev_plan", "nufft_plan", "vandermonde_matmul_chebyshev", "vandermonde_matmul_nufft",
+           "vandermonde_matmul_tiled"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import structured
-from structured.vandermonde import (APPROXIMATE_METHODS, FAST_METHODS, Vandermonde, chebyshev_omega, chebyshev_plan,
-                                    vandermonde_matmul_chebyshev)
+from structured.vandermonde import (APPROXIMATE_METHODS, FAST_METHODS, Vandermonde, chebyshev_omega,
+                                    chebyshev_omega_limits, chebyshev_plan, vandermonde_matmul_chebyshev)
 from vandermonde_reference import F64, draw, draw_broadcast, exact_matrix, explicit_grads, gen
 
 U64, U32 = 2.0 ** -53, 2.0 ** -24
@@ -255,3 +255,22 @@ def test_chebyshev_plan_is_minimal_and_valid(L, eps, omega):
     assert float(log_bound.min()) > math.log(eps) - 0.05
     # the larger n of a larger Omega
     assert chebyshev_plan(L, 2 * omega + 1, eps).n >= plan.n
+
+
+@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-12])
+def test_omega_limits_invert_the_bound(eps):
+    """chebyshev_omega_limits (the table the GPU kernels look n up in) inverts the plan's bound: at each limit n points
+    meet eps, 1e-6 above it they do not; the limits increase; and the lookup 1 + #{limits < Omega} is the plan's n
+    wherever the plan's own rounding of Omega (up by <= 1.1%) does not cross a limit."""
+    from structured.vandermonde import _log_ellipse_bounds
+    lim = chebyshev_omega_limits(300, eps)
+    assert all(a < b for a, b in zip(lim, lim[1:]))
+    for n in range(2, 300, 7):
+        assert _log_ellipse_bounds(n, lim[n - 1], 100)[0] <= math.log(eps)
+        assert _log_ellipse_bounds(n, lim[n - 1] * (1 + 1e-6), 100)[0] > math.log(eps)
+    for omega in (0.0, 0.5, 8.0, 27.3, 120.0):
+        n_table = 1 + sum(v < omega for v in lim)
+        n_plan = chebyshev_plan(512, omega, eps).n
+        assert n_table <= n_plan <= 1 + sum(v < omega * 1.011 for v in lim)
+    with pytest.raises(ValueError, match="n_max must be a positive int"):
+        chebyshev_omega_limits(0, eps)
