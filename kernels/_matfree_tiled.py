@@ -61,8 +61,14 @@ class Term:
     pair_ok: object = None   # callable (qn, kn) -> 0-dim bool tensor, or None: always valid
 
 
+# Read once, at import, as Triton decides at decoration time (the same import) whether @triton.jit gives an
+# interpreted function: a later change of the variable changes neither (and reading the environment per call cost
+# ~1 us each, a dozen times per product).
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _INTERPRET
 
 
 # plain-Python forms of triton.cdiv / triton.next_power_of_2 (those are Triton functions: ~6 us per call
@@ -418,6 +424,13 @@ class _MatfreeProduct(torch.autograd.Function):
         return dx, dq, dk, None, None
 
 
+def check_device(fn: str, x):
+    """The kernels run on CUDA tensors, or anywhere under the interpreter; a ValueError naming ``fn`` otherwise."""
+    if not (x.is_cuda or _INTERPRET):
+        raise ValueError(f"{fn}: the Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 set before triton is "
+                         f"imported); got a tensor on {x.device}")
+
+
 def check_args(fn: str, x, q, k):
     """Validate ``x (*b, L, P)``, ``q, k (*b', L, d)`` and broadcast their batch dims.
 
@@ -463,7 +476,5 @@ def matfree_matmul(x, qn, kn, term: Term, precision: str = "ieee"):
     """
     if precision not in DOT_PRECISIONS:
         raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got {precision!r}")
-    if not (x.is_cuda or _interpreting()):
-        raise ValueError(f"{term.name}: the Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 set before "
-                         f"triton is imported); got a tensor on {x.device}")
+    check_device(term.name, x)
     return _MatfreeProduct.apply(x, qn, kn, term, precision)

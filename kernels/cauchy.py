@@ -18,8 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from ._matfree_tiled import (DOT_PRECISIONS, Term, _cdiv, _interpreting, _next_pow2, _node_extremes, _put, check_args,
-                             matfree_matmul, upcast_nodes)
+                             check_device, matfree_matmul, upcast_nodes)
 
 
 @triton.jit
@@ -443,8 +444,8 @@ def _expsum_launch(role, args, n_programs, L, **meta):
         _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, BLOCK_L=bl, **meta)
     elif L < EXPSUM_AUTOTUNE_MIN_LENGTH:
         bl, w, st = _EXPSUM_CONFIGS[role][0]
-        _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, BLOCK_L=bl, num_warps=w, num_stages=st,
-                                                 **meta)
+        launch(_EXPSUM_KERNELS[role], (n_programs(bl),), *args, bucket, BLOCK_L=bl, num_warps=w, num_stages=st,
+               **meta)
     else:
         _expsum_tuned(role)[lambda m: (n_programs(m["BLOCK_L"]),)](*args, bucket, **meta)
 
@@ -464,8 +465,8 @@ def _expsum_prep(xn3, yn3, acc, quad, fc, f_max):
     d_pad = _next_pow2(D)
     block = (_EXPSUM_INTERPRET_BLOCK if _interpreting()
              else min(_PREP_MAX_ELEMENTS // d_pad, max(16, _next_pow2(L))))
-    _expsum_prep_kernel[(bh,)](xn3, yn3, ut, vt, tab, quad, L, D=D, D_PAD=d_pad, FC=fc, F_MAX=f_max,
-                               F_PAD=_next_pow2(f_max), R_LIMIT=R_MAX, BLOCK_L=block)
+    launch(_expsum_prep_kernel, (bh,), xn3, yn3, ut, vt, tab, quad, L, D=D, D_PAD=d_pad, FC=fc, F_MAX=f_max,
+           F_PAD=_next_pow2(f_max), R_LIMIT=R_MAX, BLOCK_L=block)
     return ut, vt, tab
 
 
@@ -597,9 +598,7 @@ def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, e
     from structured.cauchy import _check_eps
     if precision not in DOT_PRECISIONS:
         raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got {precision!r}")
-    if not (x.is_cuda or _interpreting()):
-        raise ValueError(f"cauchy_expsum_product: the Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 "
-                         f"set before triton is imported); got a tensor on {x.device}")
+    check_device("cauchy_expsum_product", x)
     if _check_eps(eps) is None:
         raise ValueError("cauchy_expsum_product: eps must be a float in [1e-15, 0.1], got None")
     x, xn, yn = check_args("cauchy_expsum_product", x, xn, yn)

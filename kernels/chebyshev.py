@@ -43,7 +43,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._matfree_tiled import DOT_PRECISIONS, _cdiv, _interpreting, _next_pow2, _node_extremes, _put, check_args
+from ._launch import launch
+from ._matfree_tiled import (DOT_PRECISIONS, _cdiv, _interpreting, _next_pow2, _node_extremes, _put, check_args,
+                             check_device)
 from .cauchy import _cast_out
 from .vandermonde import _cos_turns, _reduce_turns, _sin_turns
 
@@ -293,9 +295,9 @@ def _prep(q3, k3, prm, n_cap, acc, P):
     bh, L, D = q3.shape
     tab = torch.empty((bh, n_cap + _cdiv(L, 16) * 16 + 16), dtype=acc, device=q3.device)
     z = torch.empty((2, bh, 2, n_cap, P), dtype=acc, device=q3.device)
-    _cheb_prep_kernel[(bh,)](q3, k3, prm, tab, z, L, P, D=D, D_PAD=_next_pow2(D), N_CAP=n_cap, N_PAD=_next_pow2(n_cap),
-                             FC=CHUNK, BLOCK_L=_PREP_BLOCK["interpret" if _interpreting() else "gpu"],
-                             BLOCK_P=max(16, _next_pow2(P)))
+    launch(_cheb_prep_kernel, (bh,), q3, k3, prm, tab, z, L, P, D=D, D_PAD=_next_pow2(D), N_CAP=n_cap,
+           N_PAD=_next_pow2(n_cap), FC=CHUNK, BLOCK_L=_PREP_BLOCK["interpret" if _interpreting() else "gpu"],
+           BLOCK_P=max(16, _next_pow2(P)))
     return tab, z[0], z[1]
 
 
@@ -314,9 +316,9 @@ def _reduce(ang3, x3, prm, tab, z, fast, precision):
     seg_min = 2 * bl if _interpreting() else REDUCE_SEGMENT_MIN
     seg_len = max(seg_min, _cdiv(_cdiv(L, REDUCE_MAX_SEGMENTS), bl) * bl)
     n_seg = _cdiv(L, seg_len)
-    _cheb_reduce_kernel[(bh * (n_cap // CHUNK) * n_seg,)](
-        ang3, x3, prm, tab, z, L, P, seg_len, D=ang3.shape[-1], FC=CHUNK, N_CAP=n_cap, N_SEG=n_seg, BLOCK_L=bl,
-        BLOCK_P=max(16, _next_pow2(P)), FAST=fast, PRECISION=precision, num_warps=warps)
+    launch(_cheb_reduce_kernel, (bh * (n_cap // CHUNK) * n_seg,), ang3, x3, prm, tab, z, L, P, seg_len,
+           D=ang3.shape[-1], FC=CHUNK, N_CAP=n_cap, N_SEG=n_seg, BLOCK_L=bl, BLOCK_P=max(16, _next_pow2(P)), FAST=fast,
+           PRECISION=precision, num_warps=warps)
 
 
 def _rows(ang3, w, prm, tab, xx, out, dang, sign, fast, precision):
@@ -324,11 +326,10 @@ def _rows(ang3, w, prm, tab, xx, out, dang, sign, fast, precision):
     bh, L, D = ang3.shape
     n_cap, P = w.shape[2], w.shape[3]
     bl, warps = _blocks("rows")
-    _cheb_rows_kernel[(bh * _cdiv(L, bl),)](
-        ang3, w, prm, tab, xx, out if out is not None else w, dang if dang is not None else w, L, P, D=D,
-        D_PAD=_next_pow2(D), FC=CHUNK, N_CAP=n_cap, BLOCK_L=bl, BLOCK_P=max(16, _next_pow2(P)), SIGN=sign,
-        WITH_OUT=out is not None, WITH_GRAD=dang is not None, FAST=fast, PRECISION=precision,
-        EMULATE=_interpreting(), num_warps=warps)
+    launch(_cheb_rows_kernel, (bh * _cdiv(L, bl),), ang3, w, prm, tab, xx, out if out is not None else w,
+           dang if dang is not None else w, L, P, D=D, D_PAD=_next_pow2(D), FC=CHUNK, N_CAP=n_cap, BLOCK_L=bl,
+           BLOCK_P=max(16, _next_pow2(P)), SIGN=sign, WITH_OUT=out is not None, WITH_GRAD=dang is not None, FAST=fast,
+           PRECISION=precision, EMULATE=_interpreting(), num_warps=warps)
 
 
 class _ChebyshevProduct(torch.autograd.Function):
@@ -438,9 +439,7 @@ def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Ten
     """
     if precision not in DOT_PRECISIONS:
         raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got {precision!r}")
-    if not (x.is_cuda or _interpreting()):
-        raise ValueError(f"vandermonde_chebyshev_product: the Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 "
-                         f"set before triton is imported); got a tensor on {x.device}")
+    check_device("vandermonde_chebyshev_product", x)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale < math.inf):
         raise ValueError(f"vandermonde_chebyshev_product: scale must be a finite float > 0, got {scale!r}")
     x, q, k = check_args("vandermonde_chebyshev_product", x, q, k)

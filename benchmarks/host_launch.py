@@ -1,0 +1,208 @@
+"""Benchmark: the host time of the matrix-free products at short L, where it bounds their eager speed.
+
+At L = 512 a Chebyshev (Vandermonde) or exp-sum (Cauchy) forward+backward is ~0.4 ms of GPU work in six Triton
+launches, and about as much host work (session 7, ``results/bench/host-breakdown-*-cuda.log``), most of it
+``JITFunction.run``'s per-launch Python. This benchmark measures, in host microseconds per call issued back to
+back without synchronizing (best of 7 repetitions of N calls):
+
+* each of the six launches of a forward+backward, for both products, through ``kernel[grid](...)``
+  (``JITFunction.run``) and through the cached path of :func:`kernels._launch.launch`;
+* each product's forward and forward+backward (``y.backward``; the autograd engine included), cached path off
+  and on (``kernels._launch.DIRECT``);
+* a do-nothing ``autograd.Function`` forward+backward on the same leaves: the floor any custom op pays.
+
+``--device cuda``: the real driver and the benchmark shape of ``benchmarks.kernels_matfree`` (``SHAPES``, bf16).
+Where the host outruns the GPU the launch queue fills and the numbers become GPU time (not the case at L = 512).
+
+``--device cpu`` (no GPU): Triton compiles the kernels for sm_90 as on an H100 and ``benchmarks.fake_cuda``
+stands in for the driver, so everything up to the compiled launcher is measured, exactly the part that the cached
+path changes; not measured: the launcher itself (C, ``cuLaunchKernelEx``), the CUDA caching allocator, the
+engine's hand-over to its device thread. Inputs are small (batch 1, 2 heads; host work does not depend on sizes,
+and large CPU allocations would add page faults). The products' device check is bypassed (CPU tensors stand in
+for CUDA ones). TRITON_INTERPRET must not be set.
+
+Writes ``host_launch-<device>.json`` (device, versions, command, numbers) and ``host_launch-<device>.png`` into
+``--out``. Usage: ``python -m benchmarks.host_launch --device cpu --out results/bench`` (also ``mixerzoo bench
+host_launch ...``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+REPS = 7
+SMALL_SHAPES = {"batch": 1, "heads": 2, "headdim": 128, "qk_dim": 16}
+
+
+def _timed(fn, n):
+    """Host microseconds per call: best over REPS repetitions of n calls (warm-up first)."""
+    for _ in range(5):
+        fn()
+    best = float("inf")
+    for _ in range(REPS):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return 1e6 * best
+
+
+class _Nothing(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, c):
+        return torch.empty_like(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        return torch.empty_like(g), None, None
+
+
+def _products():
+    from benchmarks.kernels_matfree import VANDERMONDE_SCALE
+    from kernels import cauchy as kcc, chebyshev as kc
+    return {"vandermonde": (kc, lambda x, q, k: kc.vandermonde_chebyshev_product(x, q, k, VANDERMONDE_SCALE, 1e-6)),
+            "cauchy": (kcc, lambda x, q, k: kcc.cauchy_expsum_product(x, q, k, 1e-3))}
+
+
+def run(device: str, out: str, n: int = 200):
+    import triton
+
+    import kernels._launch as kl
+    from benchmarks.kernels_matfree import SHAPES, _inputs
+    on_gpu = device.startswith("cuda")
+    if on_gpu:
+        if not torch.cuda.is_available():
+            raise SystemExit("host_launch: --device cuda but CUDA is not available")
+        sync = torch.cuda.synchronize
+    else:
+        from benchmarks import fake_cuda
+        fake_cuda.install()
+        sync = lambda: None  # noqa: E731
+    shapes = SHAPES if on_gpu else SMALL_SHAPES
+    rows = []
+    products = _products()
+    for kind, (mod, product) in products.items():
+        if not on_gpu:
+            mod.check_device = lambda *a: None           # CPU tensors stand in for CUDA ones (fake driver)
+        x, q, k = _inputs(kind, 512, device, torch.bfloat16, 0, shapes)
+        leaves = [t.detach().clone().requires_grad_() for t in (x, q, k)]
+        gy = torch.randn_like(x)
+
+        def fwd_bwd():
+            for t in leaves:
+                t.grad = None
+            product(*leaves).backward(gy)
+
+        # the launches of one fwd+bwd, recorded as the product issues them
+        recorded, plain = [], mod.launch
+
+        def recording(fn, grid, *args, **kwargs):
+            recorded.append((fn, grid, args, kwargs))
+            return plain(fn, grid, *args, **kwargs)
+        mod.launch = recording
+        t0 = time.perf_counter()
+        fwd_bwd()                                        # compiles (first call)
+        sync()
+        mod.launch = plain
+        print(f"{kind}: {len(recorded)} launches per fwd+bwd (first call {time.perf_counter() - t0:.1f} s)",
+              flush=True)
+        seen = {}
+        for fn, grid, args, kwargs in recorded:
+            name = fn.__name__.strip("_")
+            seen[name] = seen.get(name, 0) + 1
+            label = f"{kind}: {name}" + (f" #{seen[name]}" if seen[name] > 1 else "")
+            row = {"name": label, "what": "one launch"}
+            for mode in (False, True):
+                kl.DIRECT = mode
+                row["cached_us" if mode else "jit_us"] = _timed(lambda: kl.launch(fn, grid, *args, **kwargs), n)
+                sync()
+            rows.append(row)
+        del recorded[:]
+        for what, fn in (("forward", lambda: product(x, q, k)), ("forward+backward", fwd_bwd)):
+            row = {"name": f"{kind}: {what}", "what": "product"}
+            for mode in (False, True):
+                kl.DIRECT = mode
+                with torch.set_grad_enabled(what != "forward"):
+                    row["cached_us" if mode else "jit_us"] = _timed(fn, n)
+                sync()
+            rows.append(row)
+
+        def nothing():
+            for t in leaves:
+                t.grad = None
+            _Nothing.apply(*leaves).backward(gy)
+        if kind == "cauchy":
+            us = _timed(nothing, n)
+            sync()
+            rows.append({"name": "do-nothing autograd.Function: forward+backward", "what": "floor", "jit_us": us,
+                         "cached_us": us})
+    kl.DIRECT = True
+    for r in rows:
+        r["saved_us"] = r["jit_us"] - r["cached_us"]
+    props = torch.cuda.get_device_properties(0) if on_gpu else None
+    tag = "cuda" if on_gpu else "cpu"
+    payload = {
+        "benchmark": "host time of the matrix-free products' launches, JITFunction.run vs kernels._launch's cache",
+        "command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks.host_launch"] + sys.argv[1:]),
+        "device": props.name if on_gpu else (f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} "
+                                             "cores), no GPU: benchmarks.fake_cuda in place of the driver, kernels "
+                                             "compiled for sm_90"),
+        "versions": {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version()},
+        "shapes": {**shapes, "L": 512, "dtype": "bfloat16"},
+        "timing": f"host us per call, issued back to back without a sync; best of {REPS} repetitions of {n} calls",
+        "results": rows,
+    }
+    os.makedirs(out, exist_ok=True)
+    json_path = os.path.join(out, f"host_launch-{tag}.json")
+    png_path = os.path.join(out, f"host_launch-{tag}.png")
+    with open(json_path + ".tmp", "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(json_path + ".tmp", json_path)
+    _plot(rows, png_path, payload["device"])
+    for r in rows:
+        print(f"{r['name']:55s} {r['jit_us']:8.1f} {r['cached_us']:8.1f} us  (saved {r['saved_us']:6.1f})")
+    return [json_path, png_path]
+
+
+def _plot(rows, path, device):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [r["name"] for r in rows][::-1]
+    jit = [r["jit_us"] for r in rows][::-1]
+    cached = [r["cached_us"] for r in rows][::-1]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.5))
+    ys = range(len(rows))
+    ax.barh([y + 0.2 for y in ys], jit, height=0.4, label="kernel[grid](...) (JITFunction.run)")
+    ax.barh([y - 0.2 for y in ys], cached, height=0.4, label="kernels._launch.launch (cached)")
+    ax.set_yticks(list(ys), names, fontsize=7)
+    ax.set_xlabel("host microseconds per call")
+    ax.set_title(f"Host time at L = 512 ({device.split(':')[0]})", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("-n", type=int, default=200, help="calls per repetition (default 200)")
+    a = p.parse_args(argv)
+    if a.n < 1:
+        p.error(f"-n must be >= 1, got {a.n}")
+    if a.device == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1":
+        p.error("--device cpu measures compiled-kernel launches with a stand-in driver: unset TRITON_INTERPRET")
+    for path in run(a.device, a.out, a.n):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

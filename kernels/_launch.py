@@ -1,0 +1,111 @@
+"""Launching compiled Triton kernels without ``JITFunction.run``'s per-call work.
+
+``kernel[grid](*args, **constexprs)`` costs 25-40 us of host time per launch on the H100 host (session 7,
+``results/bench/host-breakdown-*-cuda.log``), most of it in ``JITFunction.run`` before the launcher is reached:
+reading knobs from the environment, binding and specializing every argument, and building the cache key
+(``benchmarks/host_launch.py`` measures it without a GPU: about 9 us against 3 us here). At L = 512 a matrix-free
+product's forward and backward are 6 such launches, a large part of the eager time (the GPU work is ~0.4 ms).
+
+:func:`launch` keeps its own cache of the ``CompiledKernel`` objects that ``JITFunction.run`` returns, keyed by
+what Triton specializes on (each argument's kind; tensors: dtype and 16-byte alignment; integers: == 1,
+divisibility by 16 and 32/64-bit range; see :func:`arg_key`), the constexprs, the launch options and the device.
+A hit calls the compiled kernel's launcher with exactly the arguments ``JITFunction.run`` passes it (grid, stream,
+function, packed metadata, launch metadata and the launch hooks, then every parameter in signature order); a miss
+goes through ``kernel[grid](...)``, which compiles or finds the kernel, launches it, and returns it for the cache.
+``tests/kernels/test_launch.py`` checks both halves on Triton's own code without a GPU: the key is at least as fine
+as Triton's specialization (``native_specialize_impl``) on a catalogue of values, and, with a recording stand-in
+for the CUDA driver, a hit hands the launcher the same arguments as ``kernel[grid](...)``.
+
+Not carried over from ``JITFunction.run``: its pre-run hooks (a kernel that has any is never cached) and its check
+that the module globals a kernel reads have not changed since it was compiled (our kernels read constexpr globals
+only at compile time, and never change them). The interpreter (``TRITON_INTERPRET=1``) and autotuned kernels take
+the ordinary path. ``MIXERZOO_DIRECT_LAUNCH=0`` turns the cache off (every launch then goes through
+``JITFunction.run``), for comparisons.
+"""
+from __future__ import annotations
+
+import operator
+import os
+
+import torch
+from triton import knobs
+from triton.runtime import driver
+from triton.runtime.jit import JITFunction
+
+#: Read once: whether a cache hit may bypass ``JITFunction.run``.
+DIRECT = os.environ.get("MIXERZOO_DIRECT_LAUNCH", "1").strip().lower() not in ("0", "off", "false", "")
+
+_CACHE: dict = {}
+_CACHE_MAX = 4096   # distinct (kernel, specialization) keys; cleared when exceeded (a miss then goes through
+#                     JITFunction.run, whose own cache still holds the compiled kernel)
+_Tensor = torch.Tensor
+
+
+def arg_key(a):
+    """What Triton specializes a runtime argument on: tensors by dtype and whether the address is a multiple of 16;
+    integers by == 1 (a constant), divisibility by 16 and range (i32 / i64 / u64); bools, floats and None by kind.
+    Returns None for any other kind (the launch then takes the ordinary path)."""
+    if isinstance(a, _Tensor):
+        return (a.dtype, a.data_ptr() & 15 == 0)
+    if isinstance(a, bool):                    # (before int: bool is an int)
+        return "u1"
+    if isinstance(a, int):
+        if a == 1:
+            return 1
+        return (a & 15 == 0, 0 if -2**31 <= a < 2**31 else (1 if a < 2**63 else 2))
+    if isinstance(a, float):
+        return "fp32"
+    if a is None:
+        return "none"
+    return None
+
+
+def launch(fn, grid, *args, **kwargs):
+    """``fn[grid](*args, **kwargs)``, through the cached compiled kernel where possible (see the module docstring).
+
+    ``args`` are the kernel's leading runtime arguments, positionally; ``kwargs`` all its remaining parameters by
+    name (constexprs included, no defaults) and the launch options (``num_warps``, ``num_stages``, ...). ``grid``
+    is a tuple of 1-3 ints.
+    """
+    if not DIRECT or type(fn) is not JITFunction or fn.pre_run_hooks:
+        return fn[grid](*args, **kwargs)
+    active = driver.active
+    device = active.get_current_device()
+    # (tensors inline: they are most arguments, and a call per argument is a visible part of the cost)
+    spec = tuple([(a.dtype, a.data_ptr() & 15 == 0) if type(a) is _Tensor else arg_key(a) for a in args])
+    key = (id(fn), device, spec, *kwargs.items())
+    hit = _CACHE.get(key)
+    if hit is None:
+        kernel = fn[grid](*args, **kwargs)
+        if kernel is not None and None not in spec:
+            if len(_CACHE) >= _CACHE_MAX:
+                _CACHE.clear()
+            _CACHE[key] = (kernel, _constexpr_getter(fn, args, kwargs))
+        return kernel
+    kernel, constexprs = hit
+    stream = active.get_current_stream(device)
+    # every parameter in signature order: the runtime arguments, then the rest (as JITFunction.run binds them)
+    params = args + constexprs(kwargs)
+    n = len(grid)
+    kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, stream, kernel.function,
+               kernel.packed_metadata, kernel.launch_metadata(grid, stream, *params), knobs.runtime.launch_enter_hook,
+               knobs.runtime.launch_exit_hook, *params)
+    return kernel
+
+
+def _constexpr_getter(fn, args, kwargs):
+    """kwargs -> the values of the parameters after the positional ones, in signature order (a tuple); each must be
+    in kwargs (the direct path applies no defaults)."""
+    names = fn.arg_names[len(args):]
+    missing = [n for n in names if n not in kwargs]
+    if missing:
+        raise TypeError(f"launch({fn.__name__}): pass every parameter after the positional ones by name; "
+                        f"missing {missing}")
+    if not names:
+        return lambda kw: ()
+    get = operator.itemgetter(*names)
+    return get if len(names) > 1 else (lambda kw: (get(kw),))
+
+
+def clear_cache():
+    _CACHE.clear()

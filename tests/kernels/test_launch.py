@@ -1,0 +1,109 @@
+"""kernels._launch: the cache of compiled kernels that skips JITFunction.run on a hit.
+
+Its key must be at least as fine as Triton's own specialization (else a hit could launch a kernel compiled for
+other arguments), and a hit must hand the launcher what JITFunction.run would. The first is checked here against
+``native_specialize_impl`` (Triton's specializer, importable without a GPU); the second by launch_probe.py, with a
+recording stand-in for the CUDA driver (benchmarks/fake_cuda.py), on the real kernels compiled for sm_90.
+"""
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+from triton._C.libtriton import native_specialize_impl  # noqa: E402
+from triton.backends.nvidia.compiler import CUDABackend  # noqa: E402
+
+from kernels import _launch  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _catalogue():
+    vals = []
+    for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int32, torch.int64):
+        base = torch.zeros(64, dtype=dt)
+        vals += [base, base[1:], base[2:], base[4:], base[8:], base[16:]]     # aligned and not
+    vals += [0, 1, 2, 3, 15, 16, 17, 32, 48, -1, -16, -17, 2**31 - 16, 2**31 - 1, 2**31, 2**31 + 16, -2**31,
+             -2**31 - 1, -2**31 - 16, 2**32, 2**40, 2**63 - 16, 2**63 - 1, 2**63, 2**64 - 16, 2**64 - 1]
+    vals += [True, False, 0.0, 1.0, 1.5, -2.0, 16.0, None]
+    return vals
+
+
+def _triton_spec(a):
+    return native_specialize_impl(CUDABackend, a, False, True, True)
+
+
+def test_arg_key_is_at_least_as_fine_as_triton_specialization():
+    """Any two arguments with equal keys get equal specializations from Triton (its own specializer on the
+    installed version), over tensors of six dtypes at five alignments, integers around every boundary Triton
+    distinguishes (1, multiples of 16, the int32 / int64 / uint64 ranges), bools, floats and None."""
+    vals = _catalogue()
+    keys = [_launch.arg_key(v) for v in vals]
+    assert None not in keys
+    specs = [_triton_spec(v) for v in vals]
+    for (ka, sa, a), (kb, sb, b) in itertools.combinations(zip(keys, specs, vals), 2):
+        if ka == kb:
+            assert sa == sb, f"equal keys {ka} but Triton specializes {a!r} as {sa} and {b!r} as {sb}"
+
+
+def test_arg_key_refuses_unknown_kinds():
+    """Anything else (a string, a tuple, a dtype) has no key: launch() then takes the ordinary path."""
+    for v in ("a", (1, 2), torch.float32, object()):
+        assert _launch.arg_key(v) is None
+
+
+def test_launch_outside_jit_functions_takes_the_ordinary_path():
+    """Interpreted kernels (and anything not a plain JITFunction) are launched as kernel[grid](...)."""
+    seen = []
+
+    class Fake:
+        pre_run_hooks = []
+
+        def __getitem__(self, grid):
+            return lambda *a, **k: seen.append((grid, a, k)) or "ran"
+
+    assert _launch.launch(Fake(), (3,), 1, 2, X=4) == "ran"
+    assert seen == [((3,), (1, 2), {"X": 4})]
+
+
+@pytest.mark.slow
+def test_cached_launch_matches_jit_run_on_the_real_kernels():
+    """Every launch of the Chebyshev and exp-sum products (fwd+bwd; bf16 and float32; aligned and misaligned inputs;
+    L = 1, odd L; broadcast q), each compiled for sm_90: the cached path returns the very kernel JITFunction.run
+    picks and hands its launcher the same arguments, without entering JITFunction.run (launch_probe.py)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["MIXERZOO_DIRECT_LAUNCH"] = "1"
+    r = subprocess.run([sys.executable, os.path.join(HERE, "launch_probe.py")], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["mismatches"] == []
+    assert out["launches"] >= 30 and out["hits"] == out["launches"]
+
+
+@pytest.mark.slow
+def test_host_launch_benchmark_runs_without_a_gpu(tmp_path):
+    """`mixerzoo bench host_launch --device cpu` (the stand-in driver): JSON with every launch of both products'
+    fwd+bwd timed both ways, the products themselves and the do-nothing floor, plus the plot."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "ablations.cli", "bench", "host_launch", "--device", "cpu", "--out",
+                        str(tmp_path), "-n", "5"], env=env, capture_output=True, text=True, timeout=600,
+                       cwd=os.path.join(HERE, "..", ".."))
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(tmp_path / "host_launch-cpu.json") as f:
+        out = json.load(f)
+    assert (tmp_path / "host_launch-cpu.png").stat().st_size > 0
+    assert "fake_cuda" in out["device"] and out["versions"]["triton"] == triton.__version__
+    rows = out["results"]
+    for kind in ("vandermonde", "cauchy"):
+        assert sum(r["what"] == "one launch" and r["name"].startswith(kind) for r in rows) == 6
+        assert {f"{kind}: forward", f"{kind}: forward+backward"} <= {r["name"] for r in rows}
+    assert all(r["jit_us"] > 0 and r["cached_us"] > 0 for r in rows)
