@@ -3,14 +3,16 @@
 ``kernel[grid](*args, **constexprs)`` costs 25-40 us of host time per launch on the H100 host (session 7,
 ``results/bench/host-breakdown-*-cuda.log``), most of it in ``JITFunction.run`` before the launcher is reached:
 reading knobs from the environment, binding and specializing every argument, and building the cache key
-(``benchmarks/host_launch.py`` measures it without a GPU: about 9 us against 3 us here). At L = 512 a matrix-free
-product's forward and backward are 6 such launches, a large part of the eager time (the GPU work is ~0.4 ms).
+(``benchmarks/host_launch.py --device cpu`` measures that part without a GPU: 8.6-11.7 us per launch through
+``JITFunction.run``, 5.6-7.1 us through the cache, on a 2-core EPYC). At L = 512 a matrix-free product's forward
+and backward are 6 such launches, a large part of the eager time (the GPU work is ~0.4 ms).
 
 :func:`launch` keeps its own cache of the ``CompiledKernel`` objects that ``JITFunction.run`` returns, keyed by
 what Triton specializes on (each argument's kind; tensors: dtype and 16-byte alignment; integers: == 1,
 divisibility by 16 and 32/64-bit range; see :func:`arg_key`), the constexprs, the launch options and the device.
-A hit calls the compiled kernel's launcher with exactly the arguments ``JITFunction.run`` passes it (grid, stream,
-function, packed metadata, launch metadata and the launch hooks, then every parameter in signature order); a miss
+A hit calls the compiled kernel's launcher with the arguments ``JITFunction.run`` passes it (grid, stream, function,
+packed metadata, launch metadata and the launch hooks, then every parameter in signature order), except that
+tensors go as their addresses (ints, which the launcher takes without a driver call per pointer); a miss
 goes through ``kernel[grid](...)``, which compiles or finds the kernel, launches it, and returns it for the cache.
 ``tests/kernels/test_launch.py`` checks both halves on Triton's own code without a GPU: the key is at least as fine
 as Triton's specialization (``native_specialize_impl``) on a catalogue of values, and, with a recording stand-in
@@ -71,8 +73,12 @@ def launch(fn, grid, *args, **kwargs):
         return fn[grid](*args, **kwargs)
     active = driver.active
     device = active.get_current_device()
-    # (tensors inline: they are most arguments, and a call per argument is a visible part of the cost)
-    spec = tuple([(a.dtype, a.data_ptr() & 15 == 0) if type(a) is _Tensor else arg_key(a) for a in args])
+    # tensors as their addresses: the launcher takes an int as it is (given a tensor, it calls data_ptr() and asks
+    # the driver to translate the address, cuPointerGetAttribute, once per pointer argument and launch; the
+    # products have checked that their tensors are on the GPU). Tensors are handled inline: they are most of the
+    # arguments, and a function call per argument is a visible part of the cost.
+    values = tuple([a.data_ptr() if type(a) is _Tensor else a for a in args])
+    spec = tuple([(a.dtype, v & 15 == 0) if type(a) is _Tensor else arg_key(a) for a, v in zip(args, values)])
     key = (id(fn), device, spec, *kwargs.items())
     hit = _CACHE.get(key)
     if hit is None:
@@ -85,7 +91,7 @@ def launch(fn, grid, *args, **kwargs):
     kernel, constexprs = hit
     stream = active.get_current_stream(device)
     # every parameter in signature order: the runtime arguments, then the rest (as JITFunction.run binds them)
-    params = args + constexprs(kwargs)
+    params = values + constexprs(kwargs)
     n = len(grid)
     kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, stream, kernel.function,
                kernel.packed_metadata, kernel.launch_metadata(grid, stream, *params), knobs.runtime.launch_enter_hook,

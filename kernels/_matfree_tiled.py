@@ -81,6 +81,20 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+# The fused products' kernels read (*batch, L, n) tensors through their addresses and the dims they are given, so a
+# contiguous tensor of any batch shape serves as (bh, L, n) as it is: no reshape (each view op is a dispatcher call,
+# microseconds of host time at short L).
+def _dense(t):
+    """t itself if contiguous, else a contiguous copy."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _flat_dims(t):
+    """(bh, L, n) of a (*batch, L, n) tensor: the batch dims flattened."""
+    L, n = t.shape[-2], t.shape[-1]
+    return t.numel() // (L * n), L, n
+
+
 # ----------------------------------------------------------------------------------------------------
 # kernels
 # ----------------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from ._launch import launch
-from ._matfree_tiled import (DOT_PRECISIONS, Term, _cdiv, _interpreting, _next_pow2, _node_extremes, _put, check_args,
-                             check_device, matfree_matmul, upcast_nodes)
+from ._matfree_tiled import (DOT_PRECISIONS, Term, _cdiv, _dense, _flat_dims, _interpreting, _next_pow2, _node_extremes,
+                             _put, check_args, check_device, matfree_matmul, upcast_nodes)
 
 
 @triton.jit
@@ -455,10 +455,11 @@ def _block_p(P):
 
 
 def _expsum_prep(xn3, yn3, acc, quad, fc, f_max):
-    """xn3, yn3 (bh, L, D) contiguous. Per (batch element, term): the scaled transposed nodes ``ut = (xn/a)^T``,
+    """xn3, yn3 (*batch, L, D) contiguous (bh = the batch dims' product). Per (batch element, term): the scaled
+    transposed nodes ``ut = (xn/a)^T``,
     ``vt = (yn/a)^T`` (bh, D, L) in ``acc``, and the table (bh, D, 16 + 2 f_max) in ``acc``, each row
     ``[1/a, n, (unused), tau (f_max), sqrt(w) (f_max)]`` (the values computed in float64); see the comment above."""
-    bh, L, D = xn3.shape
+    bh, L, D = _flat_dims(xn3)
     ut = torch.empty((2, bh, D, L), dtype=acc, device=xn3.device)
     ut, vt = ut[0], ut[1]
     tab = torch.empty((bh, D, 16 + 2 * f_max), dtype=acc, device=xn3.device)
@@ -472,8 +473,8 @@ def _expsum_prep(xn3, yn3, acc, quad, fc, f_max):
 
 def _expsum_reduce(nt, x3, tab, fc, f_max, precision):
     """``Z_d = (1/a_d) Phi_d(n_d)^T x`` for every batch element and term: (bh, D, f_max, P) in x3's dtype,
-    rows past each term's node count left unwritten (never read). x3 (bh, L, P) contiguous."""
-    bh, L, P = x3.shape
+    rows past each term's node count left unwritten (never read). x3 (*batch, L, P) contiguous."""
+    bh, L, P = _flat_dims(x3)
     D = nt.shape[1]
     z = torch.empty((bh, D, f_max, P), dtype=x3.dtype, device=x3.device)
     _expsum_launch("reduce", (nt, x3, tab, z, L, P), lambda bl: bh * D * (f_max // fc), L,
@@ -501,38 +502,35 @@ class _ExpSumProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, xn, yn, acc, dot, quad, fc, f_max, precision):
-        # x (*b, L, P) in any float dtype, multiplied in `dot`; xn, yn (*b, L, D) in any float dtype (read in acc)
-        L, P, D = x.shape[-2], x.shape[-1], xn.shape[-1]
-        x3 = x.reshape(-1, L, P).to(dot).contiguous()
-        ut, vt, tab = _expsum_prep(xn.reshape(-1, L, D).contiguous(), yn.reshape(-1, L, D).contiguous(), acc, quad, fc,
-                                   f_max)
-        z = _expsum_reduce(vt, x3, tab, fc, f_max, precision)
+        # x (*b, L, P) in any float dtype, multiplied in `dot`; xn, yn (*b, L, D) in any float dtype (read in acc);
+        # all as they are (the kernels take them flat)
+        xd = _dense(x.to(dot))
+        ut, vt, tab = _expsum_prep(_dense(xn), _dense(yn), acc, quad, fc, f_max)
+        z = _expsum_reduce(vt, xd, tab, fc, f_max, precision)
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)       # the kernel stores in x's dtype
-        _expsum_rows(ut, z, tab, fc, precision, out=y.view(-1, L, P))
-        ctx.save_for_backward(x3)
+        _expsum_rows(ut, z, tab, fc, precision, out=y)
+        ctx.save_for_backward(xd)
         ctx.ut, ctx.vt, ctx.tab, ctx.z = ut, vt, tab, z                   # intermediates, kept on ctx directly
-        ctx.meta = (precision, fc, f_max, x.shape, x.dtype, xn.shape, xn.dtype, yn.shape, yn.dtype)
+        ctx.meta = (precision, fc, f_max, x.dtype, xn.shape, xn.dtype, yn.shape, yn.dtype)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        (x3,) = ctx.saved_tensors
+        (xd,) = ctx.saved_tensors
         ut, vt, tab, z = ctx.ut, ctx.vt, ctx.tab, ctx.z
-        precision, fc, f_max, x_shape, x_dtype, xn_shape, xn_dtype, yn_shape, yn_dtype = ctx.meta
+        precision, fc, f_max, x_dtype, xn_shape, xn_dtype, yn_shape, yn_dtype = ctx.meta
         need_x, need_xn, need_yn = ctx.needs_input_grad[:3]
-        bh, L, P = x3.shape
-        g3 = gy.reshape(bh, L, P).to(x3.dtype).contiguous()
+        g = _dense(gy.to(xd.dtype))
         dx = dxn = dyn = None
         # every gradient is stored by the kernels in its own dtype and final shape (no conversion pass)
         if need_x or need_yn:                  # features of v: dx and the column-node gradient
-            gz = _expsum_reduce(ut, g3, tab, fc, f_max, precision)
-            dx = torch.empty(x_shape, dtype=x_dtype, device=x3.device) if need_x else None
-            dyn = torch.empty(yn_shape, dtype=yn_dtype, device=x3.device) if need_yn else None
-            _expsum_rows(vt, gz, tab, fc, precision, xx=x3, out=None if dx is None else dx.view(bh, L, P),
-                         dn=None if dyn is None else dyn.view(bh, L, -1))
+            gz = _expsum_reduce(ut, g, tab, fc, f_max, precision)
+            dx = torch.empty(xd.shape, dtype=x_dtype, device=xd.device) if need_x else None
+            dyn = torch.empty(yn_shape, dtype=yn_dtype, device=xd.device) if need_yn else None
+            _expsum_rows(vt, gz, tab, fc, precision, xx=xd, out=dx, dn=dyn)
         if need_xn:                            # features of u: the row-node gradient
-            dxn = torch.empty(xn_shape, dtype=xn_dtype, device=x3.device)
-            _expsum_rows(ut, z, tab, fc, precision, xx=g3, dn=dxn.view(bh, L, -1))
+            dxn = torch.empty(xn_shape, dtype=xn_dtype, device=xd.device)
+            _expsum_rows(ut, z, tab, fc, precision, xx=g, dn=dxn)
         return dx, dxn, dyn, None, None, None, None, None, None
 
 

@@ -44,8 +44,8 @@ import triton
 import triton.language as tl
 
 from ._launch import launch
-from ._matfree_tiled import (DOT_PRECISIONS, _cdiv, _interpreting, _next_pow2, _node_extremes, _put, check_args,
-                             check_device)
+from ._matfree_tiled import (DOT_PRECISIONS, _cdiv, _dense, _flat_dims, _interpreting, _next_pow2, _node_extremes, _put,
+                             check_args, check_device)
 from .cauchy import _cast_out
 from .vandermonde import _cos_turns, _reduce_turns, _sin_turns
 
@@ -287,12 +287,12 @@ def _blocks(role):
 
 
 def _prep(q3, k3, prm, n_cap, acc, P):
-    """q3, k3 (bh, L, D) contiguous. Returns the table (bh, n_cap + L_pad + 16) in acc, L_pad = L rounded up to 16,
+    """q3, k3 (*batch, L, D) contiguous (bh = the batch dims' product). Returns the table (bh, n_cap + L_pad + 16) in acc, L_pad = L rounded up to 16,
     per batch element ``[the points (n_cap; those past the count unwritten), the row factors 1 / sum_r w_r / (j -
     t_r) (L, then padding), the point count, padding]`` (one buffer: each tensor argument costs a Triton launch
     several microseconds of host time), and the forward and backward Z blocks (bh, 2, n_cap, P) in acc, zero in
     the rows the counts use."""
-    bh, L, D = q3.shape
+    bh, L, D = _flat_dims(q3)
     tab = torch.empty((bh, n_cap + _cdiv(L, 16) * 16 + 16), dtype=acc, device=q3.device)
     z = torch.empty((2, bh, 2, n_cap, P), dtype=acc, device=q3.device)
     launch(_cheb_prep_kernel, (bh,), q3, k3, prm, tab, z, L, P, D=D, D_PAD=_next_pow2(D), N_CAP=n_cap,
@@ -308,8 +308,9 @@ def unpack_table(tab, n_cap):
 
 
 def _reduce(ang3, x3, prm, tab, z, fast, precision):
-    """Adds ``[Lam^T x ; F(ang)^T x]`` into z (bh, 2, n_cap, P), whose used rows the prep kernel zeroed."""
-    bh, L, P = x3.shape
+    """Adds ``[Lam^T x ; F(ang)^T x]`` into z (bh, 2, n_cap, P), whose used rows the prep kernel zeroed; ang3, x3
+    (*batch, L, .) contiguous."""
+    bh, L, P = _flat_dims(x3)
     n_cap = z.shape[2]
     bl, warps = _blocks("reduce")
     # (the interpreter's segments are short, so that the CPU tests at small L run the split too)
@@ -322,8 +323,9 @@ def _reduce(ang3, x3, prm, tab, z, fast, precision):
 
 
 def _rows(ang3, w, prm, tab, xx, out, dang, sign, fast, precision):
-    """The rows kernel (see its comment); ``out`` / ``dang`` None: not computed (``xx`` is read only for dang)."""
-    bh, L, D = ang3.shape
+    """The rows kernel (see its comment); ``out`` / ``dang`` None: not computed (``xx`` is read only for dang); all
+    (*batch, L, .) contiguous."""
+    bh, L, D = _flat_dims(ang3)
     n_cap, P = w.shape[2], w.shape[3]
     bl, warps = _blocks("rows")
     launch(_cheb_rows_kernel, (bh * _cdiv(L, bl),), ang3, w, prm, tab, xx, out if out is not None else w,
@@ -338,34 +340,30 @@ class _ChebyshevProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, q, k, prm, n_cap, acc, fast, precision):
-        L, P, D = x.shape[-2], x.shape[-1], q.shape[-1]
-        x3 = x.reshape(-1, L, P).contiguous()
-        q3, k3 = q.reshape(-1, L, D).contiguous(), k.reshape(-1, L, D).contiguous()
-        tab, z, zg = _prep(q3, k3, prm, n_cap, acc, P)
-        _reduce(k3, x3, prm, tab, z, fast, precision)
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)      # the output itself, not a view
-        _rows(q3, z, prm, tab, y, y, None, 1, fast, precision)
-        ctx.save_for_backward(x3, q3, k3)
+        x, q, k = _dense(x), _dense(q), _dense(k)       # (*batch, L, .) as they are: the kernels take them flat
+        tab, z, zg = _prep(q, k, prm, n_cap, acc, x.shape[-1])
+        _reduce(k, x, prm, tab, z, fast, precision)
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        _rows(q, z, prm, tab, y, y, None, 1, fast, precision)
+        ctx.save_for_backward(x, q, k)
         # intermediates (neither inputs nor outputs) are kept on ctx directly
-        ctx.tab, ctx.z, ctx.zg, ctx.prm = tab, z, zg, prm
-        ctx.meta = (fast, precision, x.shape, q.shape, k.shape)
+        ctx.tab, ctx.z, ctx.zg, ctx.prm, ctx.meta = tab, z, zg, prm, (fast, precision)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x3, q3, k3 = ctx.saved_tensors
-        fast, precision, x_shape, q_shape, k_shape = ctx.meta
+        x, q, k = ctx.saved_tensors
+        fast, precision = ctx.meta
         need_x, need_q, need_k = ctx.needs_input_grad[:3]
-        bh, L, P = x3.shape
-        g3 = gy.reshape(bh, L, P).to(x3.dtype).contiguous()
-        dx = torch.empty(x_shape, dtype=x3.dtype, device=x3.device) if need_x else None
-        dq = torch.empty(q_shape, dtype=q3.dtype, device=q3.device) if need_q else None
-        dk = torch.empty(k_shape, dtype=k3.dtype, device=k3.device) if need_k else None
+        g = _dense(gy.to(x.dtype))
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if need_q else None
+        dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if need_k else None
         if need_x or need_k:                   # Zg = [Lam^T g ; U^T g]; the rows of k: dx and dk
-            _reduce(q3, g3, ctx.prm, ctx.tab, ctx.zg, fast, precision)
-            _rows(k3, ctx.zg, ctx.prm, ctx.tab, x3, dx, dk, -1, fast, precision)
+            _reduce(q, g, ctx.prm, ctx.tab, ctx.zg, fast, precision)
+            _rows(k, ctx.zg, ctx.prm, ctx.tab, x, dx, dk, -1, fast, precision)
         if need_q:                             # the rows of q against the forward Z: dq
-            _rows(q3, ctx.z, ctx.prm, ctx.tab, g3, None, dq, 1, fast, precision)
+            _rows(q, ctx.z, ctx.prm, ctx.tab, g, None, dq, 1, fast, precision)
         return dx, dq, dk, None, None, None, None, None
 
 

@@ -5,7 +5,8 @@ products, forward and backward, goes through both ``kernel[grid](...)`` (JITFunc
 
 * the cached path returns the very kernel object that JITFunction.run picked for these arguments (so the
   specialization matches: a wrong cache key would hand back a kernel compiled for other arguments);
-* its launcher receives the same arguments (grid, stream, function, metadata, hooks, then every parameter);
+* its launcher receives the same arguments (grid, stream, function, metadata, hooks, then every parameter;
+  tensors as their addresses);
 * JITFunction.run is not entered on a hit.
 
 Prints one JSON line: {"launches": n, "hits": n, "mismatches": [...]}.
@@ -49,6 +50,8 @@ mismatches, stats = [], {"launches": 0, "hits": 0}
 def same(a, b):
     if a is b:
         return True
+    if isinstance(a, torch.Tensor) and type(b) is int:        # the cached path passes tensors as their addresses
+        return a.data_ptr() == b
     if type(a).__name__ == "LazyDict":
         return type(b).__name__ == "LazyDict" and a.data == b.data
     try:
