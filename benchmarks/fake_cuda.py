@@ -1,8 +1,9 @@
 """A stand-in for Triton's CUDA driver on a machine without a GPU, for host-side measurements and tests.
 
 Kernels compile for ``GPUTarget("cuda", 90, 32)`` (an H100) with the Triton wheel's own ptxas, exactly as the JIT
-would on the device; loading a binary returns dummy handles, and a launch is counted (and, with :data:`record` set,
-its launcher arguments appended to :data:`calls`) instead of reaching a GPU. Tensors stay on the CPU (their ``data_ptr`` is all a launcher reads).
+would on the device; loading a binary returns dummy handles, and a launch is counted (and, with :data:`record`
+set, its launcher arguments appended to :data:`calls`) instead of reaching a GPU. Tensors stay on the CPU (their
+``data_ptr`` is all a launcher reads).
 
     from benchmarks import fake_cuda
     fake_cuda.install()          # before the first launch; TRITON_INTERPRET must not be set

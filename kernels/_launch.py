@@ -20,9 +20,9 @@ for the CUDA driver, a hit hands the launcher the same arguments as ``kernel[gri
 
 Not carried over from ``JITFunction.run``: its pre-run hooks (a kernel that has any is never cached) and its check
 that the module globals a kernel reads have not changed since it was compiled (our kernels read constexpr globals
-only at compile time, and never change them). The interpreter (``TRITON_INTERPRET=1``) and autotuned kernels take
-the ordinary path. ``MIXERZOO_DIRECT_LAUNCH=0`` turns the cache off (every launch then goes through
-``JITFunction.run``), for comparisons.
+only at compile time, and never change them). The interpreter (``TRITON_INTERPRET=1``), autotuned kernels and
+tracing by ``torch.compile`` take the ordinary path. ``MIXERZOO_DIRECT_LAUNCH=0`` turns the cache off (every
+launch then goes through ``JITFunction.run``), for comparisons.
 """
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ def launch(fn, grid, *args, **kwargs):
     name (constexprs included, no defaults) and the launch options (``num_warps``, ``num_stages``, ...). ``grid``
     is a tuple of 1-3 ints.
     """
-    if not DIRECT or type(fn) is not JITFunction or fn.pre_run_hooks:
-        return fn[grid](*args, **kwargs)
+    if not DIRECT or type(fn) is not JITFunction or fn.pre_run_hooks or torch.compiler.is_compiling():
+        return fn[grid](*args, **kwargs)      # (under torch.compile: the form dynamo traces as a Triton kernel)
     active = driver.active
     device = active.get_current_device()
     # tensors as their addresses: the launcher takes an int as it is (given a tensor, it calls data_ptr() and asks

@@ -287,11 +287,11 @@ def _blocks(role):
 
 
 def _prep(q3, k3, prm, n_cap, acc, P):
-    """q3, k3 (*batch, L, D) contiguous (bh = the batch dims' product). Returns the table (bh, n_cap + L_pad + 16) in acc, L_pad = L rounded up to 16,
-    per batch element ``[the points (n_cap; those past the count unwritten), the row factors 1 / sum_r w_r / (j -
-    t_r) (L, then padding), the point count, padding]`` (one buffer: each tensor argument costs a Triton launch
-    several microseconds of host time), and the forward and backward Z blocks (bh, 2, n_cap, P) in acc, zero in
-    the rows the counts use."""
+    """q3, k3 (*batch, L, D) contiguous (bh = the batch dims' product). Returns the table (bh, n_cap + L_pad + 16)
+    in acc, L_pad = L rounded up to 16, per batch element ``[the points (n_cap; those past the count unwritten),
+    the row factors 1 / sum_r w_r / (j - t_r) (L, then padding), the point count, padding]`` (one buffer: each
+    tensor argument costs a Triton launch several microseconds of host time), and the forward and backward Z
+    blocks (bh, 2, n_cap, P) in acc, zero in the rows the counts use."""
     bh, L, D = _flat_dims(q3)
     tab = torch.empty((bh, n_cap + _cdiv(L, 16) * 16 + 16), dtype=acc, device=q3.device)
     z = torch.empty((2, bh, 2, n_cap, P), dtype=acc, device=q3.device)
