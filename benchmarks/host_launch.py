@@ -1,25 +1,30 @@
-"""Benchmark: the host time of the matrix-free products at short L, where it bounds their eager speed.
+"""Benchmark: the host time of the kernels' launches at short L, where it bounds their eager speed.
 
 At L = 512 a Chebyshev (Vandermonde) or exp-sum (Cauchy) forward+backward is ~0.4 ms of GPU work in six Triton
 launches, and about as much host work (session 7, ``results/bench/host-breakdown-*-cuda.log``), most of it
-``JITFunction.run``'s per-launch Python. This benchmark measures, in host microseconds per call issued back to
-back without synchronizing (best of 7 repetitions of N calls):
+``JITFunction.run``'s per-launch Python; the bidirectional (quasiseparable) scan's launches take ~60 arguments
+each, mostly strides. This benchmark measures, in host microseconds per call issued back to back without
+synchronizing (best of 7 repetitions of N calls):
 
-* each of the six launches of a forward+backward, for both products, through ``kernel[grid](...)``
-  (``JITFunction.run``) and through the cached path of :func:`kernels._launch.launch`;
+* each launch of a forward+backward of the two matrix-free products and of the quasiseparable scan (Hydra's
+  layer: shared generators, shift, delta), through ``kernel[grid](...)`` (``JITFunction.run``) and through the
+  cached path of :func:`kernels._launch.launch`;
 * each product's forward and forward+backward (``y.backward``; the autograd engine included), cached path off
   and on (``kernels._launch.DIRECT``);
-* a do-nothing ``autograd.Function`` forward+backward on the same leaves: the floor any custom op pays.
+* a do-nothing ``autograd.Function`` forward+backward on three such leaves: the floor any custom op pays.
 
-``--device cuda``: the real driver and the benchmark shape of ``benchmarks.kernels_matfree`` (``SHAPES``, bf16).
-Where the host outruns the GPU the launch queue fills and the numbers become GPU time (not the case at L = 512).
+``--device cuda``: the real driver, the matrix-free benchmark's shape (``benchmarks.kernels_matfree.SHAPES``)
+and ``SCAN_SHAPES``, bf16, L = 512. Where the host outruns the GPU the launch queue fills and the numbers become
+GPU time.
 
 ``--device cpu`` (no GPU): Triton compiles the kernels for sm_90 as on an H100 and ``benchmarks.fake_cuda``
 stands in for the driver, so everything up to the compiled launcher is measured, exactly the part that the cached
 path changes; not measured: the launcher itself (C, ``cuLaunchKernelEx``), the CUDA caching allocator, the
 engine's hand-over to its device thread. Inputs are small (batch 1, 2 heads; host work does not depend on sizes,
-and large CPU allocations would add page faults). The products' device check is bypassed (CPU tensors stand in
-for CUDA ones). TRITON_INTERPRET must not be set.
+and large CPU allocations would add page faults). The scan's forward+backward row is left out there: its backward
+also runs torch reductions and fills (the shared generators' gradients summed over heads, zeroed atomic
+targets), which on the CPU compute for real (~0.6 ms in bf16). The products' device check is bypassed (CPU
+tensors stand in for CUDA ones). TRITON_INTERPRET must not be set.
 
 Writes ``host_launch-<device>.json`` (device, versions, command, numbers) and ``host_launch-<device>.png`` into
 ``--out``. Usage: ``python -m benchmarks.host_launch --device cpu --out results/bench`` (also ``mixerzoo bench
@@ -63,18 +68,46 @@ class _Nothing(torch.autograd.Function):
         return torch.empty_like(g), None, None
 
 
-def _products():
-    from benchmarks.kernels_matfree import VANDERMONDE_SCALE
-    from kernels import cauchy as kcc, chebyshev as kc
-    return {"vandermonde": (kc, lambda x, q, k: kc.vandermonde_chebyshev_product(x, q, k, VANDERMONDE_SCALE, 1e-6)),
-            "cauchy": (kcc, lambda x, q, k: kcc.cauchy_expsum_product(x, q, k, 1e-3))}
+SCAN_SHAPES = {"batch": 8, "heads": 12, "headdim": 64, "d_state": 64}
+SMALL_SCAN_SHAPES = {"batch": 1, "heads": 2, "headdim": 64, "d_state": 64}
+
+
+def _products(device, on_gpu):
+    """name -> (module whose launch function to record, attribute, the product on the leaves, the leaves, whether
+    its backward is kernels only: the scan's also sums the shared generators' gradients over heads and zeroes its
+    atomic targets with torch ops, which on the CPU compute for real)."""
+    from benchmarks.kernels_matfree import SHAPES, VANDERMONDE_SCALE, _inputs
+    from kernels import cauchy as kcc, chebyshev as kc, ssd
+    shapes = SHAPES if on_gpu else SMALL_SHAPES
+    sc = SCAN_SHAPES if on_gpu else SMALL_SCAN_SHAPES
+    g = torch.Generator(device=device).manual_seed(0)
+    B, H, P, N = sc["batch"], sc["heads"], sc["headdim"], sc["d_state"]
+    # the Hydra layer's product: x, shared B / C generators (one per batch element, broadcast over heads), the
+    # log-decays for both directions (here one), the diagonal delta
+    scan_leaves = [torch.randn(B, H, 512, P, device=device, generator=g).to(torch.bfloat16),
+                   torch.randn(B, 1, 512, N, device=device, generator=g).to(torch.bfloat16),
+                   torch.randn(B, 1, 512, N, device=device, generator=g).to(torch.bfloat16),
+                   -torch.rand(B, H, 512, device=device, generator=g),
+                   torch.randn(B, H, 512, device=device, generator=g)]
+
+    def scan(x, b, c, log_a, delta):
+        b, c = b.expand(B, H, 512, N), c.expand(B, H, 512, N)
+        return ssd.quasiseparable_matmul(x, b, c, log_a, delta, b, c, log_a, shift=True)
+    return {
+        "vandermonde": (kc, "launch",
+                        lambda x, q, k: kc.vandermonde_chebyshev_product(x, q, k, VANDERMONDE_SCALE, 1e-6),
+                        list(_inputs("vandermonde", 512, device, torch.bfloat16, 0, shapes)), True),
+        "cauchy": (kcc, "launch", lambda x, q, k: kcc.cauchy_expsum_product(x, q, k, 1e-3),
+                   list(_inputs("cauchy", 512, device, torch.bfloat16, 0, shapes)), True),
+        "quasiseparable scan": (ssd, "_launch", scan, scan_leaves, False),
+    }
 
 
 def run(device: str, out: str, n: int = 200):
     import triton
 
     import kernels._launch as kl
-    from benchmarks.kernels_matfree import SHAPES, _inputs
+    from benchmarks.kernels_matfree import SHAPES
     on_gpu = device.startswith("cuda")
     if on_gpu:
         if not torch.cuda.is_available():
@@ -84,15 +117,12 @@ def run(device: str, out: str, n: int = 200):
         from benchmarks import fake_cuda
         fake_cuda.install()
         sync = lambda: None  # noqa: E731
-    shapes = SHAPES if on_gpu else SMALL_SHAPES
     rows = []
-    products = _products()
-    for kind, (mod, product) in products.items():
-        if not on_gpu:
+    for kind, (mod, attr, product, inputs, kernels_only) in _products(device, on_gpu).items():
+        if not on_gpu and hasattr(mod, "check_device"):
             mod.check_device = lambda *a: None           # CPU tensors stand in for CUDA ones (fake driver)
-        x, q, k = _inputs(kind, 512, device, torch.bfloat16, 0, shapes)
-        leaves = [t.detach().clone().requires_grad_() for t in (x, q, k)]
-        gy = torch.randn_like(x)
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        gy = torch.randn_like(inputs[0])
 
         def fwd_bwd():
             for t in leaves:
@@ -100,16 +130,16 @@ def run(device: str, out: str, n: int = 200):
             product(*leaves).backward(gy)
 
         # the launches of one fwd+bwd, recorded as the product issues them
-        recorded, plain = [], mod.launch
+        recorded, plain = [], getattr(mod, attr)
 
         def recording(fn, grid, *args, **kwargs):
             recorded.append((fn, grid, args, kwargs))
             return plain(fn, grid, *args, **kwargs)
-        mod.launch = recording
+        setattr(mod, attr, recording)
         t0 = time.perf_counter()
         fwd_bwd()                                        # compiles (first call)
         sync()
-        mod.launch = plain
+        setattr(mod, attr, plain)
         print(f"{kind}: {len(recorded)} launches per fwd+bwd (first call {time.perf_counter() - t0:.1f} s)",
               flush=True)
         seen = {}
@@ -124,7 +154,10 @@ def run(device: str, out: str, n: int = 200):
                 sync()
             rows.append(row)
         del recorded[:]
-        for what, fn in (("forward", lambda: product(x, q, k)), ("forward+backward", fwd_bwd)):
+        whole = [("forward", lambda: product(*inputs))]
+        if on_gpu or kernels_only:        # (on the CPU the scan's backward torch ops would be CPU compute)
+            whole.append(("forward+backward", fwd_bwd))
+        for what, fn in whole:
             row = {"name": f"{kind}: {what}", "what": "product"}
             for mode in (False, True):
                 kl.DIRECT = mode
@@ -136,7 +169,7 @@ def run(device: str, out: str, n: int = 200):
         def nothing():
             for t in leaves:
                 t.grad = None
-            _Nothing.apply(*leaves).backward(gy)
+            _Nothing.apply(*leaves[:3]).backward(gy)
         if kind == "cauchy":
             us = _timed(nothing, n)
             sync()
@@ -154,7 +187,9 @@ def run(device: str, out: str, n: int = 200):
                                              "cores), no GPU: benchmarks.fake_cuda in place of the driver, kernels "
                                              "compiled for sm_90"),
         "versions": {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version()},
-        "shapes": {**shapes, "L": 512, "dtype": "bfloat16"},
+        "shapes": {"matrix-free": {**(SHAPES if on_gpu else SMALL_SHAPES), "L": 512, "dtype": "bfloat16"},
+                   "scan": {**(SCAN_SHAPES if on_gpu else SMALL_SCAN_SHAPES), "L": 512, "dtype": "bfloat16",
+                            "generators": "shared (one per batch element, broadcast over heads)"}},
         "timing": f"host us per call, issued back to back without a sync; best of {REPS} repetitions of {n} calls",
         "results": rows,
     }

@@ -3,13 +3,14 @@
 ``kernel[grid](*args, **constexprs)`` costs 25-40 us of host time per launch on the H100 host (session 7,
 ``results/bench/host-breakdown-*-cuda.log``), most of it in ``JITFunction.run`` before the launcher is reached:
 reading knobs from the environment, binding and specializing every argument, and building the cache key
-(``benchmarks/host_launch.py --device cpu`` measures that part without a GPU: 8.6-11.7 us per launch through
-``JITFunction.run``, 5.6-7.1 us through the cache, on a 2-core EPYC). At L = 512 a matrix-free product's forward
-and backward are 6 such launches, a large part of the eager time (the GPU work is ~0.4 ms).
+(``benchmarks/host_launch.py --device cpu`` measures that part without a GPU, on a 2-core EPYC: 8.9-12.9 us per
+launch of the matrix-free products through ``JITFunction.run``, 5.3-6.9 us through the cache; 14-34 vs 8-17 us
+for the scan's, which take ~60 arguments). At L = 512 a matrix-free product's forward and backward are 6 such
+launches, a large part of the eager time (the GPU work is ~0.4 ms).
 
 :func:`launch` keeps its own cache of the ``CompiledKernel`` objects that ``JITFunction.run`` returns, keyed by
-what Triton specializes on (each argument's kind; tensors: dtype and 16-byte alignment; integers: == 1,
-divisibility by 16 and 32/64-bit range; see :func:`arg_key`), the constexprs, the launch options and the device.
+what Triton specializes on, or finer (tensors: dtype and 16-byte alignment; everything else by type and value; see
+:func:`key_parts`), the constexprs, the launch options and the device.
 A hit calls the compiled kernel's launcher with the arguments ``JITFunction.run`` passes it (grid, stream, function,
 packed metadata, launch metadata and the launch hooks, then every parameter in signature order), except that
 tensors go as their addresses (ints, which the launcher takes without a driver call per pointer); a miss
@@ -43,23 +44,30 @@ _CACHE_MAX = 4096   # distinct (kernel, specialization) keys; cleared when excee
 _Tensor = torch.Tensor
 
 
-def arg_key(a):
-    """What Triton specializes a runtime argument on: tensors by dtype and whether the address is a multiple of 16;
-    integers by == 1 (a constant), divisibility by 16 and range (i32 / i64 / u64); bools, floats and None by kind.
-    Returns None for any other kind (the launch then takes the ordinary path)."""
+def key_parts(args):
+    """(values, spec) of a launch's runtime arguments.
+
+    values: what the launcher gets, plain tensors as their addresses (an int goes through as it is; given a tensor,
+    the launcher calls data_ptr() and asks the driver to translate the address, cuPointerGetAttribute, once per
+    pointer argument and launch; the products have checked that their tensors are on the GPU).
+    spec: the cache key's part for them. Triton specializes a tensor on its dtype and whether its address is a
+    multiple of 16, so that is its key; everything else is keyed by its value (ints with their type, so that
+    True, 1 and 1.0 differ as Triton's specializations do). Keying an int by value is finer than Triton (which
+    looks at == 1, divisibility by 16 and range): a new stride or length is one miss, which JITFunction.run
+    serves from its own cache, and cheap to compute, the scan kernels take ~60 arguments, mostly strides.
+    """
+    # (exact type tests first: isinstance per argument costs twice as much, and plain tensors and ints are nearly
+    # every argument; a tensor subclass, e.g. a Parameter, goes to the launcher as it is and is keyed in _other_key)
+    values = tuple([a.data_ptr() if type(a) is _Tensor else a for a in args])
+    spec = tuple([(a.dtype, v & 15 == 0) if type(a) is _Tensor else v if type(a) is int else _other_key(a)
+                  for a, v in zip(args, values)])
+    return values, spec
+
+
+def _other_key(a):
     if isinstance(a, _Tensor):
-        return (a.dtype, a.data_ptr() & 15 == 0)
-    if isinstance(a, bool):                    # (before int: bool is an int)
-        return "u1"
-    if isinstance(a, int):
-        if a == 1:
-            return 1
-        return (a & 15 == 0, 0 if -2**31 <= a < 2**31 else (1 if a < 2**63 else 2))
-    if isinstance(a, float):
-        return "fp32"
-    if a is None:
-        return "none"
-    return None
+        return (type(a), a.dtype, a.data_ptr() & 15 == 0)
+    return (type(a), a)
 
 
 def launch(fn, grid, *args, **kwargs):
@@ -73,17 +81,15 @@ def launch(fn, grid, *args, **kwargs):
         return fn[grid](*args, **kwargs)      # (under torch.compile: the form dynamo traces as a Triton kernel)
     active = driver.active
     device = active.get_current_device()
-    # tensors as their addresses: the launcher takes an int as it is (given a tensor, it calls data_ptr() and asks
-    # the driver to translate the address, cuPointerGetAttribute, once per pointer argument and launch; the
-    # products have checked that their tensors are on the GPU). Tensors are handled inline: they are most of the
-    # arguments, and a function call per argument is a visible part of the cost.
-    values = tuple([a.data_ptr() if type(a) is _Tensor else a for a in args])
-    spec = tuple([(a.dtype, v & 15 == 0) if type(a) is _Tensor else arg_key(a) for a, v in zip(args, values)])
+    values, spec = key_parts(args)
     key = (id(fn), device, spec, *kwargs.items())
-    hit = _CACHE.get(key)
+    try:
+        hit = _CACHE.get(key)
+    except TypeError:                      # an unhashable argument: no cache for this launch
+        return fn[grid](*args, **kwargs)
     if hit is None:
         kernel = fn[grid](*args, **kwargs)
-        if kernel is not None and None not in spec:
+        if kernel is not None:
             if len(_CACHE) >= _CACHE_MAX:
                 _CACHE.clear()
             _CACHE[key] = (kernel, _constexpr_getter(fn, args, kwargs))

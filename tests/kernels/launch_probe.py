@@ -1,6 +1,6 @@
 """Run by tests/kernels/test_launch.py in a subprocess without TRITON_INTERPRET (the interpreter never reaches a
 driver): with benchmarks.fake_cuda standing in for the CUDA driver, every launch of the Chebyshev and exp-sum
-products, forward and backward, goes through both ``kernel[grid](...)`` (JITFunction.run) and
+products and of the scans (quasiseparable, semiseparable), forward and backward, goes through both ``kernel[grid](...)`` (JITFunction.run) and
 ``kernels._launch.launch``'s cached path, and the two are compared:
 
 * the cached path returns the very kernel object that JITFunction.run picked for these arguments (so the
@@ -29,7 +29,7 @@ fake_cuda.install()
 fake_cuda.record = True
 
 import kernels._launch as kl  # noqa: E402
-from kernels import cauchy as kcc, chebyshev as kc  # noqa: E402
+from kernels import cauchy as kcc, chebyshev as kc, ssd  # noqa: E402
 
 for m in (kc, kcc):
     m.check_device = lambda *a: None        # CPU tensors stand in for CUDA ones
@@ -87,7 +87,7 @@ def both_ways(fn, grid, *args, **kwargs):
     return k_jit
 
 
-kc.launch = kcc.launch = both_ways
+kc.launch = kcc.launch = ssd._launch = both_ways
 
 
 def product(kind, dtype, L, misaligned=False, broadcast_q=False):
@@ -111,6 +111,26 @@ def product(kind, dtype, L, misaligned=False, broadcast_q=False):
     y.backward(torch.randn(y.shape, generator=g).to(dtype))
 
 
+def scan(kind, dtype, L, shared=True):
+    g = torch.Generator().manual_seed(L)
+    B, H, N, P = 2, 3, 32, 32
+    x = torch.randn(B, H, L, P, generator=g).to(dtype).requires_grad_()
+    gen = lambda: torch.randn(B, 1 if shared else H, L, N, generator=g).to(dtype).requires_grad_()  # noqa: E731
+    b, c = gen(), gen()
+    log_a = (-torch.rand(B, H, L, generator=g)).requires_grad_()
+    e = lambda t: t.expand(B, H, L, N)  # noqa: E731
+    if kind == "ss":
+        y = ssd.semiseparable_matmul(x, e(b), e(c), log_a)
+    else:
+        delta = torch.randn(B, H, L, generator=g).requires_grad_()
+        bu, cu = (b, c) if shared else (gen(), gen())
+        y = ssd.quasiseparable_matmul(x, e(b), e(c), log_a, delta, e(bu), e(cu), log_a, shift=True)
+    y.backward(torch.randn(y.shape, generator=g).to(dtype))
+
+
+scan("qs", torch.bfloat16, 100)
+scan("qs", torch.float32, 37, shared=False)
+scan("ss", torch.bfloat16, 64)
 product("vandermonde", torch.bfloat16, 64)
 product("vandermonde", torch.bfloat16, 37, misaligned=True)     # same kernels, other specializations
 product("vandermonde", torch.float32, 1, broadcast_q=True)      # L = 1: Triton makes the 1 a constant

@@ -31,6 +31,10 @@ def _catalogue():
     for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int32, torch.int64):
         base = torch.zeros(64, dtype=dt)
         vals += [base, base[1:], base[2:], base[4:], base[8:], base[16:]]     # aligned and not
+        for off in (0, 1):                                                    # a tensor subclass
+            param = torch.nn.Parameter(torch.zeros(64, dtype=dt), requires_grad=False)
+            param.data = base[off:]
+            vals.append(param)
     vals += [0, 1, 2, 3, 15, 16, 17, 32, 48, -1, -16, -17, 2**31 - 16, 2**31 - 1, 2**31, 2**31 + 16, -2**31,
              -2**31 - 1, -2**31 - 16, 2**32, 2**40, 2**63 - 16, 2**63 - 1, 2**63, 2**64 - 16, 2**64 - 1]
     vals += [True, False, 0.0, 1.0, 1.5, -2.0, 16.0, None]
@@ -41,23 +45,31 @@ def _triton_spec(a):
     return native_specialize_impl(CUDABackend, a, False, True, True)
 
 
-def test_arg_key_is_at_least_as_fine_as_triton_specialization():
+def test_key_is_at_least_as_fine_as_triton_specialization():
     """Any two arguments with equal keys get equal specializations from Triton (its own specializer on the
-    installed version), over tensors of six dtypes at five alignments, integers around every boundary Triton
-    distinguishes (1, multiples of 16, the int32 / int64 / uint64 ranges), bools, floats and None."""
+    installed version), over tensors of six dtypes at five alignments (and Parameters), integers around every
+    boundary Triton distinguishes (1, multiples of 16, the int32 / int64 / uint64 ranges), bools, floats and None;
+    keyed alone and among the others."""
     vals = _catalogue()
-    keys = [_launch.arg_key(v) for v in vals]
-    assert None not in keys
+    keys = list(_launch.key_parts(tuple(vals))[1])
+    assert keys == [_launch.key_parts((v,))[1][0] for v in vals]
     specs = [_triton_spec(v) for v in vals]
     for (ka, sa, a), (kb, sb, b) in itertools.combinations(zip(keys, specs, vals), 2):
         if ka == kb:
             assert sa == sb, f"equal keys {ka} but Triton specializes {a!r} as {sa} and {b!r} as {sb}"
+    # True, 1 and 1.0 are equal in Python but specialized differently by Triton: the keys keep them apart
+    assert len({_launch.key_parts((v,))[1] for v in (True, 1, 1.0)}) == 3
 
 
-def test_arg_key_refuses_unknown_kinds():
-    """Anything else (a string, a tuple, a dtype) has no key: launch() then takes the ordinary path."""
-    for v in ("a", (1, 2), torch.float32, object()):
-        assert _launch.arg_key(v) is None
+def test_key_parts_pass_tensors_as_addresses():
+    t = torch.zeros(8)
+    p = torch.nn.Parameter(torch.zeros(8))
+    values, spec = _launch.key_parts((t, p, 3, None, 1.5))
+    assert values == (t.data_ptr(), p, 3, None, 1.5)      # the subclass goes to the launcher as it is
+    assert spec[0] == (torch.float32, t.data_ptr() % 16 == 0)
+    # keyed by dtype and alignment too: model.half() swaps a Parameter's data in place, the object stays
+    p.data = torch.zeros(9, dtype=torch.float16)[1:]
+    assert _launch.key_parts((p,))[1] != spec[1:2]
 
 
 def test_launch_outside_jit_functions_takes_the_ordinary_path():
@@ -77,7 +89,8 @@ def test_launch_outside_jit_functions_takes_the_ordinary_path():
 @pytest.mark.slow
 def test_cached_launch_matches_jit_run_on_the_real_kernels():
     """Every launch of the Chebyshev and exp-sum products (fwd+bwd; bf16 and float32; aligned and misaligned inputs;
-    L = 1, odd L; broadcast q), each compiled for sm_90: the cached path returns the very kernel JITFunction.run
+    L = 1, odd L; broadcast q) and of the scans (quasiseparable with shared and separate generators, semiseparable;
+    bf16 and float32, odd L), each compiled for sm_90: the cached path returns the very kernel JITFunction.run
     picks and hands its launcher the same arguments, without entering JITFunction.run (launch_probe.py)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["MIXERZOO_DIRECT_LAUNCH"] = "1"
@@ -86,7 +99,7 @@ def test_cached_launch_matches_jit_run_on_the_real_kernels():
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["mismatches"] == []
-    assert out["launches"] >= 30 and out["hits"] == out["launches"]
+    assert out["launches"] >= 47 and out["hits"] == out["launches"]
 
 
 @pytest.mark.slow
