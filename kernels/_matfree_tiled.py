@@ -37,6 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
+
 # Compute dtypes the kernels run in; half-precision inputs accumulate in float32.
 _COMPUTE = {torch.float64: torch.float64, torch.float32: torch.float32,
             torch.bfloat16: torch.float32, torch.float16: torch.float32}
@@ -361,8 +363,8 @@ def _launch(role, term, args, L, bh, **meta):
         kernel[(bh * _cdiv(L, blk),)](*args, BLOCK_M=blk, BLOCK_N=blk, **meta)
     elif L < AUTOTUNE_MIN_LENGTH:
         bm, bn, w, st = _FIXED
-        kernel[(bh * _cdiv(L, bm if block == "BLOCK_M" else bn),)](
-            *args, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, **meta)
+        launch(kernel, (bh * _cdiv(L, bm if block == "BLOCK_M" else bn),), *args, BLOCK_M=bm, BLOCK_N=bn, num_warps=w,
+               num_stages=st, **meta)
     else:
         _tuned(term.name, role)[lambda m: (bh * _cdiv(L, m[block]),)](*args, **meta)
 

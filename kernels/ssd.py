@@ -152,7 +152,8 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
         # wider copy would only double this, the kernel pair's largest, memory traffic.
         states = torch.empty((B0 * B1, n_chunks, DG, DV), dtype=V.dtype, device=dev)
         _launch(
-            _k._upper_states_kernel, grid, up.K, *up.K.stride(), up.lam, *up.lam.stride()[:3], V, *V.stride(), states,
+            _k._upper_states_kernel, grid,
+            up.K, *up.K.stride(), up.lam, *up.lam.stride()[:3], V, *V.stride(), states,
             B1, L, DG, DV, n_chunks,
             UP_K=up.k, UP_U=up.u, VO=vo, BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, DEC=dec,
             **launch)
@@ -164,7 +165,8 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
               and lo.r == -up.r and lo.k == -up.k)
     d = delta if delta is not None else lo_.lam
     _launch(
-        _k._sweep_kernel, grid, lo_.R, *lo_.R.stride(), lo_.K, *lo_.K.stride(), lo_.lam, *lo_.lam.stride()[:3],
+        _k._sweep_kernel, grid,
+        lo_.R, *lo_.R.stride(), lo_.K, *lo_.K.stride(), lo_.lam, *lo_.lam.stride()[:3],
         up_.R, *up_.R.stride(), up_.K, *up_.K.stride(), up_.lam, *up_.lam.stride()[:3],
         V, *V.stride(), d, *d.stride()[:3], states, out, *out.stride(),
         B1, L, DG, DV, n_chunks,
@@ -987,7 +989,8 @@ def _backward_planned(x, dy, lower, upper, delta, s: int, combine: bool, plan: P
     launch = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
     pair = has_up and bool(TUNING["bwd_states_pair"])
     _launch(
-        _k._bwd_states_kernel, (B0 * B1, 2 if has_up and not pair else 1), CL, *CL.stride(), AL, *AL.stride()[:3], DY, *DY.stride(), g_lo,
+        _k._bwd_states_kernel, (B0 * B1, 2 if has_up and not pair else 1),
+        CL, *CL.stride(), AL, *AL.stride()[:3], DY, *DY.stride(), g_lo,
         BU, *BU.stride(), AU, *AU.stride()[:3], X, *X.stride(), h_up,
         B1, L, N, P, n_chunks, LO_S=s, PAIR=pair, **common, **launch)
     dx = torch.empty((B0, B1, L, P), dtype=x.dtype, device=dev)

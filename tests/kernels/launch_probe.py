@@ -1,7 +1,8 @@
 """Run by tests/kernels/test_launch.py in a subprocess without TRITON_INTERPRET (the interpreter never reaches a
 driver): with benchmarks.fake_cuda standing in for the CUDA driver, every launch of the Chebyshev and exp-sum
-products and of the scans (quasiseparable, semiseparable), forward and backward, goes through both ``kernel[grid](...)`` (JITFunction.run) and
-``kernels._launch.launch``'s cached path, and the two are compared:
+products, of the exact tiled Cauchy product and of the scans (quasiseparable, semiseparable), forward and backward,
+goes through both ``kernel[grid](...)`` (JITFunction.run) and ``kernels._launch.launch``'s cached path, and the
+two are compared:
 
 * the cached path returns the very kernel object that JITFunction.run picked for these arguments (so the
   specialization matches: a wrong cache key would hand back a kernel compiled for other arguments);
@@ -29,9 +30,9 @@ fake_cuda.install()
 fake_cuda.record = True
 
 import kernels._launch as kl  # noqa: E402
-from kernels import cauchy as kcc, chebyshev as kc, ssd  # noqa: E402
+from kernels import _matfree_tiled as mt, cauchy as kcc, chebyshev as kc, ssd  # noqa: E402
 
-for m in (kc, kcc):
+for m in (kc, kcc, mt):
     m.check_device = lambda *a: None        # CPU tensors stand in for CUDA ones
 
 jit_runs = [0]
@@ -87,7 +88,7 @@ def both_ways(fn, grid, *args, **kwargs):
     return k_jit
 
 
-kc.launch = kcc.launch = ssd._launch = both_ways
+kc.launch = kcc.launch = mt.launch = ssd._launch = both_ways
 
 
 def product(kind, dtype, L, misaligned=False, broadcast_q=False):
@@ -102,10 +103,12 @@ def product(kind, dtype, L, misaligned=False, broadcast_q=False):
         return t.requires_grad_()
 
     x = make((B, H, L, P))
-    q = make((B, 1 if broadcast_q else H, L, D), lo=kind == "cauchy")
-    k = make((B, H, L, D), lo=kind == "cauchy")
+    q = make((B, 1 if broadcast_q else H, L, D), lo=kind.startswith("cauchy"))
+    k = make((B, H, L, D), lo=kind.startswith("cauchy"))
     if kind == "cauchy":
         y = kcc.cauchy_expsum_product(x, q, k, 1e-3)
+    elif kind == "cauchy exact":
+        y = kcc.cauchy_matmul(x, q, k)
     else:
         y = kc.vandermonde_chebyshev_product(x, q, k, 1e-3, 1e-6)
     y.backward(torch.randn(y.shape, generator=g).to(dtype))
@@ -136,4 +139,5 @@ product("vandermonde", torch.bfloat16, 37, misaligned=True)     # same kernels, 
 product("vandermonde", torch.float32, 1, broadcast_q=True)      # L = 1: Triton makes the 1 a constant
 product("cauchy", torch.float32, 48)
 product("cauchy", torch.float32, 48, misaligned=True)
+product("cauchy exact", torch.bfloat16, 40)                      # the exact tiled kernels (fixed config at short L)
 print(json.dumps({**stats, "cache_entries": len(kl._CACHE), "mismatches": mismatches}))
