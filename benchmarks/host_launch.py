@@ -11,7 +11,10 @@ synchronizing (best of 7 repetitions of N calls):
   cached path of :func:`kernels._launch.launch`;
 * each product's forward and forward+backward (``y.backward``; the autograd engine included), cached path off
   and on (``kernels._launch.DIRECT``);
-* a do-nothing ``autograd.Function`` forward+backward on three such leaves: the floor any custom op pays.
+* a do-nothing ``autograd.Function`` forward+backward on three such leaves: the floor any custom op pays;
+* on the GPU only, the issue's L = 512 target as the matrix-free benchmark measures it: ``do_bench`` medians of
+  eager fwd+bwd calls of its ``expsum_triton`` and ``chebyshev`` rows, five times each with the cache on and off,
+  once replayed from a CUDA graph, and the speed-up over the paper's code (its committed median).
 
 ``--device cuda``: the real driver, the matrix-free benchmark's shape (``benchmarks.kernels_matfree.SHAPES``)
 and ``SCAN_SHAPES``, bf16, L = 512. Where the host outruns the GPU the launch queue fills and the numbers become
@@ -177,6 +180,7 @@ def run(device: str, out: str, n: int = 200):
             sync()
             rows.append({"name": "do-nothing autograd.Function: forward+backward", "what": "floor", "jit_us": us,
                          "cached_us": us})
+    eager = _eager_medians(kl) if on_gpu else None
     kl.DIRECT = True
     for r in rows:
         r["saved_us"] = r["jit_us"] - r["cached_us"]
@@ -194,6 +198,7 @@ def run(device: str, out: str, n: int = 200):
                             "generators": "shared (one per batch element, broadcast over heads)"}},
         "timing": f"host us per call, issued back to back without a sync; best of {REPS} repetitions of {n} calls",
         "results": rows,
+        "eager_L512": eager,
     }
     os.makedirs(out, exist_ok=True)
     json_path = os.path.join(out, f"host_launch-{tag}.json")
@@ -205,6 +210,59 @@ def run(device: str, out: str, n: int = 200):
     for r in rows:
         print(f"{r['name']:55s} {r['jit_us']:8.1f} {r['cached_us']:8.1f} us  (saved {r['saved_us']:6.1f})")
     return [json_path, png_path]
+
+
+PAPER_JSON = os.path.join(os.path.dirname(__file__), "..", "results", "bench", "kernels_matfree.json")
+EAGER_REPEATS = 5
+
+
+def _eager_medians(kl):
+    """The issue's L = 512 target, measured as the matrix-free benchmark measures it (its own method callables,
+    shapes and ``do_bench`` medians of eager fwd+bwd calls), EAGER_REPEATS times each with the launch cache on and
+    off (the eager medians are host-bound and vary from run to run), once as CUDA-graph replays, and the speed-up
+    over the paper's code: its committed fwd+bwd median at L = 512 (``results/bench/kernels_matfree.json``,
+    method ``materialize``) over each median."""
+    from triton.testing import do_bench
+
+    from benchmarks.kernels_matfree import SHAPES, _graph_time, _inputs, _methods, _warm_up_clocks
+    paper = {}
+    if os.path.exists(PAPER_JSON):
+        with open(PAPER_JSON) as f:
+            for r in json.load(f)["results"]:
+                if r["method"] == "materialize" and r["L"] == 512 and "fwd_bwd_ms" in r:
+                    paper[r["kind"]] = r["fwd_bwd_ms"]
+    _warm_up_clocks()
+    out = {}
+    for kind, method in (("cauchy", "expsum_triton"), ("vandermonde", "chebyshev")):
+        fn = _methods(kind)[method]
+        x, q, k = _inputs(kind, 512, "cuda", torch.bfloat16, 0, SHAPES)
+        leaves = [t.detach().clone().requires_grad_() for t in (x, q, k)]
+        gy = torch.randn_like(x)
+
+        def fwd_bwd():
+            for t in leaves:
+                t.grad = None
+            fn(*leaves).backward(gy)
+        rec = {"method": method, "paper_fwd_bwd_ms": paper.get(kind)}
+        for mode in (True, False):
+            kl.DIRECT = mode
+            fwd_bwd()
+            rec["cache_on_ms" if mode else "cache_off_ms"] = [
+                do_bench(fwd_bwd, warmup=25, rep=100, return_mode="median") for _ in range(EAGER_REPEATS)]
+        kl.DIRECT = True
+        rec["graph_ms"] = _graph_time(lambda: fn(*leaves).backward(gy), do_bench)
+        for t in leaves:
+            t.grad = None
+        if rec["paper_fwd_bwd_ms"]:
+            for key in ("cache_on_ms", "cache_off_ms"):
+                rec[key.replace("_ms", "_speedup")] = [rec["paper_fwd_bwd_ms"] / v for v in rec[key]]
+            rec["graph_speedup"] = rec["paper_fwd_bwd_ms"] / rec["graph_ms"]
+        out[kind] = rec
+        print(f"{kind} {method} eager fwd+bwd at L = 512, cache on: "
+              f"{', '.join(f'{v:.3f}' for v in rec['cache_on_ms'])} ms; off: "
+              f"{', '.join(f'{v:.3f}' for v in rec['cache_off_ms'])} ms; replayed {rec['graph_ms']:.3f} ms; "
+              f"paper's code {rec['paper_fwd_bwd_ms']} ms", flush=True)
+    return out
 
 
 def _plot(rows, path, device):

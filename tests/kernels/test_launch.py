@@ -121,3 +121,29 @@ def test_host_launch_benchmark_runs_without_a_gpu(tmp_path):
         assert sum(r["what"] == "one launch" and r["name"].startswith(kind) for r in rows) == 6
         assert {f"{kind}: forward", f"{kind}: forward+backward"} <= {r["name"] for r in rows}
     assert all(r["jit_us"] > 0 and r["cached_us"] > 0 for r in rows)
+
+
+def test_eager_target_measurement_runs(monkeypatch):
+    """benchmarks.host_launch._eager_medians (GPU only; the next device session's check of the L = 512 target) on
+    the CPU: tiny shapes under the interpreter, do_bench and the graph replay stood in by one call each. Its record:
+    five medians with the cache on and off, the replay, and the speed-ups over the paper's committed median."""
+    from triton import testing
+
+    import kernels._launch as kl
+    from benchmarks import host_launch, kernels_matfree as km
+    plain_inputs = km._inputs
+    monkeypatch.setattr(km, "SHAPES", km.SMOKE_SHAPES)
+    monkeypatch.setattr(km, "_inputs", lambda kind, L, device, *a: plain_inputs(kind, 16, "cpu", *a))
+    monkeypatch.setattr(km, "_warm_up_clocks", lambda: None)
+    monkeypatch.setattr(km, "_graph_time", lambda fn, do_bench: (fn(), 1.0)[1])
+    monkeypatch.setattr(testing, "do_bench", lambda fn, **kw: (fn(), 2.0)[1])
+    out = host_launch._eager_medians(kl)
+    assert kl.DIRECT
+    with open(host_launch.PAPER_JSON) as f:
+        paper = {r["kind"]: r["fwd_bwd_ms"] for r in json.load(f)["results"]
+                 if r["method"] == "materialize" and r["L"] == 512}
+    for kind, method in (("cauchy", "expsum_triton"), ("vandermonde", "chebyshev")):
+        rec = out[kind]
+        assert rec["method"] == method and rec["cache_on_ms"] == [2.0] * 5 and rec["cache_off_ms"] == [2.0] * 5
+        assert rec["graph_ms"] == 1.0 and rec["paper_fwd_bwd_ms"] == paper[kind]
+        assert rec["cache_on_speedup"] == [paper[kind] / 2.0] * 5 and rec["graph_speedup"] == paper[kind]
