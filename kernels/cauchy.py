@@ -540,7 +540,7 @@ _QUADRATURE: dict = {}
 def _quadrature(eps: float, device) -> torch.Tensor:
     """``structured.cauchy.quadrature_constants(eps)`` as a float64 device tensor, cached (a host-to-device
     copy per call would cost more than the product at short L)."""
-    key = (eps, str(device))
+    key = (eps, device)                  # (torch.device hashes by value; str() would cost a call)
     hit = _QUADRATURE.get(key)
     if hit is None:
         from structured.cauchy import quadrature_constants

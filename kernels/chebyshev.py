@@ -373,7 +373,7 @@ _PARAMS: dict = {}
 def _params(eps: float, n_cap: int, scale: float, L: int, device) -> torch.Tensor:
     """float64 device tensor ``[s, pi s (L-1), (L-1)/2, Omega limits for n = 1 .. n_cap]``, cached (a host-to-device
     copy per call would wait for the GPU, and could not be captured in a CUDA graph)."""
-    key = (eps, n_cap, scale, L, str(device))
+    key = (eps, n_cap, scale, L, device)
     hit = _PARAMS.get(key)
     if hit is None:
         from structured.vandermonde import chebyshev_omega_limits
