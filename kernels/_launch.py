@@ -19,9 +19,10 @@ goes through ``kernel[grid](...)``, which compiles or finds the kernel, launches
 as Triton's specialization (``native_specialize_impl``) on a catalogue of values, and, with a recording stand-in
 for the CUDA driver, a hit hands the launcher the same arguments as ``kernel[grid](...)``.
 
-Not carried over from ``JITFunction.run``: its pre-run hooks (a kernel that has any is never cached) and its check
+Not carried over from ``JITFunction.run``: its pre-run hooks (a kernel that has any is never cached), its check
 that the module globals a kernel reads have not changed since it was compiled (our kernels read constexpr globals
-only at compile time, and never change them). The interpreter (``TRITON_INTERPRET=1``), autotuned kernels and
+only at compile time, and never change them), and its per-call reading of the debug and instrumentation knobs (a
+kernel cached before ``TRITON_DEBUG`` changes at run time keeps its compiled form; ``clear_cache()`` drops them). The interpreter (``TRITON_INTERPRET=1``), autotuned kernels and
 tracing by ``torch.compile`` take the ordinary path. ``MIXERZOO_DIRECT_LAUNCH=0`` turns the cache off (every
 launch then goes through ``JITFunction.run``), for comparisons.
 """
@@ -120,4 +121,5 @@ def _constexpr_getter(fn, args, kwargs):
 
 
 def clear_cache():
+    """Forget every cached kernel (the next launch of each goes through ``JITFunction.run`` again)."""
     _CACHE.clear()
