@@ -10,7 +10,9 @@ synchronizing (best of 7 repetitions of N calls):
   layer: shared generators, shift, delta), through ``kernel[grid](...)`` (``JITFunction.run``) and through the
   cached path of :func:`kernels._launch.launch`;
 * each product's forward and forward+backward (``y.backward``; the autograd engine included), cached path off
-  and on (``kernels._launch.DIRECT``);
+  and on (``kernels._launch.DIRECT``), and the pieces of the latter: the forward in grad mode, the backward
+  through the engine on a retained graph, our ``backward()`` called directly (session 7's H100 breakdown left
+  ~0.36 ms of a Cauchy fwd+bwd outside the sum of its pieces: these rows, from the real driver, locate it);
 * a do-nothing ``autograd.Function`` forward+backward on three such leaves: the floor any custom op pays;
 * on the GPU only, the issue's L = 512 target as the matrix-free benchmark measures it: ``do_bench`` medians of
   eager fwd+bwd calls of its ``expsum_triton`` and ``chebyshev`` rows, five times each with the cache on and off,
@@ -159,17 +161,31 @@ def run(device: str, out: str, n: int = 200):
                 sync()
             rows.append(row)
         del recorded[:]
-        whole = [("forward", lambda: product(*inputs))]
+        # the whole product, and its pieces (how far the fwd+bwd exceeds their sum is the engine's graph handling)
+        y = product(*leaves)
+        function = getattr(y.grad_fn, "_forward_cls", None)       # our autograd.Function, for the direct call
+
+        def backward_retained():
+            for t in leaves:
+                t.grad = None
+            y.backward(gy, retain_graph=True)
+        whole = [("forward", lambda: product(*inputs), False),
+                 ("forward in grad mode (graph built, then dropped)", lambda: product(*leaves), True)]
         if on_gpu or kernels_only:        # (on the CPU the scan's backward torch ops would be CPU compute)
-            whole.append(("forward+backward", fwd_bwd))
-        for what, fn in whole:
+            whole += [("backward through the engine (graph retained)", backward_retained, True),
+                      ("forward+backward", fwd_bwd, True)]
+            if function is not None:
+                whole.insert(2, ("backward() called directly (no engine)",
+                                 lambda: function.backward(y.grad_fn, gy), False))
+        for what, fn, grad in whole:
             row = {"name": f"{kind}: {what}", "what": "product"}
             for mode in (False, True):
                 kl.DIRECT = mode
-                with torch.set_grad_enabled(what != "forward"):
+                with torch.set_grad_enabled(grad):
                     row["cached_us" if mode else "jit_us"] = _timed(fn, n)
                 sync()
             rows.append(row)
+        del y
 
         def nothing():
             for t in leaves:
@@ -208,7 +224,7 @@ def run(device: str, out: str, n: int = 200):
     os.replace(json_path + ".tmp", json_path)
     _plot(rows, png_path, payload["device"])
     for r in rows:
-        print(f"{r['name']:55s} {r['jit_us']:8.1f} {r['cached_us']:8.1f} us  (saved {r['saved_us']:6.1f})")
+        print(f"{r['name']:72s} {r['jit_us']:8.1f} {r['cached_us']:8.1f} us  (saved {r['saved_us']:6.1f})")
     return [json_path, png_path]
 
 
