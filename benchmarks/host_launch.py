@@ -4,7 +4,7 @@ At L = 512 a Chebyshev (Vandermonde) or exp-sum (Cauchy) forward+backward is ~0.
 launches, and about as much host work (session 7, ``results/bench/host-breakdown-*-cuda.log``), most of it
 ``JITFunction.run``'s per-launch Python; the bidirectional (quasiseparable) scan's launches take ~60 arguments
 each, mostly strides. This benchmark measures, in host microseconds per call issued back to back without
-synchronizing (best of 7 repetitions of N calls):
+synchronizing (best of 15 repetitions of N calls):
 
 * each launch of a forward+backward of the two matrix-free products and of the quasiseparable scan (Hydra's
   layer: shared generators, shift, delta), through ``kernel[grid](...)`` (``JITFunction.run``) and through the
@@ -46,7 +46,7 @@ import time
 
 import torch
 
-REPS = 7
+REPS = 15
 SMALL_SHAPES = {"batch": 1, "heads": 2, "headdim": 128, "qk_dim": 16}
 
 
@@ -205,10 +205,11 @@ def run(device: str, out: str, n: int = 200):
     payload = {
         "benchmark": "host time of the matrix-free products' launches, JITFunction.run vs kernels._launch's cache",
         "command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks.host_launch"] + sys.argv[1:]),
-        "device": props.name if on_gpu else (f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} "
+        "device": props.name if on_gpu else (f"cpu ({_cpu_name()}, {os.cpu_count()} "
                                              "cores), no GPU: benchmarks.fake_cuda in place of the driver, kernels "
                                              "compiled for sm_90"),
         "versions": {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version()},
+        "timestamp": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "shapes": {"matrix-free": {**(SHAPES if on_gpu else SMALL_SHAPES), "L": 512, "dtype": "bfloat16"},
                    "scan": {**(SCAN_SHAPES if on_gpu else SMALL_SCAN_SHAPES), "L": 512, "dtype": "bfloat16",
                             "generators": "shared (one per batch element, broadcast over heads)"}},
@@ -279,6 +280,18 @@ def _eager_medians(kl):
               f"{', '.join(f'{v:.3f}' for v in rec['cache_off_ms'])} ms; replayed {rec['graph_ms']:.3f} ms; "
               f"paper's code {rec['paper_fwd_bwd_ms']} ms", flush=True)
     return out
+
+
+def _cpu_name():
+    """The CPU's model name (Linux: /proc/cpuinfo), else the platform's processor field."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _plot(rows, path, device):

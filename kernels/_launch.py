@@ -3,8 +3,8 @@
 ``kernel[grid](*args, **constexprs)`` costs 25-40 us of host time per launch on the H100 host (session 7,
 ``results/bench/host-breakdown-*-cuda.log``), most of it in ``JITFunction.run`` before the launcher is reached:
 reading knobs from the environment, binding and specializing every argument, and building the cache key
-(``benchmarks/host_launch.py --device cpu`` measures that part without a GPU, on a 2-core EPYC: 8.9-12.2 us per
-launch of the matrix-free products through ``JITFunction.run``, 5.3-6.9 us through the cache; 14-34 vs 8-17 us
+(``benchmarks/host_launch.py --device cpu`` measures that part without a GPU, on a 2-core EPYC: 9.2-12.1 us per
+launch of the matrix-free products through ``JITFunction.run``, 5.2-6.8 us through the cache; 15-33 vs 7-16 us
 for the scan's, which take ~60 arguments). At L = 512 a matrix-free product's forward and backward are 6 such
 launches, a large part of the eager time (the GPU work is ~0.4 ms).
 
