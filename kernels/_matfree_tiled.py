@@ -358,15 +358,17 @@ def _launch(role, term, args, L, bh, **meta):
     args = tuple(min(a, AUTOTUNE_MAX_BUCKET) if i == _L_BUCKET_ARG[role] else a for i, a in enumerate(args))
     kernel = _KERNELS[role]
     block = _GRID_BLOCK[role]
-    if _interpreting():
-        blk = _INTERPRET_BLOCK
-        kernel[(bh * _cdiv(L, blk),)](*args, BLOCK_M=blk, BLOCK_N=blk, **meta)
-    elif L < AUTOTUNE_MIN_LENGTH:
-        bm, bn, w, st = _FIXED
-        launch(kernel, (bh * _cdiv(L, bm if block == "BLOCK_M" else bn),), *args, BLOCK_M=bm, BLOCK_N=bn, num_warps=w,
-               num_stages=st, **meta)
-    else:
+    if not _interpreting() and L >= AUTOTUNE_MIN_LENGTH:
         _tuned(term.name, role)[lambda m: (bh * _cdiv(L, m[block]),)](*args, **meta)
+        return
+    # one fixed configuration (launch() takes the interpreter's ordinary path itself)
+    if _interpreting():
+        bm = bn = _INTERPRET_BLOCK
+        opts = {}
+    else:
+        bm, bn, w, st = _FIXED
+        opts = {"num_warps": w, "num_stages": st}
+    launch(kernel, (bh * _cdiv(L, bm if block == "BLOCK_M" else bn),), *args, BLOCK_M=bm, BLOCK_N=bn, **opts, **meta)
 
 
 def _common(D, P, precision):

@@ -439,15 +439,16 @@ def _expsum_launch(role, args, n_programs, L, **meta):
     """``args`` up to P (L_BUCKET is appended); n_programs: BLOCK_L -> grid."""
     meta["DOT_F32"] = _interpreting()
     bucket = min(_next_pow2(L), EXPSUM_AUTOTUNE_MAX_BUCKET)
-    if _interpreting():
-        bl = _EXPSUM_INTERPRET_BLOCK
-        _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, BLOCK_L=bl, **meta)
-    elif L < EXPSUM_AUTOTUNE_MIN_LENGTH:
-        bl, w, st = _EXPSUM_CONFIGS[role][0]
-        launch(_EXPSUM_KERNELS[role], (n_programs(bl),), *args, bucket, BLOCK_L=bl, num_warps=w, num_stages=st,
-               **meta)
-    else:
+    if not _interpreting() and L >= EXPSUM_AUTOTUNE_MIN_LENGTH:
         _expsum_tuned(role)[lambda m: (n_programs(m["BLOCK_L"]),)](*args, bucket, **meta)
+        return
+    # one fixed configuration (launch() takes the interpreter's ordinary path itself)
+    if _interpreting():
+        bl, opts = _EXPSUM_INTERPRET_BLOCK, {}
+    else:
+        bl, w, st = _EXPSUM_CONFIGS[role][0]
+        opts = {"num_warps": w, "num_stages": st}
+    launch(_EXPSUM_KERNELS[role], (n_programs(bl),), *args, bucket, BLOCK_L=bl, **opts, **meta)
 
 
 def _block_p(P):

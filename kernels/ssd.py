@@ -893,7 +893,7 @@ def _check(x, gens: dict, vecs: dict, chunk_size) -> tuple:
             raise ValueError(f"{name} must be floating point, got {t.dtype}")
         tb = t.shape[:t.dim() - (2 if name in gens else 1)]
         if tb == batch:
-            continue                  # the common case, without torch.broadcast_shapes (~20 us of host time each)
+            continue                  # the common case, without torch.broadcast_shapes (its symbolic-shape checks cost host time)
         try:
             ok = torch.broadcast_shapes(tb, batch) == batch
         except RuntimeError:
