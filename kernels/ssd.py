@@ -892,8 +892,8 @@ def _check(x, gens: dict, vecs: dict, chunk_size) -> tuple:
         if not t.is_floating_point():
             raise ValueError(f"{name} must be floating point, got {t.dtype}")
         tb = t.shape[:t.dim() - (2 if name in gens else 1)]
-        if tb == batch:
-            continue                  # the common case, without torch.broadcast_shapes (its symbolic-shape checks cost host time)
+        if tb == batch:               # the common case, without torch.broadcast_shapes (its checks cost host time)
+            continue
         try:
             ok = torch.broadcast_shapes(tb, batch) == batch
         except RuntimeError:
