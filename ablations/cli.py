@@ -31,7 +31,7 @@ SCALE_HELP = {
            "(results/table2-lab)",
     "paper": "the paper's recipe: 12 layers, d_model 768, qk_dim 16, headdim 128, seq 128, MLM on C4, then GLUE",
 }
-BENCHES = ("structured", "kernels", "blocks", "host_launch")
+BENCHES = ("models", "structured", "kernels", "blocks")
 
 
 def _err(msg: str) -> None:

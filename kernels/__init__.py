@@ -8,9 +8,6 @@
 * ``on``: always; an error if Triton is missing, or if the tensor is on the CPU and
   ``TRITON_INTERPRET=1`` is not set (the Triton interpreter runs kernels on the CPU, slowly).
 
-``MIXERZOO_DIRECT_LAUNCH=0`` makes the matrix-free products launch every kernel through Triton's
-``JITFunction.run`` instead of ``kernels._launch``'s cache of compiled kernels (host time per launch; see there).
-
 Entry points (all take tensors with identical batch dims ``(*batch, L, .)``, expanded views allowed,
 and return ``(*batch, L, P)`` in the dtype of ``x``, accumulating in float32 or float64):
 

@@ -37,7 +37,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch
 
 # Compute dtypes the kernels run in; half-precision inputs accumulate in float32.
 _COMPUTE = {torch.float64: torch.float64, torch.float32: torch.float32,
@@ -361,14 +360,14 @@ def _launch(role, term, args, L, bh, **meta):
     if not _interpreting() and L >= AUTOTUNE_MIN_LENGTH:
         _tuned(term.name, role)[lambda m: (bh * _cdiv(L, m[block]),)](*args, **meta)
         return
-    # one fixed configuration (launch() takes the interpreter's ordinary path itself)
+    # one fixed configuration
     if _interpreting():
         bm = bn = _INTERPRET_BLOCK
         opts = {}
     else:
         bm, bn, w, st = _FIXED
         opts = {"num_warps": w, "num_stages": st}
-    launch(kernel, (bh * _cdiv(L, bm if block == "BLOCK_M" else bn),), *args, BLOCK_M=bm, BLOCK_N=bn, **opts, **meta)
+    kernel[(bh * _cdiv(L, bm if block == "BLOCK_M" else bn),)](*args, BLOCK_M=bm, BLOCK_N=bn, **opts, **meta)
 
 
 def _common(D, P, precision):

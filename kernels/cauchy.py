@@ -18,7 +18,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch
 from ._matfree_tiled import (DOT_PRECISIONS, Term, _cdiv, _dense, _flat_dims, _interpreting, _next_pow2, _node_extremes,
                              _put, check_args, check_device, matfree_matmul, upcast_nodes)
 
@@ -442,13 +441,13 @@ def _expsum_launch(role, args, n_programs, L, **meta):
     if not _interpreting() and L >= EXPSUM_AUTOTUNE_MIN_LENGTH:
         _expsum_tuned(role)[lambda m: (n_programs(m["BLOCK_L"]),)](*args, bucket, **meta)
         return
-    # one fixed configuration (launch() takes the interpreter's ordinary path itself)
+    # one fixed configuration
     if _interpreting():
         bl, opts = _EXPSUM_INTERPRET_BLOCK, {}
     else:
         bl, w, st = _EXPSUM_CONFIGS[role][0]
         opts = {"num_warps": w, "num_stages": st}
-    launch(_EXPSUM_KERNELS[role], (n_programs(bl),), *args, bucket, BLOCK_L=bl, **opts, **meta)
+    _EXPSUM_KERNELS[role][(n_programs(bl),)](*args, bucket, BLOCK_L=bl, **opts, **meta)
 
 
 def _block_p(P):
@@ -467,7 +466,7 @@ def _expsum_prep(xn3, yn3, acc, quad, fc, f_max):
     d_pad = _next_pow2(D)
     block = (_EXPSUM_INTERPRET_BLOCK if _interpreting()
              else min(_PREP_MAX_ELEMENTS // d_pad, max(16, _next_pow2(L))))
-    launch(_expsum_prep_kernel, (bh,), xn3, yn3, ut, vt, tab, quad, L, D=D, D_PAD=d_pad, FC=fc, F_MAX=f_max,
+    _expsum_prep_kernel[(bh,)](xn3, yn3, ut, vt, tab, quad, L, D=D, D_PAD=d_pad, FC=fc, F_MAX=f_max,
            F_PAD=_next_pow2(f_max), R_LIMIT=R_MAX, BLOCK_L=block)
     return ut, vt, tab
 

@@ -43,7 +43,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch
 from ._matfree_tiled import (DOT_PRECISIONS, _cdiv, _dense, _flat_dims, _interpreting, _next_pow2, _node_extremes, _put,
                              check_args, check_device)
 from .cauchy import _cast_out
@@ -295,7 +294,7 @@ def _prep(q3, k3, prm, n_cap, acc, P):
     bh, L, D = _flat_dims(q3)
     tab = torch.empty((bh, n_cap + _cdiv(L, 16) * 16 + 16), dtype=acc, device=q3.device)
     z = torch.empty((2, bh, 2, n_cap, P), dtype=acc, device=q3.device)
-    launch(_cheb_prep_kernel, (bh,), q3, k3, prm, tab, z, L, P, D=D, D_PAD=_next_pow2(D), N_CAP=n_cap,
+    _cheb_prep_kernel[(bh,)](q3, k3, prm, tab, z, L, P, D=D, D_PAD=_next_pow2(D), N_CAP=n_cap,
            N_PAD=_next_pow2(n_cap), FC=CHUNK, BLOCK_L=_PREP_BLOCK["interpret" if _interpreting() else "gpu"],
            BLOCK_P=max(16, _next_pow2(P)))
     return tab, z[0], z[1]
@@ -317,7 +316,7 @@ def _reduce(ang3, x3, prm, tab, z, fast, precision):
     seg_min = 2 * bl if _interpreting() else REDUCE_SEGMENT_MIN
     seg_len = max(seg_min, _cdiv(_cdiv(L, REDUCE_MAX_SEGMENTS), bl) * bl)
     n_seg = _cdiv(L, seg_len)
-    launch(_cheb_reduce_kernel, (bh * (n_cap // CHUNK) * n_seg,), ang3, x3, prm, tab, z, L, P, seg_len,
+    _cheb_reduce_kernel[(bh * (n_cap // CHUNK) * n_seg,)](ang3, x3, prm, tab, z, L, P, seg_len,
            D=ang3.shape[-1], FC=CHUNK, N_CAP=n_cap, N_SEG=n_seg, BLOCK_L=bl, BLOCK_P=max(16, _next_pow2(P)), FAST=fast,
            PRECISION=precision, num_warps=warps)
 
@@ -328,7 +327,7 @@ def _rows(ang3, w, prm, tab, xx, out, dang, sign, fast, precision):
     bh, L, D = _flat_dims(ang3)
     n_cap, P = w.shape[2], w.shape[3]
     bl, warps = _blocks("rows")
-    launch(_cheb_rows_kernel, (bh * _cdiv(L, bl),), ang3, w, prm, tab, xx, out if out is not None else w,
+    _cheb_rows_kernel[(bh * _cdiv(L, bl),)](ang3, w, prm, tab, xx, out if out is not None else w,
            dang if dang is not None else w, L, P, D=D, D_PAD=_next_pow2(D), FC=CHUNK, N_CAP=n_cap, BLOCK_L=bl,
            BLOCK_P=max(16, _next_pow2(P)), SIGN=sign, WITH_OUT=out is not None, WITH_GRAD=dang is not None, FAST=fast,
            PRECISION=precision, EMULATE=_interpreting(), num_warps=warps)

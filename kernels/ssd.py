@@ -38,7 +38,6 @@ import torch
 
 from . import _ssd_triton as _k
 from . import interpreting as _interpreting
-from ._launch import launch as _launch
 
 import triton
 import triton.language as tl
@@ -151,8 +150,7 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
         # Stored in V's dtype: the sweep casts each state to it before its matrix product anyway, so a
         # wider copy would only double this, the kernel pair's largest, memory traffic.
         states = torch.empty((B0 * B1, n_chunks, DG, DV), dtype=V.dtype, device=dev)
-        _launch(
-            _k._upper_states_kernel, grid,
+        _k._upper_states_kernel[grid](
             up.K, *up.K.stride(), up.lam, *up.lam.stride()[:3], V, *V.stride(), states,
             B1, L, DG, DV, n_chunks,
             UP_K=up.k, UP_U=up.u, VO=vo, BQ=BQ, BG=BG, BV=BV, PREC=prec, UPCAST=upcast, ACC=acc, DEC=dec,
@@ -164,8 +162,7 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
     shared = (up is not None and _same(lo.R, up.R) and _same(lo.K, up.K)
               and lo.r == -up.r and lo.k == -up.k)
     d = delta if delta is not None else lo_.lam
-    _launch(
-        _k._sweep_kernel, grid,
+    _k._sweep_kernel[grid](
         lo_.R, *lo_.R.stride(), lo_.K, *lo_.K.stride(), lo_.lam, *lo_.lam.stride()[:3],
         up_.R, *up_.R.stride(), up_.K, *up_.K.stride(), up_.lam, *up_.lam.stride()[:3],
         V, *V.stride(), d, *d.stride()[:3], states, out, *out.stride(),
@@ -988,8 +985,7 @@ def _backward_planned(x, dy, lower, upper, delta, s: int, combine: bool, plan: P
     # The state kernel is planned with the sweep (one table row each, same chunk, warps and stages).
     launch = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
     pair = has_up and bool(TUNING["bwd_states_pair"])
-    _launch(
-        _k._bwd_states_kernel, (B0 * B1, 2 if has_up and not pair else 1),
+    _k._bwd_states_kernel[(B0 * B1, 2 if has_up and not pair else 1)](
         CL, *CL.stride(), AL, *AL.stride()[:3], DY, *DY.stride(), g_lo,
         BU, *BU.stride(), AU, *AU.stride()[:3], X, *X.stride(), h_up,
         B1, L, N, P, n_chunks, LO_S=s, PAIR=pair, **common, **launch)
@@ -1013,7 +1009,7 @@ def _backward_planned(x, dy, lower, upper, delta, s: int, combine: bool, plan: P
                   COMBINE=combine, JOINT_DY=has_up and s == 0, HAS_D=delta is not None,
                   AT_BL=t_bl.atomic, AT_CL=t_cl.atomic, AT_BU=t_bu.atomic, AT_CU=t_cu.atomic, **common, **launch)
     for role in ((0, 1, 2) if per_role else (-1,)):
-        _launch(_k._bwd_sweep_kernel, (1 if per_role else 3 if split else 1, B0 * B1), *args, SPLIT=split,
+        _k._bwd_sweep_kernel[(1 if per_role else 3 if split else 1, B0 * B1)](*args, SPLIT=split,
                 ROLE=role, **consts)
     # Log-decay gradients from the running sums of the row dots (see kernels._ssd_triton):
     # d log_a_t = sum_{i<t} (b.db - c.dc),  d log_a'_t = sum_{i<=t} (c'.dc' - b'.db').

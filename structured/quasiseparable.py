@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from . import properties as P
 from . import register
 from .base import StructuredMatrix, StructureReport, broadcast_batch, check_tensor, compute_dtype, promote, rand, randn
-from .semiseparable import _check_generators, half_kernel_dtype, semiseparable_dense, ssd_chunked
+from .semiseparable import _check_generators, half_kernel_dtype, semiseparable_dense, ssd_product
 
 
 def _delay(y: torch.Tensor) -> torch.Tensor:
@@ -131,8 +131,8 @@ class Quasiseparable(StructuredMatrix):
             return kernels.quasiseparable_matmul(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, self.shift)
         # The backward SSM is a causal SSM on the flipped sequence. (Two calls rather than one on stacked
         # directions: stacking copies every tensor, which costs more than it saves on the CPU.)
-        fwd = ssd_chunked(x, b, c, log_a, chunk_size=self.chunk_size)
-        bwd = ssd_chunked(x.flip(-2), b_bwd.flip(-2), c_bwd.flip(-2), log_a_bwd.flip(-1), chunk_size=self.chunk_size)
+        fwd = ssd_product(x, b, c, log_a, chunk_size=self.chunk_size)
+        bwd = ssd_product(x.flip(-2), b_bwd.flip(-2), c_bwd.flip(-2), log_a_bwd.flip(-1), chunk_size=self.chunk_size)
         if self.shift:
             fwd, bwd = _delay(fwd), _delay(bwd)
         return fwd + bwd.flip(-2) + delta[..., None] * x

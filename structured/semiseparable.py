@@ -177,6 +177,66 @@ def ssd_chunked(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: torch.
     return y.to(out_dtype)
 
 
+def ssd_chunk_parallel(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor,
+                       chunk_size: int = 64) -> torch.Tensor:
+    """Semiseparable product by the chunked SSD algorithm with every chunk in parallel (the GPU form).
+
+    Same signature and result as :func:`ssd_chunked`; the four steps run on all chunks at once, and the
+    recurrence over chunk states (step 3) is one product with the ``(n_chunks x n_chunks)`` matrix of
+    decays between chunks, ``exp(segsum(chunk totals))``, as in Mamba-2's minimal SSD. Batch dims broadcast
+    in the products (a ``c`` shared by all heads is never expanded). Half-precision ``x``, ``b``, ``c``
+    stay half in the products (tensor cores, float32 accumulation); decays are formed in float32 (float64
+    for float64 inputs) and rounded to the operand dtype where they enter a product. Cost O(L Q (N + P) +
+    L N P + (L/Q)^2 N P) flops, O(L Q + (L/Q) N P) memory per batch element; depth O(1) in L.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    _check_ssd_args(x, b, c, log_a)
+    out_dtype = promote(x, b, c, log_a)
+    half = all(t.dtype in HALF_DTYPES for t in (x, b, c))
+    mdt = torch.promote_types(torch.promote_types(x.dtype, b.dtype), c.dtype) if half else compute_dtype(out_dtype)
+    ddt = torch.promote_types(compute_dtype(out_dtype), compute_dtype(log_a.dtype))
+    L = x.shape[-2]
+    Q = min(chunk_size, L)
+    pad = (-L) % Q
+    if pad:  # zero inputs and zero log-decay on the padded tail add nothing to the real outputs
+        x, b, c, log_a = F.pad(x, (0, 0, 0, pad)), F.pad(b, (0, 0, 0, pad)), F.pad(c, (0, 0, 0, pad)), \
+            F.pad(log_a, (0, pad))
+    nc = (L + pad) // Q
+
+    def chunks(t, trailing):
+        return t.reshape(*t.shape[:-1 - len(trailing)], nc, Q, *trailing)
+
+    xc = chunks(x.to(mdt), (x.shape[-1],))
+    bc, cc = chunks(b.to(mdt), (b.shape[-1],)), chunks(c.to(mdt), (c.shape[-1],))
+    lc = log_a.to(ddt).reshape(*log_a.shape[:-1], nc, Q)
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    decay = torch.exp(segsum(lc)).masked_fill(~causal, 0)                      # (..., nc, Q, Q), ddt
+    # 1. diagonal blocks
+    y = ((cc @ bc.transpose(-1, -2)) * decay).to(mdt) @ xc                    # (..., nc, Q, P)
+    # 2. chunk states S_k = sum_s exp(sum_{u=s+1..end} log_a_u) b_s x_s^T
+    states = (bc * decay[..., Q - 1, :, None]).to(mdt).transpose(-1, -2) @ xc  # (..., nc, N, P)
+    # 3. state entering chunk k: sum_{k' < k} exp(sum of chunk totals k'+1..k-1) S_k'
+    between = torch.exp(segsum(lc.sum(-1))).masked_fill(
+        ~torch.ones(nc, nc, dtype=torch.bool, device=x.device).tril(), 0).to(mdt)  # (..., nc, nc)
+    N, P = states.shape[-2:]
+    passed = between @ states.reshape(*states.shape[:-2], N * P)              # state after chunk k
+    entering = F.pad(passed[..., :-1, :], (0, 0, 1, 0)).reshape(*passed.shape[:-1], N, P)
+    # 4. state -> output with exp(sum_{u=0..t} log_a_u) from the chunk start
+    y = y + (cc @ entering) * torch.exp(lc.cumsum(-1))[..., None].to(mdt)
+    y = y.reshape(*y.shape[:-3], nc * Q, P)[..., :L, :]
+    return y.to(out_dtype)
+
+
+def ssd_product(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor,
+                chunk_size: int = 64) -> torch.Tensor:
+    """The torch fast path of the SSD product: :func:`ssd_chunk_parallel` on a GPU (every chunk at once, few
+    large products), :func:`ssd_chunked` on the CPU (cache-sized blocks of chunks, bounded memory)."""
+    if x.is_cuda:
+        return ssd_chunk_parallel(x, b, c, log_a, chunk_size)
+    return ssd_chunked(x, b, c, log_a, chunk_size)
+
+
 def semiseparable_dense(b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor) -> torch.Tensor:
     """Materialize ``m_ij = c_i . b_j exp(sum_{t=j+1..i} log_a_t)`` (i >= j), 0 above the diagonal.
 
@@ -206,16 +266,16 @@ def _check_generators(b, c, log_a, validate: bool, suffix: str = "") -> None:
 
 
 def half_kernel_dtype(x: torch.Tensor, generators, out_dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the SSD products' operands: when the Triton kernels run (:func:`kernels.enabled`) and x
-    and the row/column generators are all half precision (as under bf16 autocast, even where the decays
-    are float32), half -- the kernels multiply on tensor cores and accumulate in float32, and the result
-    is returned in ``out_dtype``; otherwise the compute dtype of ``out_dtype``."""
+    """The dtype of the SSD products' operands: on a GPU (Triton kernels or :func:`ssd_chunk_parallel`), when
+    x and the row/column generators are all half precision (as under bf16 autocast, even where the decays
+    are float32), half -- the products run on tensor cores and accumulate in float32, and the result is
+    returned in ``out_dtype``; otherwise the compute dtype of ``out_dtype``."""
     dt = x.dtype
     for g in generators:
         dt = torch.promote_types(dt, g.dtype)
     if dt in HALF_DTYPES:
         import kernels
-        if kernels.enabled(x):
+        if x.is_cuda or kernels.enabled(x):
             return dt
     return compute_dtype(out_dtype)
 
@@ -268,7 +328,7 @@ class Semiseparable(StructuredMatrix):
         import kernels
         if kernels.enabled(x):
             return kernels.semiseparable_matmul(x, b, c, log_a)
-        return ssd_chunked(x, b, c, log_a, chunk_size=self.chunk_size)
+        return ssd_product(x, b, c, log_a, chunk_size=self.chunk_size)
 
     def check_structure(self, tol: float | None = None) -> StructureReport:
         D = self.to_dense()
