@@ -49,8 +49,9 @@ def _first_sentence(text: str) -> str:
 
 
 def _row(name: str, width: int, text: str) -> None:
-    """One listing row: the name in a column of ``width``, the text wrapped at word boundaries to the terminal."""
-    cols = min(shutil.get_terminal_size((100, 24)).columns, 100)
+    """One listing row: the name in a column of ``width``, the text wrapped at word boundaries within 100 columns
+    (or the terminal's width when narrower)."""
+    cols = min(shutil.get_terminal_size((100, 24)).columns, 100) if sys.stdout.isatty() else 100
     indent = " " * (2 + width + 1)
     print(textwrap.fill(text, width=max(cols, len(indent) + 30), initial_indent=f"  {name:{width}s} ",
                         subsequent_indent=indent, break_long_words=False, break_on_hyphens=False))
