@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
+import shutil
 import sys
+import textwrap
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -26,9 +29,8 @@ EXIT_CODES_HELP = """exit codes:
   130  interrupted; rerunning `mixerzoo ablate` resumes where it stopped"""
 
 SCALE_HELP = {
-    "smoke": "CPU, minutes: tiny models, a few dozen steps; the whole table2 grid in <= 5 min on 2 cores",
-    "lab": "one GPU (H100), bf16: small models; the whole table2 grid ran in 26.6 min on an H100 with --jobs 6-18 "
-           "(results/table2-lab)",
+    "smoke": "CPU, minutes: tiny models, a few dozen steps; checks the pipeline, not the paper",
+    "lab": "one GPU, bf16: small models; the whole table2 grid took 26.6 min on one H100 (results/table2-lab)",
     "paper": "the paper's recipe: 12 layers, d_model 768, qk_dim 16, headdim 128, seq 128, MLM on C4, then GLUE",
 }
 BENCHES = ("models", "structured", "kernels", "blocks")
@@ -39,6 +41,22 @@ def _err(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ list
+def _first_sentence(text: str) -> str:
+    """The first sentence of a docstring or description (an abbreviation such as "et al." does not end one)."""
+    para = " ".join(text.strip().split("\n\n")[0].split())
+    m = re.match(r"(.+?(?<!\bal)(?<!e\.g)(?<!i\.e)[.?!])(?=\s|$)", para)
+    return m.group(1) if m else para
+
+
+def _row(name: str, width: int, text: str) -> None:
+    """One listing row: the name in a column of ``width``, the text wrapped at word boundaries within 100 columns
+    (or the terminal's width when narrower)."""
+    cols = min(shutil.get_terminal_size((100, 24)).columns, 100) if sys.stdout.isatty() else 100
+    indent = " " * (2 + width + 1)
+    print(textwrap.fill(text, width=max(cols, len(indent) + 30), initial_indent=f"  {name:{width}s} ",
+                        subsequent_indent=indent, break_long_words=False, break_on_hyphens=False))
+
+
 def cmd_list(args) -> int:
     status = EXIT_OK
     print("Structured classes (name: defining property):")
@@ -50,7 +68,7 @@ def cmd_list(args) -> int:
         classes, status = [], EXIT_MISSING
     for name, cls in classes:
         approx = "  [approximate fast path]" if getattr(cls, "approximate", False) else ""
-        print(f"  {name:16s} {cls.property_name}{approx}")
+        _row(name, 16, f"{cls.property_name}{approx}")
     print("\nMixers (name: parameterizations):")
     try:
         import mixers
@@ -77,9 +95,8 @@ def cmd_list(args) -> int:
     for name in grid_mod.grid_names():
         try:
             g = grid_mod.load_grid(name)
-            first = g.description.strip().split(". ")[0].rstrip(".")
-            print(f"  {name:16s} {len(g.points()):3d} points x {len(g.seeds)} seed(s); scales: "
-                  f"{', '.join(g.scales) or '-'}; {first[:100]}")
+            _row(name, 16, f"{len(g.points())} points x {len(g.seeds)} seed(s); scales: "
+                           f"{', '.join(g.scales) or '-'}. {_first_sentence(g.description)}")
         except (ValueError, KeyError) as e:
             print(f"  {name:16s} (invalid: {e})")
             status = status or EXIT_FAILED
@@ -88,8 +105,7 @@ def cmd_list(args) -> int:
         from . import tasks
         names = tasks.names()
         for name in names:
-            doc = (tasks.get_task(name).__doc__ or "").strip().splitlines()
-            print(f"  {name:18s} {doc[0] if doc else ''}")
+            _row(name, 18, _first_sentence(tasks.get_task(name).__doc__ or ""))
         if not names:
             print("  (none registered yet)")
     except Exception as e:  # noqa: BLE001
@@ -97,7 +113,7 @@ def cmd_list(args) -> int:
         status = EXIT_MISSING
     print("\nScales:")
     for s, text in SCALE_HELP.items():
-        print(f"  {s:8s} {text}")
+        _row(s, 8, text)
     return status
 
 

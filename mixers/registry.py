@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib.metadata
 import warnings
 
+from structured._registry import Registry
+
 ENTRY_POINT_GROUP = "mixerzoo.mixers"
 PARAMETERIZATIONS = ("fixed", "sequence_aligned")
 
-_REGISTRY: dict[str, type] = {}
+_REGISTRY = Registry("mixer")
 _entry_points_loaded = False
 
 
@@ -25,8 +27,7 @@ def register_mixer(name: str):
     Registering a different class under a taken name raises ValueError (re-registering the same class,
     e.g. on module reload, is allowed).
     """
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"mixer name must be a Python identifier string, got {name!r}")
+    Registry.check_name(name, "mixer name")
 
     def deco(cls):
         from .base import Mixer
@@ -37,12 +38,10 @@ def register_mixer(name: str):
         if not params or any(p not in PARAMETERIZATIONS for p in params):
             raise ValueError(f"{cls.__qualname__}.parameterizations must be a non-empty subset of "
                              f"{PARAMETERIZATIONS}, got {params!r}")
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(f"a mixer named {name!r} is already registered ({existing.__module__}."
-                             f"{existing.__qualname__})")
+        # the same class re-imported (a module reload) replaces itself; another class under the name is an error
+        _REGISTRY.add(name, cls, same=lambda existing, new: existing.__qualname__ == new.__qualname__,
+                      detail=lambda existing: f"{existing.__module__}.{existing.__qualname__}")
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return deco
@@ -50,9 +49,7 @@ def register_mixer(name: str):
 
 def unregister_mixer(name: str) -> None:
     """Remove ``name`` from the registry (for tests and interactive use); KeyError if unknown."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown mixer {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
-    del _REGISTRY[name]
+    _REGISTRY.remove(name)
 
 
 def _load_entry_points() -> None:
@@ -72,13 +69,10 @@ def names() -> dict[str, tuple[str, ...]]:
     """``{name: supported parameterizations}`` for every registered mixer, sorted by name
     (loads the ``mixerzoo.mixers`` entry points on first use)."""
     _load_entry_points()
-    return {n: tuple(_REGISTRY[n].parameterizations) for n in sorted(_REGISTRY)}
+    return {n: tuple(_REGISTRY[n].parameterizations) for n in _REGISTRY.names()}
 
 
 def get(name: str) -> type:
     """The mixer class registered under ``name``; KeyError listing the registered names otherwise."""
     _load_entry_points()
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise KeyError(f"unknown mixer {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+    return _REGISTRY.lookup(name)

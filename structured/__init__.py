@@ -10,24 +10,21 @@ A new class joins with ``@structured.register("name")`` on a :class:`StructuredM
 """
 from __future__ import annotations
 
+from ._registry import Registry
 from .base import StructuredMatrix, StructureReport
 
-_REGISTRY: dict[str, type[StructuredMatrix]] = {}
+_REGISTRY = Registry("structured class")
 
 
 def register(name: str):
     """Class decorator: register a :class:`StructuredMatrix` subclass under ``name``."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"name must be a Python identifier string, got {name!r}")
+    Registry.check_name(name)
 
     def deco(cls):
         if not (isinstance(cls, type) and issubclass(cls, StructuredMatrix)):
             raise ValueError(f"register({name!r}) expects a StructuredMatrix subclass, got {cls!r}")
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing is not cls:
-            raise ValueError(f"a structured class named {name!r} is already registered ({existing.__qualname__})")
+        _REGISTRY.add(name, cls, detail=lambda existing: existing.__qualname__)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return deco
@@ -35,15 +32,12 @@ def register(name: str):
 
 def names() -> list[str]:
     """Sorted names of the registered classes."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get(name: str) -> type[StructuredMatrix]:
     """The class registered under ``name``; KeyError listing the registered names otherwise."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise KeyError(f"unknown structured class {name!r}; registered: {', '.join(names())}") from None
+    return _REGISTRY.lookup(name)
 
 
 # The built-in classes register themselves on import.

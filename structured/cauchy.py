@@ -1,95 +1,32 @@
 r"""Cauchy-like matrices with positive nodes (the Hydra paper's sequence-aligned form).
 
-.. math::
+    m_ij = sum_{d=1..D} 1 / (q_id + k_jd + c),      q, k > 0, c >= 0,
 
-    m_{ij} = \sum_{d=1}^{D} \frac{1}{q_{id} + k_{jd} + c}, \qquad q, k > 0,\ c \ge 0,
+a sum of D Cauchy terms ``1/(x_i + y_j)`` with nodes ``x = q[..., d] + c``, ``y = k[..., d]``. Parameters
+``q, k``: ``(*batch, L, D)``; products take ``x: (*batch, L, P)`` and return ``(*batch, L, P)``. Positivity is a
+validated precondition (a mixer reparameterizes with exp/softplus; Hydra's code adds an unconstrained bias).
+:func:`cauchy_dense` builds the general form ``1/(x_i - y_j)`` for rank tests.
 
-a sum of D Cauchy "terms" ``C^{(d)}_{ij} = 1/(x_i + y_j)`` with nodes ``x = q_{:,d} + c``, ``y = k_{:,d}``.
-(Hydra's code uses ``x = exp(q) + b``, ``y = exp(k) + b`` with a learned, *unconstrained* bias b and a
-tolerance 1e-8; here positivity is a validated precondition, so a mixer must reparameterize, e.g. with
-exp/softplus.) :func:`cauchy_dense` builds the general form ``1/(x_i - y_j)`` for rank tests.
+Fast products (``method_fast``; none builds an L x L tensor):
 
-Fast products (none builds an L x L tensor)
---------------------------------------------
-``expsum`` -- exponential-sum low-rank expansion (approximate, with a componentwise error bound).
-    For z > 0, ``1/z = \int_R e^{s} e^{-e^{s} z} ds``; the integrand is analytic in the strip
-    ``|Im s| < pi/2`` so the trapezoid rule converges geometrically in 1/h (DLMF 3.5(i), eq. 3.5.5,
-    https://dlmf.nist.gov/3.5). With nodes ``s_m = s_lo + m h``, ``tau_m = e^{s_m}``, ``w_m = h e^{s_m}``:
-    ``1/z ~= sum_m w_m e^{-tau_m z}``. Per term d and batch element, the detached scaling
-    ``a = min_i x_i + min_j y_j`` maps every denominator to ``z = (x_i + y_j)/a in [1, R]`` with
-    ``R = (max x + max y)/a``, giving the separable, all-positive rank-M factorization
+* ``expsum``: the trapezoid rule for ``1/z = int exp(s - e^s z) ds`` on ``z`` scaled into ``[1, R]`` gives a
+  positive rank-M factorization ``1/(x_i + y_j) ~= (U V^T)_ij``, so ``y = U (V^T x)``: O(D M L P) flops,
+  O(D M L) memory, ``M ~= (ln(4R/eps) + ln ln(4/eps)) ln(1000/eps) / pi^2`` (45 at eps = 1e-6, R = 10).
+  **Bound** (entrywise, values and gradients): ``|y_hat - y| <= eps (|M||x|) + rounding``,
+  ``|gx_hat - gx| <= eps (|M|^T |g|) + rounding``, rounding ``<= (L + D M + 32) u (|M||x|)``. Default eps by
+  the dtype of x: 1e-13 (float64), 1e-6 (float32), 1e-3 (bfloat16), 1e-4 (float16). On CUDA with Triton
+  it runs as fused kernels (``kernels.cauchy``) with the nodes placed on the device (no host sync).
+* ``tiled``: exact and matrix-free: row tiles of ``(T, L, D)`` denominators, recomputed in backward
+  (:func:`structured.tiled.tiled_matmul`); O(L^2 (D + P)) flops, O(L T D) memory, rounding like a dense
+  product. On CUDA with Triton: ``kernels.cauchy_matmul``.
+* ``auto`` (default): the cheaper by :data:`COST_MODELS`; :meth:`Cauchy.plan` reports the decision.
 
-        1/(x_i + y_j) ~= sum_m (w_m/a) e^{-tau_m x_i/a} e^{-tau_m y_j/a} = (U V^T)_ij,
+Defining property (``check_structure``): per term, ``rank(D_x C + C D_y) <= 1``.
 
-    so ``y = U (V^T x)``: O(D M L P) flops and O(D M L) memory per batch element; every exponent is
-    <= 0 (no overflow; underflow to 0 is harmless) and there is no cancellation.
-    Quadrature (chosen here, verified by ``tests/structured/test_cauchy.py``): ``h = pi^2 / ln(1000/eps)``,
-    ``s_lo = ln(eps / (4 R))``, ``s_hi = ln ln(4/eps) + 1/2``. Left tail <= eps/4, right tail <= eps/4 and the
-    discretization error ~K e^{-pi^2/h} with K <~ 600, so for every z in [1, R]:
-
-        |approx(z) z - 1| <= eps       and       |approx'(z) z^2 + 1| <= eps,
-
-    i.e. the *entrywise* relative error of the kernel **and of its derivative** is at most eps (measured
-    max 0.22 eps and 0.71 eps for eps in [1e-14, 0.1], R in [1, 1e12]). The number of nodes is
-    ``M ~= (ln(4R/eps) + ln ln(4/eps)) ln(1000/eps) / pi^2`` (e.g. 45 at eps = 1e-6, R = 10; 142 at
-    eps = 1e-13, R = 10). Consequences (the **stated error bound**, tested), with |.| entrywise:
-
-        |y_hat - y|         <= eps (|M| |x|)                     + rounding
-        |grad_x_hat - gx|   <= eps (|M|^T |g|)                   + rounding
-        |grad_q_hat - gq|_id <= eps sum_j |g_i . x_j| / (q_id + k_jd + c)^2 + rounding   (same for k)
-
-    where rounding <= gamma (|M||x|), gamma = (L + D M + 32) u (u = unit roundoff; worst case, typically
-    sqrt of that). The gradients are exact derivatives of the expansion, whose derivative kernel obeys the
-    same eps bound, so autograd through ``U (V^T x)`` is both correct and accurate. Default eps, by the
-    dtype of x: 1e-13 in float64, 1e-6 in float32 (the fp32 summation floor is ~sqrt(M) 2^-24), 1e-3 for
-    bfloat16 and 1e-4 for float16 x: below their unit roundoff (2^-8, 2^-11), which the rounding of x (and
-    on the GPU of the features) adds anyway, so a smaller eps buys no visible accuracy (H100, L = 512:
-    max entrywise error / (|M||x|) 1.0e-3 at eps 1e-6 and at 1e-3) and costs up to ~1.4x the time.
-    Range: positive nodes (validated, or the mixer's exp/softplus) put every ``z`` in ``[1, R]`` with a finite
-    R, and the quadrature meets eps for *every* R (M grows only like ln R), so the exact ``tiled`` path is
-    needed only where it is cheaper (short L, see "Choosing") or asked for; a non-positive denominator raises.
-    **GPU path**: on CUDA with Triton (:func:`kernels.enabled`) the same expansion runs as fused kernels
-    (``kernels.cauchy.cauchy_expsum_product``): ``U = Phi(xn/a) diag(1/a)``, ``V = Phi(yn/a)`` with
-    ``Phi_im = sqrt(w_m) e^{-tau_m t_i}`` are recomputed in registers in every pass (never stored; memory
-    O(L (P + D) + D M P)). There ``a``, R and the nodes are found on the device for each batch element and
-    term (:func:`quadrature_constants`; no host synchronization, so a model's queue never stalls on it),
-    and each M is rounded up to a multiple of the kernels' chunk (``kernels.cauchy.expsum_chunk``: 64 at
-    eps = 1e-6) by a finer step h (as :func:`exp_sum_nodes` does with ``min_count``), which keeps the
-    bound; a non-positive denominator or a spread beyond
-    ``kernels.cauchy.R_MAX`` = 2^40 gives NaN outputs there (the check needs a sync; :class:`Cauchy` with
-    ``validate=True`` makes it and raises). bfloat16 x runs on the tensor cores in bfloat16 (features and
-    ``V^T x`` rounded to it, all factors positive), adding ``3 u_bf16 (|M||x|)`` (``u_bf16 = 2^-8``) to the
-    rounding term above; float16 x runs in float32; accumulation is float32 (float64 for float64).
-    The rank D*M is a few times larger than the optimal (Zolotarev) rank of a positive Cauchy matrix,
-    ``~ ln(4/eps) ln(4R) / pi^2`` (Beckermann & Townsend, "Bounds on the singular values of matrices
-    with displacement structure", SIAM Review 61(2), 2019), because trapezoid accuracy is entrywise
-    and its left-tail nodes are nearly collinear; it is the simplest self-certifying choice.
-
-``tiled`` -- exact matrix-free product.
-    Rows are processed in tiles of T: only a ``(T, L, D)`` block of denominators exists at a time
-    (O(L T D) memory per batch element, O(L^2 (D + P)) flops). The shared tiled product
-    (:func:`structured.tiled.tiled_matmul`) saves only ``x, q + c, k`` and recomputes the tiles in backward
-    (flash-attention style) with
-    ``dL/dx = M^T g``, ``dL/dq_id = -sum_j (g_i . x_j) / den_ijd^2``, ``dL/dk_jd = -sum_i (g_i . x_j) / den_ijd^2``.
-    Rounding: componentwise backward-stable like a dense product, |y_hat - y| <= gamma_{L+D} (|M||x|).
-    On CUDA with Triton, this path dispatches to ``kernels.cauchy_matmul`` (see :mod:`kernels`).
-
-Choosing (``method_fast="auto"``): cost per batch element, with constants per backend
-(:data:`COST_MODELS`). torch (multiply-add units, fitted on a 2-core CPU in float32, where both paths
-then cost ~0.4 ns per unit): ``expsum ~ L r (2P + 12)`` with r = D M vs. ``tiled ~ L^2 (8 D + 2P)``; auto
-takes the smaller. The crossover is ``L* ~= r (2P + 12) / (8D + 2P)``: P = 64, R ~ 10 and the default eps
-give, in float32 (M ~ 46), L* ~= 90 for D = 2 and ~= 400 for the paper's D = 16; in float64 (M ~ 141,
-D = 16) L* ~= 1200. triton (GPU kernels; tensor-core flop units, calibrated on the H100 timings of the
-exact kernel, the expansion's constants estimated from its GEMM and exponential counts):
-``expsum ~ L r (12 P + 400)`` vs. ``tiled ~ L^2 (700 D + 6 P)``, with r = D times the kernels' *largest*
-feature count (``kernels.cauchy.expsum_max_features``: 64 at bf16's default eps, 128 at 1e-6), so that the
-choice needs no look at the data (no sync): L* ~= 170 (bf16 x) and ~= 330 (float32 x) at D = 16, P = 128.
-Measured speed-ups of the fast path over ``to_dense() @ x`` are in ``results/bench/structured-cpu.json``
-(``mixerzoo bench structured --device cpu --out results/bench --threads 1``; about 33x at L = 4096 with
-the ``random()`` instances). :meth:`Cauchy.plan` reports the decision.
-
-References: DLMF 3.5 (trapezoid rule for analytic integrands); Beckermann & Townsend (2019) for the
-singular-value (rank) bounds of Cauchy matrices; Hwang et al., Hydra (arXiv 2407.09941), Table 2.
+The derivation of the quadrature and its bound, the GPU path and the fitted cost constants (with how to
+refit them) are in ``docs/algorithms.md``. References: DLMF 3.5 (trapezoid rule for analytic integrands);
+Beckermann & Townsend, SIAM Review 61(2), 2019 (ranks of Cauchy matrices); Hwang et al., Hydra
+(arXiv 2407.09941), Table 2.
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Dense (unstructured) matrices: m_ij free. The explicit product is the algorithm; the class is the
-negative control of every rank-property check (a random dense matrix fails all of them)."""
+"""Dense (unstructured) matrices: m_ij free; ``m`` is ``(*batch, L, L)``.
+
+The explicit product is the algorithm (O(L^2 P) per product); the class is the negative control of every
+rank-property check (a random dense matrix fails all of them)."""
 from __future__ import annotations
 
 import torch

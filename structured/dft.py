@@ -1,5 +1,7 @@
 """The fixed cosine-DFT matrix m_ij = cos(2 pi i j / L) (Hydra's fixed Vandermonde mixer; FNet-like).
 
+No parameters (``DFT(length, batch_shape)``); products take ``x: (*batch, L, P)`` and return ``(*batch, L, P)``.
+
 Fast product: for real x, sum_j cos(2 pi i j / L) x_j = Re(FFT(x))_i. With ``rfft`` one gets
 i = 0..floor(L/2) and the rest from Re X_{L-i} = Re X_i. O(L log L P) flops, any L, accurate like
 the FFT (normwise). Reference: Lee-Thorp et al., "FNet: Mixing Tokens with Fourier Transforms",

@@ -1,8 +1,13 @@
 """Low-rank matrices: m_ij = q_i . k_j (linear attention without normalization).
 
+Shapes: ``q, k`` are ``(*batch, L, r)``; products take ``x: (*batch, L, P)`` and return ``(*batch, L, P)``.
+
 Fast product: y = Q (K^T x), contracting K^T x first: O(L r P) flops, O(r P) extra memory, two GEMMs
 (backward stable). The Hydra paper's code writes this as one 3-operand einsum which torch contracts
 left to right, forming the L x L matrix Q K^T (quadratic); here the order is explicit.
+
+Defining property: numerical rank <= r. References: Katharopoulos et al., "Transformers are RNNs" (ICML 2020,
+arXiv 2006.16236); Hwang et al., Hydra (arXiv 2407.09941), Table 2.
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Toeplitz matrices: m_ij = w[L-1 + i - j] (2L-1 free values, one per lag; index L-1 is lag 0).
 
+Shapes: ``w`` is ``(*batch, 2L-1)``; products take ``x: (*batch, L, P)`` and return ``(*batch, L, P)``.
+
 Fast product: circulant embedding + real FFT. The lags are placed in the first column of a circulant
 of size n >= 2L-1 (n the next 5-smooth size, fast for every FFT backend), whose product with the
 zero-padded x is a circular convolution; its first L rows are T x. O(n log n P) flops, O(n P) memory
@@ -12,6 +14,9 @@ Note on Hydra's public code (goombalab/hydra, ``matrix_mixers/toeplitz.py``): it
 shifts every lag by one (lag d reads kernel entry d+1, the diagonal is forward_conv[1]) and wraps the
 corner lag d = L-1 around to the reverse kernel, so reverse_conv[0] is never used. We implement the
 clean definition m_ij = w[L-1 + i - j]; a mixer wanting the paper code's exact indexing can permute w.
+
+Defining property: displacement rank(Z M - M Z) <= 2, Z the down-shift (Kailath & Sayed, "Displacement
+structure", SIAM Review 37(3), 1995). Reference: Hwang et al., Hydra (arXiv 2407.09941), Table 2.
 """
 from __future__ import annotations
 

@@ -1,136 +1,36 @@
 r"""Cosine-Vandermonde matrices (the Hydra paper's sequence-aligned Vandermonde form).
 
-.. math::
+    m_ij = sum_{d=1..D} cos(2 pi s q_id j) - cos(2 pi s k_jd i),       i, j = 0..L-1,
 
-    m_{ij} = \sum_{d=1}^{D} \cos(2\pi s\, q_{id}\, j) - \cos(2\pi s\, k_{jd}\, i),
-    \qquad i, j = 0, \dots, L-1,
+per term a q-term ``cos(theta_id j)`` (row nodes ``theta = 2 pi s q``, a Chebyshev-Vandermonde matrix) minus a
+k-term ``cos(phi_jd i)`` (column nodes ``phi = 2 pi s k``); ``s = scale`` (the paper's code uses 1e-3 for the
+sequence-aligned mixer). Parameters ``q, k``: ``(*batch, L, D)``; products take ``x: (*batch, L, P)`` and return
+``(*batch, L, P)``.
 
-i.e. per term d a "q-term" ``A^{(d)}_{ij} = cos(theta_id j)`` (row nodes ``theta = 2 pi s q``, a
-Chebyshev-Vandermonde matrix ``T_j(cos theta_i)``) minus a "k-term" ``B^{(d)}_{ij} = cos(phi_jd i)``
-(column nodes ``phi = 2 pi s k``; ``B^T`` is again cosine-Vandermonde). ``s = scale``.
+Fast products (``method_fast``; none builds an L x L tensor):
 
-Notes on the paper's code (goombalab/hydra, ``hydra/modules/matrix_mixers/vandermonde.py``): the
-sequence-aligned (data-dependent) mixer uses ``s = 1e-3`` ("to stabilize training"), which the bare
-formula omits -- pass ``scale=1e-3`` to match it (its matrices are then nearly low rank at L = 128
-since all angles satisfy ``|theta| L <~ 1``). Its fixed (non-data-dependent) branch always takes the
-DFT path (``is_dft`` defaults to True and is never passed), so the learned non-DFT fixed Vandermonde
-is dead code (and would be a diagonal mixer if it ran); mixerzoo's fixed Vandermonde draws q, k from a
-learned table instead, and the fixed DFT matrix is the ``dft`` class.
+* ``tiled``: exact and matrix-free: row tiles of ``(T, L, D)`` angles, recomputed in backward; O(L^2 (D + P))
+  work, O(L T D) memory; agrees with the explicit product to GEMM rounding. On CUDA with Triton:
+  ``kernels.vandermonde_matmul``.
+* ``nufft``: type-2 (q-terms) and type-1 (k-terms) Gaussian-gridding non-uniform FFTs on a grid of
+  n = max(2L, 32), window half-width S; O(n log n P + L D S P). **Bound**: per column p,
+  ``|y_hat_i - y_i| <= 2 D E ||x_p||_1`` with E <= eps computed exactly by :func:`nufft_plan`
+  (S = 7 at eps = 1e-6). Default eps: 1e-12 (float64), 1e-6 (float32).
+* ``chebyshev``: interpolation of ``cos(theta j)`` in the index j at n Chebyshev points, one rank-n
+  factorization for all D terms; O(L D n + L n P), memory O(L (n + P)). **Bound**:
+  ``|m_hat_ij - m_ij| <= 2 D E``, ``E = min_rho 4 cosh(Omega (rho - 1/rho)/2) rho^(1-n) / (rho - 1)``,
+  ``Omega = s pi (L-1) max(|q|, |k|)`` (:func:`chebyshev_plan`); n grows like Omega + O(log 1/eps), so the
+  path pays only for small angles (Hydra's s = 1e-3) and is unavailable when n > L. On CUDA with Triton it
+  runs fused in ``kernels.chebyshev`` with n chosen per batch element on the device.
+* ``auto`` (default): the cheapest by a cost model; :meth:`Vandermonde.plan` reports the decision.
 
-Fast products (none builds an L x L tensor)
--------------------------------------------
-``tiled`` -- exact matrix-free product.
-    Rows are processed in tiles of T; for a tile only a ``(T, L, D)`` block of angles exists at a time,
-    ``C_tile = sum_d cos(theta_id j) - cos(phi_jd i)``, ``y_tile = C_tile x``: O(L^2 D) cosines and
-    O(L^2 P) multiply-adds per batch element, O(L T D) memory. The shared tiled product
-    (:func:`structured.tiled.tiled_matmul`) saves only ``x, theta, phi`` and recomputes the tiles in
-    backward, with (``G_ij = g_i . x_j``)
+Defining property (``check_structure``): per term, ``2 D_{cos theta} A - A (Z + Z^T)`` has rank <= 2.
 
-        dL/dx        = M^T g
-        dL/dtheta_id = -sum_j G_ij j sin(theta_id j),      dL/dq = 2 pi s dL/dtheta
-        dL/dphi_jd   = +sum_i G_ij i sin(phi_jd i),        dL/dk = 2 pi s dL/dphi
-
-    Accuracy: the same arithmetic as the explicit product (identical angles ``theta_id * j``), so fast and
-    explicit agree to GEMM rounding in every dtype. Against exact arithmetic a float32 angle ``theta j``
-    carries a phase error ~``|theta| j u``, so float32 results (fast *and* explicit) drift from float64 by
-    ~``L |theta|_max u`` per entry. On CUDA with Triton this path dispatches to ``kernels.vandermonde_matmul``.
-
-``nufft`` -- Gaussian-gridding non-uniform FFTs (approximate, stated bound).
-    Per term, the q-term ``sum_j cos(theta_i j) x_j = Re sum_j x_j e^{i j theta_i}`` is a **type-2** NUFFT
-    (uniform modes j -> nonuniform points theta_i) and the k-term ``sum_j cos(phi_j i) x_j =
-    Re sum_j x_j e^{i phi_j i}`` a **type-1** NUFFT (nonuniform sources phi_j -> uniform modes i); modes are
-    centred (``k' = j - L//2``, phase ``e^{i (L//2) t}``), grid n = max(2L, 32), Gaussian window
-    ``psi(t) = exp(-t^2/(4 tau))`` on the 2S nearest grid points, deconvolution by its transform
-    ``Psi(k) = sqrt(4 pi tau) e^{-k^2 tau}`` (Dutt & Rokhlin, SISC 14(6), 1993; Greengard & Lee,
-    "Accelerating the nonuniform fast Fourier transform", SIAM Review 46(3), 2004). The x-side FFT is shared
-    by all D q-terms and all D k-terms spread onto one grid, so a product costs two length-n FFTs of P columns
-    plus two sparse window products with ``L D 2S`` entries: O(n log n P + L D S P), memory O(L D S + n P).
-    Windows are CSR matrices (one sparse-dense matmul each) built from node positions computed in float64.
-    **Error bound** (exact arithmetic; :func:`nufft_plan` picks the smallest S and the best tau for it):
-    for every node, ``|F_hat(t) - F(t)| <= E sum_j |a_j|`` with
-
-        E = max_{|k'| <= L/2} sum_{m != 0} e^{-tau((k' - m n)^2 - k'^2)}
-            + h / sqrt(4 pi tau) e^{(L/2)^2 tau} 2 sum_{r >= 0} e^{-((S + r) h)^2/(4 tau)},   h = 2 pi / n,
-
-    (aliasing + window truncation, by Poisson summation), E <= eps; S = 7 for eps = 1e-6, 14 for 1e-12.
-    Hence, per column p, ``|y_hat_i - y_i| <= 2 D E ||x_p||_1``; ``|gx_hat_j - gx_j| <= 2 D E ||g_p||_1``;
-    ``|gq_hat_id - gq_id| <= 2 pi s E sum_p |g_ip| sum_j j |x_jp|`` and symmetrically for k. Gradients are
-    analytic (again NUFFTs: ``d/dtheta sum_j a_j e^{i j theta} = sum_j i j a_j e^{i j theta}``, the form
-    pytorch-finufft uses), not autograd through the window. Rounding adds ~``e^{(L/2)^2 tau} (2S + log2 n) u
-    ||x||_1`` (the deconvolution factor is about e^{S pi / 12}: 39 at S = 14). Default eps: 1e-12 (float64),
-    1e-6 (float32). Exponential-of-semicircle windows (Barnett, Magland & af Klinteberg, "A parallel
-    non-uniform fast Fourier transform library based on an 'exponential of semicircle' kernel", SISC
-    41(5), 2019) need ~half the width for the same eps; the Gaussian was chosen for its closed-form
-    transform, which makes E computable exactly.
-
-``chebyshev`` -- Chebyshev interpolation in the index (approximate, stated bound; for small angles).
-    As a function of the index j in [0, L-1] (mapped to ``t = 2j/(L-1) - 1`` in [-1, 1]) a q-term entry is
-    ``cos(theta_i j) = f_i(t) = cos(omega_i t + omega_i)``, ``omega_i = theta_i (L-1)/2``, an entire function.
-    Interpolating it in n Chebyshev points of the second kind ``t_r = cos(pi r/(n-1))`` (``t_0 = 0`` for
-    n = 1), i.e. at the (non-integer) indices ``j_r = (t_r + 1)(L-1)/2``, gives
-    ``cos(theta_i j) ~= sum_r cos(theta_i j_r) l_r(j)`` with the Lagrange basis ``l_r`` (evaluated by the
-    barycentric formula, weights ``(-1)^r``, halved at both ends; Berrut & Trefethen, "Barycentric Lagrange
-    interpolation", SIAM Review 46(3), 2004). The sum over terms collapses (one rank-n factor for all D terms):
-
-        y_q = U (Lam^T x),   U_ir = sum_d cos(theta_id j_r)        (L x n, data-dependent)
-        y_k = Lam (V^T x),   V_jr = sum_d cos(phi_jd i_r)          (the k-term, in i, symmetrically)
-        y   = y_q - y_k,     Lam_jr = l_r(j)                       (L x n, data-independent, float64 -> dtype)
-
-    Cost per batch element O(L D n) cosines + O(L n P) multiply-adds, memory O(L (n + P)): U and V are
-    formed block by block (never an ``(L, D, n)`` tensor beyond ``structured.base.BLOCK_ELEMENTS``) by a
-    function that saves only the angles and recomputes ``-j_r sin(theta_id j_r)`` in backward; the GEMMs
-    are differentiated by autograd, so the gradients are the exact gradients of the approximant. On CUDA
-    with Triton (:func:`kernels.enabled`) the whole product runs in ``kernels.chebyshev`` instead: U, V and
-    Lam are recomputed in registers (no L x n tensor at all), and n is chosen per batch element on the device
-    from that element's own Omega (:func:`chebyshev_omega_limits`; the same bound, so never more points than
-    the host's n for the batch, rounded up to a multiple of 16), with no host synchronization; where n would
-    exceed its cap the element's outputs are NaN rather than an error.
-    **Error bound** (exact arithmetic; :func:`chebyshev_plan`): f_i is analytic in the Bernstein ellipse
-    E_rho (``|Im t| <= (rho - 1/rho)/2``) with ``|f_i| <= cosh(Omega (rho - 1/rho)/2)``,
-    ``Omega = max |omega|`` over all q- and k-nodes of the batch, so (Trefethen, *Approximation Theory and
-    Approximation Practice*, SIAM 2013, Thm 8.2, for the degree n-1 interpolant in n points)
-
-        |cos(theta j) - interpolant| <= E = min_{rho > 1} 4 cosh(Omega (rho - 1/rho)/2) rho^(1-n) / (rho - 1),
-
-    and n is the smallest number of points with E <= eps (rho scanned on a grid in float64: any rho gives
-    a valid bound). Hence ``|m_hat_ij - m_ij| <= 2 D E``, and per column p ``|y_hat_i - y_i| <= 2 D E ||x_p||_1``,
-    ``|gx_hat_j - gx_j| <= 2 D E ||g_p||_1``. The theta-derivative of the approximant is the interpolant of
-    ``-j sin(theta j)``, bounded on E_rho by ``((L-1)/2)((rho + 1/rho)/2 + 1) cosh(Omega (rho - 1/rho)/2)``, so
-    with ``E' = min_rho 4 ((L-1)/2)((rho + 1/rho)/2 + 1) cosh(Omega (rho - 1/rho)/2) rho^(1-n)/(rho - 1)``:
-    ``|gq_hat_id - gq_id| <= 2 pi s E' sum_p |g_ip| ||x_p||_1`` and ``|gk_hat_jd - gk_jd| <= 2 pi s E'
-    sum_p |x_jp| ||g_p||_1``. Rounding (first order, worst case) adds
-    ``2 D Lam_n (4 Omega + D + n + L + 2) u ||x_p||_1`` to the value bound (and L times that, the size of
-    the derivative kernel ``j sin(theta j)``, to E' in the q, k gradient bounds), where ``Lam_n <= (2/pi) log(n) + 1``
-    is the Lebesgue constant of the points (ATAP Thm 15.2): the angle ``theta j_r`` carries ~``2 Omega u`` of
-    phase error (plus as much from rounding j_r), and the interpolation amplifies node errors by at most
-    Lam_n. Default eps: 1e-12 (float64), 1e-6 (float32), as for ``nufft``. n grows like
-    ``Omega + O(log(1/eps))``, so the path pays only when ``Omega`` is small against L -- Hydra's scale
-    ``s = 1e-3`` (``Omega ~ pi s |q|_max L``; standard normal q, k with |q|_max ~ 4.8 give, in float32,
-    n = 51 at L = 2048 and n = 156 at L = 8192); with ``s = 1`` and ``|q| ~ 1`` the interpolant needs n > L
-    and the path is unavailable (``method_fast="chebyshev"`` then raises; ``auto`` never picks it).
-    Measured (2 CPU threads, float32, batch 1, 4 heads, P = 64, D = 16, s = 1e-3), forward / forward+backward:
-    L = 2048: 21 / 50 ms (tiled 850 / 2545 ms, nufft 350 / 1087 ms); L = 8192: 220 / 415 ms (tiled
-    11.4 / 51 s, nufft 2.0 / 5.2 s).
-
-Choosing (``method_fast="auto"``): cost per batch element (multiply-add units, fitted on a 2-core CPU in
-float32) ``tiled ~ L^2 (16 D + 2P)`` vs. ``nufft ~ 2 n P (5 log2 n + 40) + 24 L D S P + 2e6`` (two windows of
-2 L D S entries, each applied to 2P real columns at 3 units) vs. ``chebyshev ~ L n_c (16 D + 4 P) + 2e5``
-(2 L D n_c angle products and cosines at 8 units, four L x n_c x P GEMMs; infinite when n_c > L, where it
-is unavailable); auto takes the smallest. Model crossover of nufft at P = 64, float32 (S = 7): L ~ 320
-(D = 2), ~ 520 (D = 16); chebyshev wins wherever ``n_c`` is a small fraction of L (n_c = 51 at s = 1e-3,
-L = 2048). Measured time ratios chebyshev/tiled (D = 16, P = 64, s = 1e-3, float32): 1.3 at L = 16 (model
-2.5: picks tiled), 0.64 at L = 32 (model 0.76), 0.09 at L = 256 (model 0.08). Only the chebyshev cost depends
-on the data (Omega, one host synchronization; computed only when that path is a candidate).
-:meth:`Vandermonde.plan` reports the decision.
-
-Defining property (``check_structure``): ``cos((j+1)t) + cos((j-1)t) = 2 cos t cos(jt)`` gives
-``2 D_{cos theta} A - A (Z + Z^T)`` nonzero only in the first and last columns (rank <= 2) for every
-q-term, and the same for ``B^T`` with nodes phi; the sum over terms breaks it, so terms are checked one
-by one.
-
-References: Hwang et al., Hydra (arXiv 2407.09941), Table 2; Trefethen, *Approximation Theory and
-Approximation Practice* (SIAM 2013), Thms 8.2, 15.2; Kailath & Sayed, "Displacement structure",
-SIAM Review 37(3), 1995 (Chebyshev-Vandermonde displacement).
+Derivations, gradient bounds, rounding terms, the paper code's quirks and the fitted cost constants (with how
+to refit them) are in ``docs/algorithms.md``. References: Dutt & Rokhlin, SISC 14(6), 1993 and Greengard &
+Lee, SIAM Review 46(3), 2004 (NUFFT); Trefethen, Approximation Theory and Approximation Practice (SIAM 2013),
+Thms 8.2, 15.2; Berrut & Trefethen, SIAM Review 46(3), 2004 (barycentric interpolation); Hwang et al., Hydra
+(arXiv 2407.09941), Table 2.
 """
 from __future__ import annotations
 

@@ -1,8 +1,17 @@
-"""Shared test fixtures: a seeded random generator and a normwise relative error."""
+"""Shared test fixtures: a seeded random generator and a normwise relative error.
+
+Without CUDA, Triton kernels run under Triton's CPU interpreter. Triton reads ``TRITON_INTERPRET`` when it is
+first imported, so it is set here, once, before any test module is collected (an explicit value is kept).
+"""
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

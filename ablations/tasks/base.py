@@ -23,6 +23,8 @@ from typing import Callable, ClassVar, Iterator
 import torch
 import torch.nn.functional as F
 
+from structured._registry import Registry
+
 IGNORE_INDEX = -100
 KINDS = ("token", "sequence")
 
@@ -185,25 +187,20 @@ class Task:
         return self.compute_metrics(torch.cat(all_logits), torch.cat(all_labels))
 
 
-_TASKS: dict[str, type[Task]] = {}
+_TASKS = Registry("task")
 
 
 def register_task(name: str):
     def deco(cls):
-        if name in _TASKS and _TASKS[name] is not cls:
-            raise ValueError(f"a task named {name!r} is already registered")
+        _TASKS.add(name, cls)
         cls.name = name
-        _TASKS[name] = cls
         return cls
     return deco
 
 
 def task_names() -> list[str]:
-    return sorted(_TASKS)
+    return _TASKS.names()
 
 
 def get_task(name: str) -> type[Task]:
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise KeyError(f"unknown task {name!r}; registered: {', '.join(task_names())}") from None
+    return _TASKS.lookup(name)

@@ -18,7 +18,7 @@ FILES = 40  # files per package: small enough to extract in seconds, big enough 
 VOCAB = 600
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "mixerzoo-cache"
 
@@ -28,7 +28,7 @@ def _isolated_cache(cache, monkeypatch):
     monkeypatch.setenv("MIXERZOO_CACHE", str(cache))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def corpus(cache):
     return text.load_builtin_corpus(max_files_per_package=FILES, cache_dir=cache)
 

@@ -12,7 +12,7 @@ from structured.base import StructuredMatrix, randn
 @pytest.fixture
 def private_registry(monkeypatch):
     """Registrations made by a test vanish afterwards (register/names/get read the module global)."""
-    monkeypatch.setattr(structured, "_REGISTRY", dict(structured._REGISTRY))
+    monkeypatch.setattr(structured, "_REGISTRY", structured._REGISTRY.copy())
 
 
 def test_builtin_names():
