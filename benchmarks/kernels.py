@@ -31,9 +31,8 @@ The device's copy bandwidth (a 1 GiB device-to-device copy, bytes read + written
 (8192^3) are measured once; each result carries ``bound_ms`` = max(min bytes / bandwidth, flops / rate)
 and ``fraction_of_bound`` = bound_ms / time. Outputs in ``out``: ``kernels-<device>[-quick].json`` and
 ``kernels-<device>[-quick].png`` (log-log time vs L, forward and forward+backward); the JSON's ``peers``
-records which peers were importable and their versions (or why not); on the device they are installed
-outside the repo from carried wheels by ``results/device-scripts/install_peers.sh`` (then
-``PYTHONPATH=/root/peers:. python -m benchmarks.kernels ...``). Then, if
+records which peers were importable and their versions (or why not); install them outside the repository
+(their Triton sources and einops on ``PYTHONPATH``, e.g. ``PYTHONPATH=.:/path/to/peers python -m benchmarks.kernels ...``). Then, if
 ``benchmarks.kernels_matfree`` is importable, its ``run(device, out, quick)``.
 """
 from __future__ import annotations

@@ -206,7 +206,7 @@ def _graph_time(fn, do_bench):
 
 def _warm_up_clocks(seconds=2.0):
     """Keep the GPU busy for a moment, so that the first timed method does not meet it at idle clocks (in one
-    session the first row, the exact kernel at L = 512, measured 6x slower than its neighbours)."""
+    run the first row, the exact kernel at L = 512, measured 6x slower than its neighbours)."""
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -251,7 +251,7 @@ def _measure(fn, args, do_bench, device, graph=False):
                 torch.cuda.synchronize()
     except torch.cuda.OutOfMemoryError:
         rec["error"] = "out of memory"
-    except Exception as e:   # one failing method is recorded, the rest of a device session still runs
+    except Exception as e:   # one failing method is recorded, the rest still run
         traceback.print_exc()
         rec["error"] = f"{type(e).__name__}: {str(e)[:500]}"
     finally:
@@ -446,7 +446,7 @@ def run(device="cuda", out="results/bench", quick=False, kinds=KINDS, smoke=Fals
     """Run the benchmark on ``device`` and write JSON + PNG into ``out``; return their paths.
 
     ``kinds``: a subset of ``KINDS``. If ``out`` already holds a ``kernels_matfree.json``, its results for
-    the kinds not run now are kept (so a benchmark can be completed in several device sessions).
+    the kinds not run now are kept (so a benchmark can be completed in several device calls).
     ``smoke``: tiny shapes and lengths (``SMOKE_SHAPES``, ``SMOKE_LENGTHS``), the only mode allowed on
     the CPU (kernels in Triton's interpreter, which must be enabled before triton is imported:
     :func:`main` does it).

@@ -37,8 +37,8 @@ from kernels import ssd
 # The launch settings measured on the H100 (results/bench/kernels-cuda.json, kernel_launch).
 BENCH_TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 4, "bwd_num_stages": 3,
                 "bwd_atomic_sum": True, "bwd_split": True, "bwd_states_pair": False}
-# Shapes: the benchmark's (benchmarks/kernels.py) and the lab model's (results/device-scripts/profile_lab_step:
-# d_state 256, headdim 32, batch 64, L 128; 16 heads assumed = 2 * d_model 256 / headdim 32).
+# Shapes: the benchmark's (benchmarks/kernels.py) and the lab model's
+# (d_state 256, headdim 32, batch 64, L 128; 16 heads assumed = 2 * d_model 256 / headdim 32).
 SHAPES = {"bench": dict(B=8, H=24, L=4096, N=64, P=64), "lab": dict(B=64, H=16, L=128, N=256, P=32)}
 H100 = dict(sms=132, smem_per_sm=228 * 1024, regs_per_sm=65536, bf16_tflops=989.0, hbm_tbs=3.35)
 JIT_FNS = ("_upper_states_kernel", "_sweep_kernel", "_bwd_states_kernel", "_bwd_sweep_kernel")

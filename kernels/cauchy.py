@@ -422,7 +422,7 @@ _EXPSUM_KEYS = {"reduce": ["P", "D", "FC", "F_MAX", "L_BUCKET", "PRECISION"],
                 "rows": ["P", "D", "FC", "F_MAX", "L_BUCKET", "PRECISION", "WITH_OUT", "WITH_GRAD"]}
 _EXPSUM_INTERPRET_BLOCK = 16
 # Below this length the first config of each role runs: autotuning at L = 512 on the H100 picked the same rows
-# config and gave the same graph-replayed fwd+bwd (0.359 vs 0.357 ms, session 6), so it would only add its cost.
+# config and gave the same graph-replayed fwd+bwd (0.359 vs 0.357 ms), so it would only add its cost.
 EXPSUM_AUTOTUNE_MIN_LENGTH = 1024
 EXPSUM_AUTOTUNE_MAX_BUCKET = 8192
 _PREP_MAX_ELEMENTS = 2048   # (BLOCK_L, D_PAD) tile of the prep kernel

@@ -261,7 +261,7 @@ def _cheb_rows_kernel(
     # one program per (batch element, row block). Forward: (q, Z) -> y. Backward, one launch per pass: the rows of
     # k, (k, Zg, x) -> dx = -(V Zg_0 - Lam Zg_1) and dk; the rows of q, (q, Z, g) -> dq. (One launch for both
     # passes, chosen by program_id(1), compiled both into one kernel, whose register allocation made the backward
-    # ~15% slower on the H100, session 7.)
+    # ~15% slower on the H100.)
     n_blocks = tl.cdiv(L, BLOCK_L)
     pid = tl.program_id(0)
     _rows_program(pid // n_blocks, pid % n_blocks, ANG, W, PRM, TAB, XX, OUT, DANG, L, P, D, D_PAD, FC, N_CAP,
@@ -269,9 +269,9 @@ def _cheb_rows_kernel(
 
 
 # (BLOCK_L, num_warps) of the reduce and rows kernels; the CPU interpreter takes small blocks. In the sm_90 compile
-# (triton 3.6, results/device-scripts/static_chebyshev_sm90.py) the rows kernels with 4 warps use all 255 registers
+# (triton 3.6) the rows kernels with 4 warps use all 255 registers
 # and spill (512 spill stores forward, 704 in the backward rows of k, bf16); 8 warps take 168 / 188 registers
-# without spills, yet measured slower on the H100 (session 7: the same forward, backward rows 250 -> 338 us at
+# without spills, yet measured slower on the H100 (the same forward, backward rows 250 -> 338 us at
 # L = 512, fwd+bwd 2.47 -> 3.25 ms at L = 2048), so the rows keep 4.
 _BLOCKS = {"interpret": {"reduce": (16, 4), "rows": (16, 4)}, "gpu": {"reduce": (64, 4), "rows": (64, 4)}}
 _PREP_BLOCK = {"interpret": 16, "gpu": 64}

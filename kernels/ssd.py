@@ -69,10 +69,10 @@ DEFAULT_CHUNK = 64
 # another, so x and dy are read once per role instead of once from DRAM and twice from L2. Which wins is
 # a GPU measurement (`--tune-bwd` sweeps both); where the table has no per-role entry that fits, the
 # planner runs the one-launch plan at the same chunk (Plan.split_launch says which ran).
-# Defaults chosen on the H100 (session 5): split + per_role. Fused Hydra fwd+bwd at L = 16384 (B=8 H=24
+# Defaults chosen on the H100: split + per_role. Fused Hydra fwd+bwd at L = 16384 (B=8 H=24
 # P=N=64 bf16): 7.8 ms against 9.9 (split, one launch) and 13.7 (unsplit) (results/bench/
 # kernels-cuda-tune-bwd.json); the lab model's training step (d_state 256, L = 128): quasiseparable 33.8
-# against 26.1 steps/s, semiseparable 40.5 against 32.8 (results/device-scripts/profile_lab_step.py --tuning).
+# against 26.1 steps/s, semiseparable 40.5 against 32.8.
 # These are starting points: plan_candidates lowers the chunk and block_v (then stages, never below 2, and
 # for the backward it tries the other bwd_split arrangement) until the measured shared memory of the kernel
 # pair fits the device (_SMEM_SM90); the backward's state kernel runs with the bwd_* warps and stages.
@@ -765,8 +765,7 @@ LAST_PLANS: dict = {}
 _REFUSED: set = set()
 # Launches that fit by the table but that Triton 3.6 miscompiles on sm_90: {(kernel, dtype, BQ, BG)}, never
 # planned. The causal forward sweep at bf16, chunk 64, state 256 (the lab SSM mixers' shape) declares 112 KiB
-# of shared memory and reads at 225 KiB: compute-sanitizer on an H100 (session 4: results/device-scripts/ssrepro.py
-# lab_mixer_fwd) reported "Invalid __shared__ read of size 1024 bytes ...
+# of shared memory and reads at 225 KiB: compute-sanitizer on an H100 reported "Invalid __shared__ read of size 1024 bytes ...
 # at _sweep_kernel ... _ssd_triton.py:55" (the tl.dot), and the mixer's training step died with an illegal
 # memory access. It happens only for the argument specialization that the mixer's strided tensors give
 # (the same plan on contiguous test tensors ran clean), so no unit test on a GPU catches it. Chunk 32 at that

@@ -115,7 +115,7 @@ def vandermonde_matmul(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale=
     rounded to its dtype on the tensor cores, accumulating in float32); float64 inputs run the same
     kernels in float64 with accurate cosines. Cost per batch element: 2 L^2 d cosines (4 L^2 d
     sines/cosines in the backward pass) and 2 L^2 P multiply-adds per pass; memory O(L (P + d)).
-    Measured on an H100 (``results/bench/kernels_matfree.json``, session 6): bf16, B=8, H=12, P=128,
+    Measured on an H100 (``results/bench/kernels_matfree.json``): bf16, B=8, H=12, P=128,
     d=16, L=2048: 7.0 ms forward, 28.8 ms forward+backward (8.3 / 25.7 ms before the turn reduction
     used two full-rate adds instead of a floor, :func:`_reduce_turns`: the forward gained, the backward,
     with its sines and the per-term reductions, did not). Bound by the quarter-rate pipe of the

@@ -318,7 +318,7 @@ class _SSMParams(Mixer):
         # b keeps B's dtype: under CUDA bf16 autocast dt comes out of softplus in float32, and a float32 b
         # would send the whole SSD product to the kernels in float32 (FMAs instead of tensor cores: the lab
         # model's Hydra steps ran at 2.8/s against attention's 45/s on an H100, 95% of it in the float32
-        # scans; results/device-scripts/profile_lab_step.py). The decays stay float32.
+        # scans). The decays stay float32.
         return (B * dt[..., None]).to(B.dtype), A[:, None] * dt
 
 

@@ -3,7 +3,7 @@
 The peers themselves (mamba_ssm's Triton SSD, fla's chunk_simple_gla) need CUDA: fla's kernels do not run
 under TRITON_INTERPRET (its loops index with Python ints: ``i_t.to`` fails in the interpreter) and mamba's
 fused path is CUDA-only. So the adapters are tested here with stand-ins that implement each peer's documented
-product densely; ``results/device-scripts/check_peers.py`` compares the real peers on the GPU. When mamba_ssm is
+product densely; the real peers run in ``mixerzoo bench kernels --device cuda`` and ``mixerzoo bench models``. When mamba_ssm is
 importable, its own pure-torch reference (``ssd_chunk_scan_combined_ref``) checks the mamba stand-in.
 """
 from __future__ import annotations

@@ -5,13 +5,10 @@ CPU: the kernels run in Triton's interpreter."""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 import kernels  # noqa: E402

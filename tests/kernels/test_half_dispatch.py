@@ -2,17 +2,14 @@
 B, C and x are bfloat16 while its decays are float32; the product then runs the kernels in bfloat16
 (float32 accumulation) instead of upcasting everything to float32, and still matches the float64 reference
 within the bfloat16 budget, gradients included. CPU: the kernels run under the Triton interpreter."""
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 triton = pytest.importorskip("triton")
 
-import kernels  # noqa: E402  (after TRITON_INTERPRET is set)
+import kernels
 import structured  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"

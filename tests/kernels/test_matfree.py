@@ -1,20 +1,17 @@
 """Tests of the matrix-free Triton kernels ``kernels.cauchy_matmul`` and ``kernels.vandermonde_matmul``.
 
-On a machine without CUDA the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set here
-before Triton is imported); with CUDA they run compiled on the GPU. References are written directly
+On a machine without CUDA the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
+``tests/conftest.py``); with CUDA they run compiled on the GPU. References are written directly
 from the contract's formulas in float64 (dense L x L, small L), on the inputs rounded to the tested
 dtype, so only the kernels' own arithmetic is measured.
 """
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from kernels.cauchy import cauchy_matmul  # noqa: E402

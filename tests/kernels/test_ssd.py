@@ -1,23 +1,20 @@
 """Triton semiseparable / quasiseparable scans (kernels/ssd.py) against float64 explicit references.
 
-On a machine without CUDA the kernels run under the Triton interpreter (TRITON_INTERPRET=1 must be set before
-``triton.jit`` decorates them, i.e. before ``kernels.ssd`` is imported: done below). With CUDA the same tests
+On a machine without CUDA the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set by
+``tests/conftest.py`` before ``triton.jit`` decorates them). With CUDA the same tests
 run the compiled kernels. The references are built here from the contract's entry formulas (independent of
 the kernels' generic-offset formulation) and cross-checked once against ``structured``'s ``to_dense``.
 Gradients: autograd through the kernels (float32 / bfloat16) against float64 autograd through the explicit
 matrix; this stands in for ``gradcheck``, which needs float64 inputs the kernels do not take.
 """
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 triton = pytest.importorskip("triton")
 
-from kernels import ssd  # noqa: E402  (after TRITON_INTERPRET is set)
+from kernels import ssd
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 CHUNK = 16  # small chunks so that short test sequences span several chunks and a ragged last one
