@@ -34,7 +34,7 @@ import torch
 from .config import RunConfig, StageConfig, canonical_json, config_to_dict, run_config_from_dict
 from .grid import RunSpec, run_id as compute_run_id
 from .trainer import (MetricsLog, NonFiniteError, TrainingFailed, atomic_write_json, autocast_dtype, dist_info,
-                      resolve_device, seed_everything, stage_seed, train_stage)
+                      init_distributed, resolve_device, seed_everything, stage_seed, train_stage)
 
 FINISHED = ("completed", "failed")
 
@@ -223,10 +223,10 @@ def _try_lock(run_dir: Path):
 
 def _execute(cfg, rid, run_dir, world, rank, local_rank, main, progress, callbacks) -> dict:
     device = resolve_device(cfg.device, local_rank if world > 1 else None)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device)  # before the NCCL group, so its communicator binds this GPU
+    if world > 1:
+        init_distributed(device)
     if main:
         atomic_write_json(run_dir / "config.json", {
             "run_id": rid, "seed": cfg.seed, "config": config_to_dict(cfg), "versions": versions(),
