@@ -274,6 +274,13 @@ def _unwrap(model):
         model, torch.nn.parallel.DistributedDataParallel) else model
 
 
+def _scored_items(task, batch: dict) -> int:
+    """What a task's mean loss averages over: scored positions (token tasks), sequences (sequence tasks)."""
+    if task.kind == "token":
+        return int((batch["labels"] != IGNORE_INDEX).sum())
+    return int(batch["labels"].shape[0])
+
+
 def _throughput_row(rate: float, distributed: bool, device: torch.device) -> dict:
     """``tokens_per_s`` (all processes together) and, under DDP, ``tokens_per_s_rank`` (one per rank,
     gathered to every rank; the log is written by rank 0)."""
@@ -503,8 +510,14 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
 
     for step in range(start, stage.steps):
         batch = task.train_batch(step, stage.batch_size, data_seed)
+        weight = 1.0
         if distributed:
+            whole = batch
             batch = shard_batch(batch, rank, world)
+            # DDP averages the ranks' gradients. Weighting each rank's mean loss by its share of the batch's
+            # scored items makes that average the gradient of the whole batch's mean loss, also when the
+            # shards score different numbers of tokens (masked LM draws its masks per sequence).
+            weight = world * _scored_items(task, batch) / max(1, _scored_items(task, whole))
         tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         batch = _to_device(batch, device)
         with ctx():
@@ -517,6 +530,10 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
             else:
                 logits = train_model(batch["input_ids"], batch["attention_mask"])
                 loss = task.loss(logits, batch)
+            if weight == 0.0:  # a shard with nothing scored: its mean is NaN; it adds zero to the gradient
+                loss = logits.float().sum() * 0.0
+            elif weight != 1.0:
+                loss = loss * weight
         finite = torch.isfinite(loss.detach()).to(torch.float32)
         if distributed:  # every rank sees the same flags, so all of them stop at the same check
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
@@ -536,6 +553,9 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
         if logging_now or evaluating or saving or bar is not None or callbacks:
             raise_if_nonfinite()
         if logging_now:
+            if distributed:  # the whole batch's loss: the mean of the ranks' weighted losses
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= world
             train_loss = float(loss_sum) / loss_n   # waits for the device, so the clock below is honest
             now = time.perf_counter()
             rate = _throughput_row(tokens / max(now - span_t0 - paused, 1e-9), distributed, device)

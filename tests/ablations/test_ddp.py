@@ -139,6 +139,30 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert all(r["tokens_per_s"] == pytest.approx(sum(r["tokens_per_s_rank"])) for r in rates)
 
 
+def test_ddp_token_task_with_uneven_shards_matches_single_process(tmp_path):
+    # Masked positions are drawn per sequence, so the two halves of a batch score different numbers of tokens:
+    # plain DDP (the mean of the halves' means) would train on a different loss than one process does.
+    cfg_dict = standin_plugin.config(pretrain=None, model={"dropout": 0.0}, log_every=1, tasks=[
+        {"task": "standin_copy", "steps": 6, "batch_size": 4, "optim": {"lr": 3e-2, "warmup_steps": 1}}])
+    c = run_config_from_dict(cfg_dict)
+    rid = run_id(c)
+    task = standin_plugin.TinyCopy()
+    seed = trainer.stage_seed(c.seed, "standin_copy", "data")
+    counts = [[int((h != -100).sum()) for h in task.train_batch(k, 4, seed)["labels"].split(2)] for k in range(6)]
+    assert any(a != b for a, b in counts)                      # the case this test is about
+    single = runner.execute_run(c, tmp_path / "single")
+    _launch(cfg_dict, tmp_path / "ddp")
+    a = torch.load(tmp_path / "ddp" / rid / "ckpt" / "standin_copy.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "single" / rid / "ckpt" / "standin_copy.pt", weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    losses = [[r["train_loss"] for r in trainer.read_jsonl(tmp_path / d / rid / "metrics.jsonl") if "train_loss" in r]
+              for d in ("single", "ddp")]
+    assert len(losses[0]) == 6 and losses[1] == pytest.approx(losses[0], rel=1e-5)   # the whole batch's loss
+    assert json.loads((tmp_path / "ddp" / rid / "summary.json").read_text())["stages"]["standin_copy"]["metrics"][
+        "val"] == pytest.approx(single["stages"]["standin_copy"]["metrics"]["val"], rel=1e-5)
+
+
 # ----------------------------------------------------------------------------------------- environment
 def test_multicast_variables_default_off_and_pass_through():
     assert trainer.multicast_off_env({}) == {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
