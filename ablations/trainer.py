@@ -512,6 +512,10 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
         batch = task.train_batch(step, stage.batch_size, data_seed)
         weight = 1.0
         if distributed:
+            # Random draws in the step (dropout): every rank from its own stream, as one process draws different
+            # masks for the two halves of a batch, and a function of the step, so that a run resumed from a
+            # checkpoint (which holds rank 0's RNG state only) draws the same masks on every rank.
+            torch.manual_seed(stage_seed(seed, name, f"step {step} rank {rank}"))
             whole = batch
             batch = shard_batch(batch, rank, world)
             # DDP averages the ranks' gradients. Weighting each rank's mean loss by its share of the batch's

@@ -163,6 +163,42 @@ def test_ddp_token_task_with_uneven_shards_matches_single_process(tmp_path):
         "val"] == pytest.approx(single["stages"]["standin_copy"]["metrics"]["val"], rel=1e-5)
 
 
+class _Draws(torch.nn.Module):
+    """Records one random draw per training call (what dropout would draw from)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(standin_plugin.VOCAB, 2)
+        self.draws = []
+
+    def forward(self, ids, mask):
+        if self.training:
+            self.draws.append(float(torch.rand(())))
+        return self.emb(ids).mean(1)
+
+
+def _draws_worker(rank, world, port, out):
+    _join(rank, world, port)
+    from ablations.config import StageConfig
+    trainer.init_distributed(torch.device("cpu"))
+    try:
+        torch.manual_seed(0)
+        model = _Draws()
+        stage = StageConfig(task="standin_parity", steps=4, batch_size=4)
+        trainer.train_stage(model, standin_plugin.TinyParity(), stage, seed=0, device=torch.device("cpu"))
+        Path(out, f"rank{rank}.json").write_text(json.dumps(model.draws))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_draw_their_own_dropout_masks(tmp_path):
+    # (that the draws are a function of the step, so a resumed run repeats them, the resume test shows: its
+    # model has dropout on)
+    torch.multiprocessing.spawn(_draws_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    a = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert len(a[0]) == 4 and all(x != y for x, y in zip(a[0], a[1]))    # not the same mask on both halves
+
+
 # ----------------------------------------------------------------------------------------- environment
 def test_multicast_variables_default_off_and_pass_through():
     assert trainer.multicast_off_env({}) == {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
