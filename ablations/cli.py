@@ -168,6 +168,9 @@ def cmd_ablate(args) -> int:
     except runner.MissingBackend as e:
         _err(str(e))
         return EXIT_MISSING
+    except ValueError as e:  # settings only checkable once running (the Ray cluster's GPUs, torchrun's world)
+        _err(str(e))
+        return EXIT_USAGE
     except KeyboardInterrupt:
         _err(f"interrupted; rerun the same command to resume (finished runs in {out} are kept)")
         return EXIT_INTERRUPTED

@@ -40,6 +40,9 @@ def task_options(cluster_gpus: float, jobs: int, gpus_per_run: float | None = No
     gpus_per_run = check_gpus_per_run(gpus_per_run)
     if gpus_per_run is None:
         gpus_per_run = 1.0 / jobs if cluster_gpus else 0.0
+    elif not cluster_gpus:
+        raise ValueError(f"gpus_per_run is {gpus_per_run:g} but the Ray cluster has no GPUs; leave it unset "
+                         f"(one CPU per run)")
     elif gpus_per_run > cluster_gpus:
         raise ValueError(f"gpus_per_run is {gpus_per_run:g} but the Ray cluster has {cluster_gpus:g} GPU(s); "
                          f"allowed: at most {cluster_gpus:g}")

@@ -125,6 +125,8 @@ def test_ray_task_options():
             task_options(8.0, 1, gpus_per_run=bad)
     with pytest.raises(ValueError, match="gpus_per_run is 2 but the Ray cluster has 1 GPU"):
         task_options(1.0, 1, gpus_per_run=2)
+    with pytest.raises(ValueError, match="gpus_per_run is 0.5 but the Ray cluster has no GPUs"):
+        task_options(0.0, 1, gpus_per_run=0.5)
 
 
 def _free_port():
