@@ -424,7 +424,8 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
     model: ``forward(input_ids (B, L), attention_mask (B, L)) -> logits`` (token tasks (B, L, V),
     sequence tasks (B, num_labels)), already on ``device``. Under torchrun (``WORLD_SIZE > 1`` and an
     initialized process group) it is wrapped in DistributedDataParallel and each process trains on its
-    shard of every batch; only rank 0 writes the log and checkpoints.
+    shard of every batch, its loss weighted so that the gradient is the whole batch's; evaluation is
+    sharded (:func:`sharded_evaluate`); only rank 0 writes the log and checkpoints, every rank loads them.
 
     Resume: when ``ckpt_path`` holds a checkpoint of this stage, training continues from its step
     (a finished stage returns its recorded metrics after loading its weights). Checkpoints are

@@ -199,6 +199,31 @@ def test_ddp_ranks_draw_their_own_dropout_masks(tmp_path):
     assert len(a[0]) == 4 and all(x != y for x, y in zip(a[0], a[1]))    # not the same mask on both halves
 
 
+@pytest.mark.slow  # ~15 s on 2 busy cores: torchrun's agent and two interpreters start
+def test_cli_ablate_under_torchrun(tmp_path):
+    # The documented command (docs/scaling.md) with 2 CPU processes: every run is trained by both, rank 0 alone
+    # writes and reports.
+    import subprocess
+    import sys
+
+    import yaml
+    base = standin_plugin.config(pretrain=None, tasks=[
+        {"task": "standin_parity", "steps": 4, "batch_size": 8, "optim": {"lr": 1e-2, "warmup_steps": 1}}])
+    grid = tmp_path / "mini.yaml"
+    grid.write_text(yaml.safe_dump({"name": "mini", "base": base, "axes": {"model.d_model": [4, 8]}}))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(Path(__file__).parent)]),
+           "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "ablations.cli", "ablate", str(grid), "--out", str(out), "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("| Structure |") == 1 and "2/2 run(s) completed" in proc.stdout
+    confs = [json.loads(p.read_text()) for p in out.glob("*/config.json")]
+    assert len(confs) == 2 and all(c["world_size"] == 2 for c in confs)
+
+
 # ----------------------------------------------------------------------------------------- environment
 def test_multicast_variables_default_off_and_pass_through():
     assert trainer.multicast_off_env({}) == {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
