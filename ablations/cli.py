@@ -175,11 +175,18 @@ def cmd_ablate(args) -> int:
         return EXIT_OK
     out = args.out or f"runs/{specs[0].config.labels['grid']}-{specs[0].config.labels['scale']}"
     try:
+        if args.gpus_per_run is not None and args.backend != "ray":
+            _err(f"--gpus-per-run {args.gpus_per_run:g} needs --backend ray (got --backend {args.backend})")
+            return EXIT_USAGE
         results = runner.run_grid(specs, out, jobs=args.jobs, backend=args.backend, ray_address=args.ray_address,
-                                  retry_failed=args.retry_failed, progress=not args.no_progress)
+                                  retry_failed=args.retry_failed, progress=not args.no_progress,
+                                  gpus_per_run=args.gpus_per_run)
     except runner.MissingBackend as e:
         _err(str(e))
         return EXIT_MISSING
+    except ValueError as e:  # settings only checkable once running (the Ray cluster's GPUs, torchrun's world)
+        _err(str(e))
+        return EXIT_USAGE
     except KeyboardInterrupt:
         _err(f"interrupted; rerun the same command to resume (finished runs in {out} are kept)")
         return EXIT_INTERRUPTED
@@ -200,6 +207,14 @@ def cmd_ablate(args) -> int:
     failed = [r for r in results if r.get("status") != "completed"]
     print(f"\n{len(results) - len(failed)}/{len(results)} run(s) completed; results in {out}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _gpus_per_run(text: str) -> float:
+    from .backends.ray_backend import check_gpus_per_run
+    try:
+        return check_gpus_per_run(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1] or a whole number of GPUs, got {text!r}")
 
 
 def _finish_distributed():
@@ -297,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "worker per core on the CPU, 1 on a GPU (use 4-8 there for small models)")
     q.add_argument("--backend", choices=("local", "ray"), default="local")
     q.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local one)")
+    q.add_argument("--gpus-per-run", type=_gpus_per_run, default=None, metavar="G",
+                   help="with --backend ray: GPUs per run, a fraction such as 0.25 packs small runs 4 to a GPU "
+                        "(default: 1/--jobs on a cluster with GPUs)")
     q.add_argument("--seeds", default=None, help="override the seeds, e.g. 0,1,2 or 0-4")
     q.add_argument("--filter", action="append", metavar="KEY=VALUE",
                    help="only runs whose config has KEY=VALUE (dotted, e.g. model.mixer=cauchy; alternatives "

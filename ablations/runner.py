@@ -34,7 +34,7 @@ import torch
 from .config import RunConfig, StageConfig, canonical_json, config_to_dict, run_config_from_dict
 from .grid import RunSpec, run_id as compute_run_id
 from .trainer import (MetricsLog, NonFiniteError, TrainingFailed, atomic_write_json, autocast_dtype, dist_info,
-                      resolve_device, seed_everything, stage_seed, train_stage)
+                      init_distributed, resolve_device, seed_everything, stage_seed, train_stage)
 
 FINISHED = ("completed", "failed")
 
@@ -223,10 +223,10 @@ def _try_lock(run_dir: Path):
 
 def _execute(cfg, rid, run_dir, world, rank, local_rank, main, progress, callbacks) -> dict:
     device = resolve_device(cfg.device, local_rank if world > 1 else None)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device)  # before the NCCL group, so its communicator binds this GPU
+    if world > 1:
+        init_distributed(device)
     if main:
         atomic_write_json(run_dir / "config.json", {
             "run_id": rid, "seed": cfg.seed, "config": config_to_dict(cfg), "versions": versions(),
@@ -385,10 +385,10 @@ def _run_in_worker(cfg_dict: dict, out_dir: str, retry_failed: bool) -> dict:
 
 def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str = "local", ray_address=None,
              retry_failed: bool = False, progress: bool = True, ray_init_kwargs: dict | None = None,
-             echo=print) -> list[dict]:
+             echo=print, gpus_per_run: float | None = None) -> list[dict]:
     """Run every spec (skipping finished ones), print one line per finished run, return the summaries
     in the order of ``specs``. ``jobs``: concurrent runs (worker processes, or Ray tasks sharing a GPU),
-    or ``"auto"`` (see :func:`resolve_jobs`)."""
+    or ``"auto"`` (see :func:`resolve_jobs`). ``gpus_per_run``: Ray only, see :mod:`ablations.backends.ray_backend`."""
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be one of local, ray; got {backend!r}")
     out_dir = Path(out_dir).resolve()
@@ -429,7 +429,7 @@ def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str
         _warm_tasks(todo)
     try:
         if backend == "ray":
-            _run_ray(todo, out_dir, jobs, ray_address, retry_failed, ray_init_kwargs or {}, done)
+            _run_ray(todo, out_dir, jobs, ray_address, retry_failed, ray_init_kwargs or {}, done, gpus_per_run)
         elif jobs == 1 or len(todo) <= 1:
             for s in todo:
                 done(execute_run(s.config, out_dir, retry_failed=retry_failed, progress=progress))
@@ -497,32 +497,7 @@ def _crashed(spec: RunSpec, out_dir, reason: str) -> dict:
             "sequence_aligned": spec.config.model.sequence_aligned, "stages": {}, "wall_s": 0.0}
 
 
-def _run_ray(todo, out_dir, jobs, ray_address, retry_failed, init_kwargs, done):
-    try:
-        import ray
-    except ImportError:
-        raise MissingBackend("--backend ray needs the ray package (pip install 'mixerzoo[ray]')") from None
-    started = False
-    if not ray.is_initialized():
-        kwargs = {"include_dashboard": False, "log_to_driver": False, **init_kwargs}
-        if ray_address:
-            kwargs["address"] = ray_address
-        ray.init(**kwargs)
-        started = True
-    try:
-        gpus = float(ray.cluster_resources().get("GPU", 0))
-        # --jobs runs share one GPU: each asks for 1/jobs of it; without GPUs one CPU per run.
-        opts = {"num_cpus": 1, "num_gpus": (1.0 / jobs if gpus else 0), "max_retries": 0}
-        remote = ray.remote(**opts)(_run_in_worker)
-        refs = {remote.remote(config_to_dict(s.config), str(out_dir), retry_failed): s for s in todo}
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            s = refs[ready[0]]
-            try:
-                done(ray.get(ready[0]))
-            except ray.exceptions.RayError as e:
-                done(_crashed(s, out_dir, f"ray task failed: {type(e).__name__}: {str(e).splitlines()[0]}"))
-    finally:
-        if started:
-            ray.shutdown()
+def _run_ray(todo, out_dir, jobs, ray_address, retry_failed, init_kwargs, done, gpus_per_run=None):
+    from .backends.ray_backend import run_ray
+    run_ray(todo, out_dir, jobs=jobs, worker=_run_in_worker, crashed=_crashed, done=done, ray_address=ray_address,
+            retry_failed=retry_failed, init_kwargs=init_kwargs, gpus_per_run=gpus_per_run)

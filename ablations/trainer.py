@@ -24,9 +24,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import OptimConfig, StageConfig
-from .tasks.base import IGNORE_INDEX
+from .tasks.base import IGNORE_INDEX, Task
 
 
 class TrainingFailed(RuntimeError):
@@ -237,9 +238,59 @@ def shard_batch(batch: dict, rank: int, world: int) -> dict:
     return {k: v[rank * n:(rank + 1) * n] for k, v in batch.items()}
 
 
+# NVLink multicast (NVLS) can take a host's GPUs out of service when it misbehaves, and the shared GPU
+# hosts this library is run on keep it off. A value the user set is passed on unchanged.
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def multicast_off_env(environ=None) -> dict:
+    """The variables that keep NVLink multicast off: ``environ``'s value where set, else the "off" value of
+    :data:`MULTICAST_OFF`."""
+    environ = os.environ if environ is None else environ
+    return {k: environ.get(k, v) for k, v in MULTICAST_OFF.items()}
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the torchrun process group (NCCL on CUDA, gloo on the CPU) unless already joined, with
+    NVLink multicast off where the environment does not say otherwise (NCCL reads it at communicator
+    creation)."""
+    for k, v in multicast_off_env().items():
+        os.environ.setdefault(k, v)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def _distributed() -> bool:
+    return dist_info()[0] > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _collective_device(device: torch.device) -> torch.device:
+    """Where a tensor must live for a collective: NCCL reduces CUDA tensors, gloo CPU tensors."""
+    return device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+
+
 def _unwrap(model):
     return model.module if hasattr(model, "module") and isinstance(
         model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _scored_items(task, batch: dict) -> int:
+    """What a task's mean loss averages over: scored positions (token tasks), sequences (sequence tasks)."""
+    if task.kind == "token":
+        return int((batch["labels"] != IGNORE_INDEX).sum())
+    return int(batch["labels"].shape[0])
+
+
+def _throughput_row(rate: float, distributed: bool, device: torch.device) -> dict:
+    """``tokens_per_s`` (all processes together) and, under DDP, ``tokens_per_s_rank`` (one per rank,
+    gathered to every rank; the log is written by rank 0)."""
+    if not distributed:
+        return {"tokens_per_s": rate}
+    t = torch.zeros(dist_info()[0], dtype=torch.float64, device=_collective_device(device))
+    t[dist_info()[1]] = rate
+    torch.distributed.all_reduce(t)
+    per_rank = t.tolist()
+    return {"tokens_per_s": sum(per_rank), "tokens_per_s_rank": per_rank}
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -275,6 +326,10 @@ def evaluate(model, task, splits: Iterable[str], batch_size: int, device: torch.
         with ctx:
             return model(batch["input_ids"], batch["attention_mask"])
 
+    # Under DDP each process evaluates its share of the batches (sharded_evaluate); a task that defines its
+    # own evaluate() is run whole on every process, since only it knows how to combine its parts.
+    world, rank, _ = dist_info()
+    shard = _distributed() and type(task).evaluate is Task.evaluate
     for split in splits:
         if fixed_length is not None:
             first = next(iter(task.eval_batches(split, batch_size)), None)
@@ -282,9 +337,80 @@ def evaluate(model, task, splits: Iterable[str], batch_size: int, device: torch.
                 out[split] = {"not_extendable": True}
                 continue
         with torch.no_grad():
-            out[split] = task.evaluate(predict, split, batch_size)
+            if shard:
+                out[split] = sharded_evaluate(task, predict, split, batch_size, rank, world,
+                                              _collective_device(device))
+            else:
+                out[split] = task.evaluate(predict, split, batch_size)
     model.train()
     return out
+
+
+@torch.no_grad()
+def sharded_evaluate(task, predict: Callable[[dict], torch.Tensor], split: str, batch_size: int, rank: int,
+                     world: int, comm_device: torch.device) -> dict[str, float]:
+    """:meth:`Task.evaluate` spread over the ``world`` processes of a process group: the same metrics.
+
+    Batch ``i`` of the split (the task's own batching, its last batch possibly short) is predicted by
+    rank ``i % world`` only, so every example is evaluated exactly once whatever the remainder; a rank
+    may get one batch more than another, or none. Every rank walks the split's batches (to know their
+    number and sizes) but runs the model on its own ones only.
+
+    Combining (every rank gets the result): token tasks all-reduce, per batch, the cross-entropy sum,
+    the number of correct predictions and the number of scored positions, then add them up in batch
+    order; sequence tasks all-reduce the logits into their rows of the whole split's ``(n, C)`` matrix
+    (each row has one non-zero contributor, so the sum is exact) and call ``compute_metrics`` on it. The
+    per-batch numbers are those of a single process, and they are combined in the same order, so the
+    result is the single-process one (tested on CPU with gloo).
+
+    ``comm_device``: where the collectives' tensors live (the GPU for NCCL, the CPU for gloo).
+    """
+    if split not in task.eval_splits:
+        raise ValueError(f"split must be one of {task.eval_splits} for task {task.name!r}, got {split!r}")
+    token = task.kind == "token"
+    stats, labels_all, mine = [], [], {}
+    for i, batch in enumerate(task.eval_batches(split, batch_size)):
+        own = i % world == rank
+        if token:
+            row = [0.0, 0.0, 0.0]
+            if own:
+                logits = predict(batch).float()
+                labels = batch["labels"].to(logits.device)
+                keep = labels != IGNORE_INDEX
+                logits, labels = logits[keep], labels[keep]
+                row = [float(F.cross_entropy(logits, labels, reduction="sum")),
+                       float(int((logits.argmax(-1) == labels).sum())), float(int(keep.sum()))]
+            stats.append(row)
+        else:
+            labels_all.append(batch["labels"].cpu())
+            if own:
+                mine[i] = predict(batch).float()
+    if token:
+        t = torch.tensor(stats, dtype=torch.float64, device=comm_device).reshape(-1, 3)
+        torch.distributed.all_reduce(t)
+        loss_sum, correct, count = 0.0, 0, 0
+        for b_loss, b_correct, b_count in t.tolist():   # in batch order, as Task.evaluate adds them
+            loss_sum += b_loss
+            correct += int(b_correct)
+            count += int(b_count)
+        if count == 0:
+            raise ValueError(f"split {split!r} of task {task.name!r} has no scored positions")
+        return task.token_metrics(loss_sum / count, correct / count)
+    if not labels_all:
+        raise ValueError(f"split {split!r} of task {task.name!r} is empty")
+    sizes = [len(lab) for lab in labels_all]
+    starts = [0]
+    for n in sizes:
+        starts.append(starts[-1] + n)
+    width = task.num_labels
+    full = torch.zeros(starts[-1], width, dtype=torch.float32, device=comm_device)
+    for i, logits in mine.items():
+        if logits.shape != (sizes[i], width):
+            raise ValueError(f"sequence task {task.name!r}: the model returned logits of shape "
+                             f"{tuple(logits.shape)} for a batch of {sizes[i]}; expected ({sizes[i]}, {width})")
+        full[starts[i]:starts[i + 1]] = logits.to(comm_device)
+    torch.distributed.all_reduce(full)
+    return task.compute_metrics(full.cpu(), torch.cat(labels_all))
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -298,7 +424,8 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
     model: ``forward(input_ids (B, L), attention_mask (B, L)) -> logits`` (token tasks (B, L, V),
     sequence tasks (B, num_labels)), already on ``device``. Under torchrun (``WORLD_SIZE > 1`` and an
     initialized process group) it is wrapped in DistributedDataParallel and each process trains on its
-    shard of every batch; only rank 0 writes the log and checkpoints.
+    shard of every batch, its loss weighted so that the gradient is the whole batch's; evaluation is
+    sharded (:func:`sharded_evaluate`); only rank 0 writes the log and checkpoints, every rank loads them.
 
     Resume: when ``ckpt_path`` holds a checkpoint of this stage, training continues from its step
     (a finished stage returns its recorded metrics after loading its weights). Checkpoints are
@@ -314,7 +441,7 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
     name = stage.stage_name
     log = log or MetricsLog(os.devnull, enabled=False)
     world, rank, _ = dist_info()
-    distributed = world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    distributed = _distributed()
     amp_dtype = autocast_dtype(precision, device)
     splits = list(stage.eval_splits) if stage.eval_splits else list(task.eval_splits)
     for s in splits:
@@ -339,6 +466,8 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
 
     train_model = model
     if distributed:
+        # Every rank has read the checkpoint before rank 0 may replace it (rank 0 alone writes them).
+        torch.distributed.barrier()
         kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
         train_model = torch.nn.parallel.DistributedDataParallel(model, **kw)
 
@@ -368,6 +497,9 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
     first_bad_loss = torch.full((), -1, dtype=torch.int64, device=device)
     first_bad_grad = torch.full((), -1, dtype=torch.int64, device=device)
     loss_n, t0 = 0, time.perf_counter()
+    # Throughput: this rank's real (unpadded) tokens over the training time between log rows; evaluation and
+    # checkpoint time is left out, so that runs with different eval/checkpoint settings compare.
+    tokens, span_t0, paused = 0, time.perf_counter(), 0.0
     selected_only = task.kind == "token" and getattr(model, "predicts_selected", False)
 
     def raise_if_nonfinite():
@@ -379,8 +511,19 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
 
     for step in range(start, stage.steps):
         batch = task.train_batch(step, stage.batch_size, data_seed)
+        weight = 1.0
         if distributed:
+            # Random draws in the step (dropout): every rank from its own stream, as one process draws different
+            # masks for the two halves of a batch, and a function of the step, so that a run resumed from a
+            # checkpoint (which holds rank 0's RNG state only) draws the same masks on every rank.
+            torch.manual_seed(stage_seed(seed, name, f"step {step} rank {rank}"))
+            whole = batch
             batch = shard_batch(batch, rank, world)
+            # DDP averages the ranks' gradients. Weighting each rank's mean loss by its share of the batch's
+            # scored items makes that average the gradient of the whole batch's mean loss, also when the
+            # shards score different numbers of tokens (masked LM draws its masks per sequence).
+            weight = world * _scored_items(task, batch) / max(1, _scored_items(task, whole))
+        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         batch = _to_device(batch, device)
         with ctx():
             if selected_only:
@@ -392,6 +535,10 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
             else:
                 logits = train_model(batch["input_ids"], batch["attention_mask"])
                 loss = task.loss(logits, batch)
+            if weight == 0.0:  # a shard with nothing scored: its mean is NaN; it adds zero to the gradient
+                loss = logits.float().sum() * 0.0
+            elif weight != 1.0:
+                loss = loss * weight
         finite = torch.isfinite(loss.detach()).to(torch.float32)
         if distributed:  # every rank sees the same flags, so all of them stop at the same check
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
@@ -411,11 +558,19 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
         if logging_now or evaluating or saving or bar is not None or callbacks:
             raise_if_nonfinite()
         if logging_now:
-            log.append({"stage": name, "step": done_steps, "train_loss": float(loss_sum) / loss_n,
+            if distributed:  # the whole batch's loss: the mean of the ranks' weighted losses
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= world
+            train_loss = float(loss_sum) / loss_n   # waits for the device, so the clock below is honest
+            now = time.perf_counter()
+            rate = _throughput_row(tokens / max(now - span_t0 - paused, 1e-9), distributed, device)
+            log.append({"stage": name, "step": done_steps, "train_loss": train_loss,
                         "lr": opt.param_groups[0]["lr"], "grad_norm": float(grad_norm),
-                        "time_s": time.perf_counter() - t0, **_memory_row(device)})
+                        "time_s": now - t0, **rate, **_memory_row(device)})
             loss_sum.zero_()
             loss_n = 0
+            tokens, span_t0, paused = 0, time.perf_counter(), 0.0
+        pause_t0 = time.perf_counter()
         if evaluating:
             metrics = evaluate(model, task, splits, stage.eval_batch_size, device, amp_dtype, fixed_length)
             for split, m in metrics.items():
@@ -424,6 +579,10 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
             save(done_steps, done=False)
             if distributed:
                 torch.distributed.barrier()
+        if evaluating or saving:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            paused += time.perf_counter() - pause_t0
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)

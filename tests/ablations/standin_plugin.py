@@ -3,6 +3,8 @@ the mixers or the text tasks. Imported through ``RunConfig.plugins`` (``standin_
 ``model.builder`` (``standin_plugin:build``); worker processes find it through PYTHONPATH."""
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 
@@ -30,10 +32,14 @@ class TinyEncoder(nn.Module):
 
 class StandIn(nn.Module):
     """forward(input_ids, attention_mask) -> logits; ``poison_step``: forward returns NaN from the
-    training call with that index on (to exercise the non-finite guard)."""
+    training call with that index on (to exercise the non-finite guard); ``exit_at_call``: the process
+    ends at once (``os._exit``, as if killed) at that training call, once: it creates ``exit_marker``
+    first and does not exit when the marker exists."""
 
-    def __init__(self, vocab, d, max_len, kind, num_labels, poison_step=None, dropout=0.1):
+    def __init__(self, vocab, d, max_len, kind, num_labels, poison_step=None, dropout=0.1, exit_at_call=None,
+                 exit_marker=None):
         super().__init__()
+        self.exit_at_call, self.exit_marker = exit_at_call, exit_marker
         self.encoder = TinyEncoder(vocab, d, max_len, dropout)
         self.head = nn.Linear(d, num_labels)
         self.kind = kind
@@ -52,6 +58,9 @@ class StandIn(nn.Module):
             self.calls += 1
             if self.poison_step is not None and self.calls >= self.poison_step:
                 out = out * float("nan")
+            if self.exit_at_call == self.calls and not os.path.exists(self.exit_marker):
+                open(self.exit_marker, "w").close()
+                os._exit(19)
         return out
 
     def num_parameters(self):
@@ -60,13 +69,16 @@ class StandIn(nn.Module):
 
 def build(model_cfg, task, stage, max_seq_len):
     return StandIn(task.vocab_size, model_cfg.d_model, max_seq_len, task.kind, task.num_labels,
-                   poison_step=model_cfg.mixer_kwargs.get("poison_step"), dropout=model_cfg.dropout)
+                   poison_step=model_cfg.mixer_kwargs.get("poison_step"), dropout=model_cfg.dropout,
+                   exit_at_call=model_cfg.mixer_kwargs.get("exit_at_call"),
+                   exit_marker=model_cfg.mixer_kwargs.get("exit_marker"))
 
 
 class _Tiny(Task):
     vocab_size = VOCAB
 
-    def __init__(self, seq_len: int = 8, num_examples: int = 32, extrapolate: bool = False):
+    def __init__(self, seq_len: int = 8, num_examples: int = 32, extrapolate: bool = False, step_log=None):
+        self.step_log = step_log  # a file that gets "<pid> <step>" per training batch asked for
         self.seq_len = seq_len
         self.num_examples = num_examples
         self.eval_splits = ("val", "val_2x") if extrapolate else ("val",)
@@ -75,6 +87,9 @@ class _Tiny(Task):
         raise NotImplementedError
 
     def train_batch(self, step, batch_size, seed):
+        if self.step_log:
+            with open(self.step_log, "a") as f:
+                f.write(f"{os.getpid()} {step}\n")
         return self._make(generator_for(self.name, "train", seed, step), batch_size, self.seq_len)
 
     def eval_batches(self, split, batch_size):

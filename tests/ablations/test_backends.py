@@ -69,19 +69,64 @@ def test_interrupt_stops_worker_processes_at_once(tmp_path):
             lock.close()
 
 
-@pytest.mark.slow  # ~20 s: starting a local Ray instance dominates
-def test_ray_backend_on_a_local_instance(tmp_path):
+@pytest.mark.slow  # ~30 s: starting a local Ray instance dominates
+def test_ray_grid_survives_a_killed_run_and_packs_runs_on_a_gpu(tmp_path, monkeypatch):
+    # Three runs on a local Ray instance with one (pretend) GPU and two CPUs, half a GPU per run; the worker of
+    # run 1 dies mid-pretraining (os._exit, as if killed): Ray starts it again and it resumes from its checkpoint.
     ray = pytest.importorskip("ray")
-    sp = specs(2)
-    t0 = time.perf_counter()
-    res = runner.run_grid(sp, tmp_path, jobs=2, backend="ray", progress=False, echo=lambda *a: None,
-                          ray_init_kwargs={"num_cpus": 2, "include_dashboard": False,
-                                           "runtime_env": {"env_vars": {"PYTHONPATH": str(HERE)}}})
-    assert [r["status"] for r in res] == ["completed", "completed"]
-    for s in sp:
-        assert json.loads((tmp_path / s.run_id / "summary.json").read_text())["status"] == "completed"
-    assert not ray.is_initialized()                  # the backend shuts down the instance it started
-    print(f"ray backend: {time.perf_counter() - t0:.1f}s")
+    from ablations.backends.ray_backend import task_options
+    marker, steps = tmp_path / "killed.marker", tmp_path / "steps.log"
+    sp = specs(3)
+    killed_cfg = run_config_from_dict(standin_plugin.config(
+        seed=1, model={"mixer_kwargs": {"exit_at_call": 8, "exit_marker": str(marker)}},
+        pretrain={"options": {"step_log": str(steps)}}))
+    sp[1] = RunSpec(run_id=run_id(killed_cfg), config=killed_cfg, point={})
+    monkeypatch.setenv("NCCL_DEBUG", "WARN")
+    monkeypatch.delenv("NCCL_NVLS_ENABLE", raising=False)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}})
+    try:
+        t0 = time.perf_counter()
+        res = runner.run_grid(sp, tmp_path / "grid", backend="ray", gpus_per_run=0.5, progress=False,
+                              echo=lambda *a: None)
+        print(f"ray grid: {time.perf_counter() - t0:.1f}s")
+        assert [r["status"] for r in res] == ["completed"] * 3
+        for s in sp:
+            assert json.loads((tmp_path / "grid" / s.run_id / "summary.json").read_text())["status"] == "completed"
+        # the worker env: multicast off where the parent leaves it unset, the parent's NCCL settings passed on
+        probe = ray.remote(**task_options(1.0, 1, 0.5))(
+            lambda: {k: os.environ.get(k) for k in ("NCCL_NVLS_ENABLE", "NCCL_DEBUG", "NVSHMEM_DISABLE_NVLS")})
+        assert ray.get(probe.remote()) == {"NCCL_NVLS_ENABLE": "0", "NCCL_DEBUG": "WARN", "NVSHMEM_DISABLE_NVLS": "1"}
+    finally:
+        ray.shutdown()
+    assert marker.exists()                                   # the worker did die
+    by_pid = {}
+    for pid, step in (ln.split() for ln in steps.read_text().splitlines()):
+        by_pid.setdefault(pid, []).append(int(step))
+    first, second = by_pid.values()                          # two processes trained the pretraining stage
+    assert first == list(range(8)) and second == list(range(5, 12))   # resumed at its step-5 checkpoint
+    ref = runner.execute_run(killed_cfg, tmp_path / "ref")   # the marker exists now: no kill
+    assert res[1]["stages"]["standin_parity"]["metrics"] == ref["stages"]["standin_parity"]["metrics"]
+    assert res[1]["stages"]["standin_copy"]["metrics"] == ref["stages"]["standin_copy"]["metrics"]
+
+
+def test_ray_task_options():
+    from ablations.backends.ray_backend import task_options
+    assert task_options(0.0, 4)["num_gpus"] == 0.0                      # no GPUs: one CPU per run
+    assert task_options(8.0, 1)["num_gpus"] == 1.0                      # one run per GPU
+    assert task_options(8.0, 4)["num_gpus"] == 0.25                     # --jobs 4: four runs per GPU
+    assert task_options(8.0, 1, gpus_per_run=0.5)["num_gpus"] == 0.5
+    assert task_options(8.0, 1, gpus_per_run=2)["num_gpus"] == 2.0
+    assert task_options(8.0, 1)["max_retries"] >= 1
+    env = task_options(1.0, 1, environ={"NCCL_NVLS_ENABLE": "1", "HOME": "/x"})["runtime_env"]["env_vars"]
+    assert env == {"NCCL_NVLS_ENABLE": "1", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+    for bad in (0, -1, 1.5, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="gpus_per_run must be a fraction in"):
+            task_options(8.0, 1, gpus_per_run=bad)
+    with pytest.raises(ValueError, match="gpus_per_run is 2 but the Ray cluster has 1 GPU"):
+        task_options(1.0, 1, gpus_per_run=2)
+    with pytest.raises(ValueError, match="gpus_per_run is 0.5 but the Ray cluster has no GPUs"):
+        task_options(0.0, 1, gpus_per_run=0.5)
 
 
 def _free_port():
