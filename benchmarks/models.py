@@ -156,14 +156,14 @@ def measure(row, length, tokens, cfg, device, d_state=None, steps=5, warmup=2, c
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss
+        return loss.detach()
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         loss = step()
     sync()
-    if not math.isfinite(float(loss)):
-        raise RuntimeError(f"non-finite loss {float(loss)} in warm-up")
+    if not math.isfinite(loss.item()):
+        raise RuntimeError(f"non-finite loss {loss.item()} in warm-up")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []

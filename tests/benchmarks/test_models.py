@@ -1,0 +1,60 @@
+"""`mixerzoo bench models` on the CPU: tiny models, every cell measured or recorded with its failure."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import models
+
+
+def test_quick_run_measures_every_cell_and_writes_json_and_plot(tmp_path):
+    rc = models.main(["--quick", "--out", str(tmp_path), "--steps", "1",
+                      "--rows", "quasiseparable-sa,attention-sa,dense-fixed,bidir_concat-sa"])
+    assert rc == 0
+    data = json.loads((tmp_path / "models-cpu-quick.json").read_text())
+    assert (tmp_path / "models-cpu-quick.png").stat().st_size > 0
+    cells = data["cells"]
+    assert [(c["row"], c["L"]) for c in cells] == [(r, L) for r in ("quasiseparable-sa", "attention-sa", "dense-fixed",
+                                                                     "bidir_concat-sa") for L in (32, 64)]
+    for c in cells:
+        assert c["status"] == "ok" and c["tokens_per_s"] > 0 and c["batch"] == 256 // c["L"]
+    assert "| quasiseparable-sa |" in models.table(data)
+
+
+def test_a_failing_cell_is_recorded_and_the_rest_go_on(tmp_path, monkeypatch):
+    real = models.build
+
+    def build(row, length, cfg, d_state):
+        if row == "low_rank-sa" and length == 32:
+            raise RuntimeError("boom")
+        return real(row, length, cfg, d_state)
+
+    monkeypatch.setattr(models, "build", build)
+    rc = models.main(["--quick", "--out", str(tmp_path), "--steps", "1", "--rows", "low_rank-sa"])
+    assert rc == 1
+    cells = json.loads((tmp_path / "models-cpu-quick.json").read_text())["cells"]
+    assert cells[0]["status"] == "error" and "boom" in cells[0]["error"]
+    assert cells[1]["status"] == "ok"
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--rows", "nosuch-sa"], "unknown row"),
+    (["--rows", "dense-sa"], "supports only fixed"),
+    (["--lengths", "0"], "--lengths"),
+    (["--tokens", "0"], "--tokens"),
+    (["--headdim", "7"], "--headdim"),
+])
+def test_bad_arguments_are_one_line_usage_errors(argv, match, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        models.main(["--quick", "--out", str(tmp_path)] + argv)
+    assert e.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_peer_rows_need_their_packages(monkeypatch):
+    import importlib.util
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    rows, missing = models.rows_available(["bert-base", "paper-hydra", "toeplitz-sa"])
+    assert rows == ["toeplitz-sa"]
+    assert "transformers" in missing["bert-base"] and "paper" in missing["paper-hydra"]
