@@ -4,7 +4,8 @@ Layout of ``OUT/<run-id>/``:
 
 * ``config.json``  -- the resolved config, run id, seed, library versions, device (atomic write)
 * ``metrics.jsonl`` -- one JSON record per log/eval event (``stage``, ``step``, ...)
-* ``ckpt/<stage>.pt`` -- resumable checkpoints; a finished stage keeps its final weights only
+* ``ckpt/<stage>.safetensors`` -- resumable checkpoints, no pickle (``ablations.checkpoint``); a finished
+  stage keeps its final weights only
 * ``summary.json`` -- written last, atomically: ``status`` completed | failed (with ``reason``), the
   final metrics of every stage, the parameter count, the average; its presence marks the run finished
 * ``error.txt`` -- the traceback of an unexpected failure
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import SUFFIX as CKPT_SUFFIX
 from .config import RunConfig, StageConfig, canonical_json, config_to_dict, run_config_from_dict
 from .grid import RunSpec, run_id as compute_run_id
 from .trainer import (MetricsLog, NonFiniteError, TrainingFailed, atomic_write_json, autocast_dtype, dist_info,
@@ -268,8 +270,12 @@ def _execute(cfg, rid, run_dir, world, rank, local_rank, main, progress, callbac
                     raise TrainingFailed(f"stage {name!r}: the pretrained encoder does not fit this task's model "
                                          f"(vocab_size {task.vocab_size}? max_seq_len {max_len}?): {e}") from None
             fixed_len = None if cfg.model.sequence_aligned else max_len
+            legacy = run_dir / "ckpt" / f"{name}.pt"
+            if legacy.exists() and main:  # pickle: never loaded, since unpickling a received file can run code
+                print(f"mixerzoo: warning: {legacy} is a pickle checkpoint of an older version; it is not loaded "
+                      f"and stage {name!r} trains from its safetensors checkpoint or from scratch", file=sys.stderr)
             final = train_stage(model, task, stage, seed=cfg.seed, device=device, precision=cfg.precision,
-                                ckpt_path=run_dir / "ckpt" / f"{name}.pt", log=log,
+                                ckpt_path=run_dir / "ckpt" / f"{name}{CKPT_SUFFIX}", log=log,
                                 checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                                 fixed_length=fixed_len, callbacks=callbacks, progress=progress)
             if is_pretrain:

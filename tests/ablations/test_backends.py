@@ -11,6 +11,7 @@ import torch
 import standin_plugin
 from ablations import runner
 from ablations.config import run_config_from_dict
+from ablations.checkpoint import load_checkpoint
 from ablations.grid import RunSpec, run_id
 
 HERE = Path(__file__).parent
@@ -117,8 +118,8 @@ def test_ddp_two_process_gloo_matches_single_process(tmp_path):
     assert ddp["status"] == "completed"
     conf = json.loads((d / "config.json").read_text())
     assert conf["world_size"] == 2
-    a = torch.load(d / "ckpt" / "standin_parity.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "single" / run_id(c) / "ckpt" / "standin_parity.pt", weights_only=False)["model"]
+    a = load_checkpoint(d / "ckpt" / "standin_parity.safetensors")["model"]
+    b = load_checkpoint(tmp_path / "single" / run_id(c) / "ckpt" / "standin_parity.safetensors")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     rank1 = torch.load(tmp_path / "ddp" / "rank1_summary.pt", weights_only=False)
