@@ -151,6 +151,12 @@ def device_description(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
 
 
+def is_finished(summary: dict | None, retry_failed: bool = False) -> bool:
+    """Whether a run with this summary is done and skipped: completed, or failed and not retried."""
+    return summary is not None and (summary.get("status") == "completed"
+                                    or (summary.get("status") == "failed" and not retry_failed))
+
+
 def read_summary(run_dir) -> dict | None:
     p = Path(run_dir) / "summary.json"
     if not p.exists():
@@ -185,8 +191,7 @@ def execute_run(cfg: RunConfig | RunSpec, out_dir, *, retry_failed: bool = False
     world, rank, local_rank = dist_info()
     main = rank == 0
     prev = read_summary(run_dir)
-    if prev is not None and (prev.get("status") == "completed" or (prev.get("status") == "failed"
-                                                                    and not retry_failed)):
+    if is_finished(prev, retry_failed):
         return {**prev, "skipped": True}
     for mod in cfg.plugins:
         importlib.import_module(mod)
@@ -201,8 +206,7 @@ def execute_run(cfg: RunConfig | RunSpec, out_dir, *, retry_failed: bool = False
                     "wall_s": 0.0}
     try:
         prev = read_summary(run_dir)  # finished by another process between the first check and the lock?
-        if prev is not None and (prev.get("status") == "completed" or (prev.get("status") == "failed"
-                                                                        and not retry_failed)):
+        if is_finished(prev, retry_failed):
             return {**prev, "skipped": True}
         return _execute(cfg, rid, run_dir, world, rank, local_rank, main, progress, callbacks)
     finally:
@@ -410,8 +414,7 @@ def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str
     todo = []
     for s in specs:
         prev = read_summary(out_dir / s.run_id)
-        if prev is not None and (prev.get("status") == "completed" or (prev.get("status") == "failed"
-                                                                        and not retry_failed)):
+        if is_finished(prev, retry_failed):
             results[s.run_id] = {**prev, "skipped": True}
             echo(one_line(results[s.run_id]))
         else:
@@ -467,40 +470,127 @@ def _warm_tasks(todo) -> None:
                 pass
 
 
+def _worker_main(conn, threads: int, cfg_dict: dict, out_dir: str, retry_failed: bool) -> None:
+    """Entry point of a worker process: one run, its summary sent back over ``conn``."""
+    _worker_init(threads)
+    try:
+        result = {"summary": _run_in_worker(cfg_dict, out_dir, retry_failed)}
+    except (KeyboardInterrupt, SystemExit):
+        result = {"interrupted": True}  # Ctrl-C reaches the workers too: the run stays resumable
+    except BaseException as e:  # noqa: BLE001 - reported by the parent as this run's failure
+        result = {"error": f"{type(e).__name__}: {e}"}
+    conn.send(result)
+    conn.close()
+
+
+def _oom_kills() -> int | None:
+    """The kernel's OOM-kill count of this cgroup (cgroup v2 ``memory.events``), None where unreadable."""
+    try:
+        rel = next((ln.split("::", 1)[1] for ln in Path("/proc/self/cgroup").read_text().splitlines()
+                    if ln.startswith("0::")), "/").strip().lstrip("/")
+        for line in (Path("/sys/fs/cgroup") / rel / "memory.events").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def death_cause(exitcode: int | None, oom_before: int | None = None, oom_after: int | None = None) -> str:
+    """Why a worker process ended without a result: the signal by name, or the exit code; OOM when the
+    cgroup's OOM-kill count rose meanwhile (the kernel's OOM killer sends SIGKILL)."""
+    import signal
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        cause = f"killed by {name}"
+        if oom_before is not None and oom_after is not None and oom_after > oom_before:
+            cause += " (out of memory: the kernel's OOM killer)"
+        elif -exitcode == signal.SIGKILL:
+            cause += " (the OOM killer sends this when memory runs out)"
+        return cause
+    return f"exited with code {exitcode} before reporting a result"
+
+
 def _run_pool(todo, out_dir, jobs, retry_failed, done):
-    import concurrent.futures as cf
+    """Run ``todo`` in up to ``jobs`` worker processes, one fresh process per run.
+
+    One process per run: a fatal CUDA error (an illegal memory access, say) leaves a process's CUDA
+    context unusable, and a worker that dies (the OOM killer's SIGKILL) takes only its own run with it:
+    that run is recorded as failed with the cause and the next run starts in a new process. (A
+    ``ProcessPoolExecutor`` cannot do this: one dead worker breaks the pool and every pending run.)
+    """
     import multiprocessing as mp
+    from multiprocessing.connection import wait
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = mp.get_context("spawn")  # fork after torch/CUDA initialization is unsafe
-    # One run per worker process: a fatal CUDA error (an illegal memory access, say) leaves the process's
-    # CUDA context unusable, and a reused worker would fail every run it took afterwards. A fresh process
-    # costs seconds against minutes of training. (max_tasks_per_child exists from Python 3.11.)
-    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                                initargs=(threads,), **fresh) as pool:
-        futs = {pool.submit(_run_in_worker, config_to_dict(s.config), str(out_dir), retry_failed): s for s in todo}
-        try:
-            for fut in cf.as_completed(futs):
-                s = futs[fut]
-                try:
-                    done(fut.result())
-                except cf.process.BrokenProcessPool as e:  # a worker died (e.g. killed by the OOM killer)
-                    done(_crashed(s, out_dir, f"worker process died: {e}"))
-        except KeyboardInterrupt:
-            # Stop now: the executor would otherwise finish the runs already handed to its call queue
-            # (minutes each at lab scale) before exiting. A killed run resumes from its last checkpoint
-            # (files are written atomically; its lock dies with the process).
-            # ProcessPoolExecutor has no public terminate() before Python 3.14 (terminate_workers).
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+    queue = list(todo)
+    running: dict = {}  # process sentinel -> [process, reader, spec, OOM-kill count at start, result]
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                s = queue.pop(0)
+                reader, writer = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker_main, name=f"mixerzoo-{s.run_id}",
+                                   args=(writer, threads, config_to_dict(s.config), str(out_dir), retry_failed))
+                proc.start()
+                writer.close()
+                running[proc.sentinel] = [proc, reader, s, _oom_kills(), None]
+            readers = {e[1]: e for e in running.values() if e[4] is None}
+            for ready in wait(list(running) + list(readers)):
+                if ready in readers:
+                    entry = readers[ready]
+                    try:
+                        entry[4] = ready.recv()
+                    except (EOFError, OSError):
+                        entry[4] = {}
+                    continue
+                proc, reader, s, oom_before, result = running.pop(ready)
+                proc.join()
+                if result is None and reader.poll():
+                    try:
+                        result = reader.recv()
+                    except (EOFError, OSError):
+                        result = None
+                reader.close()
+                if result and "summary" in result:
+                    done(result["summary"])
+                elif result and "interrupted" in result:
+                    done(_crashed(s, out_dir, "worker process interrupted; rerun to resume", persist=False))
+                elif result and "error" in result:
+                    done(_crashed(s, out_dir, f"worker process failed: {result['error']}"))
+                else:
+                    import signal
+                    stopped = proc.exitcode in (-signal.SIGINT, -signal.SIGTERM)  # asked to stop: resumable
+                    done(_crashed(s, out_dir, f"worker process {death_cause(proc.exitcode, oom_before, _oom_kills())}",
+                                  persist=not stopped))
+    finally:
+        # Ctrl-C or an error here: stop the workers now. A killed run resumes from its last checkpoint
+        # (files are written atomically; its lock dies with the process).
+        for proc, *_ in running.values():
+            if proc.is_alive():
                 proc.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        for proc, *_ in running.values():
+            proc.join(timeout=10)
 
 
-def _crashed(spec: RunSpec, out_dir, reason: str) -> dict:
-    """Summary for a run whose worker died without writing one; not written to disk, so a rerun retries."""
-    return {"run_id": spec.run_id, "status": "failed", "reason": reason, "mixer": spec.config.model.mixer,
-            "sequence_aligned": spec.config.model.sequence_aligned, "stages": {}, "wall_s": 0.0}
+def _crashed(spec: RunSpec, out_dir, reason: str, persist: bool = True) -> dict:
+    """Summary of a run whose worker ended without writing one. With ``persist`` it is written to disk as
+    failed (so the report shows it; ``--retry-failed`` resumes it from its last checkpoint), unless another
+    process has written a summary meanwhile."""
+    summary = {"run_id": spec.run_id, "seed": spec.config.seed, "status": "failed", "reason": reason,
+               "mixer": spec.config.model.mixer, "sequence_aligned": spec.config.model.sequence_aligned,
+               "labels": dict(spec.config.labels), "stages": {}, "params": None, "average": None, "wall_s": 0.0,
+               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    run_dir = Path(out_dir) / spec.run_id
+    try:
+        if persist and run_dir.is_dir() and read_summary(run_dir) is None:
+            atomic_write_json(run_dir / "summary.json", summary)
+    except OSError:
+        pass
+    return summary
 
 
 def _run_ray(todo, out_dir, jobs, ray_address, retry_failed, init_kwargs, done):

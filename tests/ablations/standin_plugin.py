@@ -32,12 +32,13 @@ class StandIn(nn.Module):
     """forward(input_ids, attention_mask) -> logits; ``poison_step``: forward returns NaN from the
     training call with that index on (to exercise the non-finite guard)."""
 
-    def __init__(self, vocab, d, max_len, kind, num_labels, poison_step=None, dropout=0.1):
+    def __init__(self, vocab, d, max_len, kind, num_labels, poison_step=None, dropout=0.1, kill_step=None):
         super().__init__()
         self.encoder = TinyEncoder(vocab, d, max_len, dropout)
         self.head = nn.Linear(d, num_labels)
         self.kind = kind
         self.poison_step = poison_step
+        self.kill_step = kill_step
         self.calls = 0
 
     def forward(self, input_ids, attention_mask=None):
@@ -50,6 +51,10 @@ class StandIn(nn.Module):
         out = self.head(h)
         if self.training:
             self.calls += 1
+            if self.kill_step is not None and self.calls >= self.kill_step:  # as the OOM killer would
+                import os
+                import signal
+                os.kill(os.getpid(), signal.SIGKILL)
             if self.poison_step is not None and self.calls >= self.poison_step:
                 out = out * float("nan")
         return out
@@ -60,7 +65,8 @@ class StandIn(nn.Module):
 
 def build(model_cfg, task, stage, max_seq_len):
     return StandIn(task.vocab_size, model_cfg.d_model, max_seq_len, task.kind, task.num_labels,
-                   poison_step=model_cfg.mixer_kwargs.get("poison_step"), dropout=model_cfg.dropout)
+                   poison_step=model_cfg.mixer_kwargs.get("poison_step"), dropout=model_cfg.dropout,
+                   kill_step=model_cfg.mixer_kwargs.get("kill_step"))
 
 
 class _Tiny(Task):
