@@ -160,7 +160,8 @@ def cmd_ablate(args) -> int:
     out = args.out or f"runs/{specs[0].config.labels['grid']}-{specs[0].config.labels['scale']}"
     try:
         results = runner.run_grid(specs, out, jobs=args.jobs, backend=args.backend, ray_address=args.ray_address,
-                                  retry_failed=args.retry_failed, progress=not args.no_progress)
+                                  retry_failed=args.retry_failed, progress=not args.no_progress,
+                                  rerun_stale=args.rerun_stale)
     except runner.MissingBackend as e:
         _err(str(e))
         return EXIT_MISSING
@@ -209,7 +210,9 @@ def cmd_report(args) -> int:
     if args.plots:
         written += report.write_plots(args.dir)
     print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    return EXIT_OK
+    for path in df.attrs.get("unreadable", []):
+        _err(f"unreadable summary (not valid JSON or missing keys), counted as a failed run: {path}")
+    return EXIT_FAILED if df.attrs.get("unreadable") else EXIT_OK
 
 
 # ------------------------------------------------------------------------------------------ bench
@@ -286,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only runs whose config has KEY=VALUE (dotted, e.g. model.mixer=cauchy; alternatives "
                         "with |: model.mixer=cauchy|toeplitz); repeatable, all must hold")
     q.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+    q.add_argument("--rerun-stale", action="store_true",
+                   help="rerun finished runs made by other code (another source hash); their old files are "
+                        "kept in <run-id>/stale-<hash>/")
     q.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     q.add_argument("--no-report", action="store_true", help="do not print the table at the end")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -35,6 +35,7 @@ import torch
 from .checkpoint import SUFFIX as CKPT_SUFFIX
 from .config import RunConfig, StageConfig, canonical_json, config_to_dict, run_config_from_dict
 from .grid import RunSpec, run_id as compute_run_id
+from .provenance import fingerprint, made_by_other_code, source_hash
 from .trainer import (MetricsLog, NonFiniteError, TrainingFailed, atomic_write_json, autocast_dtype, dist_info,
                       resolve_device, seed_everything, stage_seed, train_stage)
 
@@ -129,20 +130,8 @@ def versions() -> dict:
 
 
 def _git_revision() -> str | None:
-    """``<commit>[+dirty]`` of the checkout the code runs from (None outside a git checkout): run ids hash
-    the config, not the code, so results record which code made them."""
-    import subprocess
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        if not head:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+    from .provenance import git_revision
+    return git_revision()
 
 
 def device_description(device: torch.device) -> str:
@@ -151,10 +140,12 @@ def device_description(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
 
 
-def is_finished(summary: dict | None, retry_failed: bool = False) -> bool:
-    """Whether a run with this summary is done and skipped: completed, or failed and not retried."""
-    return summary is not None and (summary.get("status") == "completed"
-                                    or (summary.get("status") == "failed" and not retry_failed))
+def is_finished(summary: dict | None, retry_failed: bool = False, rerun_stale: bool = False) -> bool:
+    """Whether a run with this summary is done and skipped: completed, or failed and not retried; with
+    ``rerun_stale``, not when it was made by other code (:func:`provenance.made_by_other_code`)."""
+    if summary is None or (rerun_stale and made_by_other_code(summary)):
+        return False
+    return summary.get("status") == "completed" or (summary.get("status") == "failed" and not retry_failed)
 
 
 def read_summary(run_dir) -> dict | None:
@@ -238,12 +229,12 @@ def _execute(cfg, rid, run_dir, world, rank, local_rank, main, progress, callbac
             "run_id": rid, "seed": cfg.seed, "config": config_to_dict(cfg), "versions": versions(),
             "device": device_description(device), "precision": str(autocast_dtype(cfg.precision, device)
                                                                    or "float32"),
-            "world_size": world, "argv": sys.argv})
+            "world_size": world, "argv": sys.argv, "code": fingerprint()})
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
     t0 = time.perf_counter()
     summary = {"run_id": rid, "seed": cfg.seed, "mixer": cfg.model.mixer,
                "sequence_aligned": cfg.model.sequence_aligned, "labels": dict(cfg.labels),
-               "device": device_description(device), "stages": {}, "params": None}
+               "device": device_description(device), "stages": {}, "params": None, "code": fingerprint()}
     status, reason = "completed", None
     try:
         pretrained = None
@@ -395,10 +386,15 @@ def _run_in_worker(cfg_dict: dict, out_dir: str, retry_failed: bool) -> dict:
 
 def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str = "local", ray_address=None,
              retry_failed: bool = False, progress: bool = True, ray_init_kwargs: dict | None = None,
-             echo=print) -> list[dict]:
+             echo=print, rerun_stale: bool = False, warn=None) -> list[dict]:
     """Run every spec (skipping finished ones), print one line per finished run, return the summaries
     in the order of ``specs``. ``jobs``: concurrent runs (worker processes, or Ray tasks sharing a GPU),
-    or ``"auto"`` (see :func:`resolve_jobs`)."""
+    or ``"auto"`` (see :func:`resolve_jobs`).
+
+    Finished runs made by other code (another source hash, :mod:`ablations.provenance`) are reused with
+    a warning (``warn``, default: stderr); ``rerun_stale`` moves their files into ``<run-id>/stale-<hash>/``
+    and runs them again."""
+    warn = warn or (lambda msg: print(f"mixerzoo: warning: {msg}", file=sys.stderr))
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be one of local, ray; got {backend!r}")
     out_dir = Path(out_dir).resolve()
@@ -412,13 +408,24 @@ def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str
         progress = progress and rank == 0
     results: dict[str, dict] = {}
     todo = []
+    stale = []
     for s in specs:
         prev = read_summary(out_dir / s.run_id)
+        if is_finished(prev, retry_failed) and made_by_other_code(prev) and rank == 0:
+            if rerun_stale and _set_aside(out_dir / s.run_id, prev):
+                prev = None
+            else:
+                stale.append((s.run_id, (prev.get("code") or {}).get("source_hash")))
         if is_finished(prev, retry_failed):
             results[s.run_id] = {**prev, "skipped": True}
             echo(one_line(results[s.run_id]))
         else:
             todo.append(s)
+    if stale:
+        rid, h = stale[0]
+        warn(f"{len(stale)} finished run(s) in {out_dir} were made by other code (e.g. {rid}: source hash "
+             f"{h or 'not recorded'}, this code {source_hash()}); they are reused as they are; --rerun-stale "
+             f"reruns them")
     jobs = resolve_jobs(jobs, todo) if todo else 1
     bar = None
     if progress and todo:
@@ -448,6 +455,27 @@ def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str
         if bar is not None:
             bar.close()
     return [results[s.run_id] for s in specs if s.run_id in results]
+
+
+def _set_aside(run_dir: Path, summary: dict) -> bool:
+    """Move a stale run's files into ``run_dir/stale-<source hash>/`` (kept, not deleted), so that it
+    trains again from scratch; False when another process holds the run's lock."""
+    lock = _try_lock(run_dir)
+    if lock is None:
+        return False
+    try:
+        dest = run_dir / f"stale-{(summary.get('code') or {}).get('source_hash') or 'unknown'}"
+        dest.mkdir(exist_ok=True)
+        for name in ("summary.json", "config.json", "metrics.jsonl", "error.txt", "ckpt"):
+            if (run_dir / name).exists():
+                target = dest / name
+                if target.exists():
+                    import shutil
+                    shutil.rmtree(target) if target.is_dir() else target.unlink()
+                os.replace(run_dir / name, target)
+        return True
+    finally:
+        lock.close()
 
 
 def _warm_tasks(todo) -> None:
@@ -583,6 +611,7 @@ def _crashed(spec: RunSpec, out_dir, reason: str, persist: bool = True) -> dict:
     summary = {"run_id": spec.run_id, "seed": spec.config.seed, "status": "failed", "reason": reason,
                "mixer": spec.config.model.mixer, "sequence_aligned": spec.config.model.sequence_aligned,
                "labels": dict(spec.config.labels), "stages": {}, "params": None, "average": None, "wall_s": 0.0,
+               "code": fingerprint(),
                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     run_dir = Path(out_dir) / spec.run_id
     try:
