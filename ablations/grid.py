@@ -158,6 +158,9 @@ def parse_grid(data, default_name: str = "grid", path: str | None = None) -> Gri
         if "seeds" in overlay:
             _check_seeds(overlay["seeds"], f"{where}: scales.{s}.seeds")
     default_scale = data.get("default_scale", next(iter(scales), "smoke"))
+    if not isinstance(default_scale, str):
+        raise ValueError(f"{where}: default_scale must be a scale name ({', '.join(scales or SCALES)}), "
+                         f"got {default_scale!r}")
     if scales and default_scale not in scales:
         raise ValueError(f"{where}: default_scale must be one of {', '.join(scales)}, got {default_scale!r}")
     reference = data.get("reference")
