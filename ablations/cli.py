@@ -206,6 +206,7 @@ def cmd_ablate(args) -> int:
         return EXIT_USAGE
     if args.out is not None and not args.out.strip():
         raise UsageError(f"--out must be a directory path, got {args.out!r}")
+    _warn_gpu_scale_on_cpu(specs)
     if args.dry_run:
         try:
             grid_mod.check_runnable(specs)
@@ -251,6 +252,20 @@ def cmd_ablate(args) -> int:
     failed = [r for r in results if r.get("status") != "completed"]
     print(f"\n{len(results) - len(failed)}/{len(results)} run(s) completed; results in {out}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _warn_gpu_scale_on_cpu(specs) -> None:
+    """The lab and paper scales are sized for GPUs; on a CPU they take hours to days."""
+    import torch
+    scale = specs[0].config.labels.get("scale")
+    if scale in ("smoke", None):
+        return
+    on_cpu = [s for s in specs if s.config.device == "cpu"
+              or (s.config.device == "auto" and not torch.cuda.is_available())]
+    if on_cpu:
+        _warn(f"--scale {scale} is sized for a GPU, but {len(on_cpu)} of {len(specs)} run(s) will train on the CPU "
+              f"(no CUDA device{'' if torch.cuda.is_available() else ' here'}); expect hours; --scale smoke is the "
+              f"CPU scale")
 
 
 def _finish_distributed():

@@ -30,6 +30,7 @@ DISPLAY = {"dense": "Dense", "toeplitz": "Toeplitz", "dft": "DFT", "vandermonde"
            "cauchy": "Cauchy", "low_rank": "Low-rank", "attention": "Attention",
            "quasiseparable": "Quasiseparable", "semiseparable": "Semiseparable (causal)",
            "bidir_add": "Add", "bidir_mult": "Mult", "bidir_concat": "Concat"}
+NOT_EVALUABLE = "n/e"  # table text for a split a fixed parameterization has no matrix for
 METRIC_SHORT = {"accuracy": "acc", "loss": "loss", "matthews": "MCC", "matthews_correlation": "MCC",
                 "pearson": "Pearson", "spearman": "Spearman", "f1": "F1"}
 
@@ -260,7 +261,7 @@ def _fmt_cell(df, i, col) -> str:
         if np.isnan(v):
             return "" if col.startswith(("Δ", "Paper Δ")) else "–"
         if np.isinf(v):
-            return "n/e"  # not extendable: a fixed parameterization has no matrix at this length
+            return NOT_EVALUABLE  # not extendable: a fixed parameterization has no matrix at this length
         txt = f"{v:+.1f}" if "Δ" in col else f"{v:.2f}" if "loss" in col else f"{v:.1f}"
         std = df.loc[i, f"{col} std"] if f"{col} std" in df.columns else np.nan
         if not pd.isna(std):
@@ -317,7 +318,13 @@ def format_table(df: pd.DataFrame, fmt: str = "md") -> str:
     """The table as Markdown (``md``), CSV (``csv``: numbers unformatted, std columns included) or
     LaTeX (``latex``: a booktabs tabular)."""
     if fmt == "csv":
-        return df.to_csv(index=False)
+        # "not evaluable" (a fixed parameterization at another length) is +inf in the DataFrame; a CSV says
+        # it in words, as the Markdown table does, instead of a number a spreadsheet would average.
+        out = df.copy()
+        for col in out.columns:
+            if pd.api.types.is_float_dtype(out[col]) and np.isinf(out[col].to_numpy()).any():
+                out[col] = [NOT_EVALUABLE if np.isinf(v) else v for v in out[col]]
+        return out.to_csv(index=False)
     cols = _display_columns(df)
     if fmt == "md":
         lines = ["| " + " | ".join(cols) + " |",

@@ -83,22 +83,53 @@ def num_parameters(model) -> int:
 
 
 _TASK_CACHE: dict[str, object] = {}
+# Tasks whose data could not be reached in this invocation: (exception type, message) per (task, options).
+# A GLUE stage offline spends ~25 s in the hub client's retries; every later run needing the same data fails
+# at once with the same message instead (one message per task and option set, not one per run).
+_TASK_FAILURES: dict[str, tuple[type, str]] = {}
+
+
+def _task_key(stage: StageConfig) -> str:
+    return canonical_json([stage.task, stage.options])
 
 
 def build_task(stage: StageConfig):
     """``ablations.tasks.build(stage.task, **stage.options)``, memoized per process: tasks are immutable
     (batches are pure functions of their arguments), and building a text task parses a corpus, so the
-    runs a worker executes share one instance per (task, options)."""
+    runs a worker executes share one instance per (task, options). Unreachable data is remembered too
+    (:data:`_TASK_FAILURES`): the first failure prints one warning, later builds fail at once."""
     from . import tasks
-    key = canonical_json([stage.task, stage.options])
+    key = _task_key(stage)
     if key not in _TASK_CACHE:
-        try:
-            _TASK_CACHE[key] = tasks.build(stage.task, **stage.options)
-        except _unavailable_errors() as e:
-            if stage.optional:
-                raise DataUnavailable(f"{type(e).__name__}: {e}") from None
-            raise
+        if key in _TASK_FAILURES:
+            kind, msg = _TASK_FAILURES[key]
+            err = _remade(kind, msg)
+        else:
+            try:
+                _TASK_CACHE[key] = tasks.build(stage.task, **stage.options)
+                return _TASK_CACHE[key]
+            except _unavailable_errors() as e:
+                msg = f"{e} (task {stage.task!r}, options {canonical_json(stage.options)})"
+                _TASK_FAILURES[key] = (type(e), msg)
+                print(f"mixerzoo: warning: data unavailable: {msg}; the runs of this invocation that need it "
+                      f"do not retry it", file=sys.stderr)
+                err = _remade(type(e), msg)
+        if stage.optional:
+            raise DataUnavailable(f"{type(err).__name__}: {err}") from None
+        raise err
     return _TASK_CACHE[key]
+
+
+def _remade(kind: type, msg: str) -> Exception:
+    try:
+        return kind(msg)
+    except Exception:  # noqa: BLE001 - an exception type with another constructor
+        return OSError(msg)
+
+
+def remember_failures(failures: dict) -> None:
+    """Seed :data:`_TASK_FAILURES` in a worker with what the parent found (``{key: (type, message)}``)."""
+    _TASK_FAILURES.update(failures or {})
 
 
 def resolve_jobs(jobs, specs) -> int:
@@ -379,7 +410,8 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_in_worker(cfg_dict: dict, out_dir: str, retry_failed: bool) -> dict:
+def _run_in_worker(cfg_dict: dict, out_dir: str, retry_failed: bool, failures: dict | None = None) -> dict:
+    remember_failures(failures)
     cfg = run_config_from_dict(cfg_dict)
     return execute_run(cfg, out_dir, retry_failed=retry_failed)
 
@@ -488,7 +520,7 @@ def _warm_tasks(todo) -> None:
         for mod in s.config.plugins:
             importlib.import_module(mod)
         for stage in ([s.config.pretrain] if s.config.pretrain is not None else []) + list(s.config.tasks):
-            key = canonical_json([stage.task, stage.options])
+            key = _task_key(stage)
             if key in seen:
                 continue
             seen.add(key)
@@ -498,11 +530,12 @@ def _warm_tasks(todo) -> None:
                 pass
 
 
-def _worker_main(conn, threads: int, cfg_dict: dict, out_dir: str, retry_failed: bool) -> None:
+def _worker_main(conn, threads: int, cfg_dict: dict, out_dir: str, retry_failed: bool,
+                 failures: dict | None = None) -> None:
     """Entry point of a worker process: one run, its summary sent back over ``conn``."""
     _worker_init(threads)
     try:
-        result = {"summary": _run_in_worker(cfg_dict, out_dir, retry_failed)}
+        result = {"summary": _run_in_worker(cfg_dict, out_dir, retry_failed, failures)}
     except (KeyboardInterrupt, SystemExit):
         result = {"interrupted": True}  # Ctrl-C reaches the workers too: the run stays resumable
     except BaseException as e:  # noqa: BLE001 - reported by the parent as this run's failure
@@ -562,7 +595,8 @@ def _run_pool(todo, out_dir, jobs, retry_failed, done):
                 s = queue.pop(0)
                 reader, writer = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_worker_main, name=f"mixerzoo-{s.run_id}",
-                                   args=(writer, threads, config_to_dict(s.config), str(out_dir), retry_failed))
+                                   args=(writer, threads, config_to_dict(s.config), str(out_dir), retry_failed,
+                                         dict(_TASK_FAILURES)))
                 proc.start()
                 writer.close()
                 running[proc.sentinel] = [proc, reader, s, _oom_kills(), None]
@@ -639,7 +673,8 @@ def _run_ray(todo, out_dir, jobs, ray_address, retry_failed, init_kwargs, done):
         # --jobs runs share one GPU: each asks for 1/jobs of it; without GPUs one CPU per run.
         opts = {"num_cpus": 1, "num_gpus": (1.0 / jobs if gpus else 0), "max_retries": 0}
         remote = ray.remote(**opts)(_run_in_worker)
-        refs = {remote.remote(config_to_dict(s.config), str(out_dir), retry_failed): s for s in todo}
+        refs = {remote.remote(config_to_dict(s.config), str(out_dir), retry_failed, dict(_TASK_FAILURES)): s
+                for s in todo}
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
