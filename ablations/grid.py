@@ -60,7 +60,7 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.point.items()) + f", seed={self.config.seed}"
+        return ", ".join([f"{k}={v}" for k, v in self.point.items()] + [f"seed={self.config.seed}"])
 
 
 @dataclass

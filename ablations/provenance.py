@@ -3,7 +3,7 @@
 A run id hashes the resolved config, not the code, so an edited mixer would silently reuse the runs of
 the old one. The fingerprint is ``{"version", "source_hash", "git"}``: the installed mixerzoo version,
 a SHA-256 over the sources of the four packages as imported (relative path and bytes of every ``.py``
-and ``.yaml`` file; so an editable install and a wheel of the same tree agree), and the git commit of the
+file; so an editable install and a wheel of the same tree agree), and the git commit of the
 checkout when there is one (``+dirty`` with uncommitted changes). Runs are compared on ``source_hash``.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 PACKAGES = ("ablations", "mixers", "structured", "kernels")
-SUFFIXES = (".py", ".yaml", ".yml", ".csv")
+SUFFIXES = (".py",)  # code only: grid files reach results through the config, which the run id hashes
 
 
 def _package_dirs() -> list[tuple[str, Path]]:
