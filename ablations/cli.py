@@ -8,6 +8,9 @@ Every subcommand has ``--help``. Exit codes (stable, for scripts):
 * 2  usage or specification error: bad arguments, an invalid grid or config (nothing was run)
 * 3  a required component is missing (mixers, a task's data, ray, a benchmark module)
 * 130 interrupted (Ctrl-C); rerunning ``ablate`` resumes where it stopped
+
+Errors are one line on stderr naming the argument, the value and what is allowed; ``--debug`` (anywhere
+before a benchmark's own options) shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ EXIT_CODES_HELP = """exit codes:
   1    the work ran but something failed (a structure check, a run, a benchmark)
   2    usage or specification error (bad arguments, invalid grid); nothing was run
   3    a required component is missing (mixers, ray, a benchmark module, ...)
-  130  interrupted; rerunning `mixerzoo ablate` resumes where it stopped"""
+  130  interrupted; rerunning `mixerzoo ablate` resumes where it stopped
+errors are one line on stderr; --debug shows the Python traceback"""
 
 SCALE_HELP = {
     "smoke": "CPU, minutes: tiny models, a few dozen steps; the whole table2 grid in <= 5 min on 2 cores",
