@@ -293,7 +293,9 @@ def _resume(ckpt_path: Path, model, opt, sched, device, stage_name: str, log: Me
     before_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
     before_rng = rng_state(device)
     try:
-        ck = load_checkpoint(ckpt_path, device)
+        # Read on the CPU: load_state_dict moves each tensor to its parameter's device, and an optimizer's
+        # step counts stay on the CPU unless it is fused or capturable, as torch's optimizers expect.
+        ck = load_checkpoint(ckpt_path)
         expected = model.state_dict()
         if set(ck["model"]) != set(expected):
             missing, extra = sorted(set(expected) - set(ck["model"])), sorted(set(ck["model"]) - set(expected))
