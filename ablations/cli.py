@@ -8,6 +8,9 @@ Every subcommand has ``--help``. Exit codes (stable, for scripts):
 * 2  usage or specification error: bad arguments, an invalid grid or config (nothing was run)
 * 3  a required component is missing (mixers, a task's data, ray, a benchmark module)
 * 130 interrupted (Ctrl-C); rerunning ``ablate`` resumes where it stopped
+
+Errors are one line on stderr naming the argument, the value and what is allowed; ``--debug`` (anywhere
+before a benchmark's own options) shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ EXIT_CODES_HELP = """exit codes:
   1    the work ran but something failed (a structure check, a run, a benchmark)
   2    usage or specification error (bad arguments, invalid grid); nothing was run
   3    a required component is missing (mixers, ray, a benchmark module, ...)
-  130  interrupted; rerunning `mixerzoo ablate` resumes where it stopped"""
+  130  interrupted; rerunning `mixerzoo ablate` resumes where it stopped
+errors are one line on stderr; --debug shows the Python traceback"""
 
 SCALE_HELP = {
     "smoke": "CPU, minutes: tiny models, a few dozen steps; checks the pipeline, not the paper",
@@ -38,6 +42,43 @@ BENCHES = ("models", "structured", "kernels", "blocks")
 
 def _err(msg: str) -> None:
     print(f"mixerzoo: error: {msg}", file=sys.stderr)
+
+
+def _warn(msg: str) -> None:
+    print(f"mixerzoo: warning: {msg}", file=sys.stderr)
+
+
+class UsageError(ValueError):
+    """A bad argument: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage stays behind ``--help``)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+MAX_CHECK_LENGTH = 1024  # check materializes L x L matrices and its order checks cost O(L^4)
+
+
+def _check_out_dir(out: str) -> "Path":
+    """``--out``: a directory that exists or can be created, and that this process can write."""
+    from pathlib import Path
+    if not out.strip():
+        raise UsageError(f"--out must be a directory path, got {out!r}")
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"--out {out!r} is a file; allowed: a directory (existing, or one to create)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-test.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--out {out!r} is not a writable directory ({e.strerror or e}); allowed: a directory "
+                         f"this user can write") from None
+    return p
 
 
 # ------------------------------------------------------------------------------------------ list
@@ -128,23 +169,38 @@ def cmd_check(args) -> int:
     names = structured.names() if args.name == "all" else [args.name]
     for n in names:
         if n not in structured.names():
-            _err(f"NAME: unknown structured class {n!r}; registered: {', '.join(structured.names())} (or 'all')")
-            return EXIT_USAGE
-    if args.length < 1:
-        _err(f"--length must be >= 1, got {args.length}")
-        return EXIT_USAGE
+            raise UsageError(f"NAME: unknown structured class {n!r}; registered: {', '.join(structured.names())} "
+                             f"(or 'all')")
+    if not 1 <= args.length <= MAX_CHECK_LENGTH:
+        raise UsageError(f"--length must be in 1..{MAX_CHECK_LENGTH}, got {args.length}")
     if args.count < 1:
-        _err(f"--count must be >= 1, got {args.count}")
-        return EXIT_USAGE
+        raise UsageError(f"--count must be >= 1, got {args.count}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if len(args.batch) > 4 or any(b < 1 for b in args.batch):
+        raise UsageError(f"--batch must be at most 4 positive sizes, got {' '.join(map(str, args.batch))}")
+    with_order = [n for n in structured.names() if structured.get(n).has_order]
+    if args.order is not None:
+        if args.order < 1:
+            raise UsageError(f"--order must be a positive integer, got {args.order}")
+        if args.name != "all" and not structured.get(args.name).has_order:
+            raise UsageError(f"--order does not apply to {args.name!r} (it has no structural order); classes "
+                             f"with an order: {', '.join(with_order)}")
     failed = 0
     for n in names:
         cls = structured.get(n)
+        order_txt = "" if args.order is None else (
+            f", order {args.order}" if cls.has_order else ", no structural order: --order does not apply")
         print(f"{n}: {cls.property_name} (length {args.length}, {args.count} random instance(s), "
-              f"batch {tuple(args.batch)}, float64)")
+              f"batch {tuple(args.batch)}, float64{order_txt})")
         for k in range(args.count):
             g = torch.Generator().manual_seed(args.seed + k)
             kwargs = {} if args.order is None or not cls.has_order else {"order": args.order}
-            M = cls.random(args.length, batch_shape=tuple(args.batch), dtype=torch.float64, generator=g, **kwargs)
+            try:
+                M = cls.random(args.length, batch_shape=tuple(args.batch), dtype=torch.float64, generator=g,
+                               **kwargs)
+            except ValueError as e:  # the class's own limits (e.g. an order above the length)
+                raise UsageError(f"{n}: {e}") from None
             report = M.check_structure()
             print(f"  instance {k} (seed {args.seed + k}, {M!r}):")
             print("\n".join("    " + ln for ln in str(report).splitlines()))
@@ -168,19 +224,31 @@ def cmd_ablate(args) -> int:
     except (ValueError, KeyError) as e:
         _err(str(e.args[0]) if isinstance(e, KeyError) else str(e))
         return EXIT_USAGE
+    if args.out is not None and not args.out.strip():
+        raise UsageError(f"--out must be a directory path, got {args.out!r}")
+    _warn_gpu_scale_on_cpu(specs)
     if args.dry_run:
+        try:
+            grid_mod.check_runnable(specs)
+        except grid_mod.MissingComponent as e:
+            _err(str(e))
+            return EXIT_MISSING
+        except (ValueError, KeyError) as e:
+            _err(str(e.args[0]) if isinstance(e, KeyError) else str(e))
+            return EXIT_USAGE
         for s in specs:
             print(f"{s.run_id}  {s.label}")
-        print(f"{len(specs)} run(s)")
+        print(f"{len(specs)} run(s); every task's options build and fit the model's length")
         return EXIT_OK
     out = args.out or f"runs/{specs[0].config.labels['grid']}-{specs[0].config.labels['scale']}"
+    _check_out_dir(out)
     try:
         if args.gpus_per_run is not None and args.backend != "ray":
             _err(f"--gpus-per-run {args.gpus_per_run:g} needs --backend ray (got --backend {args.backend})")
             return EXIT_USAGE
         results = runner.run_grid(specs, out, jobs=args.jobs, backend=args.backend, ray_address=args.ray_address,
                                   retry_failed=args.retry_failed, progress=not args.no_progress,
-                                  gpus_per_run=args.gpus_per_run)
+                                  gpus_per_run=args.gpus_per_run, rerun_stale=args.rerun_stale)
     except runner.MissingBackend as e:
         _err(str(e))
         return EXIT_MISSING
@@ -199,9 +267,12 @@ def cmd_ablate(args) -> int:
         from . import report
         try:
             df = report.build_table(out, run_ids=[s.run_id for s in specs])
-            report.write_tables(df, out)
             print()
             print(report.format_table(df, "md"))
+            try:
+                report.write_tables(df, out)
+            except OSError as e:
+                _warn(f"the table was not written into {out} ({e.strerror or e})")
         except ValueError as e:
             _err(f"report: {e}")
     failed = [r for r in results if r.get("status") != "completed"]
@@ -215,6 +286,20 @@ def _gpus_per_run(text: str) -> float:
         return check_gpus_per_run(float(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1] or a whole number of GPUs, got {text!r}")
+
+
+def _warn_gpu_scale_on_cpu(specs) -> None:
+    """The lab and paper scales are sized for GPUs; on a CPU they take hours to days."""
+    import torch
+    scale = specs[0].config.labels.get("scale")
+    if scale in ("smoke", None):
+        return
+    on_cpu = [s for s in specs if s.config.device == "cpu"
+              or (s.config.device == "auto" and not torch.cuda.is_available())]
+    if on_cpu:
+        _warn(f"--scale {scale} is sized for a GPU, but {len(on_cpu)} of {len(specs)} run(s) will train on the CPU "
+              f"(no CUDA device{'' if torch.cuda.is_available() else ' here'}); expect hours; --scale smoke is the "
+              f"CPU scale")
 
 
 def _finish_distributed():
@@ -235,12 +320,17 @@ def cmd_report(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         _err(str(e))
         return EXIT_USAGE
-    written = report.write_tables(df, args.dir)
     print(report.format_table(df, args.format))
-    if args.plots:
-        written += report.write_plots(args.dir)
-    print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    return EXIT_OK
+    try:
+        written = report.write_tables(df, args.dir)
+        if args.plots:
+            written += report.write_plots(args.dir)
+        print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    except OSError as e:  # a read-only results directory: the table above is the output
+        _warn(f"DIR {args.dir!r} is not writable ({e.strerror or e}); the tables were printed, not written")
+    for path in df.attrs.get("unreadable", []):
+        _err(f"unreadable summary (not valid JSON or missing keys), counted as a failed run: {path}")
+    return EXIT_FAILED if df.attrs.get("unreadable") else EXIT_OK
 
 
 # ------------------------------------------------------------------------------------------ bench
@@ -275,12 +365,13 @@ def _jobs(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="mixerzoo", formatter_class=fmt,
         description="A zoo of structured-matrix sequence mixers and a framework to ablate them "
                     "(Hydra, arXiv 2407.09941, Tables 2 and 3).",
         epilog="main job:\n  mixerzoo ablate table2 --scale smoke --out runs/t2\n\n" + EXIT_CODES_HELP)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     q = sub.add_parser("list", help="structured classes, mixers, grids, tasks, scales", formatter_class=fmt,
@@ -320,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only runs whose config has KEY=VALUE (dotted, e.g. model.mixer=cauchy; alternatives "
                         "with |: model.mixer=cauchy|toeplitz); repeatable, all must hold")
     q.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+    q.add_argument("--rerun-stale", action="store_true",
+                   help="rerun finished runs made by other code (another source hash); their old files are "
+                        "kept in <run-id>/stale-<hash>/")
     q.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     q.add_argument("--no-report", action="store_true", help="do not print the table at the end")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -345,17 +439,97 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _ClosableStdout:
+    """sys.stdout that survives its reader going away (``mixerzoo ablate ... | head``): further output is
+    discarded and the command finishes, so its exit status still says whether the work succeeded."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.closed_by_reader = False
+
+    def write(self, text):
+        if self.closed_by_reader:
+            return len(text)
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._close()
+            return len(text)
+
+    def flush(self):
+        if not self.closed_by_reader:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._close()
+
+    def _close(self):
+        self.closed_by_reader = True
+        try:  # no second error when the interpreter flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv=None) -> int:
+    """Run the command line; return the exit status. A bad argument or specification is one line on stderr
+    and status 2; an unexpected error is one line and status 1; ``--debug`` shows the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere before a bench's own options (which go to the benchmark as they are)
+    head = argv[:argv.index("bench") + 2] if "bench" in argv else argv
+    debug = "--debug" in head
+    if debug:
+        i = argv.index("--debug")
+        argv = argv[:i] + argv[i + 1:]
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = debug or args.debug
+    saved = sys.stdout
+    if not isinstance(sys.stdout, _ClosableStdout):
+        sys.stdout = _ClosableStdout(sys.stdout)
+    try:
+        return _dispatch(args, debug)
+    finally:
+        sys.stdout = saved
+
+
+def _dispatch(args, debug: bool) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
         _err("interrupted")
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # e.g. `mixerzoo list | head`: the reader went away, which is not our failure
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+    except BrokenPipeError:  # the reader of stdout went away: what ran so far is not our failure
+        if isinstance(sys.stdout, _ClosableStdout):
+            sys.stdout._close()
         return EXIT_OK
+    except (UsageError, yaml_error()) as e:
+        if debug:
+            raise
+        _err(_one_line(e))
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - one line instead of a traceback; --debug shows it
+        if debug:
+            raise
+        _err(f"{type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)")
+        return EXIT_FAILED
+
+
+def yaml_error():
+    import yaml
+    return yaml.YAMLError
+
+
+def _one_line(e: BaseException) -> str:
+    import yaml
+    if isinstance(e, yaml.YAMLError):
+        mark = getattr(e, "problem_mark", None)
+        where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}: " if mark is not None else ""
+        return f"GRID: {where}invalid YAML ({getattr(e, 'problem', None) or e})"
+    return " ".join(str(e).split())
 
 
 if __name__ == "__main__":

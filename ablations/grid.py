@@ -60,7 +60,7 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.point.items()) + f", seed={self.config.seed}"
+        return ", ".join([f"{k}={v}" for k, v in self.point.items()] + [f"seed={self.config.seed}"])
 
 
 @dataclass
@@ -106,8 +106,16 @@ def grid_path(name_or_path: str) -> Path:
 def load_grid(name_or_path: str) -> Grid:
     """Read a grid spec by shipped name or path and check its shape (not yet its runs)."""
     path = grid_path(name_or_path)
-    with open(path) as f:
-        data = yaml.safe_load(f)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"grid file {str(path)!r}: invalid YAML{at}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"grid file {str(path)!r} cannot be read ({e})") from None
     return parse_grid(data, default_name=path.stem, path=str(path))
 
 
@@ -150,6 +158,9 @@ def parse_grid(data, default_name: str = "grid", path: str | None = None) -> Gri
         if "seeds" in overlay:
             _check_seeds(overlay["seeds"], f"{where}: scales.{s}.seeds")
     default_scale = data.get("default_scale", next(iter(scales), "smoke"))
+    if not isinstance(default_scale, str):
+        raise ValueError(f"{where}: default_scale must be a scale name ({', '.join(scales or SCALES)}), "
+                         f"got {default_scale!r}")
     if scales and default_scale not in scales:
         raise ValueError(f"{where}: default_scale must be one of {', '.join(scales)}, got {default_scale!r}")
     reference = data.get("reference")
@@ -339,3 +350,43 @@ def expand(grid: Grid | str, scale: str | None = None, seeds: list[int] | None =
             seen[rid] = index
             specs.append(RunSpec(run_id=rid, config=cfg, point=dict(point)))
     return specs
+
+
+def check_runnable(specs: list[RunSpec]) -> None:
+    """What ``--dry-run`` adds to :func:`expand`'s checks, so that what it accepts runs: build every distinct
+    task with its options (the constructor validates their values, exactly as a run will), then check that
+    each stage's training length fits the model (a fixed parameterization or learned position embeddings
+    are tables of ``max_seq_len`` rows). Missing data of an ``optional`` stage is allowed (the run records
+    it as unavailable); of a required stage it is an error. Errors name the run, the stage and the field."""
+    from . import runner
+    for spec in specs:
+        cfg = spec.config
+        where = f"run {spec.run_id} ({spec.label}): "
+        stages = ([("pretrain", cfg.pretrain)] if cfg.pretrain is not None else []) + \
+            [(f"tasks[{i}]", st) for i, st in enumerate(cfg.tasks)]
+        pre_len = None
+        for sw, stage in stages:
+            try:
+                task = runner.build_task(stage)
+            except runner.DataUnavailable:
+                continue
+            except runner._unavailable_errors() as e:
+                raise MissingComponent(f"{where}{sw}.task {stage.task!r}: its data is unavailable ({e}); mark the "
+                                       f"stage optional: true, or make the data reachable") from None
+            except (TypeError, ValueError, KeyError) as e:
+                msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+                raise ValueError(f"{where}{sw}.options: {msg}") from None
+            if cfg.model.max_seq_len is not None:
+                max_len, source = cfg.model.max_seq_len, "model.max_seq_len"
+            elif stage.init == "pretrain":
+                max_len, source = pre_len, "the pretrain task's seq_len"
+            else:
+                max_len, source = task.seq_len, f"{sw}.options seq_len"
+            if sw == "pretrain":
+                pre_len = max_len
+            tables = not cfg.model.sequence_aligned or cfg.model.position_embeddings
+            if tables and max_len is not None and task.seq_len > max_len:
+                kind = "fixed parameterization" if not cfg.model.sequence_aligned else "learned position embeddings"
+                raise ValueError(f"{where}{sw}: task {stage.task!r} trains on length {task.seq_len}, longer than "
+                                 f"the model's {max_len} ({source}); the {kind} is a table of that many rows; "
+                                 f"allowed: seq_len <= {max_len}, or set model.max_seq_len >= {task.seq_len}")

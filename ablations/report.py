@@ -30,6 +30,7 @@ DISPLAY = {"dense": "Dense", "toeplitz": "Toeplitz", "dft": "DFT", "vandermonde"
            "cauchy": "Cauchy", "low_rank": "Low-rank", "attention": "Attention",
            "quasiseparable": "Quasiseparable", "semiseparable": "Semiseparable (causal)",
            "bidir_add": "Add", "bidir_mult": "Mult", "bidir_concat": "Concat"}
+NOT_EVALUABLE = "n/e"  # table text for a split a fixed parameterization has no matrix for
 METRIC_SHORT = {"accuracy": "acc", "loss": "loss", "matthews": "MCC", "matthews_correlation": "MCC",
                 "pearson": "Pearson", "spearman": "Spearman", "f1": "F1"}
 
@@ -47,8 +48,29 @@ def load_reference(name: str) -> pd.DataFrame:
     return df
 
 
+REQUIRED_KEYS = ("run_id", "status", "mixer", "sequence_aligned")
+
+
+def _unreadable(path: Path, cause: str) -> dict:
+    """A failed-run record standing for a summary that cannot be read, grouped by its ``config.json``
+    when that is readable (so its table row says so), and listed under the table by path."""
+    run = {"run_id": path.parent.name, "status": "failed", "stages": {}, "params": None, "average": None,
+           "reason": f"unreadable {path.name}: {cause}", "unreadable": str(path)}
+    try:
+        conf = json.loads((path.parent / "config.json").read_text())
+        model = conf["config"]["model"]
+        run.update(mixer=model["mixer"], sequence_aligned=bool(model["sequence_aligned"]),
+                   labels=conf["config"].get("labels", {}), seed=conf.get("seed"))
+    except (OSError, ValueError, KeyError, TypeError):
+        run.update(mixer="(unknown)", sequence_aligned=False)
+    return run
+
+
 def load_runs(out_dir, run_ids=None) -> list[dict]:
-    """Summaries of the finished runs under ``out_dir`` (restricted to ``run_ids`` when given)."""
+    """Summaries of the finished runs under ``out_dir`` (restricted to ``run_ids`` when given).
+
+    A ``summary.json`` that is not valid JSON or lacks a required key (run_id, status, mixer,
+    sequence_aligned) is not dropped: it becomes a failed run whose ``unreadable`` names the file."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"DIR {str(out_dir)!r} is not a directory of runs")
@@ -57,12 +79,30 @@ def load_runs(out_dir, run_ids=None) -> list[dict]:
         if run_ids is not None and p.parent.name not in run_ids:
             continue
         try:
-            runs.append(json.loads(p.read_text()))
-        except json.JSONDecodeError:
+            run = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            runs.append(_unreadable(p, f"not valid JSON ({e})"))
             continue
+        if not isinstance(run, dict):
+            runs.append(_unreadable(p, f"a JSON {type(run).__name__}, not an object"))
+            continue
+        missing = [k for k in REQUIRED_KEYS if k not in run]
+        if missing:
+            runs.append(_unreadable(p, f"missing key(s) {', '.join(missing)}"))
+            continue
+        if not isinstance(run.get("stages", {}), dict) or not all(
+                isinstance(st, dict) and isinstance(st.get("metrics", {}), dict) for st in run["stages"].values()):
+            runs.append(_unreadable(p, "'stages' is not an object of stage objects"))
+            continue
+        runs.append(run)
     if not runs:
         raise ValueError(f"no finished runs (*/summary.json) under {str(out_dir)!r}")
     return runs
+
+
+def _code_hash(run: dict):
+    code = run.get("code")
+    return code.get("source_hash") if isinstance(code, dict) else None
 
 
 # ----------------------------------------------------------------------------------------- table
@@ -135,7 +175,11 @@ def build_table(out_dir, run_ids=None, reference: str | None = None) -> pd.DataF
         _put(row, "Avg", [r["average"] if r.get("average") is not None else np.nan for r in ok])
         row["Seeds"] = len(ok)
         failed = [r for r in rs if r.get("status") != "completed"]
-        row["Status"] = "ok" if not failed else f"{len(failed)} failed: {failed[0].get('reason', '')}"[:80]
+        status = "ok" if not failed else f"{len(failed)} failed: {failed[0].get('reason', '')}"[:80]
+        hashes = {_code_hash(r) for r in ok}
+        if len(hashes) > 1:  # seeds made by different code are not one experiment
+            status = f"mixed code ({len(hashes)} versions); " + status
+        row["Status"] = status
         rows.append(row)
     df = pd.DataFrame(rows)
     # Δ between the two parameterizations of a class, shown on the sequence-aligned row (as in the paper).
@@ -146,6 +190,8 @@ def build_table(out_dir, run_ids=None, reference: str | None = None) -> pd.DataF
             if len(fixed):
                 df.loc[i, "Δ SA−fixed"] = row["Avg"] - fixed["Avg"].iloc[0]
     df.attrs["reference"] = reference
+    df.attrs["unreadable"] = [r["unreadable"] for r in runs if r.get("unreadable")]
+    df.attrs["code_versions"] = sorted({str(_code_hash(r)) for r in ok_runs(runs)})
     df.attrs["spearman"] = None
     # What "Avg" averages (the stages a grid marks ``average``) and at which scales the runs were made,
     # so the printed table says both instead of leaving "Avg" to be read as the paper's GLUE average.
@@ -215,7 +261,7 @@ def _fmt_cell(df, i, col) -> str:
         if np.isnan(v):
             return "" if col.startswith(("Δ", "Paper Δ")) else "–"
         if np.isinf(v):
-            return "n/e"  # not extendable: a fixed parameterization has no matrix at this length
+            return NOT_EVALUABLE  # not extendable: a fixed parameterization has no matrix at this length
         txt = f"{v:+.1f}" if "Δ" in col else f"{v:.2f}" if "loss" in col else f"{v:.1f}"
         std = df.loc[i, f"{col} std"] if f"{col} std" in df.columns else np.nan
         if not pd.isna(std):
@@ -251,6 +297,12 @@ def _footer(df) -> list[str]:
         lines.append(f"Avg: mean of {', '.join(avg_of)} (the stages the grid marks `average`)"
                      + ("; Paper Avg: the paper's GLUE average." if "Paper Avg" in df.columns else "."))
     lines += _caveats(df)
+    if len(df.attrs.get("code_versions", [])) > 1:
+        lines.append(f"Warning: the runs were made by {len(df.attrs['code_versions'])} versions of the code "
+                     f"(source hashes {', '.join(df.attrs['code_versions'])}; None: not recorded); "
+                     f"`mixerzoo ablate ... --rerun-stale` reruns those made by other code.")
+    for path in df.attrs.get("unreadable", []):
+        lines.append(f"Unreadable summary, counted as a failed run: {path}")
     sp = df.attrs.get("spearman")
     if sp is not None:
         lines.append(f"Spearman rank correlation of Avg with the paper's {df.attrs.get('reference')} averages: "
@@ -266,7 +318,13 @@ def format_table(df: pd.DataFrame, fmt: str = "md") -> str:
     """The table as Markdown (``md``), CSV (``csv``: numbers unformatted, std columns included) or
     LaTeX (``latex``: a booktabs tabular)."""
     if fmt == "csv":
-        return df.to_csv(index=False)
+        # "not evaluable" (a fixed parameterization at another length) is +inf in the DataFrame; a CSV says
+        # it in words, as the Markdown table does, instead of a number a spreadsheet would average.
+        out = df.copy()
+        for col in out.columns:
+            if pd.api.types.is_float_dtype(out[col]) and np.isinf(out[col].to_numpy()).any():
+                out[col] = [NOT_EVALUABLE if np.isinf(v) else v for v in out[col]]
+        return out.to_csv(index=False)
     cols = _display_columns(df)
     if fmt == "md":
         lines = ["| " + " | ".join(cols) + " |",

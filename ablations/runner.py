@@ -4,7 +4,8 @@ Layout of ``OUT/<run-id>/``:
 
 * ``config.json``  -- the resolved config, run id, seed, library versions, device (atomic write)
 * ``metrics.jsonl`` -- one JSON record per log/eval event (``stage``, ``step``, ...)
-* ``ckpt/<stage>.pt`` -- resumable checkpoints; a finished stage keeps its final weights only
+* ``ckpt/<stage>.safetensors`` -- resumable checkpoints, no pickle (``ablations.checkpoint``); a finished
+  stage keeps its final weights only
 * ``summary.json`` -- written last, atomically: ``status`` completed | failed (with ``reason``), the
   final metrics of every stage, the parameter count, the average; its presence marks the run finished
 * ``error.txt`` -- the traceback of an unexpected failure
@@ -31,8 +32,10 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import SUFFIX as CKPT_SUFFIX
 from .config import RunConfig, StageConfig, canonical_json, config_to_dict, run_config_from_dict
 from .grid import RunSpec, run_id as compute_run_id
+from .provenance import fingerprint, made_by_other_code, source_hash
 from .trainer import (MetricsLog, NonFiniteError, TrainingFailed, atomic_write_json, autocast_dtype, dist_info,
                       init_distributed, resolve_device, seed_everything, stage_seed, train_stage)
 
@@ -80,22 +83,53 @@ def num_parameters(model) -> int:
 
 
 _TASK_CACHE: dict[str, object] = {}
+# Tasks whose data could not be reached in this invocation: (exception type, message) per (task, options).
+# A GLUE stage offline spends ~25 s in the hub client's retries; every later run needing the same data fails
+# at once with the same message instead (one message per task and option set, not one per run).
+_TASK_FAILURES: dict[str, tuple[type, str]] = {}
+
+
+def _task_key(stage: StageConfig) -> str:
+    return canonical_json([stage.task, stage.options])
 
 
 def build_task(stage: StageConfig):
     """``ablations.tasks.build(stage.task, **stage.options)``, memoized per process: tasks are immutable
     (batches are pure functions of their arguments), and building a text task parses a corpus, so the
-    runs a worker executes share one instance per (task, options)."""
+    runs a worker executes share one instance per (task, options). Unreachable data is remembered too
+    (:data:`_TASK_FAILURES`): the first failure prints one warning, later builds fail at once."""
     from . import tasks
-    key = canonical_json([stage.task, stage.options])
+    key = _task_key(stage)
     if key not in _TASK_CACHE:
-        try:
-            _TASK_CACHE[key] = tasks.build(stage.task, **stage.options)
-        except _unavailable_errors() as e:
-            if stage.optional:
-                raise DataUnavailable(f"{type(e).__name__}: {e}") from None
-            raise
+        if key in _TASK_FAILURES:
+            kind, msg = _TASK_FAILURES[key]
+            err = _remade(kind, msg)
+        else:
+            try:
+                _TASK_CACHE[key] = tasks.build(stage.task, **stage.options)
+                return _TASK_CACHE[key]
+            except _unavailable_errors() as e:
+                msg = f"{e} (task {stage.task!r}, options {canonical_json(stage.options)})"
+                _TASK_FAILURES[key] = (type(e), msg)
+                print(f"mixerzoo: warning: data unavailable: {msg}; the runs of this invocation that need it "
+                      f"do not retry it", file=sys.stderr)
+                err = _remade(type(e), msg)
+        if stage.optional:
+            raise DataUnavailable(f"{type(err).__name__}: {err}") from None
+        raise err
     return _TASK_CACHE[key]
+
+
+def _remade(kind: type, msg: str) -> Exception:
+    try:
+        return kind(msg)
+    except Exception:  # noqa: BLE001 - an exception type with another constructor
+        return OSError(msg)
+
+
+def remember_failures(failures: dict) -> None:
+    """Seed :data:`_TASK_FAILURES` in a worker with what the parent found (``{key: (type, message)}``)."""
+    _TASK_FAILURES.update(failures or {})
 
 
 def resolve_jobs(jobs, specs) -> int:
@@ -127,26 +161,22 @@ def versions() -> dict:
 
 
 def _git_revision() -> str | None:
-    """``<commit>[+dirty]`` of the checkout the code runs from (None outside a git checkout): run ids hash
-    the config, not the code, so results record which code made them."""
-    import subprocess
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        if not head:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+    from .provenance import git_revision
+    return git_revision()
 
 
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{device.index} {torch.cuda.get_device_name(device)}"
     return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+def is_finished(summary: dict | None, retry_failed: bool = False, rerun_stale: bool = False) -> bool:
+    """Whether a run with this summary is done and skipped: completed, or failed and not retried; with
+    ``rerun_stale``, not when it was made by other code (:func:`provenance.made_by_other_code`)."""
+    if summary is None or (rerun_stale and made_by_other_code(summary)):
+        return False
+    return summary.get("status") == "completed" or (summary.get("status") == "failed" and not retry_failed)
 
 
 def read_summary(run_dir) -> dict | None:
@@ -183,8 +213,7 @@ def execute_run(cfg: RunConfig | RunSpec, out_dir, *, retry_failed: bool = False
     world, rank, local_rank = dist_info()
     main = rank == 0
     prev = read_summary(run_dir)
-    if prev is not None and (prev.get("status") == "completed" or (prev.get("status") == "failed"
-                                                                    and not retry_failed)):
+    if is_finished(prev, retry_failed):
         return {**prev, "skipped": True}
     for mod in cfg.plugins:
         importlib.import_module(mod)
@@ -199,8 +228,7 @@ def execute_run(cfg: RunConfig | RunSpec, out_dir, *, retry_failed: bool = False
                     "wall_s": 0.0}
     try:
         prev = read_summary(run_dir)  # finished by another process between the first check and the lock?
-        if prev is not None and (prev.get("status") == "completed" or (prev.get("status") == "failed"
-                                                                        and not retry_failed)):
+        if is_finished(prev, retry_failed):
             return {**prev, "skipped": True}
         return _execute(cfg, rid, run_dir, world, rank, local_rank, main, progress, callbacks)
     finally:
@@ -232,12 +260,12 @@ def _execute(cfg, rid, run_dir, world, rank, local_rank, main, progress, callbac
             "run_id": rid, "seed": cfg.seed, "config": config_to_dict(cfg), "versions": versions(),
             "device": device_description(device), "precision": str(autocast_dtype(cfg.precision, device)
                                                                    or "float32"),
-            "world_size": world, "argv": sys.argv})
+            "world_size": world, "argv": sys.argv, "code": fingerprint()})
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
     t0 = time.perf_counter()
     summary = {"run_id": rid, "seed": cfg.seed, "mixer": cfg.model.mixer,
                "sequence_aligned": cfg.model.sequence_aligned, "labels": dict(cfg.labels),
-               "device": device_description(device), "stages": {}, "params": None}
+               "device": device_description(device), "stages": {}, "params": None, "code": fingerprint()}
     status, reason = "completed", None
     try:
         pretrained = None
@@ -268,8 +296,12 @@ def _execute(cfg, rid, run_dir, world, rank, local_rank, main, progress, callbac
                     raise TrainingFailed(f"stage {name!r}: the pretrained encoder does not fit this task's model "
                                          f"(vocab_size {task.vocab_size}? max_seq_len {max_len}?): {e}") from None
             fixed_len = None if cfg.model.sequence_aligned else max_len
+            legacy = run_dir / "ckpt" / f"{name}.pt"
+            if legacy.exists() and main:  # pickle: never loaded, since unpickling a received file can run code
+                print(f"mixerzoo: warning: {legacy} is a pickle checkpoint of an older version; it is not loaded "
+                      f"and stage {name!r} trains from its safetensors checkpoint or from scratch", file=sys.stderr)
             final = train_stage(model, task, stage, seed=cfg.seed, device=device, precision=cfg.precision,
-                                ckpt_path=run_dir / "ckpt" / f"{name}.pt", log=log,
+                                ckpt_path=run_dir / "ckpt" / f"{name}{CKPT_SUFFIX}", log=log,
                                 checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                                 fixed_length=fixed_len, callbacks=callbacks, progress=progress)
             if is_pretrain:
@@ -378,17 +410,23 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_in_worker(cfg_dict: dict, out_dir: str, retry_failed: bool) -> dict:
+def _run_in_worker(cfg_dict: dict, out_dir: str, retry_failed: bool, failures: dict | None = None) -> dict:
+    remember_failures(failures)
     cfg = run_config_from_dict(cfg_dict)
     return execute_run(cfg, out_dir, retry_failed=retry_failed)
 
 
 def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str = "local", ray_address=None,
              retry_failed: bool = False, progress: bool = True, ray_init_kwargs: dict | None = None,
-             echo=print, gpus_per_run: float | None = None) -> list[dict]:
+             echo=print, gpus_per_run: float | None = None, rerun_stale: bool = False, warn=None) -> list[dict]:
     """Run every spec (skipping finished ones), print one line per finished run, return the summaries
     in the order of ``specs``. ``jobs``: concurrent runs (worker processes, or Ray tasks sharing a GPU),
-    or ``"auto"`` (see :func:`resolve_jobs`). ``gpus_per_run``: Ray only, see :mod:`ablations.backends.ray_backend`."""
+    or ``"auto"`` (see :func:`resolve_jobs`). ``gpus_per_run``: Ray only, see :mod:`ablations.backends.ray_backend`.
+
+    Finished runs made by other code (another source hash, :mod:`ablations.provenance`) are reused with
+    a warning (``warn``, default: stderr); ``rerun_stale`` moves their files into ``<run-id>/stale-<hash>/``
+    and runs them again."""
+    warn = warn or (lambda msg: print(f"mixerzoo: warning: {msg}", file=sys.stderr))
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be one of local, ray; got {backend!r}")
     out_dir = Path(out_dir).resolve()
@@ -402,14 +440,24 @@ def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str
         progress = progress and rank == 0
     results: dict[str, dict] = {}
     todo = []
+    stale = []
     for s in specs:
         prev = read_summary(out_dir / s.run_id)
-        if prev is not None and (prev.get("status") == "completed" or (prev.get("status") == "failed"
-                                                                        and not retry_failed)):
+        if is_finished(prev, retry_failed) and made_by_other_code(prev) and rank == 0:
+            if rerun_stale and _set_aside(out_dir / s.run_id, prev):
+                prev = None
+            else:
+                stale.append((s.run_id, (prev.get("code") or {}).get("source_hash")))
+        if is_finished(prev, retry_failed):
             results[s.run_id] = {**prev, "skipped": True}
             echo(one_line(results[s.run_id]))
         else:
             todo.append(s)
+    if stale:
+        rid, h = stale[0]
+        warn(f"{len(stale)} finished run(s) in {out_dir} were made by other code (e.g. {rid}: source hash "
+             f"{h or 'not recorded'}, this code {source_hash()}); they are reused as they are; --rerun-stale "
+             f"reruns them")
     jobs = resolve_jobs(jobs, todo) if todo else 1
     bar = None
     if progress and todo:
@@ -441,6 +489,27 @@ def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str
     return [results[s.run_id] for s in specs if s.run_id in results]
 
 
+def _set_aside(run_dir: Path, summary: dict) -> bool:
+    """Move a stale run's files into ``run_dir/stale-<source hash>/`` (kept, not deleted), so that it
+    trains again from scratch; False when another process holds the run's lock."""
+    lock = _try_lock(run_dir)
+    if lock is None:
+        return False
+    try:
+        dest = run_dir / f"stale-{(summary.get('code') or {}).get('source_hash') or 'unknown'}"
+        dest.mkdir(exist_ok=True)
+        for name in ("summary.json", "config.json", "metrics.jsonl", "error.txt", "ckpt"):
+            if (run_dir / name).exists():
+                target = dest / name
+                if target.exists():
+                    import shutil
+                    shutil.rmtree(target) if target.is_dir() else target.unlink()
+                os.replace(run_dir / name, target)
+        return True
+    finally:
+        lock.close()
+
+
 def _warm_tasks(todo) -> None:
     """Build every distinct task once in this process before workers start, so that on-disk caches
     (corpus, trained tokenizer) exist and all workers load the same files: tokenizer training is not
@@ -451,7 +520,7 @@ def _warm_tasks(todo) -> None:
         for mod in s.config.plugins:
             importlib.import_module(mod)
         for stage in ([s.config.pretrain] if s.config.pretrain is not None else []) + list(s.config.tasks):
-            key = canonical_json([stage.task, stage.options])
+            key = _task_key(stage)
             if key in seen:
                 continue
             seen.add(key)
@@ -461,43 +530,134 @@ def _warm_tasks(todo) -> None:
                 pass
 
 
+def _worker_main(conn, threads: int, cfg_dict: dict, out_dir: str, retry_failed: bool,
+                 failures: dict | None = None) -> None:
+    """Entry point of a worker process: one run, its summary sent back over ``conn``."""
+    _worker_init(threads)
+    try:
+        result = {"summary": _run_in_worker(cfg_dict, out_dir, retry_failed, failures)}
+    except (KeyboardInterrupt, SystemExit):
+        result = {"interrupted": True}  # Ctrl-C reaches the workers too: the run stays resumable
+    except BaseException as e:  # noqa: BLE001 - reported by the parent as this run's failure
+        result = {"error": f"{type(e).__name__}: {e}"}
+    conn.send(result)
+    conn.close()
+
+
+def _oom_kills() -> int | None:
+    """The kernel's OOM-kill count of this cgroup (cgroup v2 ``memory.events``), None where unreadable."""
+    try:
+        rel = next((ln.split("::", 1)[1] for ln in Path("/proc/self/cgroup").read_text().splitlines()
+                    if ln.startswith("0::")), "/").strip().lstrip("/")
+        for line in (Path("/sys/fs/cgroup") / rel / "memory.events").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def death_cause(exitcode: int | None, oom_before: int | None = None, oom_after: int | None = None) -> str:
+    """Why a worker process ended without a result: the signal by name, or the exit code; OOM when the
+    cgroup's OOM-kill count rose meanwhile (the kernel's OOM killer sends SIGKILL)."""
+    import signal
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        cause = f"killed by {name}"
+        if oom_before is not None and oom_after is not None and oom_after > oom_before:
+            cause += " (out of memory: the kernel's OOM killer)"
+        elif -exitcode == signal.SIGKILL:
+            cause += " (the OOM killer sends this when memory runs out)"
+        return cause
+    return f"exited with code {exitcode} before reporting a result"
+
+
 def _run_pool(todo, out_dir, jobs, retry_failed, done):
-    import concurrent.futures as cf
+    """Run ``todo`` in up to ``jobs`` worker processes, one fresh process per run.
+
+    One process per run: a fatal CUDA error (an illegal memory access, say) leaves a process's CUDA
+    context unusable, and a worker that dies (the OOM killer's SIGKILL) takes only its own run with it:
+    that run is recorded as failed with the cause and the next run starts in a new process. (A
+    ``ProcessPoolExecutor`` cannot do this: one dead worker breaks the pool and every pending run.)
+    """
     import multiprocessing as mp
+    from multiprocessing.connection import wait
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = mp.get_context("spawn")  # fork after torch/CUDA initialization is unsafe
-    # One run per worker process: a fatal CUDA error (an illegal memory access, say) leaves the process's
-    # CUDA context unusable, and a reused worker would fail every run it took afterwards. A fresh process
-    # costs seconds against minutes of training. (max_tasks_per_child exists from Python 3.11.)
-    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                                initargs=(threads,), **fresh) as pool:
-        futs = {pool.submit(_run_in_worker, config_to_dict(s.config), str(out_dir), retry_failed): s for s in todo}
-        try:
-            for fut in cf.as_completed(futs):
-                s = futs[fut]
-                try:
-                    done(fut.result())
-                except cf.process.BrokenProcessPool as e:  # a worker died (e.g. killed by the OOM killer)
-                    done(_crashed(s, out_dir, f"worker process died: {e}"))
-        except KeyboardInterrupt:
-            # Stop now: the executor would otherwise finish the runs already handed to its call queue
-            # (minutes each at lab scale) before exiting. A killed run resumes from its last checkpoint
-            # (files are written atomically; its lock dies with the process).
-            # ProcessPoolExecutor has no public terminate() before Python 3.14 (terminate_workers).
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+    queue = list(todo)
+    running: dict = {}  # process sentinel -> [process, reader, spec, OOM-kill count at start, result]
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                s = queue.pop(0)
+                reader, writer = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker_main, name=f"mixerzoo-{s.run_id}",
+                                   args=(writer, threads, config_to_dict(s.config), str(out_dir), retry_failed,
+                                         dict(_TASK_FAILURES)))
+                proc.start()
+                writer.close()
+                running[proc.sentinel] = [proc, reader, s, _oom_kills(), None]
+            readers = {e[1]: e for e in running.values() if e[4] is None}
+            for ready in wait(list(running) + list(readers)):
+                if ready in readers:
+                    entry = readers[ready]
+                    try:
+                        entry[4] = ready.recv()
+                    except (EOFError, OSError):
+                        entry[4] = {}
+                    continue
+                proc, reader, s, oom_before, result = running.pop(ready)
+                proc.join()
+                if result is None and reader.poll():
+                    try:
+                        result = reader.recv()
+                    except (EOFError, OSError):
+                        result = None
+                reader.close()
+                if result and "summary" in result:
+                    done(result["summary"])
+                elif result and "interrupted" in result:
+                    done(_crashed(s, out_dir, "worker process interrupted; rerun to resume", persist=False))
+                elif result and "error" in result:
+                    done(_crashed(s, out_dir, f"worker process failed: {result['error']}"))
+                else:
+                    import signal
+                    stopped = proc.exitcode in (-signal.SIGINT, -signal.SIGTERM)  # asked to stop: resumable
+                    done(_crashed(s, out_dir, f"worker process {death_cause(proc.exitcode, oom_before, _oom_kills())}",
+                                  persist=not stopped))
+    finally:
+        # Ctrl-C or an error here: stop the workers now. A killed run resumes from its last checkpoint
+        # (files are written atomically; its lock dies with the process).
+        for proc, *_ in running.values():
+            if proc.is_alive():
                 proc.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        for proc, *_ in running.values():
+            proc.join(timeout=10)
 
 
-def _crashed(spec: RunSpec, out_dir, reason: str) -> dict:
-    """Summary for a run whose worker died without writing one; not written to disk, so a rerun retries."""
-    return {"run_id": spec.run_id, "status": "failed", "reason": reason, "mixer": spec.config.model.mixer,
-            "sequence_aligned": spec.config.model.sequence_aligned, "stages": {}, "wall_s": 0.0}
+def _crashed(spec: RunSpec, out_dir, reason: str, persist: bool = True) -> dict:
+    """Summary of a run whose worker ended without writing one. With ``persist`` it is written to disk as
+    failed (so the report shows it; ``--retry-failed`` resumes it from its last checkpoint), unless another
+    process has written a summary meanwhile."""
+    summary = {"run_id": spec.run_id, "seed": spec.config.seed, "status": "failed", "reason": reason,
+               "mixer": spec.config.model.mixer, "sequence_aligned": spec.config.model.sequence_aligned,
+               "labels": dict(spec.config.labels), "stages": {}, "params": None, "average": None, "wall_s": 0.0,
+               "code": fingerprint(),
+               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    run_dir = Path(out_dir) / spec.run_id
+    try:
+        if persist and run_dir.is_dir() and read_summary(run_dir) is None:
+            atomic_write_json(run_dir / "summary.json", summary)
+    except OSError:
+        pass
+    return summary
 
 
 def _run_ray(todo, out_dir, jobs, ray_address, retry_failed, init_kwargs, done, gpus_per_run=None):
     from .backends.ray_backend import run_ray
     run_ray(todo, out_dir, jobs=jobs, worker=_run_in_worker, crashed=_crashed, done=done, ray_address=ray_address,
-            retry_failed=retry_failed, init_kwargs=init_kwargs, gpus_per_run=gpus_per_run)
+            retry_failed=retry_failed, init_kwargs=init_kwargs, gpus_per_run=gpus_per_run,
+            worker_args=(dict(_TASK_FAILURES),))

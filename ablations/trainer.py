@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import OptimConfig, StageConfig
 from .tasks.base import IGNORE_INDEX, Task
 
@@ -58,14 +60,6 @@ def atomic_write_text(path, text: str) -> None:
 
 def atomic_write_json(path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def atomic_torch_save(obj, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _json_default(o):
@@ -413,6 +407,54 @@ def sharded_evaluate(task, predict: Callable[[dict], torch.Tensor], split: str, 
     return task.compute_metrics(full.cpu(), torch.cat(labels_all))
 
 
+# ----------------------------------------------------------------------------------------- resume
+def _resume(ckpt_path: Path, model, opt, sched, device, stage_name: str, log: MetricsLog) -> dict | None:
+    """Load the checkpoint at ``ckpt_path`` into the model, optimizer, scheduler and RNGs; return it.
+
+    A checkpoint that does not load (corrupt, truncated, another format, another model) leaves the
+    model, the optimizer and the RNGs as they were, is renamed to ``<name>.unreadable`` (so the next
+    attempt does not meet it again: no retry loop), and is reported with its path and cause on stderr
+    and in the metrics log; the caller then trains the stage from scratch. Returns None in that case.
+    """
+    before_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    before_rng = rng_state(device)
+    try:
+        # Read on the CPU: load_state_dict moves each tensor to its parameter's device, and an optimizer's
+        # step counts stay on the CPU unless it is fused or capturable, as torch's optimizers expect.
+        ck = load_checkpoint(ckpt_path)
+        expected = model.state_dict()
+        if set(ck["model"]) != set(expected):
+            missing, extra = sorted(set(expected) - set(ck["model"])), sorted(set(ck["model"]) - set(expected))
+            raise CheckpointError(ckpt_path, f"model keys differ (missing {missing[:3]}, unexpected {extra[:3]})")
+        for k, v in ck["model"].items():
+            if v.shape != expected[k].shape:
+                raise CheckpointError(ckpt_path, f"{k} has shape {tuple(v.shape)}, the model {tuple(expected[k].shape)}")
+        model.load_state_dict(ck["model"])
+        if not ck["done"]:
+            if ck["optimizer"] is None or ck["scheduler"] is None or ck["rng"] is None:
+                raise CheckpointError(ckpt_path, "an unfinished stage's checkpoint lacks optimizer/scheduler/RNG state")
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            set_rng_state(ck["rng"], device)
+        return ck
+    except Exception as e:  # noqa: BLE001 - whatever the cause, the stage restarts instead of failing forever
+        with torch.no_grad():
+            model.load_state_dict(before_model)
+        set_rng_state(before_rng, device)
+        cause = e.cause if isinstance(e, CheckpointError) else f"{type(e).__name__}: {e}"
+        aside = ckpt_path.with_name(ckpt_path.name + ".unreadable")
+        try:
+            os.replace(ckpt_path, aside)
+        except OSError:
+            aside = None
+        msg = (f"checkpoint {str(ckpt_path)!r} does not load ({cause}); stage {stage_name!r} restarts from "
+               f"scratch" + (f" (file moved to {aside.name})" if aside else ""))
+        print(f"mixerzoo: warning: {msg}", file=sys.stderr)
+        log.append({"stage": stage_name, "step": 0, "event": "checkpoint_unreadable", "path": str(ckpt_path),
+                    "reason": cause})
+        return None
+
+
 # ----------------------------------------------------------------------------------------- training
 def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, device: torch.device,
                 precision: str = "auto", ckpt_path=None, log: MetricsLog | None = None,
@@ -454,14 +496,13 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
     start = 0
     ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
     if ckpt_path is not None and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        if ck.get("done"):
-            return ck["final"]
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        set_rng_state(ck["rng"], device)
-        start = int(ck["step"])
+        resumed = _resume(ckpt_path, model, opt, sched, device, name, log)
+        if resumed is None:  # unreadable: this stage restarts from scratch with fresh optimizer state
+            opt, sched = build_optimizer(model, stage.optim, stage.steps)
+        elif resumed["done"]:
+            return resumed["final"]
+        else:
+            start = resumed["step"]
     log.truncate(name, start)
 
     train_model = model
@@ -475,11 +516,10 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
         if ckpt_path is None or rank != 0:
             return
         if done:
-            atomic_torch_save({"model": model.state_dict(), "step": step, "done": True, "final": final}, ckpt_path)
+            save_checkpoint(ckpt_path, model_state=model.state_dict(), step=step, done=True, final=final)
         else:
-            atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "rng": rng_state(device), "step": step,
-                               "done": False}, ckpt_path)
+            save_checkpoint(ckpt_path, model_state=model.state_dict(), step=step, done=False,
+                            optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng_state(device))
 
     ctx = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
     params = [p for p in model.parameters() if p.requires_grad]

@@ -4,7 +4,8 @@ All measurements are made in float64 on the CPU. A *numerical rank* counts singu
 ``tol * ||M||_2`` where ``||M||_2`` is the spectral norm of the **whole** matrix under test (so tiny
 corner blocks do not produce spurious ranks; Beckermann & Townsend, "Bounds on the singular values of
 matrices with displacement structure", SIAM Review 61(2), 2019, define the epsilon-rank the same way).
-Default tolerances: 1e-10 for float64 matrices, 1e-5 for float32 / half-precision ones.
+Default tolerances (``tol=None``) follow the dtype of the input as given: 1e-10 for float64 matrices,
+1e-5 for float32 / half-precision ones (the least precise input decides when there are several).
 
 Checks test an **upper bound** (rank <= bound), never equality: strong decay makes true ranks look
 smaller. Every check can fail: a random dense matrix fails each of them.
@@ -32,6 +33,16 @@ def default_tol(dtype: torch.dtype) -> float:
     return 1e-10 if dtype == torch.float64 else 1e-5
 
 
+def _resolve_tol(tol, *tensors) -> float:
+    """``tol``, or by default the tolerance of the least precise of ``tensors`` (their dtypes as given,
+    before the float64 conversion the measurements use): rounding in a float32 matrix leaves singular
+    values near 1e-7 relative, which a float64 tolerance would count as rank."""
+    if tol is None:
+        dtypes = [t.dtype for t in tensors if isinstance(t, torch.Tensor)]
+        return max((default_tol(d) for d in dtypes), default=default_tol(torch.float64))
+    return _check_tol(tol)
+
+
 def _f64(M: torch.Tensor) -> torch.Tensor:
     if not isinstance(M, torch.Tensor) or M.dim() < 2:
         raise ValueError(f"M must be a tensor of shape (*batch, m, n), got {getattr(M, 'shape', type(M))}")
@@ -56,12 +67,12 @@ def _rank_against(block: torch.Tensor, ref: torch.Tensor, tol: float) -> tuple[t
     return (ratio > tol).sum(-1), ratio
 
 
-def numerical_rank(M: torch.Tensor, tol: float = 1e-10, ref_norm: torch.Tensor | None = None) -> torch.Tensor:
+def numerical_rank(M: torch.Tensor, tol: float | None = None, ref_norm: torch.Tensor | None = None) -> torch.Tensor:
     """Number of singular values above ``tol * ||M||_2`` (or ``tol * ref_norm``), per matrix.
 
     M: ``(*batch, m, n)``. Returns a long tensor of shape ``batch``. Cost O(mn min(m, n)).
     """
-    tol = _check_tol(tol)
+    tol = _resolve_tol(tol, M)
     M = _f64(M)
     ref = spectral_norm(M) if ref_norm is None else ref_norm.to(torch.float64)
     if M.shape[-1] == 0 or M.shape[-2] == 0:
@@ -77,13 +88,14 @@ def shift_matrix(n: int, dtype=torch.float64) -> torch.Tensor:
     return torch.diag(torch.ones(n - 1, dtype=dtype), -1) if n > 1 else torch.zeros(1, 1, dtype=dtype)
 
 
-def displacement_rank(M: torch.Tensor, A: torch.Tensor, B: torch.Tensor, tol: float = 1e-10,
+def displacement_rank(M: torch.Tensor, A: torch.Tensor, B: torch.Tensor, tol: float | None = None,
                       sign: float = -1.0) -> torch.Tensor:
     """Numerical rank of the Sylvester displacement ``A M + sign * M B`` (default ``A M - M B``).
 
     The tolerance is relative to ``||A|| ||M|| + ||M|| ||B||`` (the size of the terms that cancel).
     M: ``(*batch, n, n)``; A, B: ``(n, n)`` or ``(*batch, n, n)``.
     """
+    tol = _resolve_tol(tol, M, A, B)
     M = _f64(M)
     A, B = _f64(A), _f64(B)
     D = A @ M + sign * (M @ B)
@@ -91,35 +103,38 @@ def displacement_rank(M: torch.Tensor, A: torch.Tensor, B: torch.Tensor, tol: fl
     return numerical_rank(D, tol, ref_norm=ref)
 
 
-def toeplitz_displacement_rank(M: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
+def toeplitz_displacement_rank(M: torch.Tensor, tol: float | None = None) -> torch.Tensor:
     """rank(Z M - M Z): at most 2 for a Toeplitz matrix (Kailath, Kung & Morf 1979)."""
-    Z = shift_matrix(M.shape[-1])
+    tol = _resolve_tol(tol, M)
+    Z = shift_matrix(_f64(M).shape[-1])
     return displacement_rank(M, Z, Z, tol)
 
 
-def cauchy_displacement_rank(M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, tol: float = 1e-10,
+def cauchy_displacement_rank(M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, tol: float | None = None,
                              sign: float = -1.0) -> torch.Tensor:
     """rank(D_x M + sign * M D_y): 1 for ``m_ij = 1/(x_i - y_j)`` with sign -1 (D_x C - C D_y = 1 1^T)
     and for ``m_ij = 1/(x_i + y_j)`` with sign +1. x: ``(*batch, m)``, y: ``(*batch, n)``."""
+    tol = _resolve_tol(tol, M, x, y)
     x, y = _f64(x[..., None])[..., 0], _f64(y[..., None])[..., 0]
     return displacement_rank(M, torch.diag_embed(x), torch.diag_embed(y), tol, sign=sign)
 
 
-def cosine_displacement_rank(M: torch.Tensor, theta: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
+def cosine_displacement_rank(M: torch.Tensor, theta: torch.Tensor, tol: float | None = None) -> torch.Tensor:
     """rank(2 D_{cos theta} M - M (Z + Z^T)) for ``m_ij = cos(theta_i j)``: at most 2 (only the first
     and last columns survive, from cos((j+1)t) + cos((j-1)t) = 2 cos(t) cos(jt)). theta: ``(*batch, n)``."""
-    n = M.shape[-1]
+    tol = _resolve_tol(tol, M, theta)
+    n = _f64(M).shape[-1]
     Z = shift_matrix(n)
     c = torch.cos(_f64(theta[..., None])[..., 0])
     return displacement_rank(M, 2 * torch.diag_embed(c), Z + Z.T, tol)
 
 
-def semiseparable_order(M: torch.Tensor, tol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
+def semiseparable_order(M: torch.Tensor, tol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Semiseparable order: max over k of rank(M[k:, :k+1]) (every submatrix on or below the diagonal lies
     in one of these maximal blocks), and the largest |entry| of the strict upper triangle relative to
     ||M||_2 (zero for a semiseparable matrix). Returns (order, upper_ratio), each of shape ``batch``.
     Cost O(L^4) (L SVDs); intended for L up to a few hundred."""
-    tol = _check_tol(tol)
+    tol = _resolve_tol(tol, M)
     M = _f64(M)
     L = M.shape[-1]
     ref = spectral_norm(M)
@@ -131,11 +146,11 @@ def semiseparable_order(M: torch.Tensor, tol: float = 1e-10) -> tuple[torch.Tens
     return order, upper
 
 
-def quasiseparable_order(M: torch.Tensor, tol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
+def quasiseparable_order(M: torch.Tensor, tol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Quasiseparable orders (lower, upper): max over k of rank(M[k+1:, :k+1]) and of rank(M[:k+1, k+1:]);
     the diagonal is unconstrained (Pernet & Storjohann, arXiv 1701.00396). Each of shape ``batch``.
     Cost O(L^4) (2(L-1) SVDs); intended for L up to a few hundred."""
-    tol = _check_tol(tol)
+    tol = _resolve_tol(tol, M)
     M = _f64(M)
     L = M.shape[-1]
     ref = spectral_norm(M)

@@ -52,7 +52,8 @@ def task_options(cluster_gpus: float, jobs: int, gpus_per_run: float | None = No
 
 def run_ray(todo, out_dir, *, jobs: int, worker: Callable, crashed: Callable, done: Callable,
             ray_address=None, retry_failed: bool = False, init_kwargs: dict | None = None,
-            gpus_per_run: float | None = None, max_retries: int = DEFAULT_RETRIES) -> None:
+            gpus_per_run: float | None = None, max_retries: int = DEFAULT_RETRIES,
+            worker_args: tuple = ()) -> None:
     """Run the specs ``todo`` as Ray tasks ``worker(config_dict, out_dir, retry_failed) -> summary`` and
     call ``done(summary)`` as each finishes (``crashed(spec, out_dir, reason)`` for a task that still
     failed after its retries). Starts a local Ray instance (or joins ``ray_address``) unless Ray is
@@ -73,7 +74,7 @@ def run_ray(todo, out_dir, *, jobs: int, worker: Callable, crashed: Callable, do
     try:
         opts = task_options(float(ray.cluster_resources().get("GPU", 0)), jobs, gpus_per_run, max_retries)
         remote = ray.remote(**opts)(worker)
-        refs = {remote.remote(config_to_dict(s.config), str(out_dir), retry_failed): s for s in todo}
+        refs = {remote.remote(config_to_dict(s.config), str(out_dir), retry_failed, *worker_args): s for s in todo}
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)

@@ -37,13 +37,14 @@ class StandIn(nn.Module):
     first and does not exit when the marker exists."""
 
     def __init__(self, vocab, d, max_len, kind, num_labels, poison_step=None, dropout=0.1, exit_at_call=None,
-                 exit_marker=None):
+                 exit_marker=None, kill_step=None):
         super().__init__()
         self.exit_at_call, self.exit_marker = exit_at_call, exit_marker
         self.encoder = TinyEncoder(vocab, d, max_len, dropout)
         self.head = nn.Linear(d, num_labels)
         self.kind = kind
         self.poison_step = poison_step
+        self.kill_step = kill_step
         self.calls = 0
 
     def forward(self, input_ids, attention_mask=None):
@@ -56,6 +57,10 @@ class StandIn(nn.Module):
         out = self.head(h)
         if self.training:
             self.calls += 1
+            if self.kill_step is not None and self.calls >= self.kill_step:  # as the OOM killer would
+                import os
+                import signal
+                os.kill(os.getpid(), signal.SIGKILL)
             if self.poison_step is not None and self.calls >= self.poison_step:
                 out = out * float("nan")
             if self.exit_at_call == self.calls and not os.path.exists(self.exit_marker):
@@ -71,7 +76,8 @@ def build(model_cfg, task, stage, max_seq_len):
     return StandIn(task.vocab_size, model_cfg.d_model, max_seq_len, task.kind, task.num_labels,
                    poison_step=model_cfg.mixer_kwargs.get("poison_step"), dropout=model_cfg.dropout,
                    exit_at_call=model_cfg.mixer_kwargs.get("exit_at_call"),
-                   exit_marker=model_cfg.mixer_kwargs.get("exit_marker"))
+                   exit_marker=model_cfg.mixer_kwargs.get("exit_marker"),
+                   kill_step=model_cfg.mixer_kwargs.get("kill_step"))
 
 
 class _Tiny(Task):

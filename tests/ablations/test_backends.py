@@ -11,6 +11,7 @@ import torch
 import standin_plugin
 from ablations import runner
 from ablations.config import run_config_from_dict
+from ablations.checkpoint import load_checkpoint
 from ablations.grid import RunSpec, run_id
 
 HERE = Path(__file__).parent
@@ -162,8 +163,8 @@ def test_ddp_two_process_gloo_matches_single_process(tmp_path):
     assert ddp["status"] == "completed"
     conf = json.loads((d / "config.json").read_text())
     assert conf["world_size"] == 2
-    a = torch.load(d / "ckpt" / "standin_parity.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "single" / run_id(c) / "ckpt" / "standin_parity.pt", weights_only=False)["model"]
+    a = load_checkpoint(d / "ckpt" / "standin_parity.safetensors")["model"]
+    b = load_checkpoint(tmp_path / "single" / run_id(c) / "ckpt" / "standin_parity.safetensors")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     rank1 = torch.load(tmp_path / "ddp" / "rank1_summary.pt", weights_only=False)
@@ -180,3 +181,26 @@ def test_shard_batch_rejects_uneven_batches():
     assert shard_batch(b, 1, 3)["input_ids"].shape == (2, 3)
     with pytest.raises(ValueError, match=r"batch_size \(6\) must be divisible by the number of DDP processes \(4\)"):
         shard_batch(b, 0, 4)
+
+
+def test_a_killed_worker_fails_only_its_own_run(tmp_path):
+    """Failed before: SIGKILL of one worker broke the process pool and failed every pending run."""
+    sp = specs(4)
+    doomed = run_config_from_dict(standin_plugin.config(seed=7, model={"mixer_kwargs": {"kill_step": 3}}))
+    sp.insert(1, RunSpec(run_id=run_id(doomed), config=doomed, point={}))
+    lines = []
+    res = runner.run_grid(sp, tmp_path, jobs=2, progress=False, echo=lines.append)
+    status = {r["run_id"]: r for r in res}
+    assert status[run_id(doomed)]["status"] == "failed"
+    assert "SIGKILL" in status[run_id(doomed)]["reason"]
+    assert [status[s.run_id]["status"] for s in sp if s.run_id != run_id(doomed)] == ["completed"] * 4
+    on_disk = json.loads((tmp_path / run_id(doomed) / "summary.json").read_text())
+    assert on_disk["status"] == "failed" and "SIGKILL" in on_disk["reason"]
+    assert any("FAILED" in ln and "SIGKILL" in ln for ln in lines)
+
+
+def test_death_cause_names_signal_exit_code_and_oom():
+    assert runner.death_cause(-9) .startswith("killed by SIGKILL")
+    assert "out of memory" in runner.death_cause(-9, 0, 1)
+    assert runner.death_cause(-11) == "killed by SIGSEGV"
+    assert "code 3" in runner.death_cause(3)

@@ -79,7 +79,7 @@ def test_check_passes_and_fails(capsys):
     rc, _, err = run_cli(["check", "no_such_class"], capsys)
     assert rc == 2 and "unknown structured class 'no_such_class'" in err and "low_rank" in err
     rc, _, err = run_cli(["check", "low_rank", "--length", "0"], capsys)
-    assert rc == 2 and "--length must be >= 1" in err
+    assert rc == 2 and "--length must be in 1..1024" in err
 
 
 def _grid_file(tmp_path, poison=False):

@@ -9,6 +9,7 @@ import torch
 import standin_plugin
 from ablations import runner, trainer
 from ablations.config import run_config_from_dict
+from ablations.checkpoint import load_checkpoint as read_ckpt
 from ablations.grid import RunSpec, run_id
 
 
@@ -117,7 +118,7 @@ def test_finetune_starts_from_the_pretrained_encoder(tmp_path):
     c = cfg()
     runner.execute_run(c, tmp_path)
     d = tmp_path / run_id(c)
-    pre = torch.load(d / "ckpt" / "standin_copy.pt", weights_only=False)["model"]
+    pre = read_ckpt(d / "ckpt" / "standin_copy.safetensors")["model"]
     seen = {}
 
     def grab(stage, step, model):
@@ -126,7 +127,7 @@ def test_finetune_starts_from_the_pretrained_encoder(tmp_path):
 
     c2 = cfg(seed=5)
     runner.execute_run(c2, tmp_path, callbacks=[grab])
-    pre2 = torch.load(tmp_path / run_id(c2) / "ckpt" / "standin_copy.pt", weights_only=False)["model"]
+    pre2 = read_ckpt(tmp_path / run_id(c2) / "ckpt" / "standin_copy.safetensors")["model"]
     assert not torch.equal(pre["encoder.emb.weight"], pre2["encoder.emb.weight"])
     # one optimizer step after loading: close to the pretrained weights, far from a fresh init
     delta = (seen["emb"] - pre2["encoder.emb.weight"]).abs().max()
@@ -151,7 +152,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
         runner.execute_run(c, out, callbacks=[kill_at("standin_copy", 7)])
     d = out / run_id(c)
     assert not (d / "summary.json").exists()                   # not finished: will be resumed
-    assert torch.load(d / "ckpt" / "standin_copy.pt", weights_only=False)["step"] == 5
+    assert read_ckpt(d / "ckpt" / "standin_copy.safetensors")["step"] == 5
     with pytest.raises(Killed):                                # killed again, in the second stage
         runner.execute_run(c, out, callbacks=[kill_at("standin_parity", 6)])
     steps_done = []
@@ -160,8 +161,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert steps_done == [("standin_parity", s) for s in range(6, 11)]   # pretraining was not repeated
     assert res["stages"]["standin_parity"]["metrics"] == ref["stages"]["standin_parity"]["metrics"]
     assert res["stages"]["standin_copy"]["metrics"] == ref["stages"]["standin_copy"]["metrics"]
-    a = torch.load(d / "ckpt" / "standin_parity.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "ref" / run_id(c) / "ckpt" / "standin_parity.pt", weights_only=False)["model"]
+    a = read_ckpt(d / "ckpt" / "standin_parity.safetensors")["model"]
+    b = read_ckpt(tmp_path / "ref" / run_id(c) / "ckpt" / "standin_parity.safetensors")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     recs = trainer.read_jsonl(d / "metrics.jsonl")
     keys = [(r["stage"], r["step"], r.get("split")) for r in recs]

@@ -1,0 +1,134 @@
+"""Checkpoints: no pickle anywhere, exact round trip, unreadable files restart the stage once."""
+import json
+import os
+
+import pytest
+import torch
+
+import standin_plugin
+from ablations import checkpoint, runner, trainer
+from ablations.config import run_config_from_dict
+from ablations.grid import run_id
+
+
+def cfg(**over):
+    return run_config_from_dict(standin_plugin.config(**over))
+
+
+class _Payload:
+    """Unpickling this creates the marker file: what a crafted checkpoint would do with a shell command."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_round_trip_keeps_every_state_exactly(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 3))
+    model[1].weight = torch.nn.Parameter(model[0].weight.T)  # tied (shared storage) weights
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.8, 0.9))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    for _ in range(3):
+        model(torch.randn(2, 3)).sum().backward()
+        opt.step()
+        sched.step()
+    rng = trainer.rng_state(torch.device("cpu"))
+    p = tmp_path / "a.safetensors"
+    checkpoint.save_checkpoint(p, model_state=model.state_dict(), step=3, done=False, optimizer=opt.state_dict(),
+                               scheduler=sched.state_dict(), rng=rng)
+    ck = checkpoint.load_checkpoint(p)
+    assert ck["step"] == 3 and not ck["done"]
+    assert all(torch.equal(ck["model"][k], v) for k, v in model.state_dict().items())
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    opt2.load_state_dict(ck["optimizer"])
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for i in a["state"]:
+        for k in a["state"][i]:
+            assert torch.equal(torch.as_tensor(a["state"][i][k]), torch.as_tensor(b["state"][i][k])), (i, k)
+    assert ck["scheduler"] == sched.state_dict()
+    assert torch.equal(ck["rng"]["torch"], rng["torch"]) and ck["rng"]["python"] == rng["python"]
+    assert (ck["rng"]["numpy"][1] == rng["numpy"][1]).all() and ck["rng"]["numpy"][2:] == rng["numpy"][2:]
+
+
+def test_a_crafted_pickle_checkpoint_is_never_executed(tmp_path, capsys):
+    """Failed before: the trainer unpickled ckpt/<stage>.pt with torch.load(weights_only=False)."""
+    c = cfg()
+    ref = runner.execute_run(c, tmp_path / "ref")
+    d = tmp_path / "out" / run_id(c)
+    marker = tmp_path / "pwned"
+    for name in ("standin_copy.pt", "standin_copy.safetensors"):
+        (d / "ckpt").mkdir(parents=True, exist_ok=True)
+        torch.save({"model": _Payload(marker), "step": 1, "done": False}, d / "ckpt" / name)
+    s = runner.execute_run(c, tmp_path / "out")
+    assert not marker.exists()
+    assert s["status"] == "completed", s["reason"]
+    # the stage restarted from scratch: exactly the uninterrupted run
+    assert s["stages"]["standin_copy"]["metrics"] == ref["stages"]["standin_copy"]["metrics"]
+    err = capsys.readouterr().err
+    assert "standin_copy.safetensors" in err and "restarts from scratch" in err
+    assert "standin_copy.pt is a pickle checkpoint" in err
+    events = [r for r in trainer.read_jsonl(d / "metrics.jsonl") if r.get("event") == "checkpoint_unreadable"]
+    assert len(events) == 1 and events[0]["path"].endswith("standin_copy.safetensors")
+    assert (d / "ckpt" / "standin_copy.safetensors.unreadable").exists()
+    torch.load(d / "ckpt" / "standin_copy.pt", weights_only=False)  # sanity: the payload was live
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "other_model"])
+def test_unreadable_checkpoint_restarts_the_stage_once(tmp_path, capsys, damage):
+    """Failed before: torch's 'zip archive' error failed the run, and --retry-failed failed it again."""
+    c = cfg()
+
+    class Killed(KeyboardInterrupt):
+        pass
+
+    def kill(stage, step, model):
+        if stage == "standin_copy" and step == 7:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        runner.execute_run(c, tmp_path, callbacks=[kill])
+    p = tmp_path / run_id(c) / "ckpt" / "standin_copy.safetensors"
+    if damage == "truncate":
+        p.write_bytes(p.read_bytes()[:100])
+    elif damage == "garbage":
+        p.write_bytes(b"PK\x03\x04 not a checkpoint")
+    else:
+        checkpoint.save_checkpoint(p, model_state={"w": torch.zeros(2)}, step=5, done=True, final={})
+    steps = []
+    s = runner.execute_run(c, tmp_path, callbacks=[lambda st, step, m: steps.append((st, step))])
+    assert s["status"] == "completed", s["reason"]
+    assert [x for x in steps if x[0] == "standin_copy"][0] == ("standin_copy", 1)   # from scratch
+    assert str(p) in capsys.readouterr().err
+    assert not p.with_name(p.name).exists() or checkpoint.load_checkpoint(p)["done"]
+
+
+def test_resume_never_calls_a_pickle_loader(tmp_path, monkeypatch):
+    """Failed before: resuming went through torch.load(weights_only=False)."""
+    import pickle
+
+    c = cfg()
+
+    class Killed(KeyboardInterrupt):
+        pass
+
+    def kill(stage, step, model):
+        if stage == "standin_copy" and step == 7:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        runner.execute_run(c, tmp_path, callbacks=[kill])
+
+    def banned(*a, **k):
+        raise AssertionError("a pickle loader was called")
+
+    monkeypatch.setattr(torch, "load", banned)
+    monkeypatch.setattr(pickle, "load", banned)
+    monkeypatch.setattr(pickle, "loads", banned)
+    steps = []
+    s = runner.execute_run(c, tmp_path, callbacks=[lambda st, step, m: steps.append((st, step))])
+    assert s["status"] == "completed", s["reason"]
+    assert steps[0] == ("standin_copy", 6)          # resumed from the step-5 checkpoint

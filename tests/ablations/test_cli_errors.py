@@ -1,0 +1,156 @@
+"""Every bad input to the command line: one line on stderr naming the argument and what is allowed, exit 2,
+no traceback (``--debug`` shows it); what ``--dry-run`` accepts runs."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import standin_plugin
+from ablations import cli, report
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def one_line_error(capsys, argv, code=2):
+    rc = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == code, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def _grid(tmp_path, text, name="g.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_yaml_syntax_error(tmp_path, capsys):
+    """Failed before: a yaml.parser.ParserError traceback, exit 1."""
+    g = _grid(tmp_path, "base: {model: {mixer: [}\n")
+    err = one_line_error(capsys, ["ablate", g, "--dry-run"])
+    assert g in err and "invalid YAML at line 1" in err
+
+
+def test_out_is_a_file(tmp_path, capsys):
+    """Failed before: FileExistsError traceback."""
+    f = tmp_path / "afile"
+    f.write_text("")
+    err = one_line_error(capsys, ["ablate", "smoke", "--out", str(f), "--no-progress"])
+    assert "--out" in err and "is a file" in err and "allowed: a directory" in err
+
+
+def test_out_empty(capsys):
+    """Failed before: --out '' was accepted (and fell back to the default directory)."""
+    err = one_line_error(capsys, ["ablate", "smoke", "--out", "", "--dry-run"])
+    assert err.endswith("--out must be a directory path, got ''")
+
+
+def test_out_not_writable(tmp_path, capsys, monkeypatch):
+    real = Path.write_text
+
+    def deny(self, *a, **k):
+        if self.name.startswith(".write-test"):
+            raise PermissionError(13, "Permission denied")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", deny)
+    err = one_line_error(capsys, ["ablate", "smoke", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert "--out" in err and "not a writable directory (Permission denied)" in err
+
+
+def test_report_on_a_read_only_directory_prints_the_table(tmp_path, capsys, monkeypatch):
+    """Failed before: PermissionError traceback from write_tables, and no table."""
+    from test_report import _write_runs
+    _write_runs(tmp_path)
+
+    def deny(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(report, "atomic_write_text", deny)
+    rc = cli.main(["report", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "| Structure |" in out
+    assert "not writable (Permission denied)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["check", "toeplitz", "--order", "3"], "--order does not apply to 'toeplitz'"),
+    (["check", "dft", "--order", "5"], "--order does not apply to 'dft'"),
+    (["check", "low_rank", "--order", "0"], "--order must be a positive integer, got 0"),
+    (["check", "toeplitz", "--batch", "-1"], "--batch must be at most 4 positive sizes, got -1"),
+    (["check", "toeplitz", "--length", "100000"], "--length must be in 1..1024, got 100000"),
+    (["check", "toeplitz", "--length", "0"], "--length must be in 1..1024, got 0"),
+    (["check", "toeplitz", "--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["check", "nosuch"], "NAME: unknown structured class 'nosuch'"),
+])
+def test_bad_check_arguments(capsys, argv, expect):
+    """Failed before: --order ignored for toeplitz/dft (exit 0), --batch -1 and --length 100000 tracebacks."""
+    assert expect in one_line_error(capsys, argv)
+
+
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["check", "toeplitz", "--length", "abc"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "argument --length: invalid int value: 'abc'" in err
+
+
+def test_unexpected_errors_are_one_line_unless_debug(capsys, monkeypatch):
+    def boom(args):
+        raise RuntimeError("something\nbroke")
+
+    monkeypatch.setattr(cli, "cmd_list", boom)
+    err = one_line_error(capsys, ["list"], code=1)
+    assert "RuntimeError: something broke" in err and "--debug" in err
+    with pytest.raises(RuntimeError):
+        cli.main(["list", "--debug"])
+
+
+BASE = """
+name: g
+base:
+  plugins: [standin_plugin]
+  device: cpu
+  model: {{mixer: standin, sequence_aligned: {sa}, d_model: 8, builder: "standin_plugin:build"{extra}}}
+  pretrain: {{task: standin_copy, steps: 2, batch_size: 4, options: {{seq_len: 8}}}}
+  tasks:
+    - {{task: standin_parity, init: pretrain, steps: 2, batch_size: 4, options: {options}}}
+"""
+
+
+def test_dry_run_builds_task_options(tmp_path, capsys):
+    """Failed before: --dry-run accepted an invalid option value; the run failed later."""
+    text = BASE.format(sa="true", extra="", options="{seq_len: 8}") + \
+        "    - {task: mqar, steps: 2, batch_size: 4, options: {seq_len: 6, num_kv_pairs: 4}}\n"
+    err = one_line_error(capsys, ["ablate", _grid(tmp_path, text), "--dry-run"])
+    assert "tasks[1].options" in err and "seq_len" in err
+
+
+def test_dry_run_checks_lengths(tmp_path, capsys):
+    """Failed before: a fine-tuning task longer than the fixed model's tables passed --dry-run."""
+    g = _grid(tmp_path, BASE.format(sa="false", extra="", options="{seq_len: 16}"))
+    err = one_line_error(capsys, ["ablate", g, "--dry-run"])
+    assert "tasks[0]" in err and "length 16" in err and "allowed: seq_len <= 8" in err
+    ok = _grid(tmp_path, BASE.format(sa="false", extra=", max_seq_len: 16", options="{seq_len: 16}"), "ok.yaml")
+    assert cli.main(["ablate", ok, "--dry-run"]) == 0
+
+
+def test_shipped_grids_pass_the_dry_run(capsys):
+    for g in ("smoke", "table2", "table3"):
+        assert cli.main(["ablate", g, "--dry-run"]) == 0, capsys.readouterr().err
+
+
+def test_exit_status_survives_a_closed_stdout(tmp_path):
+    """Failed before: `mixerzoo ablate ... | head` exited 0 after a failed run."""
+    g = tmp_path / "g.yaml"
+    g.write_text(BASE.format(sa="false", extra=", mixer_kwargs: {poison_step: 1}", options="{seq_len: 8}"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent)])}
+    cmd = (f"{sys.executable} -m ablations.cli ablate {g} --out {tmp_path / 'o'} --no-progress --jobs 1 "
+           f"| head -c 1 > /dev/null; exit ${{PIPESTATUS[0]}}")
+    res = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr

@@ -1,0 +1,99 @@
+"""Provenance: code fingerprints in results, stale runs warned about and rerun on request, unreadable
+summaries reported by path and never dropped."""
+import json
+
+import pytest
+
+import standin_plugin
+from ablations import cli, provenance, report, runner
+from ablations.config import run_config_from_dict
+from ablations.grid import RunSpec, run_id
+from test_report import _write_runs
+
+
+def spec(**over):
+    c = run_config_from_dict(standin_plugin.config(**over))
+    return RunSpec(run_id=run_id(c), config=c, point={})
+
+
+def test_runs_record_the_code_fingerprint(tmp_path):
+    s = spec()
+    res = runner.run_grid([s], tmp_path, progress=False, echo=lambda *_: None)[0]
+    fp = provenance.fingerprint()
+    assert res["code"] == fp and len(fp["source_hash"]) == 16
+    conf = json.loads((tmp_path / s.run_id / "config.json").read_text())
+    assert conf["code"]["source_hash"] == fp["source_hash"]
+
+
+def test_source_hash_follows_the_sources(tmp_path, monkeypatch):
+    pkg = tmp_path / "ablations"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(provenance, "_package_dirs", lambda: [("ablations", pkg)])
+    provenance.source_hash.cache_clear()
+    try:
+        h1 = provenance.source_hash()
+        provenance.source_hash.cache_clear()
+        (pkg / "a.py").write_text("x = 2\n")
+        assert provenance.source_hash() != h1
+    finally:
+        provenance.source_hash.cache_clear()
+
+
+def test_stale_runs_are_warned_about_and_rerun_on_request(tmp_path):
+    """Failed before: a finished run was reused whatever code had made it, without a word."""
+    s = spec(seed=3)
+    runner.run_grid([s], tmp_path, progress=False, echo=lambda *_: None)
+    p = tmp_path / s.run_id / "summary.json"
+    old = json.loads(p.read_text())
+    old["code"]["source_hash"] = "0123456789abcdef"
+    p.write_text(json.dumps(old))
+    warnings = []
+    again = runner.run_grid([s], tmp_path, progress=False, echo=lambda *_: None, warn=warnings.append)
+    assert again[0]["skipped"]
+    assert len(warnings) == 1 and "made by other code" in warnings[0] and "0123456789abcdef" in warnings[0]
+    assert "--rerun-stale" in warnings[0]
+    warnings.clear()
+    fresh = runner.run_grid([s], tmp_path, progress=False, echo=lambda *_: None, warn=warnings.append,
+                            rerun_stale=True)
+    assert not fresh[0].get("skipped") and fresh[0]["status"] == "completed" and not warnings
+    assert fresh[0]["code"]["source_hash"] == provenance.source_hash()
+    kept = tmp_path / s.run_id / "stale-0123456789abcdef"
+    assert json.loads((kept / "summary.json").read_text())["code"]["source_hash"] == "0123456789abcdef"
+    assert (kept / "ckpt").is_dir()
+
+
+def test_report_flags_rows_that_mix_code_versions(tmp_path):
+    _write_runs(tmp_path)
+    for seed, h in ((0, "aaaa"), (1, "bbbb")):
+        p = tmp_path / f"toeplitz-sa-s{seed}-0000" / "summary.json"
+        d = json.loads(p.read_text())
+        d["code"] = {"source_hash": h}
+        p.write_text(json.dumps(d))
+    df = report.build_table(tmp_path)
+    row = df[(df.mixer == "toeplitz") & df["Seq.-aligned"]].iloc[0]
+    assert row["Status"].startswith("mixed code (2 versions)")
+    assert all(not s.startswith("mixed") for s in df[df.mixer != "toeplitz"]["Status"])
+    assert "versions of the code" in report.format_table(df, "md")
+
+
+@pytest.mark.parametrize("content, cause", [
+    ('{"run_id": "x", "status": "compl', "not valid JSON"),
+    ("[]", "a JSON list"),
+    ('{"status": "completed"}', "missing key(s) run_id, mixer, sequence_aligned"),
+])
+def test_unreadable_summaries_are_reported_by_path(tmp_path, capsys, content, cause):
+    """Failed before: a truncated summary vanished from the table; [] and missing keys gave tracebacks."""
+    _write_runs(tmp_path)
+    bad = tmp_path / "cauchy-sa-s0-0000" / "summary.json"
+    (bad.parent / "config.json").write_text(json.dumps(
+        {"seed": 0, "config": {"model": {"mixer": "cauchy", "sequence_aligned": True}}}))
+    bad.write_text(content)
+    df = report.build_table(tmp_path)
+    assert df.attrs["unreadable"] == [str(bad)]
+    row = df[(df.mixer == "cauchy") & df["Seq.-aligned"]].iloc[0]
+    assert row["Seeds"] == 0 and "1 failed: unreadable summary.json" in row["Status"] and cause[:12] in row["Status"]
+    assert str(bad) in report.format_table(df, "md")
+    rc = cli.main(["report", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and str(bad) in err
