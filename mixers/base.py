@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import registry
+from .checks import check_block_input
 
 IMPLS = ("fast", "explicit")
 _COMMON = ("nheads", "headdim", "qk_dim", "max_seq_len", "sequence_aligned")
@@ -295,6 +296,8 @@ class MatrixMixerBlock(nn.Module):
                              f"{tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}")
         if u.shape[1] < 1 or u.shape[0] < 1:
             raise ValueError(f"u must have B >= 1 and L >= 1, got shape {tuple(u.shape)}")
+        check_block_input(u, dtype=self.in_proj.weight.dtype, device=self.in_proj.weight.device,
+                          training=self.training)
         L = u.shape[1]
         if not self.sequence_aligned and L > self.max_seq_len:
             raise ValueError(f"input length L={L} exceeds max_seq_len={self.max_seq_len}: the fixed parameterization "

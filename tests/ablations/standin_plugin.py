@@ -58,7 +58,6 @@ class StandIn(nn.Module):
         if self.training:
             self.calls += 1
             if self.kill_step is not None and self.calls >= self.kill_step:  # as the OOM killer would
-                import os
                 import signal
                 os.kill(os.getpid(), signal.SIGKILL)
             if self.poison_step is not None and self.calls >= self.poison_step:

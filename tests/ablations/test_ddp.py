@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ablations.checkpoint import load_checkpoint
+
 import standin_plugin
 from ablations import runner, trainer
 from ablations.config import run_config_from_dict
@@ -116,7 +118,7 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_result(tmp_path):
         _launch(cfg_dict, tmp_path / "killed", kill=("standin_copy", 7))
     d = tmp_path / "killed" / rid
     assert not (d / "summary.json").exists()
-    assert torch.load(d / "ckpt" / "standin_copy.pt", weights_only=False)["step"] == 5
+    assert load_checkpoint(d / "ckpt" / "standin_copy.safetensors")["step"] == 5
     assert not list(d.rglob(".*.tmp.*"))                       # rank 0 alone wrote, atomically
     _launch(cfg_dict, tmp_path / "killed")
     ref = json.loads((tmp_path / "ref" / rid / "summary.json").read_text())
@@ -125,8 +127,8 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_result(tmp_path):
     for stage in ("standin_copy", "standin_parity"):
         assert res["stages"][stage]["metrics"] == ref["stages"][stage]["metrics"]
     for stage in ("standin_copy", "standin_parity"):
-        a = torch.load(d / "ckpt" / f"{stage}.pt", weights_only=False)["model"]
-        b = torch.load(tmp_path / "ref" / rid / "ckpt" / f"{stage}.pt", weights_only=False)["model"]
+        a = load_checkpoint(d / "ckpt" / f"{stage}.safetensors")["model"]
+        b = load_checkpoint(tmp_path / "ref" / rid / "ckpt" / f"{stage}.safetensors")["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), stage
     # rank 1 computed the same final metrics as rank 0 (sharded evaluation hands the result to every rank)
     r1 = json.loads((tmp_path / "killed" / "rank1_summary.json").read_text())
@@ -152,8 +154,8 @@ def test_ddp_token_task_with_uneven_shards_matches_single_process(tmp_path):
     assert any(a != b for a, b in counts)                      # the case this test is about
     single = runner.execute_run(c, tmp_path / "single")
     _launch(cfg_dict, tmp_path / "ddp")
-    a = torch.load(tmp_path / "ddp" / rid / "ckpt" / "standin_copy.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "single" / rid / "ckpt" / "standin_copy.pt", weights_only=False)["model"]
+    a = load_checkpoint(tmp_path / "ddp" / rid / "ckpt" / "standin_copy.safetensors")["model"]
+    b = load_checkpoint(tmp_path / "single" / rid / "ckpt" / "standin_copy.safetensors")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     losses = [[r["train_loss"] for r in trainer.read_jsonl(tmp_path / d / rid / "metrics.jsonl") if "train_loss" in r]
