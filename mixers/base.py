@@ -332,7 +332,10 @@ class MatrixMixerBlock(nn.Module):
         n_conv = sum(self._width[n] for n in self._conv_groups)
         z, xc, raw = torch.split(h, [self.d_inner, self.d_inner + n_conv, h.shape[-1] - 2 * self.d_inner - n_conv],
                                  dim=-1)
-        xc = self.conv1d(xc.transpose(1, 2)).transpose(1, 2)
+        # Back to (B, L, channels) in memory, not a transposed view: every per-head slice taken from it below
+        # then has unit stride in its last dim, which SDPA's fused kernels require (a strided q/k/v falls back
+        # to the math backend and its L x L tensor) and which the scans' loads need to coalesce.
+        xc = self.conv1d(xc.transpose(1, 2)).transpose(1, 2).contiguous()
         if m is not None:
             xc = xc * m
             # raw (unconvolved) groups were zeroed with h

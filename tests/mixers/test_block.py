@@ -310,3 +310,14 @@ def test_left_padded_mask_is_a_clear_error():
     mask[1, :2] = False  # left padding in row 1
     with pytest.raises(ValueError, match=r"right-padded.*rows \[1\]"):
         blk(u, mask)
+
+
+@pytest.mark.parametrize("mixer", ["attention", "quasiseparable"])
+def test_mixer_inputs_have_unit_stride_in_their_last_dim(mixer):
+    """SDPA's fused kernels need stride 1 in the last dim of q, k, v (else the math backend and its L x L
+    tensor run), and the scans' loads coalesce only then."""
+    block = mixers.MatrixMixerBlock(32, mixer, True, max_seq_len=16, headdim=8, qk_dim=4)
+    _, v, params = block.mixer_inputs(torch.randn(2, 16, 32))
+    assert v.stride(-1) == 1
+    for name, p in params.items():
+        assert p.stride(-1) == 1, name
