@@ -45,4 +45,4 @@ def names() -> list[str]:
 
 def _load_builtin():
     # imported lazily so that ``import ablations.tasks`` stays cheap; each module registers its tasks
-    from . import glue, synthetic, text  # noqa: F401
+    from . import glue, synthetic, text  # noqa: F401  (text imports the mlm and docstring tasks)
