@@ -52,6 +52,7 @@ class DocstringPackage(_TextTask):
         if max_val_per_class is not None:
             check_int("max_val_per_class", max_val_per_class, minimum=1)
         self.num_labels = len(PACKAGES)
+        self.label_names = list(PACKAGES)
         self.min_words, self.eval_seed, self.max_val_per_class = min_words, eval_seed, max_val_per_class
         tok_options = {"max_files_per_package": files} if tokenizer_corpus == "builtin" and files else {}
         self.tokenizer_corpus = tokenizer_corpus
