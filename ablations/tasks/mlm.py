@@ -15,7 +15,8 @@ from .corpus import default_cache_dir, load_corpus
 from .tokenizer import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, TOKENIZER_RECIPE, _encode_texts,
                         get_tokenizer, tokenizer_sha256)
 
-SMALL_PRESET = {"max_files_per_package": 60, "num_eval_sequences": 128, "max_val_per_class": 40}
+# the smoke preset (``small=True``): max_documents applies to the english corpus
+SMALL_PRESET = {"max_files_per_package": 60, "max_documents": 3000, "num_eval_sequences": 128, "max_val_per_class": 40}
 
 
 # ----------------------------------------------------------------------------------------------- masking
@@ -80,6 +81,9 @@ class _TextTask(Task):
             max_files_per_package = SMALL_PRESET["max_files_per_package"]
         if max_files_per_package is not None:
             corpus_options["max_files_per_package"] = max_files_per_package
+        if (small and isinstance(corpus, str) and corpus.split(":")[0] == "english"
+                and corpus_options.get("max_documents") is None):
+            corpus_options["max_documents"] = SMALL_PRESET["max_documents"]
         self.seq_len, self.vocab_size = seq_len, vocab_size
         self.small = small
         self.cache_dir = Path(cache_dir or default_cache_dir())
@@ -99,7 +103,8 @@ class MaskedLanguageModeling(_TextTask):
     ``vocab_size`` (WordPiece size; the model's embedding has this many rows, the tokenizer may use
     fewer), ``mask_prob`` (0.15), ``num_eval_sequences`` (a fixed random subset of the packed
     validation sequences; None = all), ``eval_seed`` (masking of the validation set), ``small``
-    (smoke preset: ``max_files_per_package=60`` and at most 128 eval sequences unless given),
+    (smoke preset: ``max_files_per_package=60`` for the built-in corpus, ``max_documents=3000`` for the
+    english one, and at most 128 eval sequences unless given),
     ``max_files_per_package`` / ``max_documents`` / ``text_field`` / ``hf_split`` (corpus options),
     ``cache_dir``.
 
