@@ -145,6 +145,8 @@ def cmd_ablate(args) -> int:
     try:
         seeds = grid_mod.parse_seeds(args.seeds) if args.seeds else None
         specs = grid_mod.expand(args.grid, scale=args.scale, seeds=seeds)
+        from .overrides import apply_overrides
+        specs = apply_overrides(specs, args.set or [])
         specs = runner.filter_specs(specs, args.filter or [])
     except grid_mod.MissingComponent as e:
         _err(str(e))
@@ -314,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--filter", action="append", metavar="KEY=VALUE",
                    help="only runs whose config has KEY=VALUE (dotted, e.g. model.mixer=cauchy; alternatives "
                         "with |: model.mixer=cauchy|toeplitz); repeatable, all must hold")
+    q.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                   help="override a config field of every run (YAML value; validated like the grid), e.g. "
+                        "--set pretrain.steps=200 --set tasks.sentiment.optim.lr=1e-4; repeatable")
     q.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     q.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     q.add_argument("--no-report", action="store_true", help="do not print the table at the end")
