@@ -154,6 +154,13 @@ def cmd_ablate(args) -> int:
     except (ValueError, KeyError) as e:
         _err(str(e.args[0]) if isinstance(e, KeyError) else str(e))
         return EXIT_USAGE
+    if args.tensorboard:
+        from .sinks import TensorBoardMissing, summary_writer_class
+        try:
+            summary_writer_class()  # before any run: a missing package is known now, not after an hour
+        except TensorBoardMissing as e:
+            _err(str(e))
+            return EXIT_MISSING
     if args.dry_run:
         for s in specs:
             print(f"{s.run_id}  {s.label}")
@@ -179,10 +186,15 @@ def cmd_ablate(args) -> int:
         try:
             df = report.build_table(out, run_ids=[s.run_id for s in specs])
             report.write_tables(df, out)
+            from .sinks import write_long
+            write_long(out, run_ids=[s.run_id for s in specs])
             print()
             print(report.format_table(df, "md"))
         except ValueError as e:
             _err(f"report: {e}")
+    if args.tensorboard:
+        from .sinks import write_tensorboard
+        write_tensorboard(out, args.tensorboard, run_ids=[s.run_id for s in specs])
     failed = [r for r in results if r.get("status") != "completed"]
     print(f"\n{len(results) - len(failed)}/{len(results)} run(s) completed; results in {out}")
     return EXIT_FAILED if failed else EXIT_OK
@@ -236,6 +248,15 @@ def cmd_report(args) -> int:
         _err(str(e))
         return EXIT_USAGE
     written = report.write_tables(df, args.dir)
+    from .sinks import write_long
+    written.append(write_long(args.dir))
+    if args.tensorboard:
+        from .sinks import TensorBoardMissing, write_tensorboard
+        try:
+            written += write_tensorboard(args.dir, args.tensorboard)
+        except TensorBoardMissing as e:
+            _err(str(e))
+            return EXIT_MISSING
     print(report.format_table(df, args.format))
     if args.plots:
         written += report.write_plots(args.dir)
@@ -323,14 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     q.add_argument("--no-report", action="store_true", help="do not print the table at the end")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="also write TensorBoard event files (DIR/<run id>/) of every logged metric; needs tensorboard")
     q.set_defaults(func=cmd_ablate)
 
     q = sub.add_parser("report", help="tables (Markdown/CSV/LaTeX) and plots from a results directory",
-                       formatter_class=fmt, epilog="Writes table.md, table.csv and table.tex into DIR.\n\n"
+                       formatter_class=fmt, epilog="Writes table.md, table.csv, table.tex and results_long.csv (run, mixer, "
+                                                   "parameterization, seed, stage, split, metric, value) into DIR.\n\n"
                                                    + EXIT_CODES_HELP)
     q.add_argument("dir", metavar="DIR", help="the --out directory of `mixerzoo ablate`")
     q.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="what to print (default md)")
     q.add_argument("--plots", action="store_true", help="write PNG plots (loss curves, delta bars)")
+    q.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="write TensorBoard event files (DIR/<run id>/) from the runs' metrics logs")
     q.add_argument("--reference", default=None,
                    help="paper table to compare with (default: the grid's reference, e.g. table2)")
     q.set_defaults(func=cmd_report)
