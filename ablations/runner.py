@@ -316,6 +316,9 @@ def _execute(cfg, rid, run_dir, world, rank, local_rank, main, progress, callbac
                 "steps": stage.steps, "init": stage.init, "wall_s": time.perf_counter() - st0,
                 "role": "pretrain" if is_pretrain else ("finetune" if stage.init == "pretrain" else "scratch"),
                 "task_info": _describe(task)}
+            if main:
+                from .export import export_stage
+                export_stage(run_dir, name, model, task, run_id=rid)
             del model
     except NonFiniteError as e:
         status, reason = "failed", f"non-finite: {e.reason}"

@@ -12,6 +12,10 @@ plug-in) gives an encoder by name.
 """
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,8 +23,68 @@ from torch import nn
 from . import registry
 from .base import MatrixMixerBlock, _check_int, normalize_mask
 
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
-class MixerEncoder(nn.Module):
+
+class _Pretrained:
+    """``save_pretrained(dir)`` / ``from_pretrained(dir)`` in the layout of the Hugging Face ecosystem:
+    ``config.json`` (the constructor arguments, ``model_type`` = the class name) and ``model.safetensors``
+    (the weights; no pickle). ``from_pretrained`` also takes a Hub repo id when ``huggingface_hub`` is
+    installed. Subclasses implement ``_config()`` and ``_from_config(config)``."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike, extra: dict | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``save_directory`` (created). ``extra``:
+        JSON-able facts stored under the config's ``"mixerzoo"`` key (e.g. task and label names)."""
+        from safetensors.torch import save_model
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": type(self).__name__, **self._config()}
+        if extra:
+            config["mixerzoo"] = extra
+        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_model(self, str(path / WEIGHTS_NAME))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, pretrained: str | os.PathLike, map_location: str | torch.device = "cpu", **hub_kwargs):
+        """The model saved by :meth:`save_pretrained` in the directory (or Hub repo id) ``pretrained``,
+        in eval mode on ``map_location``. Loading ``MixerEncoder`` from a saved MLM or classification
+        model takes its encoder."""
+        from safetensors.torch import load_file
+        files = _resolve(pretrained, hub_kwargs)
+        config = json.loads(Path(files[CONFIG_NAME]).read_text())
+        model_type = config.get("model_type")
+        if model_type not in _MODEL_TYPES:
+            raise ValueError(f"{CONFIG_NAME} of {str(pretrained)!r}: model_type must be one of "
+                             f"{sorted(_MODEL_TYPES)}, got {model_type!r}")
+        state = load_file(str(files[WEIGHTS_NAME]), device=str(map_location))
+        if model_type != cls.__name__:
+            if cls is not MixerEncoder:
+                raise ValueError(f"{str(pretrained)!r} holds a {model_type}, not a {cls.__name__}")
+            config = config["encoder"]
+            state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        with torch.device(map_location):
+            model = cls._from_config(config)
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+
+
+def _resolve(pretrained, hub_kwargs) -> dict:
+    path = Path(pretrained)
+    if path.is_dir():
+        missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{str(path)!r} lacks {', '.join(missing)} (written by save_pretrained)")
+        return {n: path / n for n in (CONFIG_NAME, WEIGHTS_NAME)}
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise FileNotFoundError(f"{str(pretrained)!r} is not a directory (and huggingface_hub, needed for "
+                                f"Hub repo ids, is not installed)") from None
+    return {n: hf_hub_download(str(pretrained), n, **hub_kwargs) for n in (CONFIG_NAME, WEIGHTS_NAME)}
+
+
+class MixerEncoder(_Pretrained, nn.Module):
     """BERT-style pre-norm encoder with a matrix mixer in every layer.
 
     Parameters
@@ -49,6 +113,11 @@ class MixerEncoder(nn.Module):
         if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
             raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
         self.vocab_size, self.d_model, self.n_layers, self.max_seq_len = vocab_size, d_model, n_layers, max_seq_len
+        # the constructor arguments, for save_pretrained (a mixer given as an object cannot be saved by name)
+        self._init_args = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, mixer=mixer,
+                               sequence_aligned=sequence_aligned, max_seq_len=max_seq_len,
+                               position_embeddings=position_embeddings, mlp_ratio=mlp_ratio, dropout=dropout,
+                               **block_kwargs)
         self.mixer_name = mixer if isinstance(mixer, str) else getattr(mixer, "name", repr(mixer))
         self.sequence_aligned = sequence_aligned
         self.embeddings = nn.Embedding(vocab_size, d_model)
@@ -103,8 +172,23 @@ class MixerEncoder(nn.Module):
         """Number of distinct parameters (tied weights counted once)."""
         return sum(p.numel() for p in self.parameters())
 
+    def _config(self) -> dict:
+        if not isinstance(self._init_args["mixer"], str):
+            raise ValueError(f"save_pretrained needs the mixer given by its registered name, got "
+                             f"{self._init_args['mixer']!r}")
+        try:
+            json.dumps(self._init_args)
+        except TypeError as e:
+            raise ValueError(f"save_pretrained needs JSON-able constructor arguments: {e}") from None
+        return dict(self._init_args)
 
-class MixerForMaskedLM(nn.Module):
+    @classmethod
+    def _from_config(cls, config: dict) -> "MixerEncoder":
+        config = {k: v for k, v in config.items() if k != "model_type"}
+        return cls(**config)
+
+
+class MixerForMaskedLM(_Pretrained, nn.Module):
     """Masked-LM head on a :class:`MixerEncoder`: dense + GELU + LayerNorm, then a decoder tied to the
     token embeddings (plus a bias). forward(input_ids, attention_mask=None) -> logits (B, L, vocab).
 
@@ -137,8 +221,15 @@ class MixerForMaskedLM(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def _config(self) -> dict:
+        return {"encoder": self.encoder._config()}
 
-class MixerForSequenceClassification(nn.Module):
+    @classmethod
+    def _from_config(cls, config: dict) -> "MixerForMaskedLM":
+        return cls(MixerEncoder._from_config(config["encoder"]))
+
+
+class MixerForSequenceClassification(_Pretrained, nn.Module):
     """Sequence-classification head on a :class:`MixerEncoder`.
 
     pooling: "mean" (mean over the real tokens of attention_mask) or "first" (the first token).
@@ -156,7 +247,7 @@ class MixerForSequenceClassification(nn.Module):
         if pooling not in self.POOLINGS:
             raise ValueError(f"pooling must be one of {self.POOLINGS}, got {pooling!r}")
         d = encoder.d_model
-        self.encoder, self.num_labels, self.pooling = encoder, num_labels, pooling
+        self.encoder, self.num_labels, self.pooling, self._dropout = encoder, num_labels, pooling, dropout
         self.pooler = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Dropout(dropout))
         self.classifier = nn.Linear(d, num_labels)
 
@@ -173,6 +264,18 @@ class MixerForSequenceClassification(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def _config(self) -> dict:
+        return {"encoder": self.encoder._config(), "num_labels": self.num_labels, "pooling": self.pooling,
+                "dropout": self._dropout}
+
+    @classmethod
+    def _from_config(cls, config: dict) -> "MixerForSequenceClassification":
+        return cls(MixerEncoder._from_config(config["encoder"]), num_labels=config["num_labels"],
+                   pooling=config["pooling"], dropout=config["dropout"])
+
+
+_MODEL_TYPES = {c.__name__: c for c in (MixerEncoder, MixerForMaskedLM, MixerForSequenceClassification)}
 
 
 def param_table(d_model: int = 768, n_layers: int = 12, vocab_size: int = 30522, max_seq_len: int = 128,

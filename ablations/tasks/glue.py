@@ -12,7 +12,7 @@ handling (GLUE's sentences contain unbalanced quotes); a row with too few fields
 raises ``ValueError`` naming file and line.
 
 Inputs: ``[CLS] sentence1 [SEP] (sentence2 [SEP])`` with the shared WordPiece tokenizer of
-:func:`ablations.tasks.text.get_tokenizer` (pairs truncated longest-first to ``seq_len``; the truncated
+:func:`ablations.tasks.tokenizer.get_tokenizer` (pairs truncated longest-first to ``seq_len``; the truncated
 fraction is in ``describe()``), padded to ``seq_len``.
 
 Metrics (fractions, not percentages; official GLUE metrics per task):
@@ -46,7 +46,9 @@ import torch
 import torch.nn.functional as F
 
 from .base import DataUnavailableError, Task, check_choice, check_int, epoch_indices, generator_for, register_task
-from .text import PAD_ID, SMALL_PRESET, default_cache_dir, get_tokenizer, tokenizer_sha256
+from .corpus import default_cache_dir
+from .mlm import SMALL_PRESET
+from .tokenizer import PAD_ID, get_tokenizer, tokenizer_sha256
 
 
 @dataclasses.dataclass(frozen=True)

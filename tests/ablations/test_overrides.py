@@ -1,0 +1,42 @@
+"""`mixerzoo ablate --set key.path=value`: parsing, named list items, validation like the YAML fields."""
+import pytest
+
+from ablations import grid
+from ablations.cli import main as cli_main
+from ablations.overrides import apply_overrides, parse_set
+
+
+def test_parse_set_values():
+    assert parse_set("pretrain.steps=12") == ("pretrain.steps", 12)
+    assert parse_set("tasks.0.optim.lr=1e-4") == ("tasks.0.optim.lr", 1e-4)  # YAML 1.1 would give a string
+    assert parse_set("model.sequence_aligned=true") == ("model.sequence_aligned", True)
+    assert parse_set("pretrain.options.corpus=english") == ("pretrain.options.corpus", "english")
+    assert parse_set("model.mixer_kwargs={order: 4}") == ("model.mixer_kwargs", {"order": 4})
+    for bad in ("novalue", "=3", "a..b=1"):
+        with pytest.raises(ValueError, match="KEY.PATH=VALUE"):
+            parse_set(bad)
+
+
+def test_apply_overrides_changes_every_run_and_its_id():
+    specs = grid.expand("smoke")
+    new = apply_overrides(specs, ["tasks.mqar_bidir.steps=7", "model.d_model=24"])
+    assert [s.config.tasks[0].steps for s in new] == [7, 7] and all(s.config.model.d_model == 24 for s in new)
+    assert {s.run_id for s in new}.isdisjoint({s.run_id for s in specs})
+    assert [s.point for s in new] == [s.point for s in specs]
+    assert apply_overrides(specs, ["tasks.0.steps=20"])[0].run_id == specs[0].run_id  # the same value: the same run
+    with pytest.raises(ValueError, match="unknown field model.d_modl"):
+        apply_overrides(specs, ["model.d_modl=3"])
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        apply_overrides(specs, ["tasks.0.steps=many"])
+    with pytest.raises(ValueError, match="names no item of tasks"):
+        apply_overrides(specs, ["tasks.glue.steps=3"])
+    with pytest.raises(ValueError, match="use --seeds"):
+        apply_overrides(specs, ["seed=3"])
+
+
+def test_cli_set(capsys):
+    assert cli_main(["ablate", "smoke", "--dry-run", "--set", "tasks.0.steps=5"]) == 0
+    assert "2 run(s)" in capsys.readouterr().out
+    assert cli_main(["ablate", "smoke", "--dry-run", "--set", "model.mixer=nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown mixer 'nosuch'" in err
