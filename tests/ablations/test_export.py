@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+from ablations.checkpoint import load_checkpoint
+
 import ablations
 import mixers
 from ablations import runner
@@ -65,7 +67,7 @@ def test_run_exports_models_and_load_run_round_trip(tmp_path, monkeypatch):
     config = json.loads((run_dir / "models" / "sentiment" / "config.json").read_text())
     assert config["mixerzoo"]["labels"] == ["rotten", "fresh"] and config["mixerzoo"]["run_id"] == run_id(cfg)
     # the exported weights are the trained ones: same logits as the final checkpoint, same metrics as recorded
-    ckpt = torch.load(run_dir / "ckpt" / "sentiment.pt", weights_only=True)["model"]
+    ckpt = load_checkpoint(run_dir / "ckpt" / "sentiment.safetensors")["model"]
     ref = runner.build_model(cfg.model, runner.build_task(cfg.tasks[0]), cfg.tasks[0], 16)
     ref.load_state_dict(ckpt)
     ref.eval()
