@@ -1022,45 +1022,91 @@ def _backward_planned(x, dy, lower, upper, delta, s: int, combine: bool, plan: P
             vec(ddl, delta) if delta is not None else None)
 
 
-class _QSFunction(torch.autograd.Function):
+# The product and its backward are torch custom operators (``torch.library.custom_op``): opaque to
+# torch.compile, which compiles the model around them (fusing the block's elementwise work) instead of
+# breaking its graph at the launch planner, and registered with autograd through ``register_autograd``.
+# Which triangles share generators (Hydra's one B, C for both directions) is an explicit flag, because
+# tensor identity does not survive tracing.
+@torch.library.custom_op("mixerzoo::quasiseparable_product", mutates_args=())
+def _qs_product(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor,
+                delta: Optional[torch.Tensor], b_bwd: torch.Tensor, c_bwd: torch.Tensor, log_a_bwd: torch.Tensor,
+                s: int, has_up: bool, chunk: int) -> torch.Tensor:
     """Generic forward: lower (b, c, log_a), optional upper (b', c', log_a'), optional delta.
 
     Parameters arrive with broadcastable batch dims (e.g. (B, 1, L, N), one B for all heads); they are
     expanded here as views and their gradients are summed back inside the backward kernel, so no per-head
     copy of a shared parameter is made and no per-head float32 gradient exists.
     """
+    nb = x.dim() - 2
+    batch, L = x.shape[:-2], x.shape[-2]
+    G = lambda t: t.expand(*batch, L, t.shape[-1])  # noqa: E731
+    Vv = lambda t: t.expand(*batch, L)  # noqa: E731
+    lo = _tri4(G(c), G(b), Vv(log_a), nb, s, 0, 0, s, s)
+    up = _tri4(G(c_bwd), G(b_bwd), Vv(log_a_bwd), nb, s, 0, 0, s, s) if has_up else None
+    d4 = _view4(Vv(delta).unsqueeze(-1), nb) if delta is not None else None
+    N, P = b.shape[-1], x.shape[-1]
+    y = _run_planned(("upper_states", "sweep") if has_up else ("sweep_causal",), N, P, x.dtype, chunk,
+                     x.device, lambda plan: _apply(_view4(x, nb), lo, up, d4, 0, x.dtype, plan))
+    return y.view(x.shape)
 
-    @staticmethod
-    def forward(ctx, x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, s, has_up, chunk):
-        nb = x.dim() - 2
-        batch, L = x.shape[:-2], x.shape[-2]
-        G = lambda t: t.expand(*batch, L, t.shape[-1])  # noqa: E731
-        Vv = lambda t: t.expand(*batch, L)  # noqa: E731
-        lo = _tri4(G(c), G(b), Vv(log_a), nb, s, 0, 0, s, s)
-        up = _tri4(G(c_bwd), G(b_bwd), Vv(log_a_bwd), nb, s, 0, 0, s, s) if has_up else None
-        d4 = _view4(Vv(delta).unsqueeze(-1), nb) if delta is not None else None
-        N, P = b.shape[-1], x.shape[-1]
-        if any(ctx.needs_input_grad):  # refuse now rather than in the backward pass
-            limit = _smem_limit(x.device)
-            if not plan_candidates(_BWD_KERNELS, N, P, x.dtype, chunk, limit, backward=True):
-                raise _no_plan(_BWD_KERNELS, N, P, x.dtype, chunk, limit, [])
-        y = _run_planned(("upper_states", "sweep") if has_up else ("sweep_causal",), N, P, x.dtype, chunk,
-                         x.device, lambda plan: _apply(_view4(x, nb), lo, up, d4, 0, x.dtype, plan))
-        ctx.save_for_backward(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd)
-        # The same tensors in both triangles (Hydra's shared B, C): one gradient, summed in the kernel.
-        ctx.cfg = (s, has_up, chunk, b_bwd is b and c_bwd is c)
-        return y.view(x.shape)
 
-    @staticmethod
-    def backward(ctx, dy):
-        x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd = ctx.saved_tensors
-        s, has_up, chunk, combine = ctx.cfg
-        grads = _backward(x, dy.to(x.dtype), (b, c, log_a), (b_bwd, c_bwd, log_a_bwd) if has_up else None,
-                          delta, s, chunk, combine)
-        gx, gb, gc, gla, gbb, gcb, glab, gd = (g if need else None
-                                               for g, need in zip(grads, (ctx.needs_input_grad[i]
-                                                                          for i in (0, 1, 2, 3, 5, 6, 7, 4))))
-        return gx, gb, gc, gla, gd, gbb, gcb, glab, None, None, None
+@_qs_product.register_fake
+def _qs_product_fake(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, s, has_up, chunk):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("mixerzoo::quasiseparable_product_backward", mutates_args=())
+def _qs_product_backward(x: torch.Tensor, dy: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+                         log_a: torch.Tensor, delta: Optional[torch.Tensor], b_bwd: torch.Tensor,
+                         c_bwd: torch.Tensor, log_a_bwd: torch.Tensor, s: int, has_up: bool, chunk: int,
+                         combine: bool) -> list[torch.Tensor]:
+    """``[dx, db, dc, dlog_a, db', dc', dlog_a', ddelta]``; an absent gradient (no upper triangle, shared
+    generators, no delta) is an empty tensor, as an operator returns tensors only."""
+    grads = _backward(x, dy.to(x.dtype), (b, c, log_a), (b_bwd, c_bwd, log_a_bwd) if has_up else None,
+                      delta, s, chunk, combine)
+    return [g if g is not None else x.new_empty(0) for g in grads]
+
+
+@_qs_product_backward.register_fake
+def _qs_product_backward_fake(x, dy, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, s, has_up, chunk, combine):
+    up = has_up and not combine
+    like = lambda t, keep: torch.empty_like(t, memory_format=torch.contiguous_format) if keep else x.new_empty(0)  # noqa: E731
+    return [like(x, True), like(b, True), like(c, True), like(log_a, True), like(b_bwd, up), like(c_bwd, up),
+            like(log_a_bwd, has_up), like(delta, delta is not None)]
+
+
+def _qs_setup_context(ctx, inputs, output):
+    x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, s, has_up, chunk = inputs
+    ctx.save_for_backward(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd)
+    # The same generators in both triangles (Hydra's shared B, C): one gradient each, summed in the kernel.
+    ctx.cfg = (s, has_up, chunk, has_up and b_bwd is b and c_bwd is c)
+
+
+def _qs_backward(ctx, dy):
+    x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd = ctx.saved_tensors
+    s, has_up, chunk, combine = ctx.cfg
+    gx, gb, gc, gla, gbb, gcb, glab, gd = _qs_product_backward(x, dy, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd,
+                                                               s, has_up, chunk, combine)
+    if not has_up or combine:
+        gbb = gcb = None
+    if not has_up:
+        glab = None
+    if delta is None:
+        gd = None
+    return gx, gb, gc, gla, gd, gbb, gcb, glab, None, None, None
+
+
+_qs_product.register_autograd(_qs_backward, setup_context=_qs_setup_context)
+
+
+def _qs_apply(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, s: int, has_up: bool, chunk: int) -> torch.Tensor:
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd)):
+        # Refuse now rather than in the backward pass.
+        N, P, limit = b.shape[-1], x.shape[-1], _smem_limit(x.device)
+        if not plan_candidates(_BWD_KERNELS, N, P, x.dtype, chunk, limit, backward=True):
+            raise _no_plan(_BWD_KERNELS, N, P, x.dtype, chunk, limit, [])
+    return _qs_product(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, s, has_up, chunk)
 
 
 def semiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor,
@@ -1090,7 +1136,7 @@ def semiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_
     """
     _check(x, {"b": b, "c": c}, {"log_a": log_a}, chunk_size)
     b, c = b.to(x.dtype), c.to(x.dtype)
-    return _QSFunction.apply(x, b, c, log_a, None, b, c, log_a, 0, False, chunk_size)
+    return _qs_apply(x, b, c, log_a, None, b, c, log_a, 0, False, chunk_size)
 
 
 def quasiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor,
@@ -1144,5 +1190,4 @@ def quasiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log
     b, c = b.to(x.dtype), c.to(x.dtype)
     b_bwd = b if shared_b else b_bwd.to(x.dtype)
     c_bwd = c if shared_c else c_bwd.to(x.dtype)
-    return _QSFunction.apply(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, 1 if shift else 0, True,
-                             chunk_size)
+    return _qs_apply(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, 1 if shift else 0, True, chunk_size)

@@ -616,3 +616,38 @@ def test_chunk_is_exact_reorganisation():
           for q in (16, 32, 64)]
     for y in ys[1:]:
         assert rel_err(y, ys[0]) <= 1e-13
+
+
+# ------------------------------------------------------------------------------- torch operator registration
+def _op_inputs(shared: bool, delta: bool, has_up: bool = True):
+    g = torch.Generator().manual_seed(7)
+    B, H, L, P, N = 2, 2, 2 * CHUNK + 5, 8, 8
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(DEV).requires_grad_()  # noqa: E731
+    neg = lambda *s: (-torch.rand(*s, generator=g, dtype=torch.float64)).to(DEV).requires_grad_()  # noqa: E731
+    x, b, c = mk(B, H, L, P), mk(B, 1, L, N), mk(B, 1, L, N)
+    bb, cb = (b, c) if shared else (mk(B, 1, L, N), mk(B, 1, L, N))
+    return (x, b, c, neg(B, H, L), mk(B, H, L) if delta else None, bb, cb, neg(B, H, L), 1 if has_up else 0,
+            has_up, CHUNK)
+
+
+@pytest.mark.parametrize("shared,delta,has_up", [(True, True, True), (False, False, True), (True, False, False)])
+def test_product_is_a_valid_torch_operator(shared, delta, has_up):
+    """opcheck: schema, fake (meta) implementation, autograd registration and tracing agree with the kernels."""
+    torch.library.opcheck(ssd._qs_product, _op_inputs(shared, delta, has_up))
+
+
+def test_product_compiles_without_graph_breaks_and_matches_eager():
+    """torch.compile (fullgraph) of a function around the product: same values and gradients as eager."""
+    x, b, c, la, d, _, _, lab, *_ = _op_inputs(shared=True, delta=True)
+
+    def f(x, b, c, la, d, lab):
+        return (2 * ssd.quasiseparable_matmul(x, b, c, la, d, log_a_bwd=lab, chunk_size=CHUNK)).sin()
+
+    ins = (x, b, c, la, d, lab)
+    y = f(*ins)
+    grads = torch.autograd.grad(y.square().sum(), ins)
+    yc = torch.compile(f, backend="aot_eager", fullgraph=True)(*ins)
+    grads_c = torch.autograd.grad(yc.square().sum(), ins)
+    assert rel_err(yc, y) < 1e-13
+    for gc_, g_ in zip(grads_c, grads):
+        assert rel_err(gc_, g_) < 1e-13
