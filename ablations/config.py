@@ -114,6 +114,10 @@ class RunConfig:
     ``checkpoint_every`` (steps, 0 = only at stage ends) sets how much work an interruption can lose.
     ``plugins``: modules imported before the run (to register third-party tasks or mixers).
     ``labels``: free-form strings recorded with the results (the grid fills ``grid`` and ``index``).
+    ``compile``: train with ``torch.compile`` (forward and backward fused by inductor; on a GPU the SSD
+    products then run their chunk-parallel torch algorithm, which fuses, instead of the opaque scan kernels:
+    see :func:`kernels.enabled`). Evaluation stays eager. An execution setting like the job count, it is
+    left out of the run id, so a run resumes whether compiled or not.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -122,6 +126,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    compile: bool = False
     checkpoint_every: int = 0
     log_every: int = 10
     plugins: list = field(default_factory=list)

@@ -24,8 +24,8 @@ and task options (the task class's constructor signature) -- before anything run
 ``ValueError`` / ``KeyError`` naming the grid, the point, the field and the allowed values.
 
 A run's id is ``<mixer>-<fx|sa>-s<seed>-<hash>``, the hash being the first 10 hex digits of SHA-256
-over the canonical JSON of the resolved config (labels excluded): it does not depend on the grid's
-order, its name or the machine.
+over the canonical JSON of the resolved config (labels and ``compile`` excluded): it does not depend on the
+grid's order, its name or the machine.
 """
 from __future__ import annotations
 
@@ -230,9 +230,10 @@ def set_path(data: dict, path: str, value, where: str = "") -> None:
 
 # ----------------------------------------------------------------------------------------- ids
 def run_id(cfg: RunConfig) -> str:
-    """Stable id: ``<mixer>-<fx|sa>-s<seed>-<10 hex of SHA-256 of the config without labels>``."""
+    """Stable id: ``<mixer>-<fx|sa>-s<seed>-<10 hex of SHA-256 of the config without labels and compile>``."""
     d = config_to_dict(cfg)
     d.pop("labels", None)
+    d.pop("compile", None)
     digest = hashlib.sha256(canonical_json(d).encode()).hexdigest()[:10]
     kind = "sa" if cfg.model.sequence_aligned else "fx"
     return f"{cfg.model.mixer}-{kind}-s{cfg.seed}-{digest}"

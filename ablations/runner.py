@@ -303,7 +303,8 @@ def _execute(cfg, rid, run_dir, world, rank, local_rank, main, progress, callbac
             final = train_stage(model, task, stage, seed=cfg.seed, device=device, precision=cfg.precision,
                                 ckpt_path=run_dir / "ckpt" / f"{name}{CKPT_SUFFIX}", log=log,
                                 checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                                fixed_length=fixed_len, callbacks=callbacks, progress=progress)
+                                fixed_length=fixed_len, callbacks=callbacks, progress=progress,
+                                compile_model=cfg.compile)
             if is_pretrain:
                 pretrained = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
                 pre_len = max_len

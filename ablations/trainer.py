@@ -459,7 +459,7 @@ def _resume(ckpt_path: Path, model, opt, sched, device, stage_name: str, log: Me
 def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, device: torch.device,
                 precision: str = "auto", ckpt_path=None, log: MetricsLog | None = None,
                 checkpoint_every: int = 0, log_every: int = 10, fixed_length: int | None = None,
-                callbacks: Iterable[Callable] = (), progress: bool = False) -> dict:
+                callbacks: Iterable[Callable] = (), progress: bool = False, compile_model: bool = False) -> dict:
     """Train ``model`` on ``task`` for ``stage.steps`` optimizer steps and return the final evaluation
     ``{split: metrics}``.
 
@@ -476,6 +476,9 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
     ``callbacks``: called as ``cb(stage_name, step, model)`` after every optimizer step (and after
     that step's checkpoint); an exception from a callback propagates (tests use this to simulate
     a kill).
+
+    ``compile_model``: the training steps run ``torch.compile(model)`` (the DDP wrapper, under torchrun);
+    evaluation, checkpoints and the returned model stay the eager module, which shares its parameters.
 
     Raises :class:`NonFiniteError` when the loss or the gradient norm is NaN/inf, and lets
     ``torch.OutOfMemoryError`` propagate (the runner records both as failures).
@@ -511,6 +514,8 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
         torch.distributed.barrier()
         kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
         train_model = torch.nn.parallel.DistributedDataParallel(model, **kw)
+    if compile_model:
+        train_model = torch.compile(train_model)
 
     def save(step: int, done: bool, final=None):
         if ckpt_path is None or rank != 0:

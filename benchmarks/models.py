@@ -141,7 +141,7 @@ def measure(row, length, tokens, cfg, device, d_state=None, steps=5, warmup=2, c
     model = build(row, length, cfg, d_state).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    step_model = torch.compile(model) if compile_model else model
+    step_model = torch.compile(model, dynamic=False) if compile_model else model
     g = torch.Generator(device="cpu").manual_seed(0)
     ids = torch.randint(0, cfg["vocab_size"], (batch, length), generator=g).to(device)
     labels = torch.where(torch.rand(batch, length, generator=g) < MASK_PROB,

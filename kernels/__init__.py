@@ -3,7 +3,8 @@
 ``structured`` asks :func:`enabled` whether to route a product here. The environment variable
 ``MIXERZOO_KERNELS`` forces the choice (for tests and benchmarks):
 
-* ``auto`` (default): use the kernels for CUDA tensors when Triton is importable;
+* ``auto`` (default): use the kernels for CUDA tensors when Triton is importable, except where the caller's
+  torch algorithm is the better one to hand to ``torch.compile`` (``compile_prefers_torch``);
 * ``off``: never (always the torch algorithms of ``structured``);
 * ``on``: always; an error if Triton is missing, or if the tensor is on the CPU and
   ``TRITON_INTERPRET=1`` is not set (the Triton interpreter runs kernels on the CPU, slowly).
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import os
+
+import torch
 
 MODES = ("auto", "on", "off")
 
@@ -48,8 +51,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def enabled(x) -> bool:
-    """Whether a product on tensor ``x`` should run a Triton kernel (see the module docstring)."""
+def enabled(x, compile_prefers_torch: bool = False) -> bool:
+    """Whether a product on tensor ``x`` should run a Triton kernel (see the module docstring).
+
+    ``compile_prefers_torch``: the caller's torch algorithm is one that inductor fuses into faster code
+    than the opaque kernel call (the chunk-parallel SSD: a compiled Hydra model trains at 164k tokens/s on
+    the torch algorithm against 103k with the scan kernels, docs/performance.md); in ``auto`` mode it then
+    runs instead of the kernel while ``torch.compile`` traces. Eager calls are unaffected."""
     m = mode()
     if m == "off":
         return False
@@ -60,6 +68,8 @@ def enabled(x) -> bool:
             raise RuntimeError("MIXERZOO_KERNELS=on with a CPU tensor needs TRITON_INTERPRET=1 (set before importing "
                                "triton); use MIXERZOO_KERNELS=auto to fall back to the torch algorithms")
         return True
+    if compile_prefers_torch and torch.compiler.is_compiling():
+        return False
     return bool(x.is_cuda and triton_available())
 
 

@@ -126,7 +126,7 @@ class Quasiseparable(StructuredMatrix):
     def _fast_matmul(self, x: torch.Tensor) -> torch.Tensor:
         b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd = self._generators(x.dtype, x.shape[:-2])
         import kernels
-        if kernels.enabled(x):
+        if kernels.enabled(x, compile_prefers_torch=True):
             # Shared generators are passed as the same objects (b_bwd is b), so a kernel may share C B^T.
             return kernels.quasiseparable_matmul(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, self.shift)
         # The backward SSM is a causal SSM on the flipped sequence. (Two calls rather than one on stacked

@@ -326,7 +326,7 @@ class Semiseparable(StructuredMatrix):
         # Decays stay in (at least) float32: the kernels sum them along the sequence.
         log_a = self.log_a.to(compute_dtype(x.dtype)).expand(*batch, L)
         import kernels
-        if kernels.enabled(x):
+        if kernels.enabled(x, compile_prefers_torch=True):
             return kernels.semiseparable_matmul(x, b, c, log_a)
         return ssd_product(x, b, c, log_a, chunk_size=self.chunk_size)
 

@@ -276,3 +276,27 @@ def test_training_on_scored_positions_only_matches_the_full_head():
         states.append(model.state_dict())
     for k in states[0]:
         torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_compiled_training_matches_eager_and_keeps_the_run_id(tmp_path, monkeypatch):
+    """compile: true trains through torch.compile (here its aot_eager backend: no C++ toolchain needed) to
+    the same metrics as eager, and names the same run, so a run resumes whether compiled or not."""
+    compiled = []
+    real_compile = torch.compile
+
+    def compile_spy(model, **kw):
+        compiled.append(type(model).__name__)
+        return real_compile(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile_spy)
+    no_dropout = {"dropout": 0.0}
+    eager = runner.execute_run(cfg(model=no_dropout), tmp_path / "eager")
+    assert compiled == []
+    fused = runner.execute_run(cfg(model=no_dropout, compile=True), tmp_path / "compiled")
+    assert compiled, "compile: true did not reach torch.compile"
+    assert run_id(cfg(compile=True)) == run_id(cfg())
+    for stage in ("standin_copy", "standin_parity"):
+        a, b = eager["stages"][stage]["metrics"]["val"], fused["stages"][stage]["metrics"]["val"]
+        assert a.keys() == b.keys()
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (stage, k)

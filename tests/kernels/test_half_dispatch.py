@@ -92,3 +92,20 @@ def test_discretize_keeps_the_generator_dtype():
     b, log_a = m._discretize(dt_raw, B, None, "")
     assert b.dtype == torch.bfloat16 and log_a.dtype == torch.float32
     assert b.shape == (2, m.nheads, 8, m.d_state)
+
+
+def test_compile_prefers_torch_only_while_compiling_and_only_in_auto_mode(monkeypatch):
+    """The SSD products hand torch.compile their chunk-parallel torch algorithm (which inductor fuses) in
+    auto mode; eager calls and MIXERZOO_KERNELS=on keep the kernels."""
+    import types
+    import kernels
+    cuda_like = types.SimpleNamespace(is_cuda=True)
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    monkeypatch.setenv("MIXERZOO_KERNELS", "auto")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    assert kernels.enabled(cuda_like, compile_prefers_torch=True)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not kernels.enabled(cuda_like, compile_prefers_torch=True)
+    assert kernels.enabled(cuda_like)
+    monkeypatch.setenv("MIXERZOO_KERNELS", "on")
+    assert kernels.enabled(cuda_like, compile_prefers_torch=True)
