@@ -55,7 +55,7 @@ def enabled(x, compile_prefers_torch: bool = False) -> bool:
     """Whether a product on tensor ``x`` should run a Triton kernel (see the module docstring).
 
     ``compile_prefers_torch``: the caller's torch algorithm is one that inductor fuses into faster code
-    than the opaque kernel call (the chunk-parallel SSD: a compiled Hydra model trains at 164k tokens/s on
+    than the opaque kernel call (the chunk-parallel SSD: a compiled Hydra model trains at 163k tokens/s on
     the torch algorithm against 103k with the scan kernels, docs/performance.md); in ``auto`` mode it then
     runs instead of the kernel while ``torch.compile`` traces. Eager calls are unaffected."""
     m = mode()
