@@ -26,13 +26,13 @@ def test_fast_matmul_dispatches_to_kernels_with_expanded_params(name, gen, monke
         assert all(p.shape[:2] == x_.shape[:2] == (3, 4) and p.dtype == x_.dtype for p in tensors)
         return torch.zeros_like(x_)
 
-    monkeypatch.setattr(kernels, "enabled", lambda t: True)
+    monkeypatch.setattr(kernels, "enabled", lambda t, **kw: True)
     monkeypatch.setattr(kernels, f"{name}_matmul", spy)
     y = M.matmul(x)
     assert len(calls) == 1 and y.shape == (3, 4, 10, 2) and not y.any()
     if name == "quasiseparable":
         assert calls[0][1][-1] is True  # shift is passed last
-    monkeypatch.setattr(kernels, "enabled", lambda t: False)
+    monkeypatch.setattr(kernels, "enabled", lambda t, **kw: False)
     assert rel_err(M.matmul(x), M.matmul(x, method="explicit")) <= 1e-5
 
 
