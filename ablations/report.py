@@ -28,7 +28,7 @@ REFERENCES = {"table2": "hydra_table2.csv"}
 # How the paper names the structures (anything else is shown by its registry name).
 DISPLAY = {"dense": "Dense", "toeplitz": "Toeplitz", "dft": "DFT", "vandermonde": "Vandermonde",
            "cauchy": "Cauchy", "low_rank": "Low-rank", "attention": "Attention",
-           "quasiseparable": "Quasiseparable", "semiseparable": "Semiseparable (causal)",
+           "quasiseparable": "Quasiseparable", "hydra": "Hydra", "semiseparable": "Semiseparable (causal)",
            "bidir_add": "Add", "bidir_mult": "Mult", "bidir_concat": "Concat"}
 NOT_EVALUABLE = "n/e"  # table text for a split a fixed parameterization has no matrix for
 METRIC_SHORT = {"accuracy": "acc", "loss": "loss", "matthews": "MCC", "matthews_correlation": "MCC",

@@ -54,6 +54,10 @@ class Channels:
             generators, not for the Vandermonde/Cauchy/attention q, k)
     shared: one group for all heads, delivered as ``(B, 1, L, size)`` instead of ``(B, H, L, size)``
     init_std: fixed only: the learned table starts as N(0, init_std^2) (0: all zeros)
+    source: ``"tokens"`` (default): the parameterization decides, a token projection (sequence-aligned)
+            or a learned table (fixed); ``"values"``: a learned linear map (no bias) of all the
+            post-conv values v of the position, in *both* parameterizations (Hydra's ``fc_D``
+            diagonal, which the paper's fixed variant keeps data-dependent); conv and act do not apply
     """
 
     size: int
@@ -61,6 +65,10 @@ class Channels:
     act: bool = True
     shared: bool = False
     init_std: float = 1.0
+    source: str = "tokens"
+
+
+SOURCES = ("tokens", "values")
 
 
 class Mixer(nn.Module):
@@ -248,13 +256,17 @@ class MatrixMixerBlock(nn.Module):
             _check_int(f"token_channels()[{name!r}].size", spec.size)
             if not (isinstance(spec.init_std, (int, float)) and spec.init_std >= 0):
                 raise ValueError(f"token_channels()[{name!r}].init_std must be a float >= 0, got {spec.init_std!r}")
+            if spec.source not in SOURCES:
+                raise ValueError(f"token_channels()[{name!r}].source must be one of {SOURCES}, got {spec.source!r}")
             specs[name] = spec
         self._specs = specs
         width = {n: s.size * (1 if s.shared else self.nheads) for n, s in specs.items()}
         self._width = width
+        from_tokens = [n for n, s in specs.items() if s.source == "tokens"]
+        self._value_groups = [n for n, s in specs.items() if s.source == "values"]
         if sequence_aligned:
-            self._conv_groups = [n for n, s in specs.items() if s.conv]
-            self._raw_groups = [n for n, s in specs.items() if not s.conv]
+            self._conv_groups = [n for n in from_tokens if specs[n].conv]
+            self._raw_groups = [n for n in from_tokens if not specs[n].conv]
         else:
             self._conv_groups, self._raw_groups = [], []
         n_conv = sum(width[n] for n in self._conv_groups)
@@ -263,8 +275,12 @@ class MatrixMixerBlock(nn.Module):
         conv_dim = d_inner + n_conv
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, kernel_size=d_conv, groups=conv_dim, padding=d_conv // 2)
         self.tables = nn.ParameterDict()
+        if self._value_groups:
+            # registered only when used, so the state dicts of the other mixers keep their keys
+            self.value_proj = nn.Linear(d_inner, sum(width[n] for n in self._value_groups), bias=False)
         if not sequence_aligned:
-            for n, s in specs.items():
+            for n in from_tokens:
+                s = specs[n]
                 t = torch.empty(1 if s.shared else self.nheads, max_seq_len, s.size)
                 self.tables[n] = nn.Parameter(t.normal_(0.0, s.init_std) if s.init_std > 0 else t.zero_())
         self.norm = GatedRMSNorm(d_inner)
@@ -347,6 +363,11 @@ class MatrixMixerBlock(nn.Module):
         if self._raw_groups:
             for name, x in zip(self._raw_groups, torch.split(raw, [self._width[n] for n in self._raw_groups], -1)):
                 params[name] = F.silu(x) if self._specs[name].act else x
+        if self._value_groups:
+            # v is zero at padded positions and the map has no bias, so these channels are zero there too
+            vp = self.value_proj(v)
+            for name, x in zip(self._value_groups, torch.split(vp, [self._width[n] for n in self._value_groups], -1)):
+                params[name] = x
         params = {n: self._split_heads(n, x) for n, x in params.items()}
         if not self.sequence_aligned:
             for name, t in self.tables.items():
@@ -409,4 +430,4 @@ def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     return x + torch.log(-torch.expm1(-x))
 
 
-__all__ = ["Mixer", "Channels", "MatrixMixerBlock", "GatedRMSNorm", "IMPLS", "inverse_softplus", "normalize_mask"]
+__all__ = ["Mixer", "Channels", "SOURCES", "MatrixMixerBlock", "GatedRMSNorm", "IMPLS", "inverse_softplus", "normalize_mask"]

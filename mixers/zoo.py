@@ -179,33 +179,45 @@ class VandermondeMixer(Mixer):
 class CauchyMixer(Mixer):
     """Cauchy mixer with positive nodes (Table 1 "Cauchy").
 
-    ``m_ij = s * sum_d 1 / (x_id + y_jd)`` with ``x_id = exp(q_id) + beta_h``, ``y_jd = exp(k_jd) + beta_h``,
-    ``beta_h = softplus(beta_raw_h) > 0`` a learned per-head offset (init 0.5, the paper's value) and
-    ``s = 1 / sqrt(L_ref d)``. The paper's offset is unconstrained (x + y <= 0 is reachable there);
-    softplus keeps every denominator > 0, so the structured class is built with ``validate=False``.
-    The scale is folded into the nodes: ``s / (x + y) = 1 / (x/s + y/s)``; mixing step ``y = M v + v``
-    (the paper's skip). q, k raw conv outputs (no SiLU). Fixed: learned q, k tables in the same formula
-    (the paper's fixed variant drops the offset, ``exp(q) + exp(k)``; keeping it gives both
-    parameterizations one formula). Sequence-aligned per the paper's Definition. Fast product: see
-    :class:`structured.cauchy.Cauchy` (approximate with a stated bound, or exact tiled).
+    ``m_ij = s * sum_d 1 / (x_id + y_jd)`` with ``s = 1 / sqrt(L_ref d)`` and q, k raw conv outputs (no
+    SiLU), as in the paper's code:
+
+    - sequence-aligned: ``x_id = exp(q_id) + beta_h``, ``y_jd = exp(k_jd) + beta_h``,
+      ``beta_h = softplus(beta_raw_h) > 0`` a learned per-head offset (init 0.5, the paper's value; the
+      paper's offset is one unconstrained scalar, so x + y <= 0 is reachable there, while softplus keeps
+      every denominator > 0);
+    - fixed: learned q, k tables with no offset, ``x_id = exp(q_id)``, ``y_jd = exp(k_jd)`` (the paper's
+      fixed variant). Option ``fixed_offset=True`` keeps the per-head offset in the fixed
+      parameterization too (one formula for both; the form of the committed lab results).
+
+    Every denominator is positive, so the structured class is built with ``validate=False``. The scale is
+    folded into the nodes: ``s / (x + y) = 1 / (x/s + y/s)``; mixing step ``y = M v + v`` (the paper's
+    skip). Sequence-aligned per the paper's Definition. Fast product: see :class:`structured.cauchy.Cauchy`
+    (approximate with a stated bound, or exact tiled).
     """
 
     structure = "cauchy"
     skip = True
 
-    def __init__(self, **common):
+    def __init__(self, *, fixed_offset: bool = False, **common):
         super().__init__(**common)
-        self.offset_raw = nn.Parameter(inverse_softplus(torch.full((self.nheads,), 0.5)))
+        if not isinstance(fixed_offset, bool):
+            raise ValueError(f"fixed_offset must be True or False for mixer 'cauchy', got {fixed_offset!r}")
+        self.fixed_offset = fixed_offset
+        # an offset the matrix never reads would be a parameter without a gradient
+        if self.sequence_aligned or fixed_offset:
+            self.offset_raw = nn.Parameter(inverse_softplus(torch.full((self.nheads,), 0.5)))
 
     def token_channels(self):
         return _qk_channels(self, act=False)
 
     def matrix(self, params, length, mask=None):
-        beta = F.softplus(self.offset_raw).to(params["q"].dtype)[:, None, None]   # (H, 1, 1)
         inv_s = math.sqrt(self.norm_length * self.qk_dim)
-        x = (torch.exp(params["q"]) + beta) * inv_s
-        y = (torch.exp(params["k"]) + beta) * inv_s
-        return _structured("cauchy")(x, y, validate=False)
+        x, y = torch.exp(params["q"]), torch.exp(params["k"])
+        if hasattr(self, "offset_raw"):
+            beta = F.softplus(self.offset_raw).to(x.dtype)[:, None, None]   # (H, 1, 1)
+            x, y = x + beta, y + beta
+        return _structured("cauchy")(x * inv_s, y * inv_s, validate=False)
 
 
 @register_mixer("low_rank")
@@ -381,40 +393,82 @@ class SemiseparableMixer(_SSMParams):
         return _causal_apply(v, *self._gen(params, mask), self.D, impl)
 
 
+def _choice(mixer: Mixer, option: str, value, allowed: tuple) -> str:
+    if value not in allowed:
+        raise ValueError(f"{option} must be one of {allowed} for mixer {mixer.name!r}, got {value!r}")
+    return value
+
+
 @register_mixer("quasiseparable")
 class QuasiseparableMixer(_SSMParams):
     """Hydra's quasiseparable mixer (Section 3; the paper's Table 2 "Quasiseparable" row).
 
-    Shared generators B, C (the same for both directions and all heads, N = d_state, conv + SiLU), a
-    separate dt per direction (``dt_f``, ``dt_b``; one ``A`` and one ``dt_bias`` per head), and a free
-    data-dependent diagonal
-    ``delta_i = delta_raw_i + D`` (a token channel plus a per-head bias; the paper projects it from
-    the conv output, ``fc_D``). With ``b_j = B_j dt_f_j``, ``b'_j = B_j dt_b_j``:
+    Generators B, C (N = d_state, shared by the heads, conv + SiLU), a separate dt per direction
+    (``dt_f``, ``dt_b``; one ``A`` and one ``dt_bias`` per head) and a free data-dependent diagonal
+    ``delta``. With ``b_j = B_j dt_f_j``, ``b'_j = B'_j dt_b_j``:
 
     ``m_ij = C_{i-1} . b_j exp(A sum_{t=j+1..i-1} dt_f_t)`` (i > j),
     ``m_ii = delta_i``,
-    ``m_ij = C_{i+1} . b'_j exp(A sum_{t=i+1..j-1} dt_b_t)`` (i < j).
+    ``m_ij = C'_{i+1} . b'_j exp(A sum_{t=i+1..j-1} dt_b_t)`` (i < j).
 
+    Options (defaults: the paper's released code, ``matrix_mixers/quasiseparable.py``):
+
+    - ``diagonal="values"``: ``delta_i = D + fc_D(v_i)``, a learned linear map of all the post-conv
+      values of position i to one scalar per head, plus the per-head ``D``; data-dependent in both
+      parameterizations. ``"token"``: ``delta_i = D + r_i`` with r a raw in-projection scalar per head
+      (sequence-aligned) or a learned table (fixed).
+    - ``fixed_dt="bias"``: the fixed parameterization uses ``dt = softplus(dt_bias)`` at every position
+      (no dt input). ``"table"``: learned per-position dt tables. Sequence-aligned dt is always projected.
+    - ``bc="shared"``: one B, C for both directions (B' = B, C' = C), as the paper's Table 2 mixer.
+      ``"separate"``: a B', C' of their own for the backward direction, as the Hydra layer (``hydra``).
+
+    ``diagonal="token", fixed_dt="table"`` is the form of the committed lab results (``results/table2-lab``).
     A starts at 1 for every head (``A_init_range = (1, 1)``, as Hydra's code; Mamba-2 draws U[1, 16]).
-    Fixed: B, C, dt_f, dt_b and delta are all learned tables (not data-dependent); the paper's fixed
-    variant keeps ``fc_D`` data-dependent and uses ``dt_bias`` alone.
-    Sequence-aligned per the paper's Definition (the shift reads C_{i+1} only for columns j > i).
+    Sequence-aligned per the paper's Definition (the shift reads C'_{i+1} only for columns j > i).
     Fast product: two chunked SSD passes (:class:`structured.quasiseparable.Quasiseparable`).
     """
 
     structure = "quasiseparable"
     A_init_range = (1.0, 1.0)
+    #: how each ``diagonal`` option delivers delta's data-dependent part
+    _DIAGONAL = {"values": Channels(1, source="values"), "token": _SSMParams._SCALAR}
+
+    def __init__(self, *, diagonal: str = "values", fixed_dt: str = "bias", bc: str = "shared", **common):
+        super().__init__(**common)
+        self.diagonal = _choice(self, "diagonal", diagonal, tuple(self._DIAGONAL))
+        self.fixed_dt = _choice(self, "fixed_dt", fixed_dt, ("bias", "table"))
+        self.bc = _choice(self, "bc", bc, ("shared", "separate"))
 
     def token_channels(self):
         N, raw = self._state(), self._SCALAR
-        return {"B": N, "C": N, "dt_f": raw, "dt_b": raw, "delta": raw}
+        ch = {"B": N, "C": N}
+        if self.bc == "separate":
+            ch.update(B_b=N, C_b=N)
+        if self.sequence_aligned or self.fixed_dt == "table":
+            ch.update(dt_f=raw, dt_b=raw)
+        ch["delta"] = self._DIAGONAL[self.diagonal]
+        return ch
 
     def matrix(self, params, length, mask=None):
-        b, log_a = self._discretize(params["dt_f"], params["B"], mask)
-        b_bwd, log_a_bwd = self._discretize(params["dt_b"], params["B"], mask)
+        B, C = params["B"], params["C"]
+        B_b, C_b = params.get("B_b", B), params.get("C_b", C)
+        # no dt input: dt = softplus(dt_bias), the same at every position
+        zero = B.new_zeros(B.shape[0], self.nheads, length, 1)
+        b, log_a = self._discretize(params.get("dt_f", zero), B, mask)
+        b_bwd, log_a_bwd = self._discretize(params.get("dt_b", zero), B_b, mask)
         delta = params["delta"][..., 0] + self.D.to(b.dtype)[:, None]
-        return _structured("quasiseparable")(b, params["C"], log_a, delta, b_bwd=b_bwd, c_bwd=params["C"],
-                                             log_a_bwd=log_a_bwd, shift=True, validate=False)
+        return _structured("quasiseparable")(b, C, log_a, delta, b_bwd=b_bwd, c_bwd=C_b, log_a_bwd=log_a_bwd,
+                                             shift=True, validate=False)
+
+
+@register_mixer("hydra")
+class HydraMixer(QuasiseparableMixer):
+    """The Hydra layer (Section 3; the paper's Table 3 "Quasiseparable" row, ``hydra/modules/hydra.py``):
+    :class:`QuasiseparableMixer` with a B', C' of its own for the backward direction (``bc="separate"``)
+    and the diagonal ``D + fc_D(v)``. ``bc="shared"`` makes it the Table 2 mixer again."""
+
+    def __init__(self, *, bc: str = "separate", **kw):
+        super().__init__(bc=bc, **kw)
 
 
 class _TwoSSMs(_SSMParams):

@@ -13,9 +13,14 @@ SA = sorted(n for n, ps in mixers.names().items()
 ALIGNED = [n for n in SA if mixers.get(n).sequence_aligned_definition]
 
 
+#: non-default options whose per-position parameters differ from the defaults' (the older diagonal)
+OPTIONS = {"quasiseparable(older)": ("quasiseparable", {"diagonal": "token"})}
+
+
 def _block(name):
+    name, options = OPTIONS.get(name, (name, {}))
     torch.manual_seed(0)
-    return mixers.MatrixMixerBlock(16, name, True, max_seq_len=12, headdim=8, qk_dim=4).double()
+    return mixers.MatrixMixerBlock(16, name, True, max_seq_len=12, headdim=8, qk_dim=4, **options).double()
 
 
 def _dense_parts(blk, params, L):
@@ -26,7 +31,7 @@ def test_every_sequence_aligned_builtin_except_attention_claims_the_definition()
     assert set(SA) - set(ALIGNED) == {"attention"}
 
 
-@pytest.mark.parametrize("name", ALIGNED)
+@pytest.mark.parametrize("name", ALIGNED + sorted(OPTIONS))
 @pytest.mark.parametrize("i", [0, 4, 8])
 def test_leading_block_depends_only_on_leading_parameters(name, i):
     blk = _block(name)

@@ -64,6 +64,16 @@ def test_cauchy_positive_nodes():
     torch.testing.assert_close(M, want)
 
 
+@pytest.mark.parametrize("fixed_offset", [False, True])
+def test_cauchy_fixed_has_no_offset_unless_asked(fixed_offset):
+    blk, M, p = _setup("cauchy", sa=False, fixed_offset=fixed_offset)
+    beta = F.softplus(blk.mixer.offset_raw)[:, None, None] if fixed_offset else 0.0
+    x, y = torch.exp(p["q"]) + beta, torch.exp(p["k"]) + beta
+    want = _entries(lambda i, j: (1 / (x[..., i, :] + y[..., j, :])).sum(-1) / math.sqrt(LREF * QK))
+    torch.testing.assert_close(M, want)
+    assert hasattr(blk.mixer, "offset_raw") == fixed_offset
+
+
 def test_attention():
     blk, M, p = _setup("attention")
     torch.testing.assert_close(M, torch.softmax(p["q"] @ p["k"].transpose(-1, -2) / math.sqrt(QK), -1))
@@ -99,24 +109,56 @@ def test_semiseparable_mamba2():
     torch.testing.assert_close(M, _entries(m))
 
 
-def test_quasiseparable_hydra():
-    blk, M, p = _setup("quasiseparable")
-    dt_f, A = _ssm(blk.mixer, p, "dt_f")
-    dt_b, _ = _ssm(blk.mixer, p, "dt_b")
+def _quasiseparable_entries(blk, p, u, backward_bc=("B", "C")):
+    """The docstring formula, with delta = D + fc_D(v) for the default diagonal and dt_raw = 0 where the
+    fixed parameterization has no dt input."""
+    zero = {"dt_f": torch.zeros_like(p["B"][..., :1]).expand(-1, blk.nheads, -1, -1)}
+    dt_f, A = _ssm(blk.mixer, {**zero, **p}, "dt_f")
+    dt_b, _ = _ssm(blk.mixer, {"dt_b": zero["dt_f"], **p}, "dt_b")
     B, C = p["B"], p["C"]
-    delta = p["delta"][..., 0] + blk.mixer.D[:, None]
+    Bb, Cb = p[backward_bc[0]], p[backward_bc[1]]
+    if blk.mixer.diagonal == "values":
+        _, v, _ = blk.mixer_inputs(u)
+        v_flat = v.transpose(1, 2).reshape(*u.shape[:2], -1)                      # (B, L, d_inner)
+        delta = (v_flat @ blk.value_proj.weight.T).transpose(1, 2) + blk.mixer.D[:, None]
+    else:
+        delta = p["delta"][..., 0] + blk.mixer.D[:, None]
 
     def m(i, j):
         if i == j:
             return delta[..., i]
         if i > j:    # shifted forward pass: C_{i-1}, decays t = j+1 .. i-1
             return (C[..., i - 1, :] * B[..., j, :]).sum(-1) * dt_f[..., j] * torch.exp(A * dt_f[..., j + 1:i].sum(-1))
-        return (C[..., i + 1, :] * B[..., j, :]).sum(-1) * dt_b[..., j] * torch.exp(A * dt_b[..., i + 1:j].sum(-1))
+        return (Cb[..., i + 1, :] * Bb[..., j, :]).sum(-1) * dt_b[..., j] * torch.exp(A * dt_b[..., i + 1:j].sum(-1))
 
-    torch.testing.assert_close(M, _entries(m))
+    return _entries(m)
+
+
+@pytest.mark.parametrize("sa", [True, False], ids=["sa", "fixed"])
+@pytest.mark.parametrize("opts", [{}, {"diagonal": "token", "fixed_dt": "table"}], ids=["released", "older"])
+def test_quasiseparable_hydra(sa, opts):
+    blk, M, p = _setup("quasiseparable", sa=sa, **opts)
+    u = torch.randn(2, L, D_MODEL, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(M, _quasiseparable_entries(blk, p, u))
+    if not sa and not opts:     # the released fixed form: B, C tables only; dt = softplus(dt_bias) everywhere
+        assert set(blk.tables) == {"B", "C"}
     torch.manual_seed(0)
     fresh = mixers.MatrixMixerBlock(D_MODEL, "quasiseparable", True, headdim=HEADDIM, qk_dim=QK)
     torch.testing.assert_close(fresh.mixer.A_log, torch.zeros_like(fresh.mixer.A_log))   # A = 1, Hydra's init
+
+
+@pytest.mark.parametrize("sa", [True, False], ids=["sa", "fixed"])
+def test_hydra_layer_has_separate_backward_generators(sa):
+    blk, M, p = _setup("hydra", sa=sa)
+    u = torch.randn(2, L, D_MODEL, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(M, _quasiseparable_entries(blk, p, u, backward_bc=("B_b", "C_b")))
+    assert not torch.equal(p["B"], p["B_b"])
+
+
+@pytest.mark.parametrize("option,value", [("diagonal", "free"), ("fixed_dt", "zero"), ("bc", "tied")])
+def test_quasiseparable_bad_option_names_option_value_and_allowed(option, value):
+    with pytest.raises(ValueError, match=f"{option} must be one of .* for mixer 'quasiseparable', got '{value}'"):
+        mixers.MatrixMixerBlock(D_MODEL, "quasiseparable", True, headdim=HEADDIM, qk_dim=QK, **{option: value})
 
 
 @pytest.mark.parametrize("name,table,fans", [
@@ -133,6 +175,8 @@ def test_fixed_tables_start_at_the_paper_codes_xavier_scale(name, table, fans):
     fan_in, fan_out = fans(H, L, d)
     want = math.sqrt(2.0 / (fan_in + fan_out))
     assert float(blk.tables[table].detach().std()) == pytest.approx(want, rel=0.1)
-    # dt and delta tables start at zero (dt = softplus(dt_bias), delta = D)
+    # the older fixed form's dt and delta tables start at zero (dt = softplus(dt_bias), delta = D)
     if name == "quasiseparable":
+        blk = mixers.MatrixMixerBlock(32, name, False, max_seq_len=L, headdim=8, qk_dim=d, diagonal="token",
+                                      fixed_dt="table")
         assert all(float(blk.tables[n].detach().abs().max()) == 0 for n in ("dt_f", "dt_b", "delta"))
