@@ -15,7 +15,8 @@ Rows (``--rows``, comma-separated; default: every row below that can be built he
 
 * ``<mixer>-sa`` / ``<mixer>-fixed``: our block with a registered mixer, sequence-aligned or fixed
   (Table 2: dense and dft fixed only; toeplitz, vandermonde, cauchy, low_rank, attention, quasiseparable
-  both; Table 3: semiseparable, bidir_add, bidir_mult, bidir_concat sequence-aligned);
+  both; Table 3: hydra (separate B, C per direction), semiseparable, bidir_add, bidir_mult, bidir_concat
+  sequence-aligned);
 * ``bert-base``: transformers' ``BertForMaskedLM`` (BERT-base, SDPA attention), when transformers is installed;
 * ``paper-hydra``: the Hydra paper's own layer (goombalab/hydra ``hydra.modules.hydra.Hydra`` on mamba_ssm's
   Triton scan) in place of our block, same encoder, when importable (install it outside the repository and
@@ -49,7 +50,7 @@ from torch import nn
 TABLE2 = ("dense-fixed", "dft-fixed") + tuple(f"{m}-{p}" for m in ("toeplitz", "vandermonde", "cauchy", "low_rank",
                                                                       "attention", "quasiseparable")
                                               for p in ("fixed", "sa"))
-TABLE3 = ("semiseparable-sa", "bidir_add-sa", "bidir_mult-sa", "bidir_concat-sa")
+TABLE3 = ("hydra-sa", "semiseparable-sa", "bidir_add-sa", "bidir_mult-sa", "bidir_concat-sa")
 PEERS = ("bert-base", "paper-hydra")
 DEFAULT_ROWS = PEERS + TABLE2 + TABLE3
 DEFAULT_LENGTHS = (128, 512, 2048, 8192, 16384)
