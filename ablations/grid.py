@@ -271,6 +271,7 @@ def validate_run(cfg: RunConfig, where: str = "") -> None:
             raise ValueError(f"{where}model.sequence_aligned={cfg.model.sequence_aligned}: mixer "
                              f"{cfg.model.mixer!r} does not support the {param} parameterization; "
                              f"supported: {', '.join(supported)}")
+        _check_block_shape(cfg.model, where)
         import mixers
         poolings = tuple(getattr(mixers.MixerForSequenceClassification, "POOLINGS", ("mean",)))
         for sw, stage in ([("pretrain", cfg.pretrain)] if cfg.pretrain is not None else []) + \
@@ -296,6 +297,19 @@ def validate_run(cfg: RunConfig, where: str = "") -> None:
         if stage.task not in known:
             raise KeyError(f"{where}{sw}.task: unknown task {stage.task!r}; registered tasks: {', '.join(known)}")
         _check_task_options(task_registry.get_task(stage.task), stage.options, f"{where}{sw}.options")
+
+
+def _check_block_shape(m, where: str) -> None:
+    """The shape rules of ``mixers.MatrixMixerBlock``, stated in the config's field names: heads of
+    ``headdim`` channels tile ``expand * d_model``, and the non-causal conv keeps the length only when odd."""
+    d_inner = m.expand * m.d_model
+    if d_inner % m.headdim:
+        divisors = [k for k in range(1, d_inner + 1) if d_inner % k == 0]
+        raise ValueError(f"{where}model.headdim={m.headdim} must divide model.expand * model.d_model = "
+                         f"{m.expand} * {m.d_model} = {d_inner}; allowed: {', '.join(map(str, divisors))}")
+    if m.d_conv % 2 == 0:
+        raise ValueError(f"{where}model.d_conv={m.d_conv} must be odd (the conv pads d_conv // 2 on each side to "
+                         f"keep the length); allowed: 3, 5, 7, ...")
 
 
 def _check_task_options(cls, options: dict, where: str):
@@ -385,9 +399,39 @@ def check_runnable(specs: list[RunSpec]) -> None:
                 max_len, source = task.seq_len, f"{sw}.options seq_len"
             if sw == "pretrain":
                 pre_len = max_len
+            _check_model_builds(cfg, task, stage, max_len, f"{where}{sw}: ")
             tables = not cfg.model.sequence_aligned or cfg.model.position_embeddings
             if tables and max_len is not None and task.seq_len > max_len:
                 kind = "fixed parameterization" if not cfg.model.sequence_aligned else "learned position embeddings"
                 raise ValueError(f"{where}{sw}: task {stage.task!r} trains on length {task.seq_len}, longer than "
                                  f"the model's {max_len} ({source}); the {kind} is a table of that many rows; "
                                  f"allowed: seq_len <= {max_len}, or set model.max_seq_len >= {task.seq_len}")
+
+
+_BUILT: set = set()  # model shapes already built by _check_model_builds in this process
+
+
+def _check_model_builds(cfg: RunConfig, task, stage, max_len, where: str) -> None:
+    """Build the stage's model as the run will, on the meta device (no memory, no initialization cost), so that
+    what the block constructors refuse (an unknown ``mixer_kwargs`` option, a shape rule) stops ``--dry-run``
+    too. One layer stands for all: the layers are alike, and the time to build grows with their number. A
+    custom ``model.builder`` is left to the run: what it does on the meta device is its own affair."""
+    if cfg.model.builder is not None or (max_len is None and not cfg.model.sequence_aligned):
+        return
+    import dataclasses
+
+    import torch
+
+    from . import runner
+    model = dataclasses.replace(cfg.model, n_layers=1)
+    key = canonical_json([config_to_dict(model), task.vocab_size, task.kind, getattr(task, "num_labels", None),
+                          stage.pooling, max_len])
+    if key in _BUILT:
+        return
+    try:
+        with torch.device("meta"):
+            runner.build_model(model, task, stage, max_len)
+    except (TypeError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ValueError(f"{where}the model does not build ({msg}); see model.* and model.mixer_kwargs") from None
+    _BUILT.add(key)

@@ -154,3 +154,60 @@ def test_exit_status_survives_a_closed_stdout(tmp_path):
            f"| head -c 1 > /dev/null; exit ${{PIPESTATUS[0]}}")
     res = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 1, res.stderr
+
+
+MIXERS_GRID = """
+name: m
+base:
+  device: cpu
+  model: {{mixer: dense, sequence_aligned: false, d_model: 16, expand: 2, headdim: {headdim}, d_conv: {d_conv}{extra}}}
+  tasks:
+    - {{task: mqar, steps: 2, batch_size: 4, options: {{seq_len: 16, num_kv_pairs: 2}}}}
+"""
+
+
+@pytest.mark.parametrize("fields, expect, at_expand", [
+    (dict(headdim=24, d_conv=7, extra=""),
+     "model.headdim=24 must divide model.expand * model.d_model = 2 * 16 = 32; allowed: 1, 2, 4, 8, 16, 32", True),
+    (dict(headdim=8, d_conv=4, extra=""), "model.d_conv=4 must be odd", True),
+    (dict(headdim=8, d_conv=7, extra=", mixer_kwargs: {bogus: 1}"), "tasks[0]: the model does not build (unknown",
+     False),
+])
+def test_dry_run_refuses_a_model_the_run_cannot_build(tmp_path, capsys, fields, expect, at_expand):
+    """Failed before: --dry-run accepted headdim 24 with expand * d_model = 32 (and the other block rules);
+    every run then failed with the block's ValueError. The shape rules stop a real run before it starts too."""
+    g = _grid(tmp_path, MIXERS_GRID.format(**fields))
+    assert expect in one_line_error(capsys, ["ablate", g, "--dry-run"])
+    if at_expand:
+        assert expect in one_line_error(capsys, ["ablate", g, "--out", str(tmp_path / "o"), "--no-progress"])
+        assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_checks_out(tmp_path, capsys):
+    """Failed before: --dry-run accepted an --out that is a file, or lies under one."""
+    f = tmp_path / "afile"
+    f.write_text("")
+    err = one_line_error(capsys, ["ablate", "smoke", "--out", str(f), "--dry-run"])
+    assert "--out" in err and "is a file" in err
+    err = one_line_error(capsys, ["ablate", "smoke", "--out", str(f / "sub"), "--dry-run"])
+    assert "--out" in err and f"lies under the file {str(f)!r}" in err
+    assert cli.main(["ablate", "smoke", "--out", str(tmp_path / "new" / "dir"), "--dry-run"]) == 0
+    assert not (tmp_path / "new").exists()   # a dry run makes nothing
+
+
+def test_gpus_per_run_without_ray_is_refused_before_anything(tmp_path, capsys):
+    """Failed before: --dry-run accepted it, and a real run created --out before refusing it."""
+    for extra in (["--dry-run"], ["--no-progress"]):
+        err = one_line_error(capsys, ["ablate", "smoke", "--gpus-per-run", "0.5", "--out", str(tmp_path / "o")]
+                             + extra)
+        assert "--gpus-per-run 0.5 needs --backend ray (got --backend local)" in err
+        assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv", [["ablate", "smoke", "--dry-run"], ["check", "toeplitz"],
+                                  ["bench", "structured", "--quick"]])
+def test_a_bad_kernels_mode_is_a_usage_error(capsys, monkeypatch, argv):
+    """Failed before: --dry-run passed and every run failed; check passed; bench failed with exit 1."""
+    monkeypatch.setenv("MIXERZOO_KERNELS", "bogus")
+    err = one_line_error(capsys, argv)
+    assert "MIXERZOO_KERNELS='bogus'" in err and "allowed: auto, on, off" in err
