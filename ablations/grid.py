@@ -166,10 +166,13 @@ def parse_grid(data, default_name: str = "grid", path: str | None = None) -> Gri
                          f"got {default_scale!r}")
     if scales and default_scale not in scales:
         raise ValueError(f"{where}: default_scale must be one of {', '.join(scales)}, got {default_scale!r}")
+    description = data.get("description")
+    if description is not None and not isinstance(description, str):
+        raise ValueError(f"{where}: description must be a string, got {description!r}")
     reference = data.get("reference")
     if reference is not None and not isinstance(reference, str):
         raise ValueError(f"{where}: reference must be a string naming a paper table, got {reference!r}")
-    return Grid(name=name, description=str(data.get("description", "")), reference=reference, seeds=seeds,
+    return Grid(name=name, description=description or "", reference=reference, seeds=seeds,
                 base=base, axes=axes, include=include, scales=scales, default_scale=default_scale, path=path)
 
 
