@@ -15,6 +15,7 @@ a mixture. Loading parses the header as JSON and reads tensors with ``safetensor
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -92,12 +93,57 @@ def save_checkpoint(path, *, model_state: dict, step: int, done: bool, final=Non
     os.replace(tmp, path)
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def metrics_problem(final) -> str | None:
+    """Why ``final`` is not a stage's final metrics ``{split: {metric: number}}``, or None. A metric is a
+    finite number or NaN (a task records an undefined metric, such as the correlation of a constant
+    prediction, as NaN); ``not_extendable`` is the one flag, true or false."""
+    if not isinstance(final, dict) or not final:
+        return f"final must be a non-empty mapping split -> mapping metric -> number, got {_short(final)}"
+    for split, metrics in final.items():
+        if not isinstance(metrics, dict):
+            return f"final[{split!r}] must be a mapping metric -> number, got {_short(metrics)}"
+        for name, v in metrics.items():
+            if name == "not_extendable" and isinstance(v, bool):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isinf(v):
+                return f"final[{split!r}][{name!r}] must be a finite number (or NaN), got {_short(v)}"
+    return None
+
+
+def _meta_problem(meta) -> str | None:
+    """Why the header metadata is not a checkpoint of this format, or None (the stage-specific checks,
+    the step against the stage's length, are the trainer's)."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        return f"unknown checkpoint format {_short(found)} (this code reads format {FORMAT})"
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step must be a non-negative integer, got {_short(step)}"
+    if not isinstance(meta.get("done"), bool):
+        return f"done must be true or false, got {_short(meta.get('done'))}"
+    if meta["done"]:
+        problem = metrics_problem(meta.get("final"))
+        if problem:
+            return f"a finished stage's {problem}"
+    for key in ("optimizer", "scheduler", "rng"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"{key} must be a mapping, got {_short(meta[key])}"
+    return None
+
+
 def load_checkpoint(path, device: torch.device | str = "cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` without unpickling anything.
 
     Returns ``{"step", "done", "final", "model": state dict, "optimizer": state dict | None,
     "scheduler": state dict | None, "rng": RNG state dict | None}``. Raises :class:`CheckpointError`
-    (naming the path and the cause) for anything that is not such a checkpoint.
+    (naming the path and the cause) for anything that is not such a checkpoint, metadata included: the
+    step a non-negative integer, ``done`` a boolean, a finished stage's ``final`` metrics a mapping split ->
+    mapping metric -> number (:func:`metrics_problem`).
     """
     path = Path(path)
     try:
@@ -107,10 +153,10 @@ def load_checkpoint(path, device: torch.device | str = "cpu") -> dict:
                 raise CheckpointError(path, "no 'mixerzoo' metadata in the safetensors header")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         meta = json.loads(header)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CheckpointError(path, f"unknown checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}"
-                                        f" (this code reads format {FORMAT})")
-        out = {"step": int(meta["step"]), "done": bool(meta["done"]), "final": meta.get("final"),
+        problem = _meta_problem(meta)
+        if problem:
+            raise CheckpointError(path, problem)
+        out = {"step": meta["step"], "done": meta["done"], "final": meta.get("final"),
                "model": {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
                "optimizer": None, "scheduler": meta.get("scheduler"), "rng": None}
         if "optimizer" in meta:

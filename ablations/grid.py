@@ -93,6 +93,9 @@ def grid_names() -> list[str]:
 def grid_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
+        if p.is_dir():
+            raise ValueError(f"grid file {name_or_path!r} is a directory; allowed: a .yaml grid file, or a shipped "
+                             f"grid ({', '.join(grid_names())})")
         if not p.is_file():
             raise ValueError(f"grid file {name_or_path!r} does not exist")
         return p
@@ -163,10 +166,13 @@ def parse_grid(data, default_name: str = "grid", path: str | None = None) -> Gri
                          f"got {default_scale!r}")
     if scales and default_scale not in scales:
         raise ValueError(f"{where}: default_scale must be one of {', '.join(scales)}, got {default_scale!r}")
+    description = data.get("description")
+    if description is not None and not isinstance(description, str):
+        raise ValueError(f"{where}: description must be a string, got {description!r}")
     reference = data.get("reference")
     if reference is not None and not isinstance(reference, str):
         raise ValueError(f"{where}: reference must be a string naming a paper table, got {reference!r}")
-    return Grid(name=name, description=str(data.get("description", "")), reference=reference, seeds=seeds,
+    return Grid(name=name, description=description or "", reference=reference, seeds=seeds,
                 base=base, axes=axes, include=include, scales=scales, default_scale=default_scale, path=path)
 
 
@@ -179,21 +185,39 @@ def _check_seeds(seeds, where):
     return list(seeds)
 
 
+MAX_SEEDS = 10000  # far above any grid's needs; a typo such as 0-1000000000 is refused instead of expanded
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` or ``"0-2"`` -> [0, 1, 2] (for ``--seeds``)."""
+    """``"0,1,2"`` or ``"0-2"`` -> [0, 1, 2] (for ``--seeds``); at most :data:`MAX_SEEDS` seeds. Errors quote
+    the value as typed."""
+    allowed = f"allowed: a comma list of non-negative integers or ranges like 0-2, at most {MAX_SEEDS} seeds"
     out = []
-    try:
-        for part in str(text).split(","):
-            part = part.strip()
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
             if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
+                a, b = (int(v) for v in part.split("-"))
+                if b < a:
+                    raise ValueError(f"--seeds {text!r}: the range {part} ends below its start; {allowed}")
+                if len(out) + b - a + 1 > MAX_SEEDS:
+                    raise ValueError(f"--seeds {text!r} names more than {MAX_SEEDS} seeds; {allowed}")
+                out.extend(range(a, b + 1))
             else:
                 out.append(int(part))
+        except ValueError as e:
+            if str(e).startswith("--seeds"):
+                raise
+            raise ValueError(f"--seeds {text!r}: {part!r} is not an integer or a range; {allowed}") from None
+    if len(out) > MAX_SEEDS:
+        raise ValueError(f"--seeds {text!r} names more than {MAX_SEEDS} seeds; {allowed}")
+    try:
+        return _check_seeds(out, "--seeds")
     except ValueError:
-        raise ValueError(f"--seeds must be a comma list of non-negative integers or ranges like 0-2, got {text!r}") \
-            from None
-    return _check_seeds(out, "--seeds")
+        from collections import Counter
+        dup = sorted(s for s, n in Counter(out).items() if n > 1)[:3]
+        why = f"repeats the seed(s) {', '.join(map(str, dup))}" if dup else "is not a list of non-negative seeds"
+        raise ValueError(f"--seeds {text!r} {why}; {allowed}") from None
 
 
 # ----------------------------------------------------------------------------------------- dotted paths
@@ -271,6 +295,7 @@ def validate_run(cfg: RunConfig, where: str = "") -> None:
             raise ValueError(f"{where}model.sequence_aligned={cfg.model.sequence_aligned}: mixer "
                              f"{cfg.model.mixer!r} does not support the {param} parameterization; "
                              f"supported: {', '.join(supported)}")
+        _check_block_shape(cfg.model, where)
         import mixers
         poolings = tuple(getattr(mixers.MixerForSequenceClassification, "POOLINGS", ("mean",)))
         for sw, stage in ([("pretrain", cfg.pretrain)] if cfg.pretrain is not None else []) + \
@@ -296,6 +321,19 @@ def validate_run(cfg: RunConfig, where: str = "") -> None:
         if stage.task not in known:
             raise KeyError(f"{where}{sw}.task: unknown task {stage.task!r}; registered tasks: {', '.join(known)}")
         _check_task_options(task_registry.get_task(stage.task), stage.options, f"{where}{sw}.options")
+
+
+def _check_block_shape(m, where: str) -> None:
+    """The shape rules of ``mixers.MatrixMixerBlock``, stated in the config's field names: heads of
+    ``headdim`` channels tile ``expand * d_model``, and the non-causal conv keeps the length only when odd."""
+    d_inner = m.expand * m.d_model
+    if d_inner % m.headdim:
+        divisors = [k for k in range(1, d_inner + 1) if d_inner % k == 0]
+        raise ValueError(f"{where}model.headdim={m.headdim} must divide model.expand * model.d_model = "
+                         f"{m.expand} * {m.d_model} = {d_inner}; allowed: {', '.join(map(str, divisors))}")
+    if m.d_conv % 2 == 0:
+        raise ValueError(f"{where}model.d_conv={m.d_conv} must be odd (the conv pads d_conv // 2 on each side to "
+                         f"keep the length); allowed: 3, 5, 7, ...")
 
 
 def _check_task_options(cls, options: dict, where: str):
@@ -385,9 +423,39 @@ def check_runnable(specs: list[RunSpec]) -> None:
                 max_len, source = task.seq_len, f"{sw}.options seq_len"
             if sw == "pretrain":
                 pre_len = max_len
+            _check_model_builds(cfg, task, stage, max_len, f"{where}{sw}: ")
             tables = not cfg.model.sequence_aligned or cfg.model.position_embeddings
             if tables and max_len is not None and task.seq_len > max_len:
                 kind = "fixed parameterization" if not cfg.model.sequence_aligned else "learned position embeddings"
                 raise ValueError(f"{where}{sw}: task {stage.task!r} trains on length {task.seq_len}, longer than "
                                  f"the model's {max_len} ({source}); the {kind} is a table of that many rows; "
                                  f"allowed: seq_len <= {max_len}, or set model.max_seq_len >= {task.seq_len}")
+
+
+_BUILT: set = set()  # model shapes already built by _check_model_builds in this process
+
+
+def _check_model_builds(cfg: RunConfig, task, stage, max_len, where: str) -> None:
+    """Build the stage's model as the run will, on the meta device (no memory, no initialization cost), so that
+    what the block constructors refuse (an unknown ``mixer_kwargs`` option, a shape rule) stops ``--dry-run``
+    too. One layer stands for all: the layers are alike, and the time to build grows with their number. A
+    custom ``model.builder`` is left to the run: what it does on the meta device is its own affair."""
+    if cfg.model.builder is not None or (max_len is None and not cfg.model.sequence_aligned):
+        return
+    import dataclasses
+
+    import torch
+
+    from . import runner
+    model = dataclasses.replace(cfg.model, n_layers=1)
+    key = canonical_json([config_to_dict(model), task.vocab_size, task.kind, getattr(task, "num_labels", None),
+                          stage.pooling, max_len])
+    if key in _BUILT:
+        return
+    try:
+        with torch.device("meta"):
+            runner.build_model(model, task, stage, max_len)
+    except (TypeError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ValueError(f"{where}the model does not build ({msg}); see model.* and model.mixer_kwargs") from None
+    _BUILT.add(key)

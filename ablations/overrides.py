@@ -38,19 +38,40 @@ def parse_set(text: str) -> tuple[str, object]:
 
 
 def _resolve_names(data: dict, path: str, text: str) -> str:
-    """Replace list items named by stage name or task with their index."""
+    """Replace list items named by stage name or task with their index. Every step before the last must
+    exist: --set changes the runs' fields, it does not add a stage (a pretrain stage the runs lack, a task
+    item) with defaults for what the command line does not say."""
     node, out = data, []
-    for key in path.split("."):
-        if isinstance(node, list) and not key.isdigit():
+    keys = path.split(".")
+    for i, key in enumerate(keys):
+        where = ".".join(out) or "the config"
+        if isinstance(node, list):
             names = [item.get("name") or item.get("task") if isinstance(item, dict) else None for item in node]
-            if key not in names:
-                raise ValueError(f"--set {text!r}: {key!r} names no item of {'.'.join(out) or 'the config'} "
-                                 f"(items: {', '.join(map(str, names))}; or use an index)")
-            key = str(names.index(key))
+            items = f"items: {', '.join(map(str, names)) or 'none'}"
+            if not key.isdigit() and key not in names:
+                raise ValueError(f"--set {text!r}: {key!r} names no item of {where} ({items}; or use an index); "
+                                 f"--set does not add an item: set the whole list, e.g. --set '{where}=[...]', or "
+                                 f"add it in the grid")
+            if key.isdigit() and int(key) >= len(node):
+                raise ValueError(f"--set {text!r}: {where} has {len(node)} item(s) ({items}), no index {key}; "
+                                 f"--set does not add an item: set the whole list, e.g. --set '{where}=[...]', or "
+                                 f"add it in the grid")
+            key = str(names.index(key)) if not key.isdigit() else key
         out.append(key)
+        if i == len(keys) - 1:
+            break
+        field = ".".join(out)
+        if isinstance(node, dict) and key in node and node[key] is None:
+            # an absent key is left to the validation (an unknown field, or a new option of a free mapping)
+            if field == "pretrain":
+                raise ValueError(f"--set {text!r}: the runs have no pretrain stage, so there is no {path} to set; "
+                                 f"to add one, set the whole stage, e.g. --set 'pretrain={{task: mlm, steps: 200}}', "
+                                 f"or add it in the grid")
+            raise ValueError(f"--set {text!r}: {field} is null in the runs, so there is no {path} to set; set it "
+                             f"whole, e.g. --set '{field}=...'")
         if isinstance(node, dict):
             node = node.get(key)
-        elif isinstance(node, list) and int(key) < len(node):
+        elif isinstance(node, list):
             node = node[int(key)]
         else:
             node = None

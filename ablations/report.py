@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .runner import summary_problem
 from .trainer import atomic_write_text, read_jsonl
 
 REFERENCE_DIR = Path(__file__).with_name("reference")
@@ -48,7 +49,6 @@ def load_reference(name: str) -> pd.DataFrame:
     return df
 
 
-REQUIRED_KEYS = ("run_id", "status", "mixer", "sequence_aligned")
 
 
 def _unreadable(path: Path, cause: str) -> dict:
@@ -69,8 +69,8 @@ def _unreadable(path: Path, cause: str) -> dict:
 def load_runs(out_dir, run_ids=None) -> list[dict]:
     """Summaries of the finished runs under ``out_dir`` (restricted to ``run_ids`` when given).
 
-    A ``summary.json`` that is not valid JSON or lacks a required key (run_id, status, mixer,
-    sequence_aligned) is not dropped: it becomes a failed run whose ``unreadable`` names the file."""
+    A ``summary.json`` that is not valid JSON or not a run summary (:func:`ablations.runner.summary_problem`)
+    is not dropped: it becomes a failed run whose ``unreadable`` names the file."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"DIR {str(out_dir)!r} is not a directory of runs")
@@ -83,16 +83,9 @@ def load_runs(out_dir, run_ids=None) -> list[dict]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             runs.append(_unreadable(p, f"not valid JSON ({e})"))
             continue
-        if not isinstance(run, dict):
-            runs.append(_unreadable(p, f"a JSON {type(run).__name__}, not an object"))
-            continue
-        missing = [k for k in REQUIRED_KEYS if k not in run]
-        if missing:
-            runs.append(_unreadable(p, f"missing key(s) {', '.join(missing)}"))
-            continue
-        if not isinstance(run.get("stages", {}), dict) or not all(
-                isinstance(st, dict) and isinstance(st.get("metrics", {}), dict) for st in run["stages"].values()):
-            runs.append(_unreadable(p, "'stages' is not an object of stage objects"))
+        problem = summary_problem(run)
+        if problem is not None:
+            runs.append(_unreadable(p, problem))
             continue
         runs.append(run)
     if not runs:

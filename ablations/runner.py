@@ -179,14 +179,45 @@ def is_finished(summary: dict | None, retry_failed: bool = False, rerun_stale: b
     return summary.get("status") == "completed" or (summary.get("status") == "failed" and not retry_failed)
 
 
-def read_summary(run_dir) -> dict | None:
+SUMMARY_KEYS = ("run_id", "status", "mixer", "sequence_aligned")
+
+
+def summary_problem(data) -> str | None:
+    """Why ``data`` (a parsed ``summary.json``) is not a run summary this code reads, or None: it must be
+    an object with the keys of :data:`SUMMARY_KEYS` (``run_id`` and ``status`` strings) and ``stages``, when
+    present, an object of stage objects whose ``metrics`` are objects."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    missing = [k for k in SUMMARY_KEYS if k not in data]
+    if missing:
+        return f"missing key(s) {', '.join(missing)}"
+    for key in ("run_id", "status"):
+        if not isinstance(data[key], str):
+            return f"{key!r} is {data[key]!r}, not a string"
+    stages = data.get("stages", {})
+    if not isinstance(stages, dict) or not all(
+            isinstance(st, dict) and isinstance(st.get("metrics", {}), dict) for st in stages.values()):
+        return "'stages' is not an object of stage objects"
+    return None
+
+
+def read_summary(run_dir, warn=None) -> dict | None:
+    """The run's ``summary.json``, or None when there is none or it is unreadable (not JSON, or not a
+    summary: :func:`summary_problem`). An unreadable one marks no finished run (the run runs again and
+    replaces it); ``warn(message)``, when given, is told its path and cause."""
     p = Path(run_dir) / "summary.json"
     if not p.exists():
         return None
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:  # only possible if written by something else: treat as unfinished
-        return None
+        data = json.loads(p.read_text())
+        problem = summary_problem(data)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:  # written by something else, or torn
+        problem = f"not valid JSON ({e})"
+    if problem is None:
+        return data
+    if warn is not None:
+        warn(f"unreadable summary {str(p)!r} ({problem}); the run is not finished and runs again")
+    return None
 
 
 def _primary(task, metrics: dict) -> float | None:
@@ -363,6 +394,14 @@ def _average(stages: dict) -> float | None:
     return 100.0 * sum(vals) / len(vals) if vals else None
 
 
+def _num(value, spec: str) -> str:
+    """``value`` formatted with ``spec`` when it is a number; anything else (a summary written by other
+    code) as it is."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return repr(value)
+
+
 def one_line(summary: dict) -> str:
     """The one-line summary printed per finished run."""
     head = f"{summary['run_id']:<40s}"
@@ -370,17 +409,18 @@ def one_line(summary: dict) -> str:
         head += " [skipped: already " + summary.get("status", "?") + "]"
     if summary.get("status") == "running":
         return f"{summary['run_id']:<40s} [skipped: {summary.get('reason')}]"
+    wall = _num(summary.get("wall_s", 0), ".0f")
     if summary.get("status") != "completed":
-        return f"{head} FAILED ({summary.get('wall_s', 0):.0f}s): {summary.get('reason')}"
+        return f"{head} FAILED ({wall}s): {summary.get('reason')}"
     parts = []
-    for name, st in summary["stages"].items():
+    for name, st in summary.get("stages", {}).items():
         if st.get("status") == "unavailable":
             parts.append(f"{name}=n/a")
         elif st.get("primary") is not None:
-            parts.append(f"{name}.{st['primary_metric']}={st['primary']:.3f}")
+            parts.append(f"{name}.{st.get('primary_metric')}={_num(st['primary'], '.3f')}")
     avg = summary.get("average")
-    avg_txt = f" avg={avg:.1f}" if avg is not None else ""
-    return f"{head} ok ({summary.get('wall_s', 0):.0f}s){avg_txt} " + " ".join(parts)
+    avg_txt = f" avg={_num(avg, '.1f')}" if avg is not None else ""
+    return f"{head} ok ({wall}s){avg_txt} " + " ".join(parts)
 
 
 # ----------------------------------------------------------------------------------------- grids
@@ -446,7 +486,7 @@ def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str
     todo = []
     stale = []
     for s in specs:
-        prev = read_summary(out_dir / s.run_id)
+        prev = read_summary(out_dir / s.run_id, warn=warn if rank == 0 else None)
         if is_finished(prev, retry_failed) and made_by_other_code(prev) and rank == 0:
             if rerun_stale and _set_aside(out_dir / s.run_id, prev):
                 prev = None

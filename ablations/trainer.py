@@ -408,11 +408,23 @@ def sharded_evaluate(task, predict: Callable[[dict], torch.Tensor], split: str, 
 
 
 # ----------------------------------------------------------------------------------------- resume
-def _resume(ckpt_path: Path, model, opt, sched, device, stage_name: str, log: MetricsLog) -> dict | None:
+def _nonfinite(tensors: dict, keys) -> str | None:
+    """The first of ``keys`` whose floating-point tensor in ``tensors`` holds NaN or inf, or None."""
+    for k in keys:
+        v = tensors.get(k)
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            return k
+    return None
+
+
+def _resume(ckpt_path: Path, model, opt, sched, device, stage_name: str, log: MetricsLog, total_steps: int,
+            splits: list) -> dict | None:
     """Load the checkpoint at ``ckpt_path`` into the model, optimizer, scheduler and RNGs; return it.
 
-    A checkpoint that does not load (corrupt, truncated, another format, another model) leaves the
-    model, the optimizer and the RNGs as they were, is renamed to ``<name>.unreadable`` (so the next
+    A checkpoint that does not load (corrupt, truncated, another format, another model, metadata that
+    does not fit this stage: a step outside 0..``total_steps``, final metrics of other splits than
+    ``splits``; weights or optimizer moments holding NaN or inf, which training never checkpoints) leaves
+    the model, the optimizer and the RNGs as they were, is renamed to ``<name>.unreadable`` (so the next
     attempt does not meet it again: no retry loop), and is reported with its path and cause on stderr
     and in the metrics log; the caller then trains the stage from scratch. Returns None in that case.
     """
@@ -422,6 +434,15 @@ def _resume(ckpt_path: Path, model, opt, sched, device, stage_name: str, log: Me
         # Read on the CPU: load_state_dict moves each tensor to its parameter's device, and an optimizer's
         # step counts stay on the CPU unless it is fused or capturable, as torch's optimizers expect.
         ck = load_checkpoint(ckpt_path)
+        if ck["step"] > total_steps:
+            raise CheckpointError(ckpt_path, f"step {ck['step']} is past the stage's {total_steps} steps")
+        if ck["done"] and sorted(ck["final"]) != sorted(splits):
+            raise CheckpointError(ckpt_path, f"the final metrics are of the splits {sorted(ck['final'])}, the "
+                                             f"stage evaluates {sorted(splits)}")
+        # buffers may hold inf by design (a mask); parameters never do
+        bad = _nonfinite(ck["model"], [k for k, _ in model.named_parameters(remove_duplicate=False)])
+        if bad is not None:
+            raise CheckpointError(ckpt_path, f"the weight {bad} holds NaN or inf")
         expected = model.state_dict()
         if set(ck["model"]) != set(expected):
             missing, extra = sorted(set(expected) - set(ck["model"])), sorted(set(ck["model"]) - set(expected))
@@ -433,6 +454,10 @@ def _resume(ckpt_path: Path, model, opt, sched, device, stage_name: str, log: Me
         if not ck["done"]:
             if ck["optimizer"] is None or ck["scheduler"] is None or ck["rng"] is None:
                 raise CheckpointError(ckpt_path, "an unfinished stage's checkpoint lacks optimizer/scheduler/RNG state")
+            for idx, entries in ck["optimizer"]["state"].items():
+                bad = _nonfinite(entries, list(entries))
+                if bad is not None:
+                    raise CheckpointError(ckpt_path, f"the optimizer state {idx}.{bad} holds NaN or inf")
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
             set_rng_state(ck["rng"], device)
@@ -499,7 +524,7 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
     start = 0
     ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
     if ckpt_path is not None and ckpt_path.exists():
-        resumed = _resume(ckpt_path, model, opt, sched, device, name, log)
+        resumed = _resume(ckpt_path, model, opt, sched, device, name, log, stage.steps, splits)
         if resumed is None:  # unreadable: this stage restarts from scratch with fresh optimizer state
             opt, sched = build_optimizer(model, stage.optim, stage.steps)
         elif resumed["done"]:

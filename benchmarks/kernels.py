@@ -464,15 +464,24 @@ def main(argv=None) -> int:
     ap.add_argument("--tune", action="store_true", help="sweep the scan kernels' launch configuration first "
                     "(at L = 16384; 4096 with --quick) and use the fastest forward+backward one")
     args = ap.parse_args(argv)
+    # argument errors are usage errors: `mixerzoo bench` prints them as one line and exits 2
+    from ablations.cli import UsageError
     if not str(args.device).startswith("cuda"):
-        raise ValueError(f"--device must be a CUDA device for the kernel benchmarks, got {args.device!r}")
+        raise UsageError(f"--device must be a CUDA device (cuda or cuda:k) for the kernel benchmarks, got "
+                         f"{args.device!r}")
+    launch = args.launch.split(",") if args.launch else None
+    if launch is not None and (len(launch) != 3 or not all(f.strip().isdigit() for f in launch)):
+        raise UsageError(f"--launch must be three integers BV,WARPS,STAGES, got {args.launch!r}")
+    bwd = args.bwd_launch.split(",") if args.bwd_launch else None
+    if bwd is not None and (len(bwd) not in (5, 6) or not all(f.strip().isdigit() for f in bwd)):
+        raise UsageError(f"--bwd-launch must be five or six integers SPLIT,WARPS,STAGES,ATOMIC,PAIR[,PER_ROLE]; "
+                         f"got {args.bwd_launch!r}")
     if not torch.cuda.is_available():
-        print("no CUDA device: the kernel benchmarks need a GPU", file=sys.stderr)
-        return 1
+        raise UsageError(f"--device {args.device}: no CUDA device is available here; the kernel benchmarks need a GPU")
     t0 = time.time()
-    if args.launch:
+    if launch:
         from kernels import ssd
-        bv, nw, ns = (int(v) for v in args.launch.split(","))
+        bv, nw, ns = (int(v) for v in launch)
         ssd.TUNING.update(block_v=bv, num_warps=nw or None, num_stages=ns or None)
     if args.tune:
         from kernels import ssd
@@ -480,13 +489,9 @@ def main(argv=None) -> int:
         best = min(rows, key=lambda r: r["fwd_bwd_ms"])
         ssd.TUNING.update(block_v=best["block_v"], num_warps=best["num_warps"], num_stages=best["num_stages"])
         print(f"tuned: {ssd.TUNING}")
-    if args.bwd_launch:
+    if bwd:
         from kernels import ssd
-        fields = args.bwd_launch.split(",")
-        if len(fields) not in (5, 6) or not all(f.strip().isdigit() for f in fields):
-            raise ValueError(f"--bwd-launch must be five or six integers SPLIT,WARPS,STAGES,ATOMIC,PAIR[,PER_ROLE]; "
-                             f"got {args.bwd_launch!r}")
-        sp, nw, ns, at, pr, per_role = (int(v) for v in (fields + ["0"])[:6])
+        sp, nw, ns, at, pr, per_role = (int(v) for v in (bwd + ["0"])[:6])
         ssd.TUNING.update(bwd_split=bool(sp), bwd_num_warps=nw or None, bwd_num_stages=ns or None,
                           bwd_atomic_sum=bool(at), bwd_states_pair=bool(pr),
                           bwd_split_launch="per_role" if per_role else "one")
@@ -515,4 +520,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ablations.cli import main as cli_main
+    sys.exit(cli_main(["bench", "kernels", *sys.argv[1:]]))

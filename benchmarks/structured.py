@@ -325,6 +325,18 @@ def main(argv=None) -> str:
     parser.add_argument("--quick", action="store_true", help="fewer lengths and repeats (smoke test)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    # argument errors are usage errors: `mixerzoo bench` prints them as one line and exits 2
+    from ablations.cli import UsageError
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu or cuda[:k], got {args.device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA device is available here; allowed: cpu")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
     path = run(device=args.device, out=args.out, lengths=args.lengths, dtype=args.dtype, quick=args.quick,
                threads=args.threads)
     print(path)
@@ -332,4 +344,5 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from ablations.cli import main as cli_main
+    sys.exit(cli_main(["bench", "structured", *sys.argv[1:]]))

@@ -14,10 +14,10 @@ See ``mixers/examples/banded.py`` for a complete plug-in.
 from __future__ import annotations
 
 from .registry import ENTRY_POINT_GROUP, PARAMETERIZATIONS, get, names, register_mixer, unregister_mixer
-from .base import Channels, GatedRMSNorm, MatrixMixerBlock, Mixer
+from .base import Channels, GatedRMSNorm, MatrixMixerBlock, Mixer, UnknownMixerError
 from . import zoo  # noqa: F401  (registers the built-in mixers)
 from .encoder import MixerEncoder, MixerForMaskedLM, MixerForSequenceClassification, param_table
 
 __all__ = ["MatrixMixerBlock", "Mixer", "Channels", "GatedRMSNorm", "register_mixer", "unregister_mixer", "names",
            "get", "ENTRY_POINT_GROUP", "PARAMETERIZATIONS", "MixerEncoder", "MixerForMaskedLM",
-           "MixerForSequenceClassification", "param_table"]
+           "MixerForSequenceClassification", "param_table", "UnknownMixerError"]

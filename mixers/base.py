@@ -163,6 +163,14 @@ class Mixer(nn.Module):
         return y + v if self.skip else y
 
 
+class UnknownMixerError(ValueError, KeyError):
+    """A mixer name that no mixer is registered under, given to a block: a bad argument (ValueError), and a
+    KeyError as :func:`mixers.get` raises for the same name, so that code catching either keeps working."""
+
+    def __str__(self) -> str:  # the message as written, not KeyError's quoted repr of it
+        return str(self.args[0]) if self.args else ""
+
+
 def _check_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -224,16 +232,19 @@ class MatrixMixerBlock(nn.Module):
             raise ValueError(f"sequence_aligned must be True or False, got {sequence_aligned!r}")
         if max_seq_len is not None:
             _check_int("max_seq_len", max_seq_len)
-        d_inner = expand * d_model
-        if d_inner % headdim != 0:
-            raise ValueError(f"headdim={headdim} must divide d_inner = expand * d_model = {d_inner}")
         if isinstance(mixer, str):
+            if mixer not in registry.names():
+                raise UnknownMixerError(f"mixer: unknown mixer {mixer!r}; registered: "
+                                        f"{', '.join(registry.names())} (or pass a mixers.base.Mixer subclass)")
             mixer_cls = registry.get(mixer)
         elif isinstance(mixer, type) and issubclass(mixer, Mixer):
             mixer_cls = mixer
         else:
             raise ValueError(f"mixer must be a registered mixer name ({', '.join(registry.names())}) or a "
                              f"mixers.base.Mixer subclass, got {mixer!r}")
+        d_inner = expand * d_model
+        if d_inner % headdim != 0:
+            raise ValueError(f"headdim={headdim} must divide d_inner = expand * d_model = {d_inner}")
         parameterization = "sequence_aligned" if sequence_aligned else "fixed"
         if parameterization not in mixer_cls.parameterizations:
             raise ValueError(f"mixer {mixer_cls.name or mixer_cls.__name__!r} does not support the {parameterization} "

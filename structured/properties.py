@@ -1,11 +1,13 @@
-"""Rank properties of materialized matrices (any dense tensor ``(*batch, m, n)``).
+"""Rank properties of materialized matrices (any finite dense tensor ``(*batch, m, n)``; the orders and the
+Toeplitz and cosine displacements need square ones). Bad input is a ValueError naming the argument.
 
 All measurements are made in float64 on the CPU. A *numerical rank* counts singular values above
 ``tol * ||M||_2`` where ``||M||_2`` is the spectral norm of the **whole** matrix under test (so tiny
 corner blocks do not produce spurious ranks; Beckermann & Townsend, "Bounds on the singular values of
 matrices with displacement structure", SIAM Review 61(2), 2019, define the epsilon-rank the same way).
 Default tolerances (``tol=None``) follow the dtype of the input as given: 1e-10 for float64 matrices,
-1e-5 for float32 / half-precision ones (the least precise input decides when there are several).
+1e-5 for float32 ones, 4 eps for float16 (3.9e-3) and bfloat16 (3.1e-2) ones (the least precise input
+decides when there are several; :func:`default_tol`).
 
 Checks test an **upper bound** (rank <= bound), never equality: strong decay makes true ranks look
 smaller. Every check can fail: a random dense matrix fails each of them.
@@ -28,9 +30,21 @@ import torch
 from .base import StructureReport
 
 
+HALF_TOL_EPS = 4  # the half dtypes' default tolerance in units of their machine epsilon
+
+
 def default_tol(dtype: torch.dtype) -> float:
-    """1e-10 for float64 materializations, 1e-5 for anything built in lower precision."""
-    return 1e-10 if dtype == torch.float64 else 1e-5
+    """The relative tolerance at which rounding to ``dtype`` stops counting as rank: 1e-10 for float64,
+    1e-5 for float32 (and anything else built in lower precision), ``HALF_TOL_EPS * eps`` for float16
+    (3.9e-3) and bfloat16 (3.1e-2). Rounding a matrix to a half dtype leaves singular values near
+    0.2 eps of its norm (measured on rank-3 matrices of sizes 16 to 1024), far above 1e-5: a rank-3 64 x 64
+    float16 matrix measured rank 42 at 1e-5. Random dense matrices keep most singular values above
+    0.03 of the largest, so they still fail every check."""
+    if dtype == torch.float64:
+        return 1e-10
+    if dtype in (torch.float16, torch.bfloat16):
+        return HALF_TOL_EPS * torch.finfo(dtype).eps
+    return 1e-5
 
 
 def _resolve_tol(tol, *tensors) -> float:
@@ -43,10 +57,31 @@ def _resolve_tol(tol, *tensors) -> float:
     return _check_tol(tol)
 
 
-def _f64(M: torch.Tensor) -> torch.Tensor:
+def _f64(M: torch.Tensor, name: str = "M") -> torch.Tensor:
+    """``M`` as a float64 CPU tensor; ValueError naming ``name`` unless it is a finite ``(*batch, m, n)``
+    tensor (the SVDs the measurements rest on do not converge on NaN or inf)."""
     if not isinstance(M, torch.Tensor) or M.dim() < 2:
-        raise ValueError(f"M must be a tensor of shape (*batch, m, n), got {getattr(M, 'shape', type(M))}")
-    return M.detach().to(device="cpu", dtype=torch.float64)
+        raise ValueError(f"{name} must be a tensor of shape (*batch, m, n), got {getattr(M, 'shape', type(M))}")
+    out = M.detach().to(device="cpu", dtype=torch.float64)
+    bad = int((~torch.isfinite(out)).sum())
+    if bad:
+        raise ValueError(f"{name} must be finite, got {bad} NaN or infinite entr{'y' if bad == 1 else 'ies'} "
+                         f"(shape {tuple(M.shape)})")
+    return out
+
+
+def _vector(v: torch.Tensor, name: str) -> torch.Tensor:
+    """A finite ``(*batch, n)`` tensor as float64 on the CPU (nodes of a displacement operator)."""
+    if not isinstance(v, torch.Tensor) or v.dim() < 1:
+        raise ValueError(f"{name} must be a tensor of shape (*batch, n), got {getattr(v, 'shape', type(v))}")
+    return _f64(v[..., None], name)[..., 0]
+
+
+def _square(M: torch.Tensor, what: str) -> torch.Tensor:
+    """``M`` (float64, from :func:`_f64`) if it is square; ValueError naming ``what`` needs it."""
+    if M.shape[-1] != M.shape[-2]:
+        raise ValueError(f"M must be square, (*batch, n, n), for {what}; got shape {tuple(M.shape)}")
+    return M
 
 
 def _check_tol(tol: float) -> float:
@@ -97,8 +132,16 @@ def displacement_rank(M: torch.Tensor, A: torch.Tensor, B: torch.Tensor, tol: fl
     """
     tol = _resolve_tol(tol, M, A, B)
     M = _f64(M)
-    A, B = _f64(A), _f64(B)
-    D = A @ M + sign * (M @ B)
+    A, B = _f64(A, "A"), _f64(B, "B")
+    m, n = M.shape[-2:]
+    if A.shape[-2:] != (m, m) or B.shape[-2:] != (n, n):
+        raise ValueError(f"A must be (*batch, {m}, {m}) and B (*batch, {n}, {n}) for M of shape {tuple(M.shape)}; "
+                         f"got A {tuple(A.shape)}, B {tuple(B.shape)}")
+    try:
+        D = A @ M + sign * (M @ B)
+    except RuntimeError:
+        raise ValueError(f"the batch shapes of M {tuple(M.shape)}, A {tuple(A.shape)} and B {tuple(B.shape)} do "
+                         f"not broadcast") from None
     ref = spectral_norm(M) * (spectral_norm(A) + spectral_norm(B))
     return numerical_rank(D, tol, ref_norm=ref)
 
@@ -106,7 +149,7 @@ def displacement_rank(M: torch.Tensor, A: torch.Tensor, B: torch.Tensor, tol: fl
 def toeplitz_displacement_rank(M: torch.Tensor, tol: float | None = None) -> torch.Tensor:
     """rank(Z M - M Z): at most 2 for a Toeplitz matrix (Kailath, Kung & Morf 1979)."""
     tol = _resolve_tol(tol, M)
-    Z = shift_matrix(_f64(M).shape[-1])
+    Z = shift_matrix(_square(_f64(M), "the Toeplitz displacement Z M - M Z").shape[-1])
     return displacement_rank(M, Z, Z, tol)
 
 
@@ -115,7 +158,11 @@ def cauchy_displacement_rank(M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, 
     """rank(D_x M + sign * M D_y): 1 for ``m_ij = 1/(x_i - y_j)`` with sign -1 (D_x C - C D_y = 1 1^T)
     and for ``m_ij = 1/(x_i + y_j)`` with sign +1. x: ``(*batch, m)``, y: ``(*batch, n)``."""
     tol = _resolve_tol(tol, M, x, y)
-    x, y = _f64(x[..., None])[..., 0], _f64(y[..., None])[..., 0]
+    x, y = _vector(x, "x"), _vector(y, "y")
+    m, n = _f64(M).shape[-2:]
+    if x.shape[-1] != m or y.shape[-1] != n:
+        raise ValueError(f"x must be (*batch, {m}) and y (*batch, {n}) for M of shape {tuple(M.shape)}; got x "
+                         f"{tuple(x.shape)}, y {tuple(y.shape)}")
     return displacement_rank(M, torch.diag_embed(x), torch.diag_embed(y), tol, sign=sign)
 
 
@@ -123,9 +170,12 @@ def cosine_displacement_rank(M: torch.Tensor, theta: torch.Tensor, tol: float | 
     """rank(2 D_{cos theta} M - M (Z + Z^T)) for ``m_ij = cos(theta_i j)``: at most 2 (only the first
     and last columns survive, from cos((j+1)t) + cos((j-1)t) = 2 cos(t) cos(jt)). theta: ``(*batch, n)``."""
     tol = _resolve_tol(tol, M, theta)
-    n = _f64(M).shape[-1]
+    n = _square(_f64(M), "the cosine displacement").shape[-1]
     Z = shift_matrix(n)
-    c = torch.cos(_f64(theta[..., None])[..., 0])
+    theta = _vector(theta, "theta")
+    if theta.shape[-1] != n:
+        raise ValueError(f"theta must be (*batch, {n}) for M of shape {tuple(M.shape)}, got {tuple(theta.shape)}")
+    c = torch.cos(theta)
     return displacement_rank(M, 2 * torch.diag_embed(c), Z + Z.T, tol)
 
 
@@ -135,7 +185,7 @@ def semiseparable_order(M: torch.Tensor, tol: float | None = None) -> tuple[torc
     ||M||_2 (zero for a semiseparable matrix). Returns (order, upper_ratio), each of shape ``batch``.
     Cost O(L^4) (L SVDs); intended for L up to a few hundred."""
     tol = _resolve_tol(tol, M)
-    M = _f64(M)
+    M = _square(_f64(M), "the semiseparable order")
     L = M.shape[-1]
     ref = spectral_norm(M)
     order = torch.zeros(M.shape[:-2], dtype=torch.long)
@@ -151,7 +201,7 @@ def quasiseparable_order(M: torch.Tensor, tol: float | None = None) -> tuple[tor
     the diagonal is unconstrained (Pernet & Storjohann, arXiv 1701.00396). Each of shape ``batch``.
     Cost O(L^4) (2(L-1) SVDs); intended for L up to a few hundred."""
     tol = _resolve_tol(tol, M)
-    M = _f64(M)
+    M = _square(_f64(M), "the quasiseparable orders")
     L = M.shape[-1]
     ref = spectral_norm(M)
     lower = torch.zeros(M.shape[:-2], dtype=torch.long)

@@ -2,7 +2,10 @@
 (KeyError for unknown registry names) that names the field, never another exception.
 
 * grid specs: the shipped ``smoke`` grid mutated (a key dropped, renamed, or its value replaced by a value of
-  another type or out of range) goes through ``parse_grid``, ``expand`` and the ``--dry-run`` checks;
+  another type or out of range) goes through ``parse_grid``, ``expand`` and the ``--dry-run`` checks; and every
+  scalar field (the grid's own and the run config's, set or left at its default) given each non-scalar value
+  (a list or a mapping) is an error naming the field, at every scale: a sweep, not a sample, so that none is
+  missed (``default_scale: []`` was a TypeError);
 * structured matrices: random (often invalid) arguments to every class's ``random`` and ``matmul``.
 """
 import copy
@@ -104,6 +107,67 @@ def test_numeric_fields_out_of_range(path, value):
         _outcome(data)
     except (ValueError, KeyError) as e:
         assert _mentions(str(e), path), (path, value, str(e))
+
+
+NON_SCALAR = [[], {}, [1, "x"], {"zz": 1}]
+
+
+def _scalar_fields(cls, prefix):
+    """Paths of the fields of config dataclass ``cls`` whose type is a scalar (optional or not)."""
+    import dataclasses
+    import typing
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
+        if args[0] in (bool, int, float, str):
+            out.append(prefix + (f.name,))
+    return out
+
+
+def _scalar_paths():
+    from ablations import config
+    grid_scalars = [("name",), ("description",), ("reference",), ("default_scale",)]
+    leaves = [p for p, v in _paths(SMOKE) if not isinstance(v, (dict, list))]
+    fields = (_scalar_fields(config.RunConfig, ("base",)) + _scalar_fields(config.ModelConfig, ("base", "model"))
+              + _scalar_fields(config.StageConfig, ("base", "tasks", 0))
+              + _scalar_fields(config.OptimConfig, ("base", "tasks", 0, "optim")))
+    return list(dict.fromkeys(grid_scalars + leaves + fields))
+
+
+SCALAR_PATHS = _scalar_paths()
+# fields that every point of the grid sets (its seeds, its include entries): a base value there is replaced
+OVERRIDDEN = {("base", "seed")} | {("base", *k.split(".")) for p in SMOKE["include"] for k in p}
+
+
+def test_non_scalar_values_in_scalar_fields_are_errors_naming_the_field():
+    """Failed before: description: [] was accepted (as the text "[]"); without its check default_scale: [] is a
+    TypeError (unhashable list), which this sweep reports."""
+    assert len(SCALAR_PATHS) > 50 and ("default_scale",) in SCALAR_PATHS
+    problems = []
+    for path in SCALAR_PATHS:
+        for value in NON_SCALAR:
+            data = copy.deepcopy(SMOKE)
+            node = data
+            for k in path[:-1]:
+                node = node.setdefault(k, {}) if isinstance(node, dict) else node[k]
+            node[path[-1]] = copy.deepcopy(value)
+            where = f"{'.'.join(map(str, path))}={value!r}"
+            try:
+                g = grid_mod.parse_grid(data, default_name="fuzz")
+                for scale in g.scales:
+                    grid_mod.check_runnable(grid_mod.expand(g, scale=scale))
+            except (ValueError, KeyError) as e:
+                msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+                if not _mentions(msg, path) or len(msg.splitlines()) != 1:
+                    problems.append(f"{where}: {msg}")
+                continue
+            except Exception as e:  # noqa: BLE001 - the finding: another exception than a named error
+                problems.append(f"{where}: {type(e).__name__}: {e}")
+                continue
+            if path not in OVERRIDDEN:
+                problems.append(f"{where}: accepted")
+    assert not problems, "\n".join(problems)
 
 
 CLASSES = structured.names()

@@ -132,3 +132,79 @@ def test_resume_never_calls_a_pickle_loader(tmp_path, monkeypatch):
     s = runner.execute_run(c, tmp_path, callbacks=[lambda st, step, m: steps.append((st, step))])
     assert s["status"] == "completed", s["reason"]
     assert steps[0] == ("standin_copy", 6)          # resumed from the step-5 checkpoint
+
+
+def _rewrite(p, meta_change=None, tensor_change=None):
+    """Rewrite the checkpoint ``p`` with its metadata and tensors changed in place."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(p), "pt") as f:
+        meta = json.loads(f.metadata()["mixerzoo"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if meta_change:
+        meta_change(meta)
+    if tensor_change:
+        tensor_change(tensors)
+    save_file(tensors, str(p), metadata={"mixerzoo": json.dumps(meta)})
+
+
+def _poison(tensors, prefix, value):
+    k = next(k for k in sorted(tensors) if k.startswith(prefix) and tensors[k].is_floating_point())
+    tensors[k].view(-1)[0] = value
+
+
+@pytest.mark.parametrize("finished, meta_change, tensor_change", [
+    (True, lambda m: m.update(final="x"), None),
+    (True, lambda m: m.update(final={"val": {"accuracy": "high"}}), None),
+    (True, lambda m: m.update(final={"val": {"accuracy": float("inf")}}), None),
+    (True, lambda m: m.update(final={"test": {"accuracy": 0.5}}), None),
+    (True, lambda m: m.update(done="yes"), None),
+    (True, None, lambda t: _poison(t, "model.", float("nan"))),
+    (True, None, lambda t: _poison(t, "model.", float("inf"))),
+    (False, lambda m: m.update(step=-3), None),
+    (False, lambda m: m.update(step=99), None),
+    (False, lambda m: m.update(step=2.5), None),
+    (False, None, lambda t: _poison(t, "optim.", float("nan"))),
+], ids=["final-str", "final-metric-str", "final-inf", "final-other-split", "done-str", "nan-weight",
+        "inf-weight", "step-negative", "step-past-end", "step-float", "nan-optimizer"])
+def test_tampered_checkpoint_is_set_aside_and_the_stage_restarts(tmp_path, capsys, finished, meta_change,
+                                                                 tensor_change):
+    """Failed before: a finished stage's checkpoint returned its `final` unchecked (AttributeError later, the run
+    failed on every retry) and NaN/inf weights were accepted and exported; a negative or float step resumed."""
+    c = cfg()
+    ref = runner.execute_run(c, tmp_path / "ref")
+
+    class Killed(KeyboardInterrupt):
+        pass
+
+    def kill(stage, step, model):
+        if stage == "standin_copy" and step == 7:
+            raise Killed()
+
+    d = tmp_path / "out" / run_id(c)
+    if finished:
+        runner.execute_run(c, tmp_path / "out")
+        (d / "summary.json").unlink()
+    else:
+        with pytest.raises(Killed):
+            runner.execute_run(c, tmp_path / "out", callbacks=[kill])
+    p = d / "ckpt" / "standin_copy.safetensors"
+    _rewrite(p, meta_change, tensor_change)
+    capsys.readouterr()
+    steps = []
+    s = runner.execute_run(c, tmp_path / "out", callbacks=[lambda st, step, m: steps.append((st, step))])
+    assert s["status"] == "completed", s["reason"]
+    assert [x for x in steps if x[0] == "standin_copy"][0] == ("standin_copy", 1)   # from scratch
+    assert s["stages"]["standin_copy"]["metrics"] == ref["stages"]["standin_copy"]["metrics"]
+    err = capsys.readouterr().err
+    assert str(p) in err and "restarts from scratch" in err and len(err.strip().splitlines()) == 1
+    assert p.with_name(p.name + ".unreadable").exists()
+    ck = checkpoint.load_checkpoint(p)
+    assert ck["done"] and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_nan_metrics_of_a_finished_stage_are_kept():
+    """A task records an undefined metric (the correlation of a constant prediction) as NaN."""
+    assert checkpoint.metrics_problem({"val": {"pearson": float("nan"), "loss": 1}}) is None
+    assert checkpoint.metrics_problem({"val_2x": {"not_extendable": True}}) is None
+    assert "final['val']['accuracy']" in checkpoint.metrics_problem({"val": {"accuracy": True}})

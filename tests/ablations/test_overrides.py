@@ -40,3 +40,25 @@ def test_cli_set(capsys):
     assert cli_main(["ablate", "smoke", "--dry-run", "--set", "model.mixer=nosuch"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown mixer 'nosuch'" in err
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("pretrain.steps=200", "the runs have no pretrain stage, so there is no pretrain.steps to set; to add one, set "
+                           "the whole stage, e.g. --set 'pretrain={task: mlm, steps: 200}'"),
+    ("pretrain.optim.lr=1e-3", "the runs have no pretrain stage"),
+    ("tasks.nosuch.steps=3", "'nosuch' names no item of tasks (items: mqar_bidir; or use an index); --set does not "
+                             "add an item"),
+    ("tasks.3.steps=3", "tasks has 1 item(s) (items: mqar_bidir), no index 3; --set does not add an item"),
+    ("tasks.0.eval_splits.0=val", "tasks.0.eval_splits is null in the runs, so there is no tasks.0.eval_splits.0"),
+])
+def test_set_never_adds_a_stage(capsys, text, expect):
+    """Failed before: --set pretrain.steps=200 on runs without a pretrain stage added a default MLM stage."""
+    with pytest.raises(ValueError) as e:
+        apply_overrides(grid.expand("smoke"), [text])
+    assert expect in str(e.value)
+    assert cli_main(["ablate", "smoke", "--dry-run", "--set", text]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expect in err
+    if "--set 'pretrain=" in expect:  # the way the message names adds the stage
+        new = apply_overrides(grid.expand("smoke"), ["pretrain={task: mlm, steps: 200}"])
+        assert all(s.config.pretrain.task == "mlm" and s.config.pretrain.steps == 200 for s in new)

@@ -97,3 +97,28 @@ def test_unreadable_summaries_are_reported_by_path(tmp_path, capsys, content, ca
     rc = cli.main(["report", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and str(bad) in err
+
+
+@pytest.mark.parametrize("content", ["[]", '{"status": "completed"}', '{"run_id": 7, "status": "completed", '
+                                     '"mixer": "x", "sequence_aligned": true}', "\xff\xfe"])
+def test_an_unreadable_summary_reruns_the_run_with_a_warning(tmp_path, content):
+    """Failed before: [] crashed `mixerzoo ablate` (AttributeError in is_finished), {"status": "completed"}
+    with KeyError 'run_id' in one_line."""
+    s = spec(seed=5)
+    runner.run_grid([s], tmp_path, progress=False, echo=lambda *_: None)
+    bad = tmp_path / s.run_id / "summary.json"
+    bad.write_bytes(content.encode("latin-1"))
+    warnings, lines = [], []
+    again = runner.run_grid([s], tmp_path, progress=False, echo=lines.append, warn=warnings.append)
+    assert not again[0].get("skipped") and again[0]["status"] == "completed"
+    assert len(warnings) == 1 and str(bad) in warnings[0] and "runs again" in warnings[0]
+    assert runner.summary_problem(json.loads(bad.read_text())) is None
+    assert len(lines) == 1 and lines[0].startswith(s.run_id)
+
+
+def test_one_line_prints_odd_values_of_a_summary_as_they_are():
+    """Failed before: a non-numeric average or primary metric raised ValueError in the format spec."""
+    line = runner.one_line({"run_id": "r", "status": "completed", "mixer": "m", "sequence_aligned": True,
+                            "average": "high", "wall_s": None,
+                            "stages": {"a": {"primary": "x", "primary_metric": "acc"}}})
+    assert "avg='high'" in line and "a.acc='x'" in line and "(Nones)" in line

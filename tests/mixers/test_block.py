@@ -331,3 +331,17 @@ def test_mixer_inputs_have_unit_stride_in_their_last_dim(mixer):
     assert v.stride(-1) == 1
     for name, p in params.items():
         assert p.stride(-1) == 1, name
+
+
+def test_an_unknown_mixer_name_is_a_value_error_listing_the_registered_ones():
+    """Failed before: a bare KeyError from the registry (whose str() is the quoted message); it stays a KeyError
+    too, for code that catches the registry's error."""
+    for kwargs in ({"headdim": HEADDIM}, {}):   # the name is checked before the shape (default headdim 64)
+        with pytest.raises(ValueError) as e:
+            mixers.MatrixMixerBlock(16, "nosuch", True, **kwargs)
+        assert isinstance(e.value, KeyError) and isinstance(e.value, mixers.UnknownMixerError)
+        assert str(e.value).startswith("mixer: unknown mixer 'nosuch'; registered: ")
+        assert all(name in str(e.value) for name in mixers.names())
+    with pytest.raises(ValueError, match="mixer: unknown mixer 'nosuch'"):
+        mixers.MixerEncoder(vocab_size=10, d_model=16, n_layers=1, mixer="nosuch", sequence_aligned=True,
+                            max_seq_len=8, headdim=8)

@@ -1,4 +1,5 @@
-"""structured.properties: default tolerances follow the input's dtype (float32 rank-3 measures rank 3)."""
+"""structured.properties: default tolerances follow the input's dtype (a float32, float16 or bfloat16 rank-3
+matrix measures rank 3; random dense matrices still fail every check)."""
 import pytest
 import torch
 
@@ -60,3 +61,49 @@ def test_checks_still_fail_on_random_dense_float32():
 def test_bad_tolerance_names_it(tol):
     with pytest.raises(ValueError, match="tol must be a float in"):
         P.numerical_rank(torch.eye(3), tol=tol)
+
+
+HALF = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_rank3_measures_rank3(dtype):
+    """Failed before: the half dtypes got float32's 1e-5, and a rank-3 64 x 64 matrix measured rank 42 (float16)
+    or 59 (bfloat16)."""
+    assert P.default_tol(dtype) == 4 * torch.finfo(dtype).eps
+    for n, seed in ((16, 0), (64, 1), (256, 2)):
+        assert int(P.numerical_rank(_low_rank(n, 3, dtype, seed))) == 3, (n, seed)
+    g = torch.Generator().manual_seed(3)
+    U, V = torch.randn(64, 3, generator=g).to(dtype), torch.randn(64, 3, generator=g).to(dtype)
+    assert int(P.numerical_rank(U @ V.T)) == 3   # a product computed in the half dtype
+    # a float64 tolerance asked for counts the rounding as rank
+    assert int(P.numerical_rank(_low_rank(64, 3, dtype), tol=1e-10)) > 3
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_orders_and_displacements(dtype):
+    """Failed before: rounding to the half dtype counted as order and displacement rank. Random dense matrices
+    still fail every check."""
+    n = 48
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(n, generator=g, dtype=torch.float64) * 0.5 + 0.5
+    b, c = torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(n, 2, generator=g, dtype=torch.float64)
+    logs = torch.cumsum(torch.log(a), 0)
+    S = torch.tril((c @ b.T) * torch.exp(logs[:, None] - logs[None, :]))
+    assert int(P.semiseparable_order(S.to(dtype))[0]) == 2
+    Q = S + S.T.clone() + torch.diag(torch.randn(n, generator=g, dtype=torch.float64))
+    assert tuple(int(v) for v in P.quasiseparable_order(Q.to(dtype))) == (2, 2)
+    w = torch.randn(2 * n - 1, generator=g, dtype=torch.float64)
+    i = torch.arange(n)
+    T = w[(n - 1) + i[:, None] - i[None, :]]
+    assert int(P.toeplitz_displacement_rank(T.to(dtype))) <= 2
+    x, y = torch.rand(n, generator=g, dtype=torch.float64) + 0.5, torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    C = (1.0 / (x[:, None] + y[None, :])).to(dtype)
+    assert int(P.cauchy_displacement_rank(C, x.to(dtype), y.to(dtype), sign=+1.0)) == 1
+    # negative controls: the half tolerances stay far below a random matrix's singular values
+    for n in (8, 16, 40):
+        D = torch.randn(n, n, generator=torch.Generator().manual_seed(2)).to(dtype)
+        assert int(P.numerical_rank(D)) >= n - 2
+        assert int(P.toeplitz_displacement_rank(D)) > 2
+        assert int(P.semiseparable_order(D)[0]) > 2
+        assert min(int(v) for v in P.quasiseparable_order(D)) > 2

@@ -163,3 +163,30 @@ def test_every_builtin_class_rejects_length_zero():
             build()
         with pytest.raises(ValueError, match="length must be a positive int"):
             structured.get(name).random(0)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: P.numerical_rank(torch.randn(5, 5) * float("nan")), "M must be finite, got 25 NaN or infinite entries"),
+    (lambda: P.numerical_rank(torch.eye(5) * float("inf")), "M must be finite"),
+    (lambda: P.spectral_norm(torch.tensor([[1.0, float("nan")], [0.0, 1.0]])), "M must be finite, got 1 NaN"),
+    (lambda: P.semiseparable_order(torch.full((4, 4), float("nan"))), "M must be finite"),
+    (lambda: P.displacement_rank(torch.eye(3), torch.eye(3) * float("inf"), torch.eye(3)), "A must be finite"),
+    (lambda: P.cauchy_displacement_rank(torch.eye(3), torch.tensor([0.0, float("nan"), 1.0]), torch.ones(3)),
+     "x must be finite"),
+    (lambda: P.toeplitz_displacement_rank(torch.randn(4, 5)),
+     r"M must be square, \(\*batch, n, n\), for the Toeplitz displacement Z M - M Z; got shape \(4, 5\)"),
+    (lambda: P.cosine_displacement_rank(torch.randn(4, 5), torch.rand(4)), "M must be square"),
+    (lambda: P.cosine_displacement_rank(torch.randn(4, 4), torch.rand(3)), r"theta must be \(\*batch, 4\)"),
+    (lambda: P.semiseparable_order(torch.randn(4, 5)), "M must be square"),
+    (lambda: P.quasiseparable_order(torch.randn(3, 5)), "M must be square"),
+    (lambda: P.displacement_rank(torch.randn(4, 4), torch.randn(3, 3), torch.randn(4, 4)),
+     r"A must be \(\*batch, 4, 4\) and B \(\*batch, 4, 4\)"),
+    (lambda: P.cauchy_displacement_rank(torch.randn(4, 5), torch.randn(4), torch.randn(3)),
+     r"x must be \(\*batch, 4\) and y \(\*batch, 5\)"),
+    (lambda: P.displacement_rank(torch.randn(2, 4, 4), torch.randn(3, 4, 4), torch.eye(4)), "do not broadcast"),
+])
+def test_properties_bad_input_is_a_value_error_naming_the_argument(call, match):
+    """Failed before: NaN gave torch's _LinAlgError (inf a silent rank 0), a non-square M a RuntimeError from a
+    matrix product or a silent answer."""
+    with pytest.raises(ValueError, match=match):
+        call()
