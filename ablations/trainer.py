@@ -625,7 +625,7 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
         evaluating = bool(stage.eval_every) and done_steps % stage.eval_every == 0 and done_steps < stage.steps
         saving = bool(checkpoint_every) and done_steps % checkpoint_every == 0 and done_steps < stage.steps
         logging_now = done_steps % log_every == 0 or done_steps == stage.steps
-        if logging_now or evaluating or saving or bar is not None or callbacks:
+        if logging_now or evaluating or saving or callbacks:
             raise_if_nonfinite()
         if logging_now:
             if distributed:  # the whole batch's loss: the mean of the ranks' weighted losses
@@ -639,6 +639,8 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
                         "time_s": now - t0, **rate, **_memory_row(device)})
             loss_sum.zero_()
             loss_n = 0
+            if bar is not None:  # the logged loss: reading the step's loss would stall the host every step
+                bar.set_postfix(loss=f"{train_loss:.3f}", refresh=False)
             tokens, span_t0, paused = 0, time.perf_counter(), 0.0
         pause_t0 = time.perf_counter()
         if evaluating:
@@ -655,7 +657,6 @@ def train_stage(model: torch.nn.Module, task, stage: StageConfig, *, seed: int, 
             paused += time.perf_counter() - pause_t0
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
         for cb in callbacks:
             cb(name, done_steps, model)
     if bar is not None:

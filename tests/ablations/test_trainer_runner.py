@@ -300,3 +300,11 @@ def test_compiled_training_matches_eager_and_keeps_the_run_id(tmp_path, monkeypa
         assert a.keys() == b.keys()
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (stage, k)
+
+
+def test_nan_guard_holds_with_a_progress_bar(tmp_path):
+    """With a progress bar the non-finite check runs at log, eval and checkpoint steps (not every step, which
+    would stall the host): the failure still names the first bad step."""
+    bad = cfg(model={"mixer_kwargs": {"poison_step": 4}})
+    s = runner.execute_run(bad, tmp_path, progress=True)
+    assert s["status"] == "failed" and "step 4" in s["reason"]
