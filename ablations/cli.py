@@ -230,21 +230,33 @@ def cmd_check(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------ ablate
+def _grid_call(fn):
+    """``(fn(), None)``, or ``(None, exit status)`` after printing the one-line error of a grid that cannot
+    run: a missing component (exit 3) or an invalid field, option or value (exit 2)."""
+    from . import grid as grid_mod
+    try:
+        return fn(), None
+    except grid_mod.MissingComponent as e:
+        _err(str(e))
+        return None, EXIT_MISSING
+    except (ValueError, KeyError) as e:
+        _err(str(e.args[0]) if isinstance(e, KeyError) else str(e))
+        return None, EXIT_USAGE
+
+
 def cmd_ablate(args) -> int:
     from . import grid as grid_mod
     from . import runner
-    try:
+    from .overrides import apply_overrides
+
+    def resolve():
         seeds = grid_mod.parse_seeds(args.seeds) if args.seeds else None
         specs = grid_mod.expand(args.grid, scale=args.scale, seeds=seeds)
-        from .overrides import apply_overrides
-        specs = apply_overrides(specs, args.set or [])
-        specs = runner.filter_specs(specs, args.filter or [])
-    except grid_mod.MissingComponent as e:
-        _err(str(e))
-        return EXIT_MISSING
-    except (ValueError, KeyError) as e:
-        _err(str(e.args[0]) if isinstance(e, KeyError) else str(e))
-        return EXIT_USAGE
+        return runner.filter_specs(apply_overrides(specs, args.set or []), args.filter or [])
+
+    specs, code = _grid_call(resolve)
+    if code is not None:
+        return code
     if args.gpus_per_run is not None and args.backend != "ray":
         raise UsageError(f"--gpus-per-run {args.gpus_per_run:g} needs --backend ray (got --backend {args.backend})")
     out = args.out if args.out is not None else \
@@ -259,14 +271,9 @@ def cmd_ablate(args) -> int:
             _err(str(e))
             return EXIT_MISSING
     if args.dry_run:
-        try:
-            grid_mod.check_runnable(specs)
-        except grid_mod.MissingComponent as e:
-            _err(str(e))
-            return EXIT_MISSING
-        except (ValueError, KeyError) as e:
-            _err(str(e.args[0]) if isinstance(e, KeyError) else str(e))
-            return EXIT_USAGE
+        _, code = _grid_call(lambda: grid_mod.check_runnable(specs))
+        if code is not None:
+            return code
         for s in specs:
             print(f"{s.run_id}  {s.label}")
         print(f"{len(specs)} run(s); every task's options and every model build, and each task fits its model's "

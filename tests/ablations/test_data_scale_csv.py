@@ -10,7 +10,7 @@ from ablations.tasks.base import DataUnavailableError
 
 
 def test_unreachable_data_is_tried_once_per_invocation(tmp_path, monkeypatch, capsys):
-    """Failed before: every run retried the unreachable dataset (~25 s each offline for GLUE)."""
+    """Unreachable data is tried once per invocation, not once per run."""
     calls = []
     orig = tasks.build
 
@@ -39,7 +39,7 @@ def test_unreachable_data_is_tried_once_per_invocation(tmp_path, monkeypatch, ca
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is about running without a GPU")
 def test_gpu_scale_on_cpu_warns(capsys):
-    """Failed before: `--scale lab` on a CPU started without a word."""
+    """`--scale lab` on a CPU warns that the scale is sized for a GPU."""
     assert cli.main(["ablate", "smoke", "--scale", "lab", "--dry-run"]) == 0
     err = capsys.readouterr().err
     assert "--scale lab is sized for a GPU" in err and "CPU" in err
@@ -48,7 +48,7 @@ def test_gpu_scale_on_cpu_warns(capsys):
 
 
 def test_csv_has_no_inf(tmp_path):
-    """Failed before: table.csv wrote `inf` for splits a fixed parameterization cannot be evaluated on."""
+    """table.csv leaves empty the splits a fixed parameterization cannot be evaluated on (no `inf`)."""
     from test_report import _write_runs
     _write_runs(tmp_path)
     df = report.build_table(tmp_path)

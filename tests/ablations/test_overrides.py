@@ -52,7 +52,7 @@ def test_cli_set(capsys):
     ("tasks.0.eval_splits.0=val", "tasks.0.eval_splits is null in the runs, so there is no tasks.0.eval_splits.0"),
 ])
 def test_set_never_adds_a_stage(capsys, text, expect):
-    """Failed before: --set pretrain.steps=200 on runs without a pretrain stage added a default MLM stage."""
+    """--set never adds a stage: setting a field of a missing stage is an error that says how to add one."""
     with pytest.raises(ValueError) as e:
         apply_overrides(grid.expand("smoke"), [text])
     assert expect in str(e.value)

@@ -41,7 +41,7 @@ def test_source_hash_follows_the_sources(tmp_path, monkeypatch):
 
 
 def test_stale_runs_are_warned_about_and_rerun_on_request(tmp_path):
-    """Failed before: a finished run was reused whatever code had made it, without a word."""
+    """A finished run made by other code is reused with a warning, or rerun with --rerun-stale."""
     s = spec(seed=3)
     runner.run_grid([s], tmp_path, progress=False, echo=lambda *_: None)
     p = tmp_path / s.run_id / "summary.json"
@@ -83,7 +83,7 @@ def test_report_flags_rows_that_mix_code_versions(tmp_path):
     ('{"status": "completed"}', "missing key(s) run_id, mixer, sequence_aligned"),
 ])
 def test_unreadable_summaries_are_reported_by_path(tmp_path, capsys, content, cause):
-    """Failed before: a truncated summary vanished from the table; [] and missing keys gave tracebacks."""
+    """Unreadable summaries (truncated, [], missing keys) are reported by path and counted as failed runs."""
     _write_runs(tmp_path)
     bad = tmp_path / "cauchy-sa-s0-0000" / "summary.json"
     (bad.parent / "config.json").write_text(json.dumps(
@@ -102,8 +102,8 @@ def test_unreadable_summaries_are_reported_by_path(tmp_path, capsys, content, ca
 @pytest.mark.parametrize("content", ["[]", '{"status": "completed"}', '{"run_id": 7, "status": "completed", '
                                      '"mixer": "x", "sequence_aligned": true}', "\xff\xfe"])
 def test_an_unreadable_summary_reruns_the_run_with_a_warning(tmp_path, content):
-    """Failed before: [] crashed `mixerzoo ablate` (AttributeError in is_finished), {"status": "completed"}
-    with KeyError 'run_id' in one_line."""
+    """A summary that is JSON but not a summary ([], {"status": "completed"}) makes `mixerzoo ablate` rerun
+    the run with a warning naming the file."""
     s = spec(seed=5)
     runner.run_grid([s], tmp_path, progress=False, echo=lambda *_: None)
     bad = tmp_path / s.run_id / "summary.json"
@@ -117,7 +117,7 @@ def test_an_unreadable_summary_reruns_the_run_with_a_warning(tmp_path, content):
 
 
 def test_one_line_prints_odd_values_of_a_summary_as_they_are():
-    """Failed before: a non-numeric average or primary metric raised ValueError in the format spec."""
+    """one_line prints non-numeric values of a summary as they are."""
     line = runner.one_line({"run_id": "r", "status": "completed", "mixer": "m", "sequence_aligned": True,
                             "average": "high", "wall_s": None,
                             "stages": {"a": {"primary": "x", "primary_metric": "acc"}}})

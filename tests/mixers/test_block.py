@@ -334,8 +334,8 @@ def test_mixer_inputs_have_unit_stride_in_their_last_dim(mixer):
 
 
 def test_an_unknown_mixer_name_is_a_value_error_listing_the_registered_ones():
-    """Failed before: a bare KeyError from the registry (whose str() is the quoted message); it stays a KeyError
-    too, for code that catches the registry's error."""
+    """An unknown mixer name is a ValueError listing the registered mixers; it is a KeyError too, for code
+    that catches the registry's error."""
     for kwargs in ({"headdim": HEADDIM}, {}):   # the name is checked before the shape (default headdim 64)
         with pytest.raises(ValueError) as e:
             mixers.MatrixMixerBlock(16, "nosuch", True, **kwargs)

@@ -186,7 +186,6 @@ def test_every_builtin_class_rejects_length_zero():
     (lambda: P.displacement_rank(torch.randn(2, 4, 4), torch.randn(3, 4, 4), torch.eye(4)), "do not broadcast"),
 ])
 def test_properties_bad_input_is_a_value_error_naming_the_argument(call, match):
-    """Failed before: NaN gave torch's _LinAlgError (inf a silent rank 0), a non-square M a RuntimeError from a
-    matrix product or a silent answer."""
+    """Non-finite or non-square input is a ValueError naming the argument."""
     with pytest.raises(ValueError, match=match):
         call()
