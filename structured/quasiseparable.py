@@ -24,13 +24,107 @@ import torch.nn.functional as F
 
 from . import properties as P
 from . import register
-from .base import StructuredMatrix, StructureReport, broadcast_batch, check_tensor, compute_dtype, promote, rand, randn
-from .semiseparable import _check_generators, half_kernel_dtype, semiseparable_dense, ssd_product
+from .base import (HALF_DTYPES, StructuredMatrix, StructureReport, broadcast_batch, check_tensor, compute_dtype, promote,
+                   rand, randn)
+from .semiseparable import _check_generators, half_kernel_dtype, segsum, semiseparable_dense, ssd_product
 
 
 def _delay(y: torch.Tensor) -> torch.Tensor:
     """One-step delay along the sequence dim -2: out[0] = 0, out[i] = y[i-1]."""
     return F.pad(y[..., :-1, :], (0, 0, 1, 0))
+
+
+def _lower_decays(lc: torch.Tensor, shift: bool) -> torch.Tensor:
+    """Per chunk, ``E[i, j] = exp(sum_{t=j+1..i-s} lc_t)`` for j <= i - s, else 0 (s = 1 with ``shift``).
+    ``lc``: ``(..., nc, Q)`` -> ``(..., nc, Q, Q)``, from segment sums (exponents <= 0)."""
+    seg = segsum(lc)
+    Q = lc.shape[-1]
+    if shift:  # row i takes the sums of row i - 1: the one-step delay of the causal pass
+        seg = F.pad(seg[..., :-1, :], (0, 0, 1, 0))
+    keep = torch.ones(Q, Q, dtype=torch.bool, device=lc.device).tril(-1 if shift else 0)
+    return torch.exp(seg).masked_fill(~keep, 0)
+
+
+def _passed_states(states: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
+    """The state entering each chunk from the left: ``H_k = sum_{k' < k} exp(sum totals_{k'+1..k-1}) S_k'``.
+    states ``(..., nc, N, P)``, totals ``(..., nc)`` (each chunk's summed log-decay) -> ``(..., nc, N, P)``."""
+    nc, N, P = states.shape[-3:]
+    between = torch.exp(segsum(totals)).masked_fill(
+        ~torch.ones(nc, nc, dtype=torch.bool, device=states.device).tril(), 0).to(states.dtype)
+    passed = between @ states.reshape(*states.shape[:-2], N * P)  # state after chunk k
+    return F.pad(passed[..., :-1, :], (0, 0, 1, 0)).reshape(states.shape)
+
+
+def qs_chunk_parallel(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor, delta: torch.Tensor,
+                      b_bwd: torch.Tensor, c_bwd: torch.Tensor, log_a_bwd: torch.Tensor, shift: bool = True,
+                      chunk_size: int = 64) -> torch.Tensor:
+    """Quasiseparable product with both directions in one chunk-parallel pass (the GPU form).
+
+    x ``(*batch, L, P)``; b, c, b_bwd, c_bwd ``(*batch, L, N)``; log_a, log_a_bwd, delta ``(*batch, L)``
+    (log-decays <= 0, not checked). Batch dims broadcast (generators shared by the heads are never expanded).
+    Returns ``(*batch, L, P)`` in the promoted dtype; the entries are those of :class:`Quasiseparable`.
+
+    The SSD algorithm (arXiv 2405.21060, Section 6) in the sequence's own order, for both directions at once:
+    within each chunk of Q positions one ``Q x Q`` matrix holds the lower (forward) and upper (backward) parts,
+    ``(R_f B_f^T) o E_f + (R_b B_b^T) o E_b``, and one product applies it; chunk states run left to right
+    (forward) and right to left (backward), each a product with the ``(n_chunks x n_chunks)`` matrix of
+    decays between chunks. The shift is folded into the row generators (``R_f[i] = c[i-1]``,
+    ``R_b[i] = c_bwd[i+1]``) and the decays, so no pass is flipped or delayed afterwards. Half-precision
+    operands stay half in the products; decays are formed in float32 (float64 for float64 inputs).
+    Cost O(L Q (N + P) + L N P + (L/Q)^2 N P) flops, O(L Q + (L/Q) N P) memory per batch element.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    gens = (b, c, b_bwd, c_bwd)
+    out_dtype = promote(x, *gens, log_a, log_a_bwd, delta)
+    mdt = promote(x, *gens) if all(t.dtype in HALF_DTYPES for t in (x, *gens)) else compute_dtype(out_dtype)
+    ddt = torch.promote_types(compute_dtype(out_dtype), compute_dtype(promote(log_a, log_a_bwd)))
+    s = 1 if shift else 0
+    L = x.shape[-2]
+    Q = min(chunk_size, L)
+    pad = (-L) % Q
+    nc = (L + pad) // Q
+
+    def rows(t, lead=0, trail=0):  # (..., L', D) -> zero-padded to whole chunks -> (..., nc, Q, D)
+        t = F.pad(t.to(mdt), (0, 0, lead, trail + pad))
+        return t.reshape(*t.shape[:-2], nc, Q, t.shape[-1])
+
+    def vec(t):  # (..., L) -> (..., nc, Q) in the decay dtype; zero log-decay on the padding
+        return F.pad(t.to(ddt), (0, pad)).reshape(*t.shape[:-1], nc, Q)
+
+    def suffix_sums(lc):  # sum_{t=i..Q-1} lc_t within each chunk, as a direct (reversed) cumulative sum
+        return lc.flip(-1).cumsum(-1).flip(-1)
+
+    xc, bf, bb = rows(x), rows(b), rows(b_bwd)
+    # Row generators carry the shift: forward row i reads c[i-1], backward row i reads c_bwd[i+1] (across
+    # chunk borders: a chunk's first forward row reads the previous chunk's last c); zero beyond the ends.
+    rf = rows(c[..., :L - s, :], lead=s)
+    rb = rows(c_bwd[..., s:, :], trail=s)
+    lf, lb = vec(log_a), vec(log_a_bwd)
+
+    # 1. within chunks: the lower (forward) and upper (backward) parts in one matrix, one product
+    e_f = _lower_decays(lf, shift)
+    e_b = _lower_decays(lb.flip(-1), shift).flip(-1, -2)
+    m = (rf @ bf.transpose(-1, -2)) * e_f + (rb @ bb.transpose(-1, -2)) * e_b
+    y = m.to(mdt) @ xc                                                          # (..., nc, Q, P)
+    # 2. chunk states: forward S_k = sum_j exp(sum_{t=j+1..Q-1} l_t) b_j x_j^T (decay to the chunk's end),
+    #    backward S'_k = sum_j exp(sum_{t=0..j-1} l'_t) b'_j x_j^T (decay from the chunk's start)
+    pre_f, suf_f = lf.cumsum(-1), suffix_sums(lf)
+    pre_b, suf_b = lb.cumsum(-1), suffix_sums(lb)
+    to_end = torch.exp(F.pad(suf_f[..., 1:], (0, 1)))
+    from_start = torch.exp(F.pad(pre_b[..., :-1], (1, 0)))
+    s_f = bf.transpose(-1, -2) @ (xc * to_end[..., None].to(mdt))              # (..., nc, N, P)
+    s_b = bb.transpose(-1, -2) @ (xc * from_start[..., None].to(mdt))
+    # 3. the state entering each chunk: from the left (forward); from the right (backward: the same pass
+    #    over the chunks in reverse order)
+    h_f = _passed_states(s_f, pre_f[..., -1])
+    h_b = _passed_states(s_b.flip(-3), pre_b[..., -1].flip(-1)).flip(-3)
+    # 4. state -> output: forward row i decays by exp(sum_{t=0..i-s} l_t), backward by exp(sum_{t=i+s..Q-1} l'_t)
+    out_f = torch.exp(F.pad(pre_f[..., :Q - s], (s, 0)))
+    out_b = torch.exp(F.pad(suf_b[..., s:], (0, s)))
+    y = y + (rf @ h_f) * out_f[..., None].to(mdt) + (rb @ h_b) * out_b[..., None].to(mdt)
+    y = y.reshape(*y.shape[:-3], nc * Q, y.shape[-1])[..., :L, :]
+    return (y.to(compute_dtype(out_dtype)) + delta[..., None].to(ddt) * x).to(out_dtype)
 
 
 @register("quasiseparable")
@@ -124,13 +218,20 @@ class Quasiseparable(StructuredMatrix):
         return half_kernel_dtype(x, gens, out_dtype)
 
     def _fast_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd = self._generators(x.dtype, x.shape[:-2])
         import kernels
         if kernels.enabled(x, compile_prefers_torch=True):
+            b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd = self._generators(x.dtype, x.shape[:-2])
             # Shared generators are passed as the same objects (b_bwd is b), so a kernel may share C B^T.
             return kernels.quasiseparable_matmul(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, self.shift)
-        # The backward SSM is a causal SSM on the flipped sequence. (Two calls rather than one on stacked
-        # directions: stacking copies every tensor, which costs more than it saves on the CPU.)
+        if x.is_cuda:  # every chunk and both directions at once: few large products (and what compile fuses)
+            dt, vdt = x.dtype, compute_dtype(x.dtype)  # generators in x's dtype; decays, diagonal >= float32
+            return qs_chunk_parallel(x, self.b.to(dt), self.c.to(dt), self.log_a.to(vdt), self.delta.to(vdt),
+                                     self.b_bwd.to(dt), self.c_bwd.to(dt), self.log_a_bwd.to(vdt), self.shift,
+                                     self.chunk_size)
+        b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd = self._generators(x.dtype, x.shape[:-2])
+        # On the CPU: the backward SSM is a causal SSM on the flipped sequence, each pass in cache-sized blocks
+        # of chunks. (Two calls rather than one on stacked directions: stacking copies every tensor, which
+        # costs more than it saves on the CPU.)
         fwd = ssd_product(x, b, c, log_a, chunk_size=self.chunk_size)
         bwd = ssd_product(x.flip(-2), b_bwd.flip(-2), c_bwd.flip(-2), log_a_bwd.flip(-1), chunk_size=self.chunk_size)
         if self.shift:

@@ -72,20 +72,63 @@ def test_chunk_size_must_be_a_positive_int(bad, gen):
         ssd_chunk_parallel(x, b, c, log_a, bad)
 
 
+def _qs_inputs(L, N, P, dtype, gen, heads_share_bc=False, decay=0.7):
+    H = 3
+    x = torch.randn(2, H, L, P, generator=gen, dtype=torch.float64)
+    g = [torch.randn(2, 1 if heads_share_bc else H, L, N, generator=gen, dtype=torch.float64) for _ in range(4)]
+    la, lab = (-decay * torch.rand(2, H, L, generator=gen, dtype=torch.float64) for _ in range(2))
+    delta = torch.randn(2, H, L, generator=gen, dtype=torch.float64)
+    return [t.to(dtype) for t in (x, *g)] + [la, lab, delta]
+
+
 @pytest.mark.parametrize("shift", [True, False])
-def test_quasiseparable_product_on_the_parallel_path(shift, gen, monkeypatch):
-    """Hydra's product through the chunk-parallel passes (what a GPU runs without the Triton kernels): values
-    and gradients equal the materialized matrix in float64."""
-    monkeypatch.setattr(qs, "ssd_product", ssd_chunk_parallel)
-    monkeypatch.setattr(Quasiseparable, "chunk_size", 8)
-    L, N = 29, 4
-    x, b, c, la = _inputs(2, 3, L, N, 5, torch.float64, gen)
-    _, bb, _, lab = _inputs(2, 3, L, N, 5, torch.float64, gen)
-    delta = torch.randn(2, 3, L, generator=gen, dtype=torch.float64)
-    leaves = [t.requires_grad_() for t in (x, b, c, la, delta, bb, lab)]
-    M = Quasiseparable(b, c, la, delta, b_bwd=bb, c_bwd=c, log_a_bwd=lab, shift=shift, validate=False)
-    y, ref = M.matmul(x), M.matmul(x, method="explicit")
+@pytest.mark.parametrize("L,Q", [(29, 8), (32, 8), (5, 16), (40, 40), (9, 1)])
+def test_bidirectional_parallel_product_matches_explicit(shift, L, Q, gen):
+    """Both directions in one chunk-parallel pass (the GPU torch path of Hydra's product): values and gradients
+    equal the materialized matrix in float64, ragged last chunk and one-position chunks included."""
+    x, b, c, bb, cb, la, lab, delta = leaves = [t.requires_grad_() for t in _qs_inputs(L, 4, 5, torch.float64, gen)]
+    M = Quasiseparable(b, c, la, delta, b_bwd=bb, c_bwd=cb, log_a_bwd=lab, shift=shift, validate=False)
+    y = qs.qs_chunk_parallel(x, b, c, la, delta, bb, cb, lab, shift, Q)
+    ref = M.matmul(x, method="explicit")
+    assert y.dtype == torch.float64
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
     g = torch.randn(y.shape, generator=gen, dtype=torch.float64)
-    for a, w in zip(torch.autograd.grad(y, leaves, g), torch.autograd.grad(ref, leaves, g)):
-        torch.testing.assert_close(a, w, rtol=1e-11, atol=1e-11)
+    for name, a, w in zip("x b c b_bwd c_bwd log_a log_a_bwd delta".split(), torch.autograd.grad(y, leaves, g),
+                          torch.autograd.grad(ref, leaves, g)):
+        torch.testing.assert_close(a, w, rtol=1e-11, atol=1e-11, msg=f"d{name}")
+
+
+def test_bidirectional_parallel_product_with_generators_shared_by_heads(gen):
+    """B, C of shape (B, 1, L, N) broadcast over the heads, shared by both directions (the Table 2 mixer)."""
+    x, b, c, _, _, la, lab, delta = _qs_inputs(33, 6, 4, torch.float64, gen, heads_share_bc=True)
+    M = Quasiseparable(b, c, la, delta, log_a_bwd=lab, validate=False)
+    torch.testing.assert_close(qs.qs_chunk_parallel(x, b, c, la, delta, b, c, lab, True, 8),
+                               M.matmul(x, method="explicit"), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_bidirectional_parallel_product_in_lower_precision(dtype, tol, gen, rel_err):
+    """float32 everywhere, or bf16 operands with float32 decays and diagonal (as under autocast): close to the
+    float64 matrix; the result is in the promoted dtype."""
+    x, b, c, bb, cb, la, lab, delta = _qs_inputs(150, 8, 16, torch.float64, gen)
+    ref = Quasiseparable(b, c, la, delta, b_bwd=bb, c_bwd=cb, log_a_bwd=lab).matmul(x, method="explicit")
+    y = qs.qs_chunk_parallel(*(t.to(dtype) for t in (x, b, c)), la.float(), delta.float(),
+                             *(t.to(dtype) for t in (bb, cb)), lab.float(), True, 32)
+    assert y.dtype == torch.float32
+    assert rel_err(y, ref) < tol
+
+
+def test_bidirectional_parallel_product_under_strong_decay(gen, rel_err):
+    """Log-decay sums far below -88 (float32 exp underflow) in both directions: finite and accurate."""
+    x, b, c, bb, cb, la, lab, delta = _qs_inputs(256, 4, 3, torch.float64, gen, decay=30.0)
+    ref = Quasiseparable(b, c, la, delta, b_bwd=bb, c_bwd=cb, log_a_bwd=lab).matmul(x, method="explicit")
+    y = qs.qs_chunk_parallel(*(t.float() for t in (x, b, c, la, delta, bb, cb, lab)), True, 16)
+    assert torch.isfinite(y).all()
+    assert rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.parametrize("bad", [0, -3, 8.0, False])
+def test_bidirectional_parallel_product_chunk_size_must_be_a_positive_int(bad, gen):
+    x, b, c, bb, cb, la, lab, delta = _qs_inputs(8, 2, 2, torch.float64, gen)
+    with pytest.raises(ValueError, match="chunk_size"):
+        qs.qs_chunk_parallel(x, b, c, la, delta, bb, cb, lab, True, bad)
