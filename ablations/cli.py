@@ -531,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    + EXIT_CODES_HELP)
     q.add_argument("dir", metavar="DIR", help="the --out directory of `mixerzoo ablate`")
     q.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="what to print (default md)")
-    q.add_argument("--plots", action="store_true", help="write PNG plots (loss curves, delta bars)")
+    q.add_argument("--plots", action="store_true", help="write PNG plots (loss curves, scores, delta bars, fixed vs sequence-aligned per class)")
     q.add_argument("--tensorboard", metavar="DIR", default=None,
                    help="write TensorBoard event files (DIR/<run id>/) from the runs' metrics logs")
     q.add_argument("--reference", default=None,
