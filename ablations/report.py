@@ -191,6 +191,7 @@ def build_table(out_dir, run_ids=None, reference: str | None = None) -> pd.DataF
     in_avg = {name for r in ok_runs(runs) for name, st in r.get("stages", {}).items() if st.get("in_average")}
     df.attrs["average_of"] = [col for stage, split, _, col in cols if stage in in_avg and split is None]
     df.attrs["scales"] = sorted({str(r.get("labels", {}).get("scale")) for r in runs} - {"None"})
+    df.attrs["metric_columns"] = _metric_directions(runs, cols)
     if ref_df is not None:
         ref = {(m, sa): v for m, sa, v in zip(ref_df.mixer, ref_df.sequence_aligned, ref_df.glue_avg)}
         df["Paper Avg"] = [ref.get((m, sa), np.nan) for m, sa in zip(df.mixer, df["Seq.-aligned"])]
@@ -207,6 +208,30 @@ def build_table(out_dir, run_ids=None, reference: str | None = None) -> pd.DataF
     tail = ["Seeds", "Status"]
     df = df[[c for c in df.columns if c not in tail] + tail]
     return df
+
+
+def _metric_directions(runs: list[dict], cols) -> list[dict]:
+    """Every metric column with its direction: a loss ranks ascending, any other metric as its stage records
+    (``higher_is_better``, true where unrecorded); then ``Avg`` (higher is better)."""
+    higher = {}
+    for r in runs:
+        for name, st in r.get("stages", {}).items():
+            if "higher_is_better" in st:
+                higher.setdefault(name, bool(st["higher_is_better"]))
+    out = [{"column": col, "stage": stage, "split": split, "metric": metric,
+            "higher_is_better": metric != "loss" and higher.get(stage, True)} for stage, split, metric, col in cols]
+    return out + [{"column": "Avg", "stage": None, "split": None, "metric": "average", "higher_is_better": True}]
+
+
+def ranked_columns(df: pd.DataFrame) -> list[dict]:
+    """The metric columns with values; ``Avg`` only where it averages two or more columns with values (the
+    mean of one column would rank that column twice)."""
+    def has_values(col):
+        return col in df.columns and bool(np.isfinite(df[col].to_numpy(dtype=float)).any())
+
+    averaged = [c for c in df.attrs.get("average_of", []) if has_values(c)]
+    return [m for m in df.attrs.get("metric_columns", [])
+            if has_values(m["column"]) and (m["column"] != "Avg" or len(averaged) > 1)]
 
 
 def ok_runs(runs: list[dict]) -> list[dict]:
@@ -380,7 +405,7 @@ def write_plots(out_dir, run_ids=None) -> list[Path]:
     with the chance level (dashed) and the majority-class share (dotted) where they are known, and
     error bars (seed standard deviation) only on rows with several seeds. ``plots/delta.png``, where some
     class has both parameterizations: per class, Avg of the sequence-aligned minus the fixed
-    parameterization, ours beside the paper's."""
+    parameterization, ours beside the paper's; there also ``plots/sa_vs_fixed.png`` (:func:`_plot_sa_vs_fixed`)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -496,6 +521,7 @@ def write_plots(out_dir, run_ids=None) -> list[Path]:
     sa_rows = df[df["Seq.-aligned"] & df["Δ SA−fixed"].notna()]
     if sa_rows.empty:  # no class with both parameterizations: nothing to compare
         return written
+    written.append(_plot_sa_vs_fixed(df, plot_dir, flag))
     fig, ax = plt.subplots(figsize=(7, 4))
     x = np.arange(len(sa_rows))
     has_paper = "Paper Δ" in df.columns
@@ -515,3 +541,44 @@ def write_plots(out_dir, run_ids=None) -> list[Path]:
     plt.close(fig)
     written.append(p)
     return written
+
+
+def _plot_sa_vs_fixed(df: pd.DataFrame, plot_dir: Path, flag: str) -> Path:
+    """``plots/sa_vs_fixed.png``: per class with both parameterizations, the fixed and the sequence-aligned
+    mean side by side with seed-std error bars, one panel per ranked column (:func:`ranked_columns`), so a
+    difference can be read against the spread of the two rows it comes from."""
+    import matplotlib.pyplot as plt
+
+    aligned = df["Seq.-aligned"].astype(bool)
+    classes = [m for m in dict.fromkeys(df.mixer) if (aligned & (df.mixer == m)).any() and (~aligned & (df.mixer == m)).any()]
+    cols = ranked_columns(df)
+    ncols = min(3, len(cols))
+    nrows = -(-len(cols) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(0.75 * len(classes) * ncols + 2.5, 3.2 * nrows + 0.9),
+                             squeeze=False)
+    x = np.arange(len(classes))
+    for ax, meta in zip(axes.flat, cols):
+        col = meta["column"]
+        for k, (sa, name, colour) in enumerate(((False, "fixed", "tab:gray"), (True, "sequence-aligned", "tab:blue"))):
+            rows = [df[(df.mixer == m) & (aligned == sa)].iloc[0] for m in classes]
+            vals = np.array([float(r[col]) for r in rows])
+            std = np.array([float(r.get(f"{col} std", np.nan)) for r in rows])
+            # points on an axis fitted to the data, not bars from 0: the differences are often far smaller
+            # than the values; a not-evaluable cell (inf: no matrix at another length) gets no point
+            ax.errorbar(x + (k - 0.5) * 0.3, np.where(np.isfinite(vals), vals, np.nan),
+                        yerr=np.where(np.isfinite(std), std, np.nan), fmt="o" if not sa else "s", color=colour,
+                        markersize=5, capsize=3, elinewidth=1, linestyle="none", label=name)
+        ax.set_xticks(x, [DISPLAY.get(m, m) for m in classes], rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{col} ({'higher' if meta['higher_is_better'] else 'lower'} is better)", fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+    for ax in list(axes.flat)[len(cols):]:
+        ax.axis("off")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)  # covers no point
+    fig.suptitle("Fixed vs sequence-aligned per class (mean over seeds; error bar: seed standard deviation; "
+                 "axes fitted to the data)" + flag, fontsize=10)
+    fig.tight_layout()
+    p = plot_dir / "sa_vs_fixed.png"
+    fig.savefig(p, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return p

@@ -153,7 +153,7 @@ def test_footer_says_what_avg_is_and_flags_smoke_numbers(tmp_path):
 def test_plots_written(tmp_path):
     _write_runs(tmp_path)
     paths = report.write_plots(tmp_path)
-    assert sorted(p.name for p in paths) == ["delta.png", "scores.png", "val_loss.png"]
+    assert sorted(p.name for p in paths) == ["delta.png", "sa_vs_fixed.png", "scores.png", "val_loss.png"]
     for p in paths:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
