@@ -177,14 +177,12 @@ def qs_paper(t, mamba=None):
 
 
 def qs_torch(t):
+    import kernels
     import structured
-    os.environ["MIXERZOO_KERNELS"] = "off"
-    try:
+    with kernels.using("off"):
         M = structured.get("quasiseparable")(t["b"], t["c"], t["log_a"], t["delta"], shift=True,
                                              validate=False)
         return M.matmul(t["x"])
-    finally:
-        os.environ.pop("MIXERZOO_KERNELS", None)
 
 
 def sdpa(t):

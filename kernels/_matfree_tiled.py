@@ -30,12 +30,13 @@ special functions bound the speed (see ``benchmarks/kernels_matfree.py``).
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from . import interpreting
 
 
 # Compute dtypes the kernels run in; half-precision inputs accumulate in float32.
@@ -62,10 +63,9 @@ class Term:
     pair_ok: object = None   # callable (qn, kn) -> 0-dim bool tensor, or None: always valid
 
 
-# Read once, at import, as Triton decides at decoration time (the same import) whether @triton.jit gives an
-# interpreted function: a later change of the variable changes neither (and reading the environment per call cost
-# ~1 us each, a dozen times per product).
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Read once (kernels.interpreting), as Triton decides at decoration time whether @triton.jit gives an interpreted
+# function (and reading the environment per call cost ~1 us each, a dozen times per product).
+_INTERPRET = interpreting()
 
 
 def _interpreting() -> bool:

@@ -141,8 +141,8 @@ def cauchy_matmul(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.0, *, p
 # The nodes are placed on the device, per batch element b and term d, with no host synchronization (a
 # product at L ~ 512 takes ~0.2 ms of GPU time; a sync per call made it host-bound, and in a model it would
 # stall the queue at every layer). The "prep" kernel finds a_bd = min_i x_ibd + min_j y_jbd and
-# R_bd = (max x + max y) / a_bd, then the trapezoid grid of structured.cauchy (quadrature_constants):
-# s_lo = ln(eps/4) - ln R_bd, n = ceil((s_hi - s_lo)/h) + 1 rounded up to a multiple of the chunk FC by a
+# R_bd = (max x + max y) / a_bd, then the trapezoid grid of the rule passed in (h, s_hi, s_lo1):
+# s_lo = s_lo1 - ln R_bd, n = ceil((s_hi - s_lo)/h) + 1 rounded up to a multiple of the chunk FC by a
 # finer step over the same interval (the bound only improves); it stores (1/a, n) and the nodes
 # tau_m = e^{s_m}, sqrt(w_m) = sqrt(h' tau_m) (computed in float64, stored in the accumulation dtype) per term.
 # The other kernels loop over the n / FC feature chunks of each term. FC (expsum_chunk) is one chunk for a
@@ -167,27 +167,43 @@ def expsum_feature_count(n_nodes: int, chunk: int = 16) -> int:
     return -(-n_nodes // chunk) * chunk
 
 
+def check_quadrature(quadrature) -> tuple[float, float, float]:
+    """``quadrature = (h, s_hi, s_lo1)`` as floats: the trapezoid step, the right end of the interval and its
+    left end for spread R = 1 (``structured.cauchy.quadrature_constants(eps)``); a ValueError otherwise."""
+    ok = (isinstance(quadrature, (tuple, list)) and len(quadrature) == 3
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in quadrature))
+    if not ok or not (quadrature[0] > 0 and quadrature[2] < quadrature[1]):
+        raise ValueError(f"quadrature must be (h, s_hi, s_lo1) with finite floats, step h > 0 and s_lo1 < s_hi "
+                         f"(the trapezoid rule of structured.cauchy.quadrature_constants(eps)), got {quadrature!r}")
+    return float(quadrature[0]), float(quadrature[1]), float(quadrature[2])
+
+
+def trapezoid_node_count(quadrature, R: float) -> int:
+    """Trapezoid nodes for spread ``R``: ``ceil((s_hi - s_lo) / h) + 1`` with ``s_lo = s_lo1 - ln R``, the count
+    the prep kernel computes on the device (before rounding up to whole chunks)."""
+    h, s_hi, s_lo1 = quadrature
+    return int(math.ceil((s_hi - (s_lo1 - math.log(R))) / h)) + 1
+
+
 @functools.lru_cache(maxsize=64)
-def expsum_chunk(eps: float) -> int:
-    """Features per chunk for accuracy ``eps``: the node count at spread ``R_ONE_CHUNK`` rounded up to a
-    power of two in [16, 64] (``tl.dot`` needs >= 16; 64 keeps the chunk GEMMs on the tensor cores' sweet
-    spot). 64 at the float32 default eps = 1e-6, 32 at eps = 1e-3."""
-    from structured.cauchy import node_count
-    return min(64, max(16, _next_pow2(node_count(eps, R_ONE_CHUNK))))
+def expsum_chunk(quadrature: tuple) -> int:
+    """Features per chunk for the rule ``quadrature`` (:func:`check_quadrature`): the node count at spread
+    ``R_ONE_CHUNK`` rounded up to a power of two in [16, 64] (``tl.dot`` needs >= 16; 64 keeps the chunk GEMMs on
+    the tensor cores' sweet spot). 64 at the float32 default eps = 1e-6, 32 at eps = 1e-3."""
+    return min(64, max(16, _next_pow2(trapezoid_node_count(quadrature, R_ONE_CHUNK))))
 
 
-def expsum_features(eps: float, R: float) -> int:
-    """Features the kernels evaluate for a term of spread ``R`` at accuracy ``eps`` (what the prep kernel
-    computes on the device, here on the host: the node count rounded up to whole chunks)."""
-    from structured.cauchy import node_count
-    return expsum_feature_count(node_count(eps, R), expsum_chunk(eps))
+def expsum_features(quadrature: tuple, R: float) -> int:
+    """Features the kernels evaluate for a term of spread ``R`` under the rule ``quadrature`` (what the prep
+    kernel computes on the device, here on the host: the node count rounded up to whole chunks)."""
+    return expsum_feature_count(trapezoid_node_count(quadrature, R), expsum_chunk(quadrature))
 
 
 @functools.lru_cache(maxsize=64)
-def expsum_max_features(eps: float) -> int:
-    """Features per term at the largest spread ``R_MAX`` for accuracy ``eps``: the size of the Z blocks
+def expsum_max_features(quadrature: tuple) -> int:
+    """Features per term at the largest spread ``R_MAX`` under the rule ``quadrature``: the size of the Z blocks
     (whose unused tail is never read), and the count the cost model assumes without a device sync."""
-    return expsum_features(eps, R_MAX)
+    return expsum_features(quadrature, R_MAX)
 
 
 @triton.jit
@@ -537,20 +553,19 @@ class _ExpSumProduct(torch.autograd.Function):
 _QUADRATURE: dict = {}
 
 
-def _quadrature(eps: float, device) -> torch.Tensor:
-    """``structured.cauchy.quadrature_constants(eps)`` as a float64 device tensor, cached (a host-to-device
-    copy per call would cost more than the product at short L)."""
-    key = (eps, device)                  # (torch.device hashes by value; str() would cost a call)
+def _quadrature(quadrature: tuple, device) -> torch.Tensor:
+    """``quadrature`` as a float64 device tensor, cached (a host-to-device copy per call would cost more than the
+    product at short L)."""
+    key = (quadrature, device)           # (torch.device hashes by value; str() would cost a call)
     hit = _QUADRATURE.get(key)
     if hit is None:
-        from structured.cauchy import quadrature_constants
         if len(_QUADRATURE) >= 64:
             _QUADRATURE.clear()
-        hit = _QUADRATURE[key] = torch.tensor(quadrature_constants(eps), dtype=torch.float64, device=device)
+        hit = _QUADRATURE[key] = torch.tensor(quadrature, dtype=torch.float64, device=device)
     return hit
 
 
-def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, eps: float, *,
+def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, quadrature: tuple, *,
                           precision: str = "ieee") -> torch.Tensor:
     """The exponential-sum approximation of ``y_i = sum_j sum_d x_j / (xn_id + yn_jd)``, fused on the GPU.
 
@@ -566,7 +581,8 @@ def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, e
     x : (*batch, L, P) float64/float32/bfloat16/float16.
     xn, yn : (*batch, L, d) positive nodes (row nodes with the shift c folded in, column nodes); batch dims
         broadcast with x's.
-    eps : entrywise relative accuracy of the expansion, in [1e-15, 0.1].
+    quadrature : ``(h, s_hi, s_lo1)``, the trapezoid rule of the expansion for its accuracy eps
+        (``structured.cauchy.quadrature_constants(eps)``; :func:`check_quadrature`).
     precision : ``tl.dot`` precision for float32 operands, "ieee" (default) or "tf32".
 
     Returns
@@ -593,17 +609,14 @@ def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, e
     References: Beylkin & Monzon, "Approximation by exponential sums revisited", ACHA 28(2), 2010 (the
     sum-of-exponentials separation); FlashAttention's fused tiling (Dao et al. 2022, arXiv 2205.14135).
     """
-    from structured.cauchy import _check_eps
     if precision not in DOT_PRECISIONS:
         raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got {precision!r}")
     check_device("cauchy_expsum_product", x)
-    if _check_eps(eps) is None:
-        raise ValueError("cauchy_expsum_product: eps must be a float in [1e-15, 0.1], got None")
+    quadrature = check_quadrature(quadrature)
     x, xn, yn = check_args("cauchy_expsum_product", x, xn, yn)
     acc = torch.float64 if torch.float64 in (x.dtype, xn.dtype, yn.dtype) else torch.float32
     # the dot dtype: bf16 stays on the tensor cores; fp16 goes to fp32 (its exponent range is too narrow
     # for features spanning ~R e^-tau); float64 nodes force float64
     dot = torch.float64 if acc == torch.float64 else (torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32)
-    eps = float(eps)
-    return _ExpSumProduct.apply(x, xn, yn, acc, dot, _quadrature(eps, x.device), expsum_chunk(eps),
-                                expsum_max_features(eps), precision)
+    return _ExpSumProduct.apply(x, xn, yn, acc, dot, _quadrature(quadrature, x.device), expsum_chunk(quadrature),
+                                expsum_max_features(quadrature), precision)

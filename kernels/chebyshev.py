@@ -14,8 +14,8 @@ matrix is stored: U, V and Lam are recomputed in registers from the angles, the 
 Everything data-dependent is decided on the device, per batch element, by a "prep" kernel:
 
 * ``Omega_b = pi s (L-1) max(|q_b|, |k_b|)`` and the number of points: the fewest with bound E(n, Omega_b) <= eps,
-  read off a table of Omega limits (``structured.vandermonde.chebyshev_omega_limits``: the bound grows with Omega,
-  so n = 1 + #{limits < Omega}), rounded up to a multiple of the chunk ``CHUNK`` (more points only tighten the
+  read off the table of Omega limits the caller passes in (``structured.vandermonde.chebyshev_omega_limits``: the
+  bound grows with Omega, so n = 1 + #{limits < Omega}), rounded up to a multiple of the chunk ``CHUNK`` (more points only tighten the
   bound) and capped at ``max_points`` (the size of the Z blocks). Where more points than the cap would be needed,
   the points are NaN, and so are the batch element's outputs: checking would need a sync (the torch path raises);
   ``structured.vandermonde.Vandermonde`` plans on the host and passes its own count as the cap.
@@ -369,23 +369,24 @@ class _ChebyshevProduct(torch.autograd.Function):
 _PARAMS: dict = {}
 
 
-def _params(eps: float, n_cap: int, scale: float, L: int, device) -> torch.Tensor:
-    """float64 device tensor ``[s, pi s (L-1), (L-1)/2, Omega limits for n = 1 .. n_cap]``, cached (a host-to-device
-    copy per call would wait for the GPU, and could not be captured in a CUDA graph)."""
-    key = (eps, n_cap, scale, L, device)
+def _params(omega_limits: tuple, scale: float, L: int, device) -> torch.Tensor:
+    """float64 device tensor ``[s, pi s (L-1), (L-1)/2, omega_limits...]``, cached (a host-to-device copy per call
+    would wait for the GPU, and could not be captured in a CUDA graph). Keyed by the limits' identity (hashing up
+    to a thousand floats per call would cost more than the lookup saves); the entry keeps them alive."""
+    key = (id(omega_limits), scale, L, device)
     hit = _PARAMS.get(key)
-    if hit is None:
-        from structured.vandermonde import chebyshev_omega_limits
+    if hit is None or hit[0] is not omega_limits:
         if len(_PARAMS) >= 64:
             _PARAMS.clear()
-        values = [scale, math.pi * scale * (L - 1), (L - 1) / 2, *chebyshev_omega_limits(n_cap, eps)]
-        hit = _PARAMS[key] = torch.tensor(values, dtype=torch.float64, device=device)
-    return hit
+        values = [scale, math.pi * scale * (L - 1), (L - 1) / 2, *omega_limits]
+        hit = _PARAMS[key] = (omega_limits, torch.tensor(values, dtype=torch.float64, device=device))
+    return hit[1]
 
 
 def points_cap(length: int, max_points: int | None = None) -> int:
-    """The number of points the kernels can take (the size of the Z blocks): ``max_points`` (default
-    ``min(L, DEFAULT_MAX_POINTS)``) rounded up to a multiple of ``CHUNK``."""
+    """The number of points the kernels can take (the size of the Z blocks, and the number of Omega limits
+    :func:`vandermonde_chebyshev_product` takes): ``max_points`` (default ``min(L, DEFAULT_MAX_POINTS)``) rounded up
+    to a multiple of ``CHUNK``."""
     if max_points is None:
         max_points = min(length, DEFAULT_MAX_POINTS)
     elif isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
@@ -394,17 +395,29 @@ def points_cap(length: int, max_points: int | None = None) -> int:
     return _cdiv(max_points, CHUNK) * CHUNK
 
 
-def device_points(omega: float, eps: float, n_cap: int) -> int | None:
+def check_omega_limits(omega_limits) -> tuple:
+    """``omega_limits`` as a tuple of floats whose length is a positive multiple of ``CHUNK``; a ValueError
+    otherwise (the values are not checked: their order is the caller's contract)."""
+    if (not isinstance(omega_limits, tuple) or not omega_limits or len(omega_limits) % CHUNK
+            or not all(isinstance(v, float) for v in omega_limits)):
+        got = f"a {type(omega_limits).__name__} of length {len(omega_limits)}" if hasattr(omega_limits, "__len__") \
+            else repr(omega_limits)
+        raise ValueError(f"omega_limits must be a tuple of floats whose length (the points cap) is a positive "
+                         f"multiple of {CHUNK} (see points_cap), got {got}")
+    return omega_limits
+
+
+def device_points(omega: float, omega_limits: tuple) -> int | None:
     """The point count the prep kernel picks for a batch element with ``Omega`` (here on the host, for tests and
-    reports): the fewest with bound <= eps, rounded up to a multiple of ``CHUNK``, at most ``n_cap``; None where
-    more than ``n_cap`` would be needed (the kernels then give NaN)."""
-    from structured.vandermonde import chebyshev_omega_limits
-    need = 1 + sum(1 for v in chebyshev_omega_limits(n_cap, eps) if v < omega)
+    reports): the fewest with bound <= eps (``1 + #{limits < Omega}``), rounded up to a multiple of ``CHUNK``, at
+    most ``n_cap = len(omega_limits)``; None where more than ``n_cap`` would be needed (the kernels then give NaN)."""
+    n_cap = len(omega_limits)
+    need = 1 + sum(1 for v in omega_limits if v < omega)
     return None if need > n_cap else min(_cdiv(need, CHUNK) * CHUNK, n_cap)
 
 
-def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float, eps: float, *,
-                                  max_points: int | None = None, precision: str = "ieee") -> torch.Tensor:
+def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float,
+                                  omega_limits: tuple, *, precision: str = "ieee") -> torch.Tensor:
     """The Chebyshev approximation of ``y_i = sum_j sum_d [cos(2 pi s q_id j) - cos(2 pi s k_jd i)] x_j``, fused on
     the GPU with no host synchronization (the point count is chosen on the device; see the module docstring).
 
@@ -413,10 +426,12 @@ def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Ten
     x : (*batch, L, P) float64/float32/bfloat16/float16.
     q, k : (*batch, L, d) (batch dims broadcast with x's).
     scale : s > 0, the angle scale (a float).
-    eps : bound E on each interpolated cosine, in [1e-14, 0.1]; per column p, ``|y_hat_i - y_i| <= 2 d E ||x_p||_1``
-        (exact arithmetic, ``structured.vandermonde`` module docstring), the gradients within their E' bounds.
-    max_points : the most points per batch element (default ``min(L, 1024)``), rounded up to a multiple of
-        ``CHUNK``; a batch element that needs more gets NaN outputs.
+    omega_limits : the largest Omega each number of points n = 1 .. n_cap covers within the bound E = eps on each
+        interpolated cosine (increasing; ``structured.vandermonde.chebyshev_omega_limits(n_cap, eps)``), a tuple of
+        floats whose length n_cap, the most points per batch element, is a multiple of ``CHUNK``
+        (:func:`points_cap`); a batch element that needs more gets NaN outputs. Per column p,
+        ``|y_hat_i - y_i| <= 2 d E ||x_p||_1`` (exact arithmetic, ``structured.vandermonde`` module docstring), the
+        gradients within their E' bounds.
     precision : ``tl.dot`` precision for float32 products, "ieee" (default) or "tf32".
 
     Returns
@@ -440,15 +455,14 @@ def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Ten
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale < math.inf):
         raise ValueError(f"vandermonde_chebyshev_product: scale must be a finite float > 0, got {scale!r}")
     x, q, k = check_args("vandermonde_chebyshev_product", x, q, k)
-    from structured.vandermonde import _check_nufft_eps
-    eps = _check_nufft_eps(eps)
-    batch, L, P, D = x.shape[:-2], x.shape[-2], x.shape[-1], q.shape[-1]
-    n_cap = points_cap(L, max_points)
+    omega_limits = check_omega_limits(omega_limits)
+    L = x.shape[-2]
+    n_cap = len(omega_limits)
     acc = torch.float64 if torch.float64 in (x.dtype, q.dtype, k.dtype) else torch.float32
     if acc == torch.float64:
         precision = "ieee"
     # half x: the hardware's cosines (|error| <= ~2^-21 on [-pi, pi], the turns are reduced first), 2^12 below the
     # output's own rounding; the interpreter has no such function and evaluates accurate ones
     fast = x.dtype in (torch.bfloat16, torch.float16) and not _interpreting()
-    return _ChebyshevProduct.apply(x, q, k, _params(eps, n_cap, float(scale), L, x.device), n_cap, acc, fast,
+    return _ChebyshevProduct.apply(x, q, k, _params(omega_limits, float(scale), L, x.device), n_cap, acc, fast,
                                    precision)

@@ -33,3 +33,12 @@ def gen(request) -> torch.Generator:
     """A torch.Generator seeded from the test's node id: fresh, reproducible inputs per test."""
     seed = sum(ord(ch) * (k + 1) for k, ch in enumerate(request.node.nodeid)) % (2 ** 31)
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def kernels_mode():
+    """``kernels.set_mode`` for one test (the dispatch mode is read once per process, so tests set it here rather
+    than through ``MIXERZOO_KERNELS``); afterwards the mode is forgotten and the next dispatch reads the variable."""
+    import kernels
+    yield kernels.set_mode
+    kernels.set_mode(None)

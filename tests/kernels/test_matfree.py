@@ -213,14 +213,15 @@ def test_memory_is_linear_in_length(name):
 # entrywise, and the same factor times sum_j |g_i . x_j| / den_ijd^2 for the node gradients.
 # ------------------------------------------------------------------------------------------------------
 from kernels.cauchy import cauchy_expsum_product, expsum_chunk, expsum_feature_count  # noqa: E402
+from structured.cauchy import quadrature_constants  # noqa: E402
 
 UNIT = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 
 
 @pytest.fixture
-def kernels_on(monkeypatch):
+def kernels_on(kernels_mode):
     """structured dispatches to the Triton kernels here (compiled on CUDA, interpreted on the CPU)."""
-    monkeypatch.setenv("MIXERZOO_KERNELS", "on")
+    kernels_mode("on")
 
 
 def expsum_reference(x, q, k, c, g):
@@ -255,7 +256,7 @@ def test_expsum_float64_within_stated_bound(kernels_on, eps, L):
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(L), dtype=torch.float64)
     plan, y, gx, gq, gk = run_expsum_class(x, q, k, c, g, eps, torch.float64)
     assert plan.backend == "triton" and plan.method == "expsum"
-    chunk = expsum_chunk(plan.eps)
+    chunk = expsum_chunk(quadrature_constants(plan.eps))
     assert plan.n_nodes == expsum_feature_count(plan.n_nodes, chunk) >= chunk >= 16   # whole chunks
     ref = expsum_reference(x, q, k, c, g)
     tol = eps + (L + plan.rank + 35) * UNIT[torch.float64]
@@ -312,7 +313,7 @@ def per_term_expansion(x, xn, yn, eps):
     a = min xn + min yn, spread R = (max xn + max yn)/a and trapezoid grid (structured.cauchy's rule at
     the exact R, the count rounded up to a multiple of the kernels' chunk by a finer step), then U (V^T x) term
     by term."""
-    from structured.cauchy import node_count, quadrature_constants
+    from structured.cauchy import node_count
     h0, s_hi, log_eps4 = quadrature_constants(eps)
     B, L, D = xn.shape
     y = torch.zeros_like(x)
@@ -322,7 +323,7 @@ def per_term_expansion(x, xn, yn, eps):
             u, v = xn[b, :, d], yn[b, :, d]
             a = u.min() + v.min()
             R = float((u.max() + v.max()) / a)
-            n = expsum_feature_count(node_count(eps, R), expsum_chunk(eps))
+            n = expsum_feature_count(node_count(eps, R), expsum_chunk(quadrature_constants(eps)))
             s_lo = log_eps4 - math.log(R)
             s = s_lo + (s_hi - s_lo) / (n - 1) * torch.arange(n, dtype=torch.float64)
             tau, w = torch.exp(s), (s_hi - s_lo) / (n - 1) * torch.exp(s)
@@ -344,7 +345,8 @@ def test_expsum_kernel_equals_its_float64_definition():
     q[0, 0, 3, 1] = 1e6                      # one term with a much wider spread: more nodes there
     ref, counts = per_term_expansion(x.reshape(-1, L, P), q.reshape(-1, L, D), k.reshape(-1, L, D), 1e-3)
     assert counts.max() > counts.min()
-    y = cauchy_expsum_product(x.to(DEVICE), q.to(DEVICE), k[:1].to(DEVICE).expand(B, H, L, D), 1e-3)
+    y = cauchy_expsum_product(x.to(DEVICE), q.to(DEVICE), k[:1].to(DEVICE).expand(B, H, L, D),
+                              quadrature_constants(1e-3))
     assert rel_err(y, ref.reshape(B, H, L, P)) <= 1e-13
 
 
@@ -356,7 +358,7 @@ def test_expsum_out_of_range_terms_give_nan_in_their_batch_element_only():
     q, k = q.clone(), k.clone()
     q[0, 2, 1] = -k[0, :, 1].min() - 0.1            # batch element 0: one non-positive denominator
     q[1, 4, 0] = 4.0 * R_MAX * (q[1, :, 0].min() + k[1, :, 0].min())   # element 1: spread beyond R_MAX
-    y = cauchy_expsum_product(x, q, k, 1e-6)
+    y = cauchy_expsum_product(x, q, k, quadrature_constants(1e-6))
     assert torch.isnan(y[0]).all() and torch.isnan(y[1]).all() and torch.isfinite(y[2]).all()
     ref, _ = per_term_expansion(x[2:].double().cpu(), q[2:].double().cpu(), k[2:].double().cpu(), 1e-6)
     assert rel_err(y[2:], ref) <= 1e-12
@@ -365,12 +367,12 @@ def test_expsum_out_of_range_terms_give_nan_in_their_batch_element_only():
 def test_expsum_bad_arguments():
     x, q, k = (t.to(DEVICE) for t in draw("cauchy", (2,), 6, 3, 2, seed=0))
     with pytest.raises(ValueError, match="precision must be one of"):
-        cauchy_expsum_product(x, q, k, 1e-6, precision="bf16x3")
-    for bad in (None, 0.0, 0.5, "1e-6"):
-        with pytest.raises(ValueError, match="eps must be"):
+        cauchy_expsum_product(x, q, k, quadrature_constants(1e-6), precision="bf16x3")
+    for bad in (None, 1e-6, (1.0, 2.0), (0.0, 1.0, -1.0), (1.0, -1.0, 1.0), (1.0, float("nan"), -1.0)):
+        with pytest.raises(ValueError, match="quadrature must be"):
             cauchy_expsum_product(x, q, k, bad)
     with pytest.raises(ValueError, match="length of x"):
-        cauchy_expsum_product(x, q[:, :5], k[:, :5], 1e-6)
+        cauchy_expsum_product(x, q[:, :5], k[:, :5], quadrature_constants(1e-6))
     with pytest.raises(ValueError, match="n_nodes must be a positive int"):
         expsum_feature_count(0)
 

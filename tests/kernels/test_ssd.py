@@ -200,11 +200,11 @@ def test_reference_matches_structured():
                                rtol=1e-12, atol=1e-12)
 
 
-def test_dispatch_through_structured(monkeypatch):
+def test_dispatch_through_structured(kernels_mode, monkeypatch):
     """MIXERZOO_KERNELS=on routes Quasiseparable.matmul to the kernel; the result matches the explicit one."""
     structured = pytest.importorskip("structured")
     import kernels
-    monkeypatch.setenv("MIXERZOO_KERNELS", "on")
+    kernels_mode("on")
     leaves, _ = make_inputs(21, shared=True, seed=8)
     M = structured.get("quasiseparable")(leaves["b"], leaves["c"], leaves["log_a"], leaves["delta"])
     calls = []
