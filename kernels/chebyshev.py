@@ -292,8 +292,9 @@ def _prep(q3, k3, prm, n_cap, acc, P):
     tensor argument costs a Triton launch several microseconds of host time), and the forward and backward Z
     blocks (bh, 2, n_cap, P) in acc, zero in the rows the counts use."""
     bh, L, D = _flat_dims(q3)
-    tab = torch.empty((bh, n_cap + _cdiv(L, 16) * 16 + 16), dtype=acc, device=q3.device)
-    z = torch.empty((2, bh, 2, n_cap, P), dtype=acc, device=q3.device)
+    # zeroed: the table and the forward Z are outputs of the product's operator, so no entry is left undefined
+    tab = torch.zeros((bh, n_cap + _cdiv(L, 16) * 16 + 16), dtype=acc, device=q3.device)
+    z = torch.zeros((2, bh, 2, n_cap, P), dtype=acc, device=q3.device)
     _cheb_prep_kernel[(bh,)](q3, k3, prm, tab, z, L, P, D=D, D_PAD=_next_pow2(D), N_CAP=n_cap,
            N_PAD=_next_pow2(n_cap), FC=CHUNK, BLOCK_L=_PREP_BLOCK["interpret" if _interpreting() else "gpu"],
            BLOCK_P=max(16, _next_pow2(P)))
@@ -333,37 +334,70 @@ def _rows(ang3, w, prm, tab, xx, out, dang, sign, fast, precision):
            PRECISION=precision, EMULATE=_interpreting(), num_warps=warps)
 
 
-class _ChebyshevProduct(torch.autograd.Function):
-    """``y = U (Lam^T x) - Lam (V^T x)`` with the point count chosen per batch element on the device. Takes and
-    returns the caller's shapes (the flattening to (bh, L, .) happens inside: no view nodes in the graph)."""
+# The product and its backward are torch custom operators (torch.compile traces through them). The forward returns
+# its intermediates beside y (the table of points and row factors, and the forward Z), which the backward reuses.
+@torch.library.custom_op("mixerzoo::chebyshev_product", mutates_args=())
+def _chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, prm: torch.Tensor, n_cap: int,
+                       acc: torch.dtype, fast: bool, precision: str) -> list[torch.Tensor]:
+    """``[y, tab, z]``: ``y = U (Lam^T x) - Lam (V^T x)`` with the point count chosen per batch element on the device,
+    in x's shape and dtype; the prep kernel's table and ``Z = [Lam^T x ; V^T x]``."""
+    x, q, k = _dense(x), _dense(q), _dense(k)       # (*batch, L, .) as they are: the kernels take them flat
+    tab, z, _ = _prep(q, k, prm, n_cap, acc, x.shape[-1])
+    _reduce(k, x, prm, tab, z, fast, precision)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _rows(q, z, prm, tab, y, y, None, 1, fast, precision)
+    return [y, tab, z]
 
-    @staticmethod
-    def forward(ctx, x, q, k, prm, n_cap, acc, fast, precision):
-        x, q, k = _dense(x), _dense(q), _dense(k)       # (*batch, L, .) as they are: the kernels take them flat
-        tab, z, zg = _prep(q, k, prm, n_cap, acc, x.shape[-1])
-        _reduce(k, x, prm, tab, z, fast, precision)
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        _rows(q, z, prm, tab, y, y, None, 1, fast, precision)
-        ctx.save_for_backward(x, q, k)
-        # intermediates (neither inputs nor outputs) are kept on ctx directly
-        ctx.tab, ctx.z, ctx.zg, ctx.prm, ctx.meta = tab, z, zg, prm, (fast, precision)
-        return y
 
-    @staticmethod
-    def backward(ctx, gy):
-        x, q, k = ctx.saved_tensors
-        fast, precision = ctx.meta
-        need_x, need_q, need_k = ctx.needs_input_grad[:3]
-        g = _dense(gy.to(x.dtype))
-        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
-        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if need_q else None
-        dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if need_k else None
-        if need_x or need_k:                   # Zg = [Lam^T g ; U^T g]; the rows of k: dx and dk
-            _reduce(q, g, ctx.prm, ctx.tab, ctx.zg, fast, precision)
-            _rows(k, ctx.zg, ctx.prm, ctx.tab, x, dx, dk, -1, fast, precision)
-        if need_q:                             # the rows of q against the forward Z: dq
-            _rows(q, ctx.z, ctx.prm, ctx.tab, g, None, dq, 1, fast, precision)
-        return dx, dq, dk, None, None, None, None, None
+@_chebyshev_product.register_fake
+def _chebyshev_product_fake(x, q, k, prm, n_cap, acc, fast, precision):
+    bh, L, _ = _flat_dims(q)
+    P = x.shape[-1]
+    return [torch.empty(x.shape, dtype=x.dtype, device=x.device),
+            x.new_empty((bh, n_cap + _cdiv(L, 16) * 16 + 16), dtype=acc), x.new_empty((bh, 2, n_cap, P), dtype=acc)]
+
+
+@torch.library.custom_op("mixerzoo::chebyshev_product_backward", mutates_args=())
+def _chebyshev_product_backward(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, prm: torch.Tensor,
+                                tab: torch.Tensor, z: torch.Tensor, gy: torch.Tensor, fast: bool, precision: str,
+                                need_x: bool, need_q: bool, need_k: bool) -> list[torch.Tensor]:
+    """``[dx, dq, dk]`` in the inputs' shapes and dtypes (an unneeded one is an empty tensor)."""
+    x, q, k = _dense(x), _dense(q), _dense(k)
+    g = _dense(gy.to(x.dtype))
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if need_q else None
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if need_k else None
+    if need_x or need_k:                   # Zg = [Lam^T g ; U^T g]; the rows of k: dx and dk
+        zg = torch.zeros_like(z)           # the reduce kernel adds its segments into it
+        _reduce(q, g, prm, tab, zg, fast, precision)
+        _rows(k, zg, prm, tab, x, dx, dk, -1, fast, precision)
+    if need_q:                             # the rows of q against the forward Z: dq
+        _rows(q, z, prm, tab, g, None, dq, 1, fast, precision)
+    return [t if t is not None else x.new_empty(0) for t in (dx, dq, dk)]
+
+
+@_chebyshev_product_backward.register_fake
+def _chebyshev_product_backward_fake(x, q, k, prm, tab, z, gy, fast, precision, need_x, need_q, need_k):
+    return [torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else x.new_empty(0)
+            for t, need in ((x, need_x), (q, need_q), (k, need_k))]
+
+
+def _chebyshev_setup_context(ctx, inputs, output):
+    x, q, k, prm, n_cap, acc, fast, precision = inputs
+    _, tab, z = output
+    ctx.save_for_backward(x, q, k, prm, tab, z)
+    ctx.cfg = (fast, precision)
+
+
+def _chebyshev_backward(ctx, grads):
+    gy = grads[0]             # the gradient of y; the intermediates returned beside it are not differentiated
+    x, q, k, prm, tab, z = ctx.saved_tensors
+    need = ctx.needs_input_grad[:3]
+    dx, dq, dk = _chebyshev_product_backward(x, q, k, prm, tab, z, gy, *ctx.cfg, *need)
+    return dx if need[0] else None, dq if need[1] else None, dk if need[2] else None, None, None, None, None, None
+
+
+_chebyshev_product.register_autograd(_chebyshev_backward, setup_context=_chebyshev_setup_context)
 
 
 _PARAMS: dict = {}
@@ -464,5 +498,5 @@ def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Ten
     # half x: the hardware's cosines (|error| <= ~2^-21 on [-pi, pi], the turns are reduced first), 2^12 below the
     # output's own rounding; the interpreter has no such function and evaluates accurate ones
     fast = x.dtype in (torch.bfloat16, torch.float16) and not _interpreting()
-    return _ChebyshevProduct.apply(x, q, k, _params(omega_limits, float(scale), L, x.device), n_cap, acc, fast,
-                                   precision)
+    return _chebyshev_product(x, q, k, _params(omega_limits, float(scale), L, x.device), n_cap, acc, fast,
+                              precision)[0]

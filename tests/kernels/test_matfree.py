@@ -467,3 +467,49 @@ def test_benchmark_methods_filter_keeps_the_other_rows(tmp_path):
     assert rows == {(m, L) for m in ("torch_tiled", "materialize", "expsum_triton") for L in bench.SMOKE_LENGTHS}
     assert set(payload["accuracy_vs_float64"]["cauchy"]) == {"L", "torch_tiled", "materialize", "expsum_triton"}
     assert payload["earlier_commands"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Registration as torch operators: opcheck (schema, fake tensors, autograd, tracing) and torch.compile
+# ------------------------------------------------------------------------------------------------------
+def _op_leaves(seed, L=5, P=3, D=2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, L, P, generator=g, dtype=torch.float64)
+    q = torch.rand(2, L, D, generator=g, dtype=torch.float64) + 0.5
+    k = torch.rand(2, L, D, generator=g, dtype=torch.float64) + 0.5
+    return [t.to(DEVICE).requires_grad_() for t in (x, q, k)]
+
+
+@pytest.mark.parametrize("term", ["cauchy_matmul", "vandermonde_matmul"])
+def test_matfree_product_is_a_valid_torch_operator(term):
+    from kernels import _matfree_tiled
+    torch.library.opcheck(_matfree_tiled._matfree_product, (*_op_leaves(1), term, "ieee"))
+
+
+def test_expsum_product_is_a_valid_torch_operator():
+    from kernels import cauchy as kc
+    quad = quadrature_constants(1e-3)
+    args = (*_op_leaves(2), kc._quadrature(quad, torch.device(DEVICE)), torch.float64, torch.float64,
+            kc.expsum_chunk(quad), kc.expsum_max_features(quad), "ieee")
+    torch.library.opcheck(kc._expsum_product, args)
+
+
+def _compiled_matches_eager(f, leaves):
+    """f through torch.compile(fullgraph=True, backend="aot_eager"): the values and gradients of eager."""
+    y = f(*leaves)
+    grads = torch.autograd.grad(y.square().sum(), leaves)
+    yc = torch.compile(f, backend="aot_eager", fullgraph=True)(*leaves)
+    grads_c = torch.autograd.grad(yc.square().sum(), leaves)
+    assert rel_err(yc, y) < 1e-13
+    for gc_, g_ in zip(grads_c, grads):
+        assert rel_err(gc_, g_) < 1e-13
+
+
+@pytest.mark.parametrize("kind", ["cauchy", "vandermonde", "expsum"])
+def test_matfree_products_compile_without_graph_breaks(kind):
+    from kernels import cauchy as kc, vandermonde as kv
+    quad = quadrature_constants(1e-6)
+    fns = {"cauchy": lambda x, q, k: kc.cauchy_matmul(x, q, k, 0.25),
+           "vandermonde": lambda x, q, k: kv.vandermonde_matmul(x, q, k, 0.01),
+           "expsum": lambda x, q, k: kc.cauchy_expsum_product(x, q, k, quad)}
+    _compiled_matches_eager(lambda x, q, k: (2 * fns[kind](x, q, k)).sin(), _op_leaves(3, L=7))
