@@ -20,6 +20,10 @@ and return ``(*batch, L, P)`` in the dtype of ``x``, accumulating in float32 or 
   bound) -- ``kernels/cauchy.py``; :func:`vandermonde_matmul` (exact, tiled) -- ``kernels/vandermonde.py``;
   :func:`vandermonde_chebyshev_product` (``structured.vandermonde``'s Chebyshev path, fused, with a stated bound)
   -- ``kernels/chebyshev.py``
+
+Every entry point has an exact torch reference with its signature in ``kernels/naive.py`` (the explicit L x L
+matrix in float64), which the tests compare the kernels with. The kernels are torch custom operators
+(``mixerzoo::...``, with fake and autograd registrations), so ``torch.compile`` traces through them.
 """
 from __future__ import annotations
 

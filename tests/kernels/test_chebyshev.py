@@ -1,5 +1,6 @@
 """The fused Chebyshev kernels of the Vandermonde product (``kernels.chebyshev``) against their torch reference
-(``structured.vandermonde._chebyshev_product`` with the point count the device rule picks per batch element),
+(``kernels.naive.vandermonde_chebyshev_product``: the approximant with the point count the device rule picks per batch
+element, itself checked against ``structured.vandermonde._chebyshev_product``),
 values and gradients, in float64 (tight) and float32, and against the exact product within the stated bound.
 CPU: the kernels run in Triton's interpreter."""
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 pytest.importorskip("triton")
 
 import kernels  # noqa: E402
-from kernels import chebyshev as kc  # noqa: E402
+from kernels import chebyshev as kc, naive  # noqa: E402
 from structured import vandermonde as sv  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -38,13 +39,19 @@ def limits(L, eps, max_points=None):
 
 
 def reference(x, q, k, s, eps, n_cap):
-    """Per batch element: the device rule's n, then the torch approximant with those points (float64 on the CPU)."""
-    q, k = q.expand(x.shape[0], *q.shape[1:]), k.expand(x.shape[0], *k.shape[1:])
-    ys = []
-    for b in range(x.shape[0]):
+    """kernels.naive's approximant with the device rule's n per batch element (float64 on the CPU)."""
+    return naive.vandermonde_chebyshev_product(x, q, k, s, sv.chebyshev_omega_limits(n_cap, eps))
+
+
+def test_reference_matches_structured_approximant():
+    """kernels.naive's Chebyshev approximant is structured's (``_chebyshev_product``) at the same points."""
+    x, q, k = (t.cpu() for t in inputs(2, 30, 3, 2, seed=14))
+    s, eps, n_cap = 1e-2, 1e-10, kc.points_cap(30)
+    ref = reference(x, q, k, s, eps, n_cap)
+    for b in range(2):
         n = kc.device_points(omega_of(q[b], k[b], s), sv.chebyshev_omega_limits(n_cap, eps))
-        ys.append(sv._chebyshev_product(x[b], 2 * math.pi * s * q[b], 2 * math.pi * s * k[b], n))
-    return torch.stack(ys)
+        want = sv._chebyshev_product(x[b], 2 * math.pi * s * q[b], 2 * math.pi * s * k[b], n)
+        torch.testing.assert_close(ref[b], want, rtol=1e-12, atol=1e-12)
 
 
 def exact(x, q, k, s):

@@ -2,8 +2,9 @@
 
 On a machine without CUDA the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set by
 ``tests/conftest.py`` before ``triton.jit`` decorates them). With CUDA the same tests
-run the compiled kernels. The references are built here from the contract's entry formulas (independent of
-the kernels' generic-offset formulation) and cross-checked once against ``structured``'s ``to_dense``.
+run the compiled kernels. The references are ``kernels.naive``'s, built from the contract's entry formulas
+(independent of the kernels' generic-offset formulation) and cross-checked once against ``structured``'s
+``to_dense``.
 Gradients: autograd through the kernels (float32 / bfloat16) against float64 autograd through the explicit
 matrix; this stands in for ``gradcheck``, which needs float64 inputs the kernels do not take.
 """
@@ -14,44 +15,10 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from kernels import ssd
+from kernels import naive, ssd
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 CHUNK = 16  # small chunks so that short test sequences span several chunks and a ragged last one
-
-
-def _excl_cumsum(lam):
-    """P[..., k] = sum_{t < k} lam_t, length L + 1."""
-    return torch.nn.functional.pad(lam.cumsum(-1), (1, 0))
-
-
-def _span(P, lo, hi):
-    """sum_{t=lo..hi} lam_t (0 when hi < lo), for index tensors lo, hi broadcast to (L, L)."""
-    L = P.shape[-1] - 1
-    lo_c, hi_c = lo.clamp(0, L), (hi + 1).clamp(0, L)
-    val = P[..., hi_c] - P[..., lo_c]
-    return torch.where(hi >= lo, val, torch.zeros_like(val))
-
-
-def ref_dense(b, c, log_a, delta=None, b_bwd=None, c_bwd=None, log_a_bwd=None, shift=None):
-    """Explicit matrix from the contract's entry formulas. shift=None: causal semiseparable."""
-    L = b.shape[-2]
-    i = torch.arange(L, device=b.device)[:, None].expand(L, L)
-    j = torch.arange(L, device=b.device)[None, :].expand(L, L)
-    P = _excl_cumsum(log_a)
-    if shift is None:
-        return torch.where(i >= j, (c @ b.transpose(-1, -2)) * torch.exp(_span(P, j + 1, i)), 0.0)
-    Pb = _excl_cumsum(log_a_bwd)
-    zero_row = torch.zeros_like(c[..., :1, :])
-    if shift:
-        c_prev = torch.cat([zero_row, c[..., :-1, :]], -2)          # c_{i-1}
-        cb_next = torch.cat([c_bwd[..., 1:, :], zero_row], -2)     # c'_{i+1}
-        lower = torch.where(i > j, (c_prev @ b.transpose(-1, -2)) * torch.exp(_span(P, j + 1, i - 1)), 0.0)
-        upper = torch.where(i < j, (cb_next @ b_bwd.transpose(-1, -2)) * torch.exp(_span(Pb, i + 1, j - 1)), 0.0)
-    else:
-        lower = torch.where(i >= j, (c @ b.transpose(-1, -2)) * torch.exp(_span(P, j + 1, i)), 0.0)
-        upper = torch.where(i <= j, (c_bwd @ b_bwd.transpose(-1, -2)) * torch.exp(_span(Pb, i, j - 1)), 0.0)
-    return lower + upper + torch.diag_embed(delta)
 
 
 def rel_err(a, ref, floor=0.0):
@@ -91,7 +58,7 @@ def run_both(kind, leaves, shape, dtype, shift=None, shared=True, grad=True, see
             if impl == "kernel":  # b unexpanded (B, 1, L, N): the kernel broadcasts it over heads itself
                 y = ssd.semiseparable_matmul(vs["x"], vs["b"], vs["c"], vs["log_a"], chunk_size=CHUNK)
             else:
-                y = ref_dense(b, vs["c"], vs["log_a"]) @ vs["x"]
+                y = naive.semiseparable_matmul(vs["x"], b, vs["c"], vs["log_a"])
         else:
             bb = b if shared else vs["b_bwd"]
             cb = vs["c"] if shared else vs["c_bwd"]
@@ -100,7 +67,7 @@ def run_both(kind, leaves, shape, dtype, shift=None, shared=True, grad=True, see
                 y = ssd.quasiseparable_matmul(vs["x"], b, vs["c"], vs["log_a"], vs["delta"], bb, cb, lb,
                                               shift=shift, chunk_size=CHUNK)
             else:
-                y = ref_dense(b, vs["c"], vs["log_a"], vs["delta"], bb, cb, lb, shift=shift) @ vs["x"]
+                y = naive.quasiseparable_matmul(vs["x"], b, vs["c"], vs["log_a"], vs["delta"], bb, cb, lb, shift=shift)
         grads = {}
         if grad:
             used = {k: v for k, v in vs.items() if kind != "ss" or k in ("x", "b", "c", "log_a")}
@@ -185,19 +152,21 @@ def test_semiseparable_bf16_forward():
 
 # ------------------------------------------------------------------------------------------ plumbing
 def test_reference_matches_structured():
-    """The test's entry-formula reference and structured's to_dense agree (both float64)."""
+    """kernels.naive's entry-formula references (applied to the identity) and structured's to_dense agree (both
+    float64)."""
     structured = pytest.importorskip("structured")
     leaves, (B, H, L, N) = make_inputs(9, shared=False, seed=7)
     d = {k: v.double() for k, v in leaves.items()}
+    eye = torch.eye(L, dtype=torch.float64, device=DEV).expand(B, H, L, L)
     for shift in (True, False):
         M = structured.get("quasiseparable")(d["b"], d["c"], d["log_a"], d["delta"], d["b_bwd"], d["c_bwd"],
                                              d["log_a_bwd"], shift=shift)
-        R = ref_dense(d["b"].expand(B, H, L, N), d["c"], d["log_a"], d["delta"], d["b_bwd"], d["c_bwd"],
-                      d["log_a_bwd"], shift=shift)
+        R = naive.quasiseparable_matmul(eye, d["b"].expand(B, H, L, N), d["c"], d["log_a"], d["delta"], d["b_bwd"],
+                                        d["c_bwd"], d["log_a_bwd"], shift=shift)
         torch.testing.assert_close(M.to_dense(), R, rtol=1e-12, atol=1e-12)
     S = structured.get("semiseparable")(d["b"], d["c"], d["log_a"])
-    torch.testing.assert_close(S.to_dense(), ref_dense(d["b"].expand(B, H, L, N), d["c"], d["log_a"]),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(S.to_dense(), naive.semiseparable_matmul(eye, d["b"].expand(B, H, L, N), d["c"],
+                                                                        d["log_a"]), rtol=1e-12, atol=1e-12)
 
 
 def test_dispatch_through_structured(kernels_mode, monkeypatch):
@@ -254,9 +223,8 @@ def test_three_batch_dims_and_column_blocks(monkeypatch):
                                   shift=True, chunk_size=CHUNK)
     gk = torch.autograd.grad((y * dy).sum(), list(leaves.values()))
     d = {k: v.detach().double().requires_grad_() for k, v in leaves.items()}
-    M = ref_dense(d["b"].expand(2, 1, 2, L, N), d["c"], d["log_a"], d["delta"], d["b"].expand(2, 1, 2, L, N),
-                  d["c"], d["log_a"], shift=True)
-    y_ref = M @ d["x"]
+    y_ref = naive.quasiseparable_matmul(d["x"], d["b"].expand(2, 1, 2, L, N), d["c"], d["log_a"], d["delta"],
+                                        shift=True)
     gr = torch.autograd.grad((y_ref * dy.double()).sum(), list(d.values()))
     assert rel_err(y, y_ref) <= 1e-5
     for name, a, r in zip(leaves, gk, gr):
@@ -299,9 +267,9 @@ def test_generator_gradient_head_sum_paths():
     gk = torch.autograd.grad((y * dy).sum(), list(leaves.values()))
     d = {k: v.detach().requires_grad_() for k, v in leaves.items()}
     full = (2, 3, 2, L, N)
-    M = ref_dense(d["b"].expand(full), d["c"].expand(full), d["log_a"], d["delta"].expand(2, 3, 2, L),
-                  d["b"].expand(full), d["c"].expand(full), d["log_a"], shift=True)
-    gr = torch.autograd.grad(((M @ d["x"]) * dy).sum(), list(d.values()))
+    y_ref = naive.quasiseparable_matmul(d["x"], d["b"].expand(full), d["c"].expand(full), d["log_a"],
+                                        d["delta"].expand(2, 3, 2, L), shift=True)
+    gr = torch.autograd.grad((y_ref * dy).sum(), list(d.values()))
     for name, a, ref in zip(leaves, gk, gr):
         assert a.shape == leaves[name].shape
         assert rel_err(a, ref) <= 1e-12, name
@@ -314,9 +282,9 @@ def test_stride_zero_output_gradient():
     y = ssd.quasiseparable_matmul(d["x"], d["b"], d["c"], d["log_a"], d["delta"], d["b_bwd"], d["c_bwd"],
                                   d["log_a_bwd"], shift=True, chunk_size=CHUNK)
     gk = torch.autograd.grad(y.sum(), list(d.values()))
-    M = ref_dense(d["b"].expand(B, H, L, N), d["c"], d["log_a"], d["delta"], d["b_bwd"], d["c_bwd"],
-                  d["log_a_bwd"], shift=True)
-    gr = torch.autograd.grad((M @ d["x"]).sum(), list(d.values()))
+    y_ref = naive.quasiseparable_matmul(d["x"], d["b"].expand(B, H, L, N), d["c"], d["log_a"], d["delta"],
+                                        d["b_bwd"], d["c_bwd"], d["log_a_bwd"], shift=True)
+    gr = torch.autograd.grad(y_ref.sum(), list(d.values()))
     for name, a, r in zip(d, gk, gr):
         assert rel_err(a, r) <= 1e-12, name
 
