@@ -405,6 +405,13 @@ def _launch_bwd(x3, g3, qt, kt, pair_ok, term, precision):
     return dx, dqt, dkt
 
 
+def fake_gradients(*pairs) -> list:
+    """The fake (meta) outputs of a backward operator from ``(input, needed)`` pairs: a tensor like the input where
+    its gradient is needed, else an empty one (an operator returns tensors only)."""
+    ref = pairs[0][0]
+    return [torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else ref.new_empty(0) for t, need in pairs]
+
+
 #: The terms the products know, by name (a custom operator takes strings, not objects): each term module
 #: registers its own with :func:`register_term` at import.
 TERMS: dict = {}

@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from ._matfree_tiled import (DOT_PRECISIONS, Term, _cdiv, _dense, _flat_dims, _interpreting, _next_pow2, _node_extremes,
-                             _put, check_args, check_device, matfree_matmul, register_term, upcast_nodes)
+                             _put, check_args, check_device, fake_gradients, matfree_matmul, register_term,
+                             upcast_nodes)
 
 
 @triton.jit
@@ -561,8 +562,7 @@ def _expsum_product_backward(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor
 
 @_expsum_product_backward.register_fake
 def _expsum_product_backward_fake(x, xn, yn, uvt, tab, z, gy, fc, precision, need_x, need_xn, need_yn):
-    return [torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else x.new_empty(0)
-            for t, need in ((x, need_x), (xn, need_xn), (yn, need_yn))]
+    return fake_gradients((x, need_x), (xn, need_xn), (yn, need_yn))
 
 
 def _expsum_setup_context(ctx, inputs, output):

@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 
 from ._matfree_tiled import (DOT_PRECISIONS, _cdiv, _dense, _flat_dims, _interpreting, _next_pow2, _node_extremes, _put,
-                             check_args, check_device)
+                             check_args, check_device, fake_gradients)
 from .cauchy import _cast_out
 from .vandermonde import _cos_turns, _reduce_turns, _sin_turns
 
@@ -378,8 +378,7 @@ def _chebyshev_product_backward(x: torch.Tensor, q: torch.Tensor, k: torch.Tenso
 
 @_chebyshev_product_backward.register_fake
 def _chebyshev_product_backward_fake(x, q, k, prm, tab, z, gy, fast, precision, need_x, need_q, need_k):
-    return [torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else x.new_empty(0)
-            for t, need in ((x, need_x), (q, need_q), (k, need_k))]
+    return fake_gradients((x, need_x), (q, need_q), (k, need_k))
 
 
 def _chebyshev_setup_context(ctx, inputs, output):

@@ -42,3 +42,18 @@ def kernels_mode():
     import kernels
     yield kernels.set_mode
     kernels.set_mode(None)
+
+
+@pytest.fixture
+def compiled_matches_eager():
+    """``check(f, leaves, tol)``: ``f`` through ``torch.compile(fullgraph=True, backend="aot_eager")`` gives the values
+    and the gradients (of ``f(...).square().sum()``) of eager, within ``tol`` normwise."""
+    def check(f, leaves, tol=1e-13):
+        y = f(*leaves)
+        grads = torch.autograd.grad(y.square().sum(), leaves)
+        yc = torch.compile(f, backend="aot_eager", fullgraph=True)(*leaves)
+        grads_c = torch.autograd.grad(yc.square().sum(), leaves)
+        assert rel_err(yc, y) < tol
+        for gc_, g_ in zip(grads_c, grads):
+            assert rel_err(gc_, g_) < tol
+    return check

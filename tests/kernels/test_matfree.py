@@ -468,25 +468,14 @@ def test_expsum_product_is_a_valid_torch_operator():
     torch.library.opcheck(kc._expsum_product, args)
 
 
-def _compiled_matches_eager(f, leaves):
-    """f through torch.compile(fullgraph=True, backend="aot_eager"): the values and gradients of eager."""
-    y = f(*leaves)
-    grads = torch.autograd.grad(y.square().sum(), leaves)
-    yc = torch.compile(f, backend="aot_eager", fullgraph=True)(*leaves)
-    grads_c = torch.autograd.grad(yc.square().sum(), leaves)
-    assert rel_err(yc, y) < 1e-13
-    for gc_, g_ in zip(grads_c, grads):
-        assert rel_err(gc_, g_) < 1e-13
-
-
 @pytest.mark.parametrize("kind", ["cauchy", "vandermonde", "expsum"])
-def test_matfree_products_compile_without_graph_breaks(kind):
+def test_matfree_products_compile_without_graph_breaks(compiled_matches_eager, kind):
     from kernels import cauchy as kc, vandermonde as kv
     quad = quadrature_constants(1e-6)
     fns = {"cauchy": lambda x, q, k: kc.cauchy_matmul(x, q, k, 0.25),
            "vandermonde": lambda x, q, k: kv.vandermonde_matmul(x, q, k, 0.01),
            "expsum": lambda x, q, k: kc.cauchy_expsum_product(x, q, k, quad)}
-    _compiled_matches_eager(lambda x, q, k: (2 * fns[kind](x, q, k)).sin(), _op_leaves(3, L=7))
+    compiled_matches_eager(lambda x, q, k: (2 * fns[kind](x, q, k)).sin(), _op_leaves(3, L=7))
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
