@@ -630,10 +630,12 @@ def _check_kernels_env() -> None:
     if value is None:
         return
     try:
-        from kernels import MODES
+        from kernels import MODES, parse_mode
     except ImportError:  # no kernels package: nothing reads the variable
         return
-    if (value.strip().lower() or "auto") not in MODES:
+    try:
+        parse_mode(value)
+    except ValueError:
         raise UsageError(f"environment variable MIXERZOO_KERNELS={value!r} is not a mode; allowed: "
                          f"{', '.join(MODES)} (or unset: auto)")
 

@@ -177,14 +177,12 @@ def qs_paper(t, mamba=None):
 
 
 def qs_torch(t):
+    import kernels
     import structured
-    os.environ["MIXERZOO_KERNELS"] = "off"
-    try:
+    with kernels.using("off"):
         M = structured.get("quasiseparable")(t["b"], t["c"], t["log_a"], t["delta"], shift=True,
                                              validate=False)
         return M.matmul(t["x"])
-    finally:
-        os.environ.pop("MIXERZOO_KERNELS", None)
 
 
 def sdpa(t):
@@ -377,48 +375,34 @@ def tune(device, L=16384) -> list:
 
 
 def tune_bwd(device, L=16384) -> list:
-    """Sweep the backward kernels' launch knobs (kernels.ssd.TUNING bwd_*) on the fused product at one L:
-    three sweep programs per batch element (in one launch, or in one role-specialized launch per role:
-    bwd_split_launch) or one, warps, stages; then, at the fastest of those, the other
-    head sum for the shared B, C gradients (float32 atomics or torch) and the other state-kernel layout."""
+    """Sweep the backward kernels' launch knobs (kernels.ssd.TUNING bwd_num_warps, bwd_num_stages) on the fused
+    product at one L."""
     from triton.testing import do_bench
     from kernels import ssd
     t = make_inputs(L, device)
     keys = ("x", "b", "c", "log_a", "delta")
     rows = []
     saved = dict(ssd.TUNING)
-
-    def one(**knobs):
-        ssd.TUNING.update(saved)
-        ssd.TUNING.update(knobs)
-        try:
-            f, fb, peak = bench_one(qs_fused, t, keys, do_bench)
-        except Exception as e:  # a configuration that does not compile (registers, shared memory)
-            rows.append(dict(knobs, error=repr(e)[:200]))
-            print(f"tune-bwd {knobs}: failed: {e!r}"[:300], flush=True)
-            return
-        row = dict(knobs, fwd_ms=f, fwd_bwd_ms=fb, peak_bytes_fwd_bwd=peak, plans_run=_plans_run(ssd))
-        # The planner runs fewer stages (or the other split) where the sm_90 table has no fitting entry for
-        # the asked ones: such a row measured another configuration, so it is marked and never "the best".
-        ran = ssd.LAST_PLANS.get(ssd._BWD_KERNELS)
-        split = bool(knobs.get("bwd_split", saved["bwd_split"]))
-        asked = (knobs.get("bwd_num_stages", saved["bwd_num_stages"]), split,
-                 knobs.get("bwd_split_launch", saved["bwd_split_launch"]) if split else "one")
-        if ran is not None and (ran.num_stages, ran.split, ran.split_launch) != asked:
-            row["not_as_asked"] = f"asked stages={asked[0]}, split={asked[1]}, split_launch={asked[2]}; ran {ran}"
-        rows.append(row)
-        print(f"tune-bwd L={L} {knobs}: fwd {f:.3f} ms fwd+bwd {fb:.3f} ms {row.get('not_as_asked', '')}", flush=True)
-
-    for split, split_launch in ((True, "one"), (True, "per_role"), (False, "one")):
-        for nw in (4, 8):
-            for ns in (2, 3):
-                one(bwd_split=split, bwd_split_launch=split_launch, bwd_num_warps=nw, bwd_num_stages=ns)
-    ok = [r for r in rows if "error" not in r and "not_as_asked" not in r]
-    if ok:
-        best = min(ok, key=lambda r: r["fwd_bwd_ms"])
-        knobs = {k: best[k] for k in ("bwd_split", "bwd_split_launch", "bwd_num_warps", "bwd_num_stages")}
-        one(**knobs, bwd_atomic_sum=not saved["bwd_atomic_sum"])
-        one(**knobs, bwd_states_pair=not saved["bwd_states_pair"])
+    for nw in (4, 8):
+        for ns in (2, 3):
+            knobs = dict(bwd_num_warps=nw, bwd_num_stages=ns)
+            ssd.TUNING.update(saved)
+            ssd.TUNING.update(knobs)
+            try:
+                f, fb, peak = bench_one(qs_fused, t, keys, do_bench)
+            except Exception as e:  # a configuration that does not compile (registers, shared memory)
+                rows.append(dict(knobs, error=repr(e)[:200]))
+                print(f"tune-bwd {knobs}: failed: {e!r}"[:300], flush=True)
+                continue
+            row = dict(knobs, fwd_ms=f, fwd_bwd_ms=fb, peak_bytes_fwd_bwd=peak, plans_run=_plans_run(ssd))
+            # The planner runs fewer stages where the asked ones run out of shared memory: such a row measured
+            # another configuration, so it is marked and never "the best".
+            ran = ssd.LAST_PLANS.get(ssd._BWD_KERNELS)
+            if ran is not None and ran.num_stages != ns:
+                row["not_as_asked"] = f"asked stages={ns}; ran {ran}"
+            rows.append(row)
+            print(f"tune-bwd L={L} {knobs}: fwd {f:.3f} ms fwd+bwd {fb:.3f} ms {row.get('not_as_asked', '')}",
+                  flush=True)
     ssd.TUNING.clear()
     ssd.TUNING.update(saved)
     return rows
@@ -453,11 +437,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=("scans", "matfree"), default=None, help="run one half only")
     ap.add_argument("--launch", default=None, metavar="BV,WARPS,STAGES",
                     help="launch configuration of the scan kernels (kernels.ssd.TUNING; 0 = Triton's default)")
-    ap.add_argument("--bwd-launch", default=None, metavar="SPLIT,WARPS,STAGES,ATOMIC,PAIR[,PER_ROLE]",
-                    help="backward kernels' knobs (kernels.ssd.TUNING bwd_*: 1/0 three sweep programs per "
-                    "batch element, warps, stages (0 = Triton's default), 1/0 float32 atomics for shared B, "
-                    "C, 1/0 both right-to-left states in one program, optional 1/0 the three sweep programs "
-                    "as one role-specialized launch each (bwd_split_launch per_role) or one launch)")
+    ap.add_argument("--bwd-launch", default=None, metavar="WARPS,STAGES",
+                    help="backward kernels' launch configuration (kernels.ssd.TUNING bwd_num_warps, bwd_num_stages; "
+                    "0 = Triton's default)")
     ap.add_argument("--tune-bwd", action="store_true", help="sweep the backward kernels' knobs first (at "
                     "L = 16384; 4096 with --quick), use the fastest forward+backward one, write the sweep to "
                     "kernels-<device>-tune-bwd.json")
@@ -473,9 +455,8 @@ def main(argv=None) -> int:
     if launch is not None and (len(launch) != 3 or not all(f.strip().isdigit() for f in launch)):
         raise UsageError(f"--launch must be three integers BV,WARPS,STAGES, got {args.launch!r}")
     bwd = args.bwd_launch.split(",") if args.bwd_launch else None
-    if bwd is not None and (len(bwd) not in (5, 6) or not all(f.strip().isdigit() for f in bwd)):
-        raise UsageError(f"--bwd-launch must be five or six integers SPLIT,WARPS,STAGES,ATOMIC,PAIR[,PER_ROLE]; "
-                         f"got {args.bwd_launch!r}")
+    if bwd is not None and (len(bwd) != 2 or not all(f.strip().isdigit() for f in bwd)):
+        raise UsageError(f"--bwd-launch must be two integers WARPS,STAGES, got {args.bwd_launch!r}")
     if not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: no CUDA device is available here; the kernel benchmarks need a GPU")
     t0 = time.time()
@@ -491,10 +472,8 @@ def main(argv=None) -> int:
         print(f"tuned: {ssd.TUNING}")
     if bwd:
         from kernels import ssd
-        sp, nw, ns, at, pr, per_role = (int(v) for v in (bwd + ["0"])[:6])
-        ssd.TUNING.update(bwd_split=bool(sp), bwd_num_warps=nw or None, bwd_num_stages=ns or None,
-                          bwd_atomic_sum=bool(at), bwd_states_pair=bool(pr),
-                          bwd_split_launch="per_role" if per_role else "one")
+        nw, ns = (int(v) for v in bwd)
+        ssd.TUNING.update(bwd_num_warps=nw or None, bwd_num_stages=ns or None)
     if args.tune_bwd:
         from kernels import ssd
         rows = tune_bwd(args.device, 4096 if args.quick else 16384)

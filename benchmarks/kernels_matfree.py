@@ -78,20 +78,6 @@ GRAPHED = ("triton", "expsum_triton", "expsum_triton_eps1e-6", "chebyshev", "mat
 H100_SXM_BOOST_HZ = 1.98e9        # for the special-function roofline (16 MUFU results / clock / SM)
 
 
-@contextlib.contextmanager
-def _kernels_mode(mode):
-    """MIXERZOO_KERNELS for the duration of one call (structured reads it at dispatch time)."""
-    old = os.environ.get("MIXERZOO_KERNELS")
-    os.environ["MIXERZOO_KERNELS"] = mode
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MIXERZOO_KERNELS", None)
-        else:
-            os.environ["MIXERZOO_KERNELS"] = old
-
-
 def _materialized_cauchy(x, q, k, c):
     # the paper's code: a (B, H, L, L, d) tensor of denominators in the autocast dtype, kept for autograd
     m = (1.0 / (q[..., :, None, :] + k[..., None, :, :] + (c + 1e-8))).sum(-1)
@@ -115,10 +101,9 @@ def _methods(kind):
         def run(*a):
             # on CUDA with Triton, "on" is what the default "auto" does: no environment round trip (~3 us of
             # host time per call on a 2-core VM, more on the H100's host), which is the harness's, not the product's
-            if (m == "on" and a[0].is_cuda and os.environ.get("MIXERZOO_KERNELS", "auto") in ("", "auto")
-                    and kernels.triton_available()):
+            if m == "on" and a[0].is_cuda and kernels.mode() == "auto" and kernels.triton_available():
                 return f(*a)
-            with _kernels_mode(m):
+            with kernels.using(m):
                 return f(*a)
         return run
     if kind == "cauchy":
@@ -395,10 +380,10 @@ def _expsum_features(args, eps=None):
     terms (each term's node count for eps and its own R, rounded up to a multiple of the chunk); eps None:
     the default for x's dtype."""
     from kernels.cauchy import expsum_features
-    from structured.cauchy import DEFAULT_EPS, _node_scaling
+    from structured.cauchy import DEFAULT_EPS, _node_scaling, quadrature_constants
     x, q, k = args
     _, R = _node_scaling(q.float(), k.float())
-    return expsum_features(DEFAULT_EPS[x.dtype] if eps is None else eps, R)
+    return expsum_features(quadrature_constants(DEFAULT_EPS[x.dtype] if eps is None else eps), R)
 
 
 def _chebyshev_points(args):
@@ -413,11 +398,13 @@ def _chebyshev_points_device(args):
     """The fused kernels' point count per batch element (their prep kernel's choice), as the largest and the
     smallest over the batch."""
     from kernels import chebyshev as kc
+    from structured.vandermonde import chebyshev_omega_limits
     x, q, k = args
     L = x.shape[-2]
     n_cap = kc.points_cap(L)
     q3, k3 = (t.reshape(-1, L, t.shape[-1]).contiguous() for t in (q, k))
-    tab, _, _ = kc._prep(q3, k3, kc._params(1e-6, n_cap, VANDERMONDE_SCALE, L, x.device), n_cap, torch.float32,
+    limits = chebyshev_omega_limits(n_cap, 1e-6)
+    tab, _, _ = kc._prep(q3, k3, kc._params(limits, VANDERMONDE_SCALE, L, x.device), n_cap, torch.float32,
                          x.shape[-1])
     npts = kc.unpack_table(tab, n_cap)[0]
     return {"max": int(npts.max()), "min": int(npts.min())}

@@ -1,7 +1,9 @@
 """kernels: Triton GPU kernels for the hot fast paths of :mod:`structured`.
 
-``structured`` asks :func:`enabled` whether to route a product here. The environment variable
-``MIXERZOO_KERNELS`` forces the choice (for tests and benchmarks):
+``structured`` asks :func:`enabled` whether to route a product here: the one dispatch point between the two
+packages. ``kernels`` imports nothing from ``structured``; constants, tolerances and plans come in as arguments.
+The environment variable ``MIXERZOO_KERNELS``, read once per process at the first dispatch, forces the choice
+(:func:`set_mode` changes it afterwards, for tests and benchmarks):
 
 * ``auto`` (default): use the kernels for CUDA tensors when Triton is importable, except where the caller's
   torch algorithm is the better one to hand to ``torch.compile`` (``compile_prefers_torch``);
@@ -18,23 +20,59 @@ and return ``(*batch, L, P)`` in the dtype of ``x``, accumulating in float32 or 
   bound) -- ``kernels/cauchy.py``; :func:`vandermonde_matmul` (exact, tiled) -- ``kernels/vandermonde.py``;
   :func:`vandermonde_chebyshev_product` (``structured.vandermonde``'s Chebyshev path, fused, with a stated bound)
   -- ``kernels/chebyshev.py``
+
+Every entry point has an exact torch reference with its signature in ``kernels/naive.py`` (the explicit L x L
+matrix in float64), which the tests compare the kernels with. The kernels are torch custom operators
+(``mixerzoo::...``, with fake and autograd registrations), so ``torch.compile`` traces through them.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
 import torch
 
 MODES = ("auto", "on", "off")
+# The mode in effect; None until the first dispatch reads MIXERZOO_KERNELS (or after set_mode(None)). Read once:
+# structured asks at every product, and an environment lookup per call costs host time at short L.
+_MODE: str | None = None
+
+
+def parse_mode(value) -> str:
+    """A mode from a ``MIXERZOO_KERNELS`` value (case and surrounding blanks ignored, empty = ``auto``)."""
+    m = str(value).strip().lower() or "auto"
+    if m not in MODES:
+        raise ValueError(f"MIXERZOO_KERNELS must be one of {MODES}, got {value!r}")
+    return m
 
 
 def mode() -> str:
-    """The dispatch mode from ``MIXERZOO_KERNELS`` (default ``auto``)."""
-    m = os.environ.get("MIXERZOO_KERNELS", "auto").strip().lower() or "auto"
-    if m not in MODES:
-        raise ValueError(f"MIXERZOO_KERNELS must be one of {MODES}, got {m!r}")
-    return m
+    """The dispatch mode: ``MIXERZOO_KERNELS`` (default ``auto``) as read at the first call, or what
+    :func:`set_mode` set since."""
+    global _MODE
+    if _MODE is None:
+        _MODE = parse_mode(os.environ.get("MIXERZOO_KERNELS", "auto"))
+    return _MODE
+
+
+def set_mode(m: str | None) -> None:
+    """Set the dispatch mode for this process (one of :data:`MODES`), or with None forget it so that the next
+    dispatch reads ``MIXERZOO_KERNELS`` again (tests that change the variable call this)."""
+    global _MODE
+    _MODE = None if m is None else parse_mode(m)
+
+
+@contextlib.contextmanager
+def using(m: str):
+    """``with kernels.using("off"): ...`` runs the block in mode ``m`` and restores the previous mode after it."""
+    global _MODE
+    saved = _MODE
+    set_mode(m)
+    try:
+        yield
+    finally:
+        _MODE = saved
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,7 +85,10 @@ def triton_available() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
 def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter: ``TRITON_INTERPRET=1``, read once, as Triton reads it
+    when ``triton.jit`` decorates (a later change of the variable changes neither)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 

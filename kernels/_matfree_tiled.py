@@ -30,12 +30,13 @@ special functions bound the speed (see ``benchmarks/kernels_matfree.py``).
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from . import interpreting
 
 
 # Compute dtypes the kernels run in; half-precision inputs accumulate in float32.
@@ -62,10 +63,9 @@ class Term:
     pair_ok: object = None   # callable (qn, kn) -> 0-dim bool tensor, or None: always valid
 
 
-# Read once, at import, as Triton decides at decoration time (the same import) whether @triton.jit gives an
-# interpreted function: a later change of the variable changes neither (and reading the environment per call cost
-# ~1 us each, a dozen times per product).
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Read once (kernels.interpreting), as Triton decides at decoration time whether @triton.jit gives an interpreted
+# function (and reading the environment per call cost ~1 us each, a dozen times per product).
+_INTERPRET = interpreting()
 
 
 def _interpreting() -> bool:
@@ -405,40 +405,86 @@ def _launch_bwd(x3, g3, qt, kt, pair_ok, term, precision):
     return dx, dqt, dkt
 
 
-class _MatfreeProduct(torch.autograd.Function):
-    """``y = M(qn, kn) x`` for one :class:`Term`; inputs share their batch dims ``(*b)``."""
+def fake_gradients(*pairs) -> list:
+    """The fake (meta) outputs of a backward operator from ``(input, needed)`` pairs: a tensor like the input where
+    its gradient is needed, else an empty one (an operator returns tensors only)."""
+    ref = pairs[0][0]
+    return [torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else ref.new_empty(0) for t, need in pairs]
 
-    @staticmethod
-    def forward(ctx, x, qn, kn, term, precision):
-        batch, L, P = x.shape[:-2], x.shape[-2], x.shape[-1]
-        D = qn.shape[-1]
-        acc = torch.float64 if torch.float64 in (x.dtype, qn.dtype, kn.dtype) else torch.float32
-        # x keeps its dtype (bf16 stays bf16 on the tensor cores) unless the nodes force float64
-        xc = x if acc != torch.float64 else x.to(torch.float64)
-        x3 = xc.reshape(-1, L, P)
-        if x3.stride(-1) != 1:
-            x3 = x3.contiguous()
-        # nodes transposed to (bh, d, L): each term's column is a contiguous vector
-        qt = qn.reshape(-1, L, D).to(acc).transpose(1, 2).contiguous()
-        kt = kn.reshape(-1, L, D).to(acc).transpose(1, 2).contiguous()
-        pair_ok = _pair_flag(term, qt, kt)
-        y3 = _launch_fwd(x3, qt, kt, pair_ok, term, precision)
-        ctx.save_for_backward(x3, qt, kt, pair_ok)
-        ctx.meta = (term, precision, batch, L, P, D, x.dtype, qn.dtype, kn.dtype)
-        return y3.reshape(*batch, L, P).to(x.dtype)
 
-    @staticmethod
-    def backward(ctx, gy):
-        x3, qt, kt, pair_ok = ctx.saved_tensors
-        term, precision, batch, L, P, D, x_dtype, q_dtype, k_dtype = ctx.meta
-        g3 = gy.to(x3.dtype).reshape(-1, L, P)
-        if g3.stride(-1) != 1:
-            g3 = g3.contiguous()
-        dx3, dqt, dkt = _launch_bwd(x3, g3, qt, kt, pair_ok, term, precision)
-        dx = dx3.reshape(*batch, L, P).to(x_dtype)
-        dq = dqt.transpose(1, 2).reshape(*batch, L, D).to(q_dtype)
-        dk = dkt.transpose(1, 2).reshape(*batch, L, D).to(k_dtype)
-        return dx, dq, dk, None, None
+#: The terms the products know, by name (a custom operator takes strings, not objects): each term module
+#: registers its own with :func:`register_term` at import.
+TERMS: dict = {}
+
+
+def register_term(term: Term) -> Term:
+    TERMS[term.name] = term
+    return term
+
+
+def _prepared(x, qn, kn, term: Term):
+    """(x3, qt, kt, pair_ok): x as (bh, L, P) with unit last stride, in float64 when the nodes force it (else its
+    own dtype: bf16 stays bf16 on the tensor cores), the nodes transposed to (bh, d, L) in the compute dtype (each
+    term's column a contiguous vector), and the pair-form flag."""
+    L, P, D = x.shape[-2], x.shape[-1], qn.shape[-1]
+    acc = torch.float64 if torch.float64 in (x.dtype, qn.dtype, kn.dtype) else torch.float32
+    xc = x if acc != torch.float64 else x.to(torch.float64)
+    x3 = xc.reshape(-1, L, P)
+    if x3.stride(-1) != 1:
+        x3 = x3.contiguous()
+    qt = qn.reshape(-1, L, D).to(acc).transpose(1, 2).contiguous()
+    kt = kn.reshape(-1, L, D).to(acc).transpose(1, 2).contiguous()
+    return x3, qt, kt, _pair_flag(term, qt, kt)
+
+
+# The product and its backward are torch custom operators: torch.compile traces through them (opaque calls in
+# the graph) instead of breaking the graph at the launch code. Inputs share their batch dims (*b).
+@torch.library.custom_op("mixerzoo::matfree_product", mutates_args=())
+def _matfree_product(x: torch.Tensor, qn: torch.Tensor, kn: torch.Tensor, term: str, precision: str) -> torch.Tensor:
+    """``y = M(qn, kn) x`` for the registered term ``term``; (*b, L, P) in x's dtype."""
+    x3, qt, kt, pair_ok = _prepared(x, qn, kn, TERMS[term])
+    y3 = _launch_fwd(x3, qt, kt, pair_ok, TERMS[term], precision)
+    return y3.reshape(x.shape).to(x.dtype)
+
+
+@_matfree_product.register_fake
+def _matfree_product_fake(x, qn, kn, term, precision):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("mixerzoo::matfree_product_backward", mutates_args=())
+def _matfree_product_backward(x: torch.Tensor, qn: torch.Tensor, kn: torch.Tensor, gy: torch.Tensor, term: str,
+                              precision: str) -> list[torch.Tensor]:
+    """``[dx, dqn, dkn]`` in the inputs' shapes and dtypes (two passes that rebuild the tiles of M)."""
+    x3, qt, kt, pair_ok = _prepared(x, qn, kn, TERMS[term])
+    L, P, D = x.shape[-2], x.shape[-1], qn.shape[-1]
+    g3 = gy.to(x3.dtype).reshape(-1, L, P)
+    if g3.stride(-1) != 1:
+        g3 = g3.contiguous()
+    dx3, dqt, dkt = _launch_bwd(x3, g3, qt, kt, pair_ok, TERMS[term], precision)
+    batch = x.shape[:-2]
+    return [dx3.reshape(x.shape).to(x.dtype), dqt.transpose(1, 2).reshape(*batch, L, D).to(qn.dtype),
+            dkt.transpose(1, 2).reshape(*batch, L, D).to(kn.dtype)]
+
+
+@_matfree_product_backward.register_fake
+def _matfree_product_backward_fake(x, qn, kn, gy, term, precision):
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, qn, kn)]
+
+
+def _matfree_setup_context(ctx, inputs, output):
+    x, qn, kn, term, precision = inputs
+    ctx.save_for_backward(x, qn, kn)
+    ctx.cfg = (term, precision)
+
+
+def _matfree_backward(ctx, gy):
+    x, qn, kn = ctx.saved_tensors
+    dx, dq, dk = _matfree_product_backward(x, qn, kn, gy, *ctx.cfg)
+    return dx, dq, dk, None, None
+
+
+_matfree_product.register_autograd(_matfree_backward, setup_context=_matfree_setup_context)
 
 
 def check_device(fn: str, x):
@@ -494,4 +540,6 @@ def matfree_matmul(x, qn, kn, term: Term, precision: str = "ieee"):
     if precision not in DOT_PRECISIONS:
         raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got {precision!r}")
     check_device(term.name, x)
-    return _MatfreeProduct.apply(x, qn, kn, term, precision)
+    if TERMS.get(term.name) is not term:
+        raise ValueError(f"term {term.name!r} is not registered (kernels._matfree_tiled.register_term)")
+    return _matfree_product(x, qn, kn, term.name, precision)

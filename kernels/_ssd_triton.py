@@ -281,34 +281,28 @@ def _bwd_states_kernel(
     X, sx0, sx1, sxl, sxd,
     HU,
     B1, seqlen, N, P, n_chunks,
-    LO_S: tl.constexpr, PAIR: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
+    LO_S: tl.constexpr, HAS_UP: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, DEC: tl.constexpr,
 ):
-    """Right-to-left: stores per chunk G_lo (lower adjoint state, ``sum exp(span) c_m dy[m+S_lo]^T``) and
-    H_up (upper state, ``sum exp(span) b'_j x_j^T``) entering it from the right. PAIR: one program per
-    batch element computes both in one loop (two independent chains); otherwise program (bh, 0) computes
-    G_lo and (bh, 1) H_up (twice the programs; the grid's second axis is 1 without an upper triangle)."""
+    """Right-to-left, one program per batch element: stores per chunk G_lo (lower adjoint state,
+    ``sum exp(span) c_m dy[m+S_lo]^T``) and, with an upper triangle, H_up (upper state, ``sum exp(span) b'_j x_j^T``)
+    entering it from the right, both in one loop (two independent dependency chains in one program: one wave
+    of programs instead of two)."""
     pid = tl.program_id(0)
-    which = tl.program_id(1)
     b0 = (pid // B1).to(tl.int64)
     b1 = (pid % B1).to(tl.int64)
     vc = tl.arange(0, BP)
     off = pid.to(tl.int64) * n_chunks * N * P
     # Lower adjoint: span start(c+1)..m is the inclusive prefix of lam up to m, i.e. U = 1.
-    if PAIR:
+    if HAS_UP:
         _state_sweep_pair(C, sc0, sc1, scl, scd, AL, sal0, sal1, sall, DY, sy0, sy1, syl, syd, GL + off,
                           BU, sbu0, sbu1, sbul, sbud, AU, sau0, sau1, saul, X, sx0, sx1, sxl, sxd, HU + off,
                           b0, b1, vc, seqlen, N, P, n_chunks, U=1, VO=LO_S, U2=0, VO2=0,
                           BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
     else:
-        if which == 0:
-            _state_sweep(C, sc0, sc1, scl, scd, AL, sal0, sal1, sall, DY, sy0, sy1, syl, syd, GL + off,
-                         b0, b1, vc, seqlen, N, P, n_chunks, KO=0, U=1, VO=LO_S,
-                         BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
-        else:
-            _state_sweep(BU, sbu0, sbu1, sbul, sbud, AU, sau0, sau1, saul, X, sx0, sx1, sxl, sxd, HU + off,
-                         b0, b1, vc, seqlen, N, P, n_chunks, KO=0, U=0, VO=0,
-                         BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
+        _state_sweep(C, sc0, sc1, scl, scd, AL, sal0, sal1, sall, DY, sy0, sy1, syl, syd, GL + off,
+                     b0, b1, vc, seqlen, N, P, n_chunks, KO=0, U=1, VO=LO_S,
+                     BQ=BQ, BG=BN, BV=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
 
 
 @triton.jit
@@ -323,7 +317,7 @@ def _emit(ptr, s0, s1, sl, sd, b0, b1, rows, cols, tile, mask, ATOMIC: tl.conste
 
 
 @triton.jit
-def _bwd_part(
+def _bwd_sweep_kernel(
     X, sx0, sx1, sxl, sxd,
     DY, sy0, sy1, syl, syd,
     BL, sbl0, sbl1, sbll, sbld,
@@ -340,19 +334,24 @@ def _bwd_part(
     DBU, sdbu0, sdbu1, sdbul, sdbud,
     DCU, sdcu0, sdcu1, sdcul, sdcud,
     RS, DDL,
-    pid, b0, b1, seqlen, N, P, n_chunks,
-    DO_DX: tl.constexpr, DO_DB: tl.constexpr, DO_DC: tl.constexpr,
+    B1, seqlen, N, P, n_chunks,
+    ROLE: tl.constexpr,
     LO_S: tl.constexpr, HAS_UP: tl.constexpr, UP_S: tl.constexpr, SHARED_GRAM: tl.constexpr,
     COMBINE: tl.constexpr, JOINT_DY: tl.constexpr, HAS_D: tl.constexpr,
     AT_BL: tl.constexpr, AT_CL: tl.constexpr, AT_BU: tl.constexpr, AT_CU: tl.constexpr,
     BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr, DEC: tl.constexpr,
 ):
-    """Left-to-right sweep over one batch element computing the parts of the gradient selected by
-    DO_DX (dx and the diagonal's gradient; uses G_lo stored, G_up carried), DO_DB (db, db' and their row
-    dots; G_lo stored, G_up carried) and DO_DC (dc, dc' and their row dots; H_up stored, H_lo carried).
+    """Left-to-right gradient sweep over one batch element (grid: the batch elements), computing the part of
+    the gradient of its ROLE, each role compiled and launched on its own: 0 (dx and the diagonal's gradient;
+    uses G_lo stored, G_up carried), 1 (db, db' and their row dots; G_lo stored, G_up carried) or 2 (dc, dc' and
+    their row dots; H_up stored, H_lo carried). A role carries one state and about a third of the tiles, so
+    each binary is sized to its own shared memory and registers.
     Row dots go out as running sums RS[0] = sum_{i<t} c.dc, RS[1] = sum_{i<t} b.db,
     RS[2] = sum_{i<=t} c'.dc', RS[3] = sum_{i<=t} b'.db' (see the comment above)."""
+    pid = tl.program_id(0)
+    b0 = (pid // B1).to(tl.int64)
+    b1 = (pid % B1).to(tl.int64)
     q = tl.arange(0, BQ)
     gn = tl.arange(0, BN)
     gp = tl.arange(0, BP)
@@ -368,7 +367,7 @@ def _bwd_part(
     run_kap = run_rho
     run_rho_u = run_rho
     run_kap_u = run_rho
-    n_rows = tl.num_programs(1).to(tl.int64) * seqlen  # one slab of RS
+    n_rows = tl.num_programs(0).to(tl.int64) * seqlen  # one slab of RS
     vec_base = pid.to(tl.int64) * seqlen
     for c in range(n_chunks):
         rows = c * BQ + q
@@ -402,9 +401,9 @@ def _bwd_part(
             rdec_in = tl.exp(rev.to(ACC))  # span n .. chunk end
             rdec_out = tl.exp(tl.minimum((tot_u - rev).to(ACC), 0.0))  # span chunk start .. j-1
             w_u = tl.where(tri_up, tl.exp(tl.minimum((rev[:, None] - rev[None, :]).to(ACC), 0.0)), 0.0)
-        if DO_DX + DO_DB > 0:
+        if ROLE != 2:  # dx and db read G_lo and carry G_up
             g_lo = tl.load(GL + st_off + c * N * P + st_idx, mask=st_mask, other=0.0).to(dt)
-        if DO_DB + DO_DC > 0:
+        if ROLE != 0:  # db and dc use S = dy x^T
             xt = _load_rows(X, sx0, sx1, sxl, sxd, b0, b1, rows, gp, seqlen, P).to(dt)
             sc = _dot(dyl, tl.trans(xt), PREC, UPCAST, ACC)
             ws_lo = w * sc
@@ -413,7 +412,7 @@ def _bwd_part(
                     ws_up = w_u * sc
                 else:
                     ws_up = w_u * _dot(dyu, tl.trans(xt), PREC, UPCAST, ACC)
-        if DO_DX:
+        if ROLE == 0:
             gram = _dot(cl, tl.trans(bl), PREC, UPCAST, ACC)
             p_lo = w * gram
             # Decays of the inter-chunk terms scale rows after the product: x, dy, b are exact in their
@@ -442,7 +441,7 @@ def _bwd_part(
                 tl.store(DDL + vec_base + rows, tl.sum(dy0.to(ACC) * x0.to(ACC), axis=1), mask=live)
             tl.store(DX + b0 * sdx0 + b1 * sdx1 + rows[:, None] * sdxl + gp[None, :] * sdxd,
                      dx.to(DX.dtype.element_ty), mask=live[:, None] & (gp < P)[None, :])
-        if DO_DB:
+        if ROLE == 1:
             db = (_dot(xt, tl.trans(g_lo), PREC, UPCAST, ACC) * dec_out[:, None]
                   + _dot(tl.trans(ws_lo.to(dt)), cl, PREC, UPCAST, ACC))
             kap = tl.sum(bl.to(ACC) * db, axis=1)
@@ -459,7 +458,7 @@ def _bwd_part(
                 else:
                     _emit(DBU, sdbu0, sdbu1, sdbul, sdbud, b0, b1, rows, gn, db_u, mask_n, AT_BU)
             _emit(DBL, sdbl0, sdbl1, sdbll, sdbld, b0, b1, rows, gn, db, mask_n, AT_BL)
-        if DO_DC:
+        if ROLE == 2:
             dc = (_dot(dyl, tl.trans(h_lo.to(dt)), PREC, UPCAST, ACC) * dec_in[:, None]
                   + _dot(ws_lo.to(dt), bl, PREC, UPCAST, ACC))
             rho = tl.sum(cl.to(ACC) * dc, axis=1)
@@ -480,265 +479,6 @@ def _bwd_part(
             h_lo = h_lo * tl.exp(tot.to(ACC)) + _dot(tl.trans((bl.to(ACC) * dec_out[:, None]).to(dt)), xt,
                                              PREC, UPCAST, ACC)
         if HAS_UP:
-            if DO_DX + DO_DB > 0:
+            if ROLE != 2:  # dx and db read G_lo and carry G_up
                 g_up = g_up * tl.exp(tot_u.to(ACC)) + _dot(tl.trans((cu.to(ACC) * rdec_in[:, None]).to(dt)), dyu,
                                                    PREC, UPCAST, ACC)
-
-
-@triton.jit
-def _bwd_sweep_kernel(
-    X, sx0, sx1, sxl, sxd,
-    DY, sy0, sy1, syl, syd,
-    BL, sbl0, sbl1, sbll, sbld,
-    CL, scl0, scl1, scll, scld,
-    AL, sal0, sal1, sall,
-    BU, sbu0, sbu1, sbul, sbud,
-    CU, scu0, scu1, scul, scud,
-    AU, sau0, sau1, saul,
-    D, sd0, sd1, sdl,
-    GL, HU,
-    DX, sdx0, sdx1, sdxl, sdxd,
-    DBL, sdbl0, sdbl1, sdbll, sdbld,
-    DCL, sdcl0, sdcl1, sdcll, sdcld,
-    DBU, sdbu0, sdbu1, sdbul, sdbud,
-    DCU, sdcu0, sdcu1, sdcul, sdcud,
-    RS, DDL,
-    B1, seqlen, N, P, n_chunks,
-    SPLIT: tl.constexpr, ROLE: tl.constexpr,
-    LO_S: tl.constexpr, HAS_UP: tl.constexpr, UP_S: tl.constexpr, SHARED_GRAM: tl.constexpr,
-    COMBINE: tl.constexpr, JOINT_DY: tl.constexpr, HAS_D: tl.constexpr,
-    AT_BL: tl.constexpr, AT_CL: tl.constexpr, AT_BU: tl.constexpr, AT_CU: tl.constexpr,
-    BQ: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    ACC: tl.constexpr, DEC: tl.constexpr,
-):
-    """Left-to-right gradient sweep, program (role, batch element). SPLIT: three programs per batch element
-    (role 0: dx, 1: db, 2: dc; each carries one state and holds about a third of the tiles, and the three
-    of one batch element are adjacent in launch order so that they share x and dy in L2); otherwise one
-    program computes all (fewer products: the dy x^T tiles and G_up are formed once).
-
-    ROLE (SPLIT only): -1 takes the role from ``program_id(0)`` at run time (grid ``(3, batch)``, one binary
-    holding all three roles' code, whose shared memory and registers must serve every role: 145 KiB on sm_90
-    at the benchmark shape where each role alone needs 80 to 89 KiB); 0, 1 or 2 compiles that role alone
-    (grid ``(1, batch)``, one launch per role: a binary sized to its own tiles, but the launches run one
-    after another, so x and dy are read once per role instead of sharing L2)."""
-    role = tl.program_id(0)
-    pid = tl.program_id(1)
-    b0 = (pid // B1).to(tl.int64)
-    b1 = (pid % B1).to(tl.int64)
-    if SPLIT and ROLE < 0:
-        # The role is known only at run time: one instantiation per role (DO_* are compile-time).
-        if role == 0:
-            _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1,
-                      scll, scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU,
-                      sau0, sau1, saul, D, sd0, sd1, sdl, GL, HU, DX, sdx0, sdx1, sdxl, sdxd, DBL, sdbl0, sdbl1,
-                      sdbll, sdbld, DCL, sdcl0, sdcl1, sdcll, sdcld, DBU, sdbu0, sdbu1, sdbul, sdbud, DCU, sdcu0,
-                      sdcu1, sdcul, sdcud, RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=True, DO_DB=False,
-                      DO_DC=False, LO_S=LO_S, HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE,
-                      JOINT_DY=JOINT_DY, HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ,
-                      BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
-        elif role == 1:
-            _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1,
-                      scll, scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU,
-                      sau0, sau1, saul, D, sd0, sd1, sdl, GL, HU, DX, sdx0, sdx1, sdxl, sdxd, DBL, sdbl0, sdbl1,
-                      sdbll, sdbld, DCL, sdcl0, sdcl1, sdcll, sdcld, DBU, sdbu0, sdbu1, sdbul, sdbud, DCU, sdcu0,
-                      sdcu1, sdcul, sdcud, RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=False, DO_DB=True,
-                      DO_DC=False, LO_S=LO_S, HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE,
-                      JOINT_DY=JOINT_DY, HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ,
-                      BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
-        else:
-            _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1,
-                      scll, scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU,
-                      sau0, sau1, saul, D, sd0, sd1, sdl, GL, HU, DX, sdx0, sdx1, sdxl, sdxd, DBL, sdbl0, sdbl1,
-                      sdbll, sdbld, DCL, sdcl0, sdcl1, sdcll, sdcld, DBU, sdbu0, sdbu1, sdbul, sdbud, DCU, sdcu0,
-                      sdcu1, sdcul, sdcud, RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=False, DO_DB=False,
-                      DO_DC=True, LO_S=LO_S, HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE,
-                      JOINT_DY=JOINT_DY, HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ,
-                      BN=BN, BP=BP, PREC=PREC, UPCAST=UPCAST, ACC=ACC, DEC=DEC)
-    else:
-        # Roles known at compile time: per-role launches (ROLE 0, 1, 2) or one program doing all.
-        _bwd_part(X, sx0, sx1, sxl, sxd, DY, sy0, sy1, syl, syd, BL, sbl0, sbl1, sbll, sbld, CL, scl0, scl1, scll,
-                  scld, AL, sal0, sal1, sall, BU, sbu0, sbu1, sbul, sbud, CU, scu0, scu1, scul, scud, AU, sau0,
-                  sau1, saul, D, sd0, sd1, sdl, GL, HU, DX, sdx0, sdx1, sdxl, sdxd, DBL, sdbl0, sdbl1, sdbll, sdbld,
-                  DCL, sdcl0, sdcl1, sdcll, sdcld, DBU, sdbu0, sdbu1, sdbul, sdbud, DCU, sdcu0, sdcu1, sdcul, sdcud,
-                  RS, DDL, pid, b0, b1, seqlen, N, P, n_chunks, DO_DX=(not SPLIT) or ROLE == 0,
-                  DO_DB=(not SPLIT) or ROLE == 1, DO_DC=(not SPLIT) or ROLE == 2, LO_S=LO_S,
-                  HAS_UP=HAS_UP, UP_S=UP_S, SHARED_GRAM=SHARED_GRAM, COMBINE=COMBINE, JOINT_DY=JOINT_DY,
-                  HAS_D=HAS_D, AT_BL=AT_BL, AT_CL=AT_CL, AT_BU=AT_BU, AT_CU=AT_CU, BQ=BQ, BN=BN, BP=BP, PREC=PREC,
-                  UPCAST=UPCAST, ACC=ACC, DEC=DEC)
-
-
-# ------------------------------------------------------------------------------------ shared-memory table
-# Compiling for sm_90 needs no GPU: Triton lowers to LLVM IR on any machine, and the shared memory a launch
-# asks for (what OutOfResources compares with the device's limit) is known at that stage. The table in
-# kernels/ssd.py (_SMEM_SM90) was made with triton 3.6 (the GPU machine's version) by
-#     PYTHONPATH=/path/to/triton-3.6:. python -m kernels._ssd_triton --jobs 2
-# Each kernel is compiled in its largest variant (both triangles, separate generators for them, shifted,
-# with the diagonal; the backward's generator gradients atomic), contiguous operands and 16-divisible
-# sizes, as a launch specializes them (vectorized loads are the ones the software pipeline stages).
-# bwd_sweep_role<r>: the split backward sweep compiled for role r alone (ROLE = r, one launch per role;
-# TUNING["bwd_split_launch"] = "per_role" in kernels.ssd), measured like bwd_sweep_split, whose binary
-# holds all three roles (ROLE = -1).
-MEASURED_KERNELS = ("upper_states", "sweep", "sweep_causal", "bwd_states", "bwd_sweep", "bwd_sweep_split",
-                    "bwd_sweep_role0", "bwd_sweep_role1", "bwd_sweep_role2")
-
-
-def _kernel_spec(kernel: str, dtype: str, BG: int, BV: int, BQ: int):
-    """(jit function, pointer dtypes, constexprs) of one measured kernel variant; dtype in bf16/fp32/fp64,
-    BG = pow2(N), BV = columns of V per program (backward: BP = pow2(P)), BQ = chunk."""
-    import triton.language as tl_
-    ptr = "*" + dtype
-    vec = "*fp64" if dtype == "fp64" else "*fp32"
-    acc = tl_.float64 if dtype == "fp64" else tl_.float32
-    dec = tl_.float32 if dtype == "bf16" else tl_.float64  # as kernels.ssd._decay_dtype chooses
-    common = dict(BQ=BQ, PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False, ACC=acc, DEC=dec)
-    if kernel == "upper_states":
-        return _upper_states_kernel, {"K": ptr, "LAM": vec, "V": ptr, "ST": ptr}, dict(
-            UP_K=0, UP_U=0, VO=0, BG=BG, BV=BV, **common)
-    if kernel in ("sweep", "sweep_causal"):
-        up = kernel == "sweep"
-        ptrs = {**{n: ptr for n in ("RL", "KL", "RU", "KU", "V", "ST", "O")}, "AL": vec, "AU": vec, "D": vec}
-        return _sweep_kernel, ptrs, dict(
-            LO_R=1, LO_K=0, LO_U=0, LO_V=1, LO_S=1, HAS_UP=up, UP_R=1, UP_K=0, UP_U=0, UP_V=1, UP_S=1,
-            SHARED_GRAM=False, HAS_D=up, VO=0, BG=BG, BV=BV, **common)
-    if kernel == "bwd_states":
-        ptrs = {"C": ptr, "AL": vec, "DY": ptr, "GL": ptr, "BU": ptr, "AU": vec, "X": ptr, "HU": ptr}
-        return _bwd_states_kernel, ptrs, dict(LO_S=1, PAIR=True, BN=BG, BP=BV, **common)
-    if kernel in MEASURED_KERNELS and kernel.startswith("bwd_sweep"):
-        role = int(kernel[-1]) if kernel.startswith("bwd_sweep_role") else -1
-        ptrs = {**{n: ptr for n in ("X", "DY", "BL", "CL", "BU", "CU", "GL", "HU", "DX")},
-                **{n: vec for n in ("AL", "AU", "D", "DBL", "DCL", "DBU", "DCU", "RS", "DDL")}}
-        return _bwd_sweep_kernel, ptrs, dict(
-            SPLIT=kernel != "bwd_sweep", ROLE=role, LO_S=1, HAS_UP=True, UP_S=1, SHARED_GRAM=False,
-            COMBINE=False, JOINT_DY=False, HAS_D=True, AT_BL=True, AT_CL=True, AT_BU=True, AT_CU=True, BN=BG,
-            BP=BV, **common)
-    raise KeyError(f"kernel must be one of {MEASURED_KERNELS}, got {kernel!r}")
-
-
-# Other variants of a kernel were checked at three sizes each (bf16 256/32/32, fp32 128/64/64, bf16
-# 64/64/64; sweep: shared Gram, unshifted, no diagonal; causal; states: not paired, unshifted; backward
-# sweeps: shared generators combined with joint dy, causal, plain stores): all within the largest variant
-# except the split backward sweep with shared generators (+0.5 KiB at bf16 64/64/64). kernels.ssd keeps a
-# margin for that kernel (and for warp counts other than the table's 4). Later, triton 3.6 on the current
-# kernel: the split sweep with shared generators (SHARED_GRAM, COMBINE) exceeded its table rows at 13 of 75
-# bf16 cells, all with BQ = BG, by up to 216 KiB (145 against 113 KiB at 64/64/64; see
-# results/bench/scan-static-sm90.md). The backward sweep rows are now the maximum over those variants
-# (_VARIANTS below).
-
-
-def measure_shared_memory(kernel: str, dtype: str, BG: int, BV: int, BQ: int, num_warps: int = 4,
-                          num_stages: int = 2, arch: int = 90, overrides: dict = None) -> int:
-    """Bytes of shared memory one program of ``kernel`` (see :data:`MEASURED_KERNELS`) in its largest
-    variant, with the constexprs in ``overrides`` changed, needs on CUDA ``sm_<arch>``, from an
-    ahead-of-time compile stopped at shared-memory allocation (no GPU needed). Written against triton
-    3.6's NVIDIA backend (its make_llir pass order)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton import knobs
-
-    class _Lowered(Exception):
-        pass
-
-    def stop_at_allocation(backend, stages, options, language, capability):
-        # The passes of the backend's make_llir up to shared-memory allocation, which sets "ttg.shared"
-        # (what the launch later asks for); the LLVM lowering and optimization after it are skipped.
-        from triton._C.libtriton import ir, nvidia, passes
-        from triton.backends.nvidia.compiler import get_ptx_version_from_options
-
-        def allocate(mod, metadata):
-            pm = ir.pass_manager(mod.context)
-            passes.ttgpuir.add_combine_tensor_select_and_if(pm)
-            passes.ttgpuir.add_allocate_warp_groups(pm)
-            passes.convert.add_scf_to_cf(pm)
-            passes.gluon.add_inliner(pm)
-            nvidia.passes.ttgpuir.add_allocate_shared_memory_nv(
-                pm, capability, get_ptx_version_from_options(options, backend.target.arch))
-            pm.run(mod, "allocate_shared_memory")
-            raise _Lowered(mod.get_int_attr("ttg.shared"))
-        stages["llir"] = allocate
-
-    fn, ptrs, consts = _kernel_spec(kernel, dtype, BG, BV, BQ)
-    consts = {**consts, **(overrides or {})}
-    sig, cx, attrs = {}, {}, {}
-    names = fn.arg_names
-    for i, n in enumerate(names):
-        if n in consts:
-            sig[n], cx[n] = "constexpr", consts[n]
-        elif n in ptrs:
-            sig[n], attrs[(i,)] = ptrs[n], [["tt.divisibility", 16]]
-        elif n.startswith("s") and i + 1 < len(names) and (names[i + 1] in ptrs or names[i + 1] == "B1"):
-            sig[n], cx[n] = "constexpr", 1  # the last stride of each operand: a launch specializes 1
-        else:
-            sig[n], attrs[(i,)] = "i32", [["tt.divisibility", 16]]
-    old = knobs.runtime.add_stages_inspection_hook
-    knobs.runtime.add_stages_inspection_hook = stop_at_allocation
-    try:
-        triton.compile(ASTSource(fn, sig, cx, attrs), target=GPUTarget("cuda", arch, 32),
-                       options=dict(num_warps=num_warps, num_stages=num_stages))
-    except _Lowered as done:
-        return int(done.args[0])
-    finally:
-        knobs.runtime.add_stages_inspection_hook = old
-    raise RuntimeError("the compile did not reach shared-memory allocation")
-
-
-def compiled_shared_memory() -> list:
-    """What the scan kernels this process compiled on its GPU actually asked for, from Triton's JIT
-    caches: one dict per compiled kernel with its block constexprs, warps, stages and ``shared`` bytes,
-    to compare with the ahead-of-time table (kernels.ssd.SMEM_TABLE). Empty under the interpreter."""
-    rows = []
-    for fn in (_upper_states_kernel, _sweep_kernel, _bwd_states_kernel, _bwd_sweep_kernel):
-        for cache in list(getattr(fn, "device_caches", {}).values()):
-            for compiled in list(cache[0].values()):
-                names = fn.arg_names
-                consts = {names[k[0]]: v for k, v in getattr(compiled.src, "constants", {}).items()
-                          if isinstance(k, tuple) and len(k) == 1}
-                sig = getattr(compiled.src, "signature", {})
-                blocks = {n: consts[n] for n in ("BQ", "BG", "BV", "BN", "BP", "HAS_UP", "SHARED_GRAM", "SPLIT",
-                                                 "ROLE", "PAIR") if n in consts}
-                rows.append(dict(kernel=fn.__name__, dtype=sig.get("V", sig.get("X", sig.get("K"))), **blocks,
-                                 num_warps=compiled.metadata.num_warps, num_stages=compiled.metadata.num_stages,
-                                 shared=compiled.metadata.shared))
-    return rows
-
-
-# Constexpr variants a table row takes the maximum over, beside the kernel's spec: the backward sweeps with
-# generators shared by the two triangles (Hydra's layout: SHARED_GRAM, COMBINE; JOINT_DY when unshifted)
-# can need more than the unshared spec (145 against 113 KiB for the split sweep at bf16 64/64/64).
-_VARIANTS = {k: ({}, dict(SHARED_GRAM=True, COMBINE=True), dict(SHARED_GRAM=True, COMBINE=True, JOINT_DY=True))
-             for k in MEASURED_KERNELS if k.startswith("bwd_sweep")}
-
-
-def _measure_row(args):
-    kernel, dtype, stages, BQ, BG, BVs, arch = args
-    return args, [max(measure_shared_memory(kernel, dtype, BG, BV, BQ, 4, stages, arch, overrides=v)
-                      for v in _VARIANTS.get(kernel, ({},))) for BV in BVs]
-
-
-def _main(argv=None) -> None:
-    """Print the shared-memory table (KiB, rounded up) in the format of kernels.ssd._SMEM_SM90."""
-    import argparse
-    import multiprocessing
-    ap = argparse.ArgumentParser(description=_main.__doc__)
-    ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--arch", type=int, default=90)
-    ap.add_argument("--kernels", nargs="+", default=list(MEASURED_KERNELS), choices=MEASURED_KERNELS,
-                    help="measure only these kernels' rows (default: all)")
-    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32", "fp64"], choices=["bf16", "fp32", "fp64"],
-                    help="measure only these dtypes' rows (default: all)")
-    a = ap.parse_args(argv)
-    gens = (16, 32, 64, 128, 256)
-    rows = []
-    for kernel in a.kernels:
-        bwd = kernel.startswith("bwd")
-        for dtype in a.dtypes:
-            for stages in ((2,) if bwd or kernel == "sweep_causal" else (2, 3)):
-                for BQ in (16, 32, 64):
-                    for BG in gens:
-                        rows.append((kernel, dtype, stages, BQ, BG, gens if bwd else gens[:-1], a.arch))
-    with multiprocessing.Pool(a.jobs) as pool:
-        for (kernel, dtype, stages, BQ, BG, _, _), sizes in pool.imap(_measure_row, rows):
-            print(f"{kernel} {dtype} {stages} {BQ} {BG}: " + " ".join(str(-(-s // 1024)) for s in sizes))
-
-
-if __name__ == "__main__":
-    _main()

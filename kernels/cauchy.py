@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from ._matfree_tiled import (DOT_PRECISIONS, Term, _cdiv, _dense, _flat_dims, _interpreting, _next_pow2, _node_extremes,
-                             _put, check_args, check_device, matfree_matmul, upcast_nodes)
+                             _put, check_args, check_device, fake_gradients, matfree_matmul, register_term,
+                             upcast_nodes)
 
 
 @triton.jit
@@ -78,7 +79,7 @@ def _pair_ok(qt, kt):
     return ((qmin + kmin) >= lo) & ((qmax + kmax) <= hi)
 
 
-CAUCHY = Term("cauchy_matmul", _cauchy_value, _cauchy_terms, _cauchy_value2, _cauchy_terms2, _pair_ok)
+CAUCHY = register_term(Term("cauchy_matmul", _cauchy_value, _cauchy_terms, _cauchy_value2, _cauchy_terms2, _pair_ok))
 
 
 def cauchy_matmul(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.0, *, precision: str = "ieee"):
@@ -141,8 +142,8 @@ def cauchy_matmul(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.0, *, p
 # The nodes are placed on the device, per batch element b and term d, with no host synchronization (a
 # product at L ~ 512 takes ~0.2 ms of GPU time; a sync per call made it host-bound, and in a model it would
 # stall the queue at every layer). The "prep" kernel finds a_bd = min_i x_ibd + min_j y_jbd and
-# R_bd = (max x + max y) / a_bd, then the trapezoid grid of structured.cauchy (quadrature_constants):
-# s_lo = ln(eps/4) - ln R_bd, n = ceil((s_hi - s_lo)/h) + 1 rounded up to a multiple of the chunk FC by a
+# R_bd = (max x + max y) / a_bd, then the trapezoid grid of the rule passed in (h, s_hi, s_lo1):
+# s_lo = s_lo1 - ln R_bd, n = ceil((s_hi - s_lo)/h) + 1 rounded up to a multiple of the chunk FC by a
 # finer step over the same interval (the bound only improves); it stores (1/a, n) and the nodes
 # tau_m = e^{s_m}, sqrt(w_m) = sqrt(h' tau_m) (computed in float64, stored in the accumulation dtype) per term.
 # The other kernels loop over the n / FC feature chunks of each term. FC (expsum_chunk) is one chunk for a
@@ -167,27 +168,43 @@ def expsum_feature_count(n_nodes: int, chunk: int = 16) -> int:
     return -(-n_nodes // chunk) * chunk
 
 
+def check_quadrature(quadrature) -> tuple[float, float, float]:
+    """``quadrature = (h, s_hi, s_lo1)`` as floats: the trapezoid step, the right end of the interval and its
+    left end for spread R = 1 (``structured.cauchy.quadrature_constants(eps)``); a ValueError otherwise."""
+    ok = (isinstance(quadrature, (tuple, list)) and len(quadrature) == 3
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in quadrature))
+    if not ok or not (quadrature[0] > 0 and quadrature[2] < quadrature[1]):
+        raise ValueError(f"quadrature must be (h, s_hi, s_lo1) with finite floats, step h > 0 and s_lo1 < s_hi "
+                         f"(the trapezoid rule of structured.cauchy.quadrature_constants(eps)), got {quadrature!r}")
+    return float(quadrature[0]), float(quadrature[1]), float(quadrature[2])
+
+
+def trapezoid_node_count(quadrature, R: float) -> int:
+    """Trapezoid nodes for spread ``R``: ``ceil((s_hi - s_lo) / h) + 1`` with ``s_lo = s_lo1 - ln R``, the count
+    the prep kernel computes on the device (before rounding up to whole chunks)."""
+    h, s_hi, s_lo1 = quadrature
+    return int(math.ceil((s_hi - (s_lo1 - math.log(R))) / h)) + 1
+
+
 @functools.lru_cache(maxsize=64)
-def expsum_chunk(eps: float) -> int:
-    """Features per chunk for accuracy ``eps``: the node count at spread ``R_ONE_CHUNK`` rounded up to a
-    power of two in [16, 64] (``tl.dot`` needs >= 16; 64 keeps the chunk GEMMs on the tensor cores' sweet
-    spot). 64 at the float32 default eps = 1e-6, 32 at eps = 1e-3."""
-    from structured.cauchy import node_count
-    return min(64, max(16, _next_pow2(node_count(eps, R_ONE_CHUNK))))
+def expsum_chunk(quadrature: tuple) -> int:
+    """Features per chunk for the rule ``quadrature`` (:func:`check_quadrature`): the node count at spread
+    ``R_ONE_CHUNK`` rounded up to a power of two in [16, 64] (``tl.dot`` needs >= 16; 64 keeps the chunk GEMMs on
+    the tensor cores' sweet spot). 64 at the float32 default eps = 1e-6, 32 at eps = 1e-3."""
+    return min(64, max(16, _next_pow2(trapezoid_node_count(quadrature, R_ONE_CHUNK))))
 
 
-def expsum_features(eps: float, R: float) -> int:
-    """Features the kernels evaluate for a term of spread ``R`` at accuracy ``eps`` (what the prep kernel
-    computes on the device, here on the host: the node count rounded up to whole chunks)."""
-    from structured.cauchy import node_count
-    return expsum_feature_count(node_count(eps, R), expsum_chunk(eps))
+def expsum_features(quadrature: tuple, R: float) -> int:
+    """Features the kernels evaluate for a term of spread ``R`` under the rule ``quadrature`` (what the prep
+    kernel computes on the device, here on the host: the node count rounded up to whole chunks)."""
+    return expsum_feature_count(trapezoid_node_count(quadrature, R), expsum_chunk(quadrature))
 
 
 @functools.lru_cache(maxsize=64)
-def expsum_max_features(eps: float) -> int:
-    """Features per term at the largest spread ``R_MAX`` for accuracy ``eps``: the size of the Z blocks
+def expsum_max_features(quadrature: tuple) -> int:
+    """Features per term at the largest spread ``R_MAX`` under the rule ``quadrature``: the size of the Z blocks
     (whose unused tail is never read), and the count the cost model assumes without a device sync."""
-    return expsum_features(eps, R_MAX)
+    return expsum_features(quadrature, R_MAX)
 
 
 @triton.jit
@@ -456,27 +473,27 @@ def _block_p(P):
 
 def _expsum_prep(xn3, yn3, acc, quad, fc, f_max):
     """xn3, yn3 (*batch, L, D) contiguous (bh = the batch dims' product). Per (batch element, term): the scaled
-    transposed nodes ``ut = (xn/a)^T``,
-    ``vt = (yn/a)^T`` (bh, D, L) in ``acc``, and the table (bh, D, 16 + 2 f_max) in ``acc``, each row
+    transposed nodes ``uvt = [(xn/a)^T, (yn/a)^T]`` (2, bh, D, L) in ``acc``, and the table (bh, D, 16 + 2 f_max) in ``acc``, each row
     ``[1/a, n, (unused), tau (f_max), sqrt(w) (f_max)]`` (the values computed in float64); see the comment above."""
     bh, L, D = _flat_dims(xn3)
-    ut = torch.empty((2, bh, D, L), dtype=acc, device=xn3.device)
-    ut, vt = ut[0], ut[1]
-    tab = torch.empty((bh, D, 16 + 2 * f_max), dtype=acc, device=xn3.device)
+    uvt = torch.empty((2, bh, D, L), dtype=acc, device=xn3.device)
+    ut, vt = uvt[0], uvt[1]
+    tab = torch.zeros((bh, D, 16 + 2 * f_max), dtype=acc, device=xn3.device)   # (an output: no undefined entries)
     d_pad = _next_pow2(D)
     block = (_EXPSUM_INTERPRET_BLOCK if _interpreting()
              else min(_PREP_MAX_ELEMENTS // d_pad, max(16, _next_pow2(L))))
     _expsum_prep_kernel[(bh,)](xn3, yn3, ut, vt, tab, quad, L, D=D, D_PAD=d_pad, FC=fc, F_MAX=f_max,
            F_PAD=_next_pow2(f_max), R_LIMIT=R_MAX, BLOCK_L=block)
-    return ut, vt, tab
+    return uvt, tab
 
 
-def _expsum_reduce(nt, x3, tab, fc, f_max, precision):
+def _expsum_reduce(nt, x3, tab, fc, f_max, precision, zeroed=False):
     """``Z_d = (1/a_d) Phi_d(n_d)^T x`` for every batch element and term: (bh, D, f_max, P) in x3's dtype,
     rows past each term's node count left unwritten (never read). x3 (*batch, L, P) contiguous."""
     bh, L, P = _flat_dims(x3)
     D = nt.shape[1]
-    z = torch.empty((bh, D, f_max, P), dtype=x3.dtype, device=x3.device)
+    # zeroed: the forward returns Z as an output, whose unused rows must then be defined values
+    z = (torch.zeros if zeroed else torch.empty)((bh, D, f_max, P), dtype=x3.dtype, device=x3.device)
     _expsum_launch("reduce", (nt, x3, tab, z, L, P), lambda bl: bh * D * (f_max // fc), L,
                    D=D, FC=fc, F_MAX=f_max, BLOCK_P=_block_p(P), PRECISION=precision)
     return z
@@ -495,62 +512,94 @@ def _expsum_rows(nt, w, tab, fc, precision, xx=None, out=None, dn=None):
                    WITH_OUT=out is not None, WITH_GRAD=dn is not None, PRECISION=precision)
 
 
-class _ExpSumProduct(torch.autograd.Function):
-    """``y = sum_d (1/a_d) Phi_d(u_d) Phi_d(v_d)^T x`` with the scaled nodes u, v (see the comment above). Takes and
-    returns the caller's shapes and dtypes (the flattening to (bh, L, .) and the casts happen inside: no view or
-    cast nodes in the autograd graph, whose engine costs host time per node)."""
+# The product and its backward are torch custom operators (torch.compile traces through them). The forward
+# returns its intermediates beside y (the scaled nodes, the node table and the Z blocks), which the backward reuses
+# instead of recomputing them; buffers whose unused parts the kernels never write start zeroed, so that every output
+# is a defined value. acc: the node and accumulation dtype; dot: the dtype x is multiplied in.
+@torch.library.custom_op("mixerzoo::expsum_product", mutates_args=())
+def _expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, quad: torch.Tensor, acc: torch.dtype,
+                    dot: torch.dtype, fc: int, f_max: int, precision: str) -> list[torch.Tensor]:
+    """``[y, uvt, tab, z]``: ``y = sum_d (1/a_d) Phi_d(u_d) Phi_d(v_d)^T x`` in x's shape and dtype, the scaled
+    transposed nodes ``uvt = [u^T, v^T]`` (2, bh, D, L), the node table and ``Z`` (see the comment above)."""
+    xd = _dense(x.to(dot))
+    uvt, tab = _expsum_prep(_dense(xn), _dense(yn), acc, quad, fc, f_max)
+    z = _expsum_reduce(uvt[1], xd, tab, fc, f_max, precision, zeroed=True)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)          # the kernel stores in x's dtype
+    _expsum_rows(uvt[0], z, tab, fc, precision, out=y)
+    return [y, uvt, tab, z]
 
-    @staticmethod
-    def forward(ctx, x, xn, yn, acc, dot, quad, fc, f_max, precision):
-        # x (*b, L, P) in any float dtype, multiplied in `dot`; xn, yn (*b, L, D) in any float dtype (read in acc);
-        # all as they are (the kernels take them flat)
-        xd = _dense(x.to(dot))
-        ut, vt, tab = _expsum_prep(_dense(xn), _dense(yn), acc, quad, fc, f_max)
-        z = _expsum_reduce(vt, xd, tab, fc, f_max, precision)
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)       # the kernel stores in x's dtype
-        _expsum_rows(ut, z, tab, fc, precision, out=y)
-        ctx.save_for_backward(xd)
-        ctx.ut, ctx.vt, ctx.tab, ctx.z = ut, vt, tab, z                   # intermediates, kept on ctx directly
-        ctx.meta = (precision, fc, f_max, x.dtype, xn.shape, xn.dtype, yn.shape, yn.dtype)
-        return y
 
-    @staticmethod
-    def backward(ctx, gy):
-        (xd,) = ctx.saved_tensors
-        ut, vt, tab, z = ctx.ut, ctx.vt, ctx.tab, ctx.z
-        precision, fc, f_max, x_dtype, xn_shape, xn_dtype, yn_shape, yn_dtype = ctx.meta
-        need_x, need_xn, need_yn = ctx.needs_input_grad[:3]
-        g = _dense(gy.to(xd.dtype))
-        dx = dxn = dyn = None
-        # every gradient is stored by the kernels in its own dtype and final shape (no conversion pass)
-        if need_x or need_yn:                  # features of v: dx and the column-node gradient
-            gz = _expsum_reduce(ut, g, tab, fc, f_max, precision)
-            dx = torch.empty(xd.shape, dtype=x_dtype, device=xd.device) if need_x else None
-            dyn = torch.empty(yn_shape, dtype=yn_dtype, device=xd.device) if need_yn else None
-            _expsum_rows(vt, gz, tab, fc, precision, xx=xd, out=dx, dn=dyn)
-        if need_xn:                            # features of u: the row-node gradient
-            dxn = torch.empty(xn_shape, dtype=xn_dtype, device=xd.device)
-            _expsum_rows(ut, z, tab, fc, precision, xx=g, dn=dxn)
-        return dx, dxn, dyn, None, None, None, None, None, None
+@_expsum_product.register_fake
+def _expsum_product_fake(x, xn, yn, quad, acc, dot, fc, f_max, precision):
+    bh, L, D = _flat_dims(xn)
+    P = x.shape[-1]
+    return [torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty((2, bh, D, L), dtype=acc),
+            x.new_empty((bh, D, 16 + 2 * f_max), dtype=acc), x.new_empty((bh, D, f_max, P), dtype=dot)]
+
+
+@torch.library.custom_op("mixerzoo::expsum_product_backward", mutates_args=())
+def _expsum_product_backward(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, uvt: torch.Tensor,
+                             tab: torch.Tensor, z: torch.Tensor, gy: torch.Tensor, fc: int, precision: str,
+                             need_x: bool, need_xn: bool, need_yn: bool) -> list[torch.Tensor]:
+    """``[dx, dxn, dyn]`` in the inputs' shapes and dtypes (an unneeded one is an empty tensor): the reduce
+    kernel on g, then the rows kernel on (v, GZ, x) for dx and dyn and on (u, Z, g) for dxn."""
+    ut, vt = uvt[0], uvt[1]
+    f_max = z.shape[2]
+    xd = _dense(x.to(z.dtype))
+    g = _dense(gy.to(z.dtype))
+    dx = dxn = dyn = None
+    # every gradient is stored by the kernels in its own dtype and final shape (no conversion pass)
+    if need_x or need_yn:                  # features of v: dx and the column-node gradient
+        gz = _expsum_reduce(ut, g, tab, fc, f_max, precision)
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
+        dyn = torch.empty(yn.shape, dtype=yn.dtype, device=x.device) if need_yn else None
+        _expsum_rows(vt, gz, tab, fc, precision, xx=xd, out=dx, dn=dyn)
+    if need_xn:                            # features of u: the row-node gradient
+        dxn = torch.empty(xn.shape, dtype=xn.dtype, device=x.device)
+        _expsum_rows(ut, z, tab, fc, precision, xx=g, dn=dxn)
+    return [t if t is not None else x.new_empty(0) for t in (dx, dxn, dyn)]
+
+
+@_expsum_product_backward.register_fake
+def _expsum_product_backward_fake(x, xn, yn, uvt, tab, z, gy, fc, precision, need_x, need_xn, need_yn):
+    return fake_gradients((x, need_x), (xn, need_xn), (yn, need_yn))
+
+
+def _expsum_setup_context(ctx, inputs, output):
+    x, xn, yn, quad, acc, dot, fc, f_max, precision = inputs
+    _, uvt, tab, z = output
+    ctx.save_for_backward(x, xn, yn, uvt, tab, z)
+    ctx.cfg = (fc, precision)
+
+
+def _expsum_backward(ctx, grads):
+    gy = grads[0]             # the gradient of y; the intermediates returned beside it are not differentiated
+    x, xn, yn, uvt, tab, z = ctx.saved_tensors
+    need = ctx.needs_input_grad[:3]
+    dx, dxn, dyn = _expsum_product_backward(x, xn, yn, uvt, tab, z, gy, *ctx.cfg, *need)
+    return (dx if need[0] else None, dxn if need[1] else None, dyn if need[2] else None,
+            None, None, None, None, None, None)
+
+
+_expsum_product.register_autograd(_expsum_backward, setup_context=_expsum_setup_context)
 
 
 _QUADRATURE: dict = {}
 
 
-def _quadrature(eps: float, device) -> torch.Tensor:
-    """``structured.cauchy.quadrature_constants(eps)`` as a float64 device tensor, cached (a host-to-device
-    copy per call would cost more than the product at short L)."""
-    key = (eps, device)                  # (torch.device hashes by value; str() would cost a call)
+def _quadrature(quadrature: tuple, device) -> torch.Tensor:
+    """``quadrature`` as a float64 device tensor, cached (a host-to-device copy per call would cost more than the
+    product at short L)."""
+    key = (quadrature, device)           # (torch.device hashes by value; str() would cost a call)
     hit = _QUADRATURE.get(key)
     if hit is None:
-        from structured.cauchy import quadrature_constants
         if len(_QUADRATURE) >= 64:
             _QUADRATURE.clear()
-        hit = _QUADRATURE[key] = torch.tensor(quadrature_constants(eps), dtype=torch.float64, device=device)
+        hit = _QUADRATURE[key] = torch.tensor(quadrature, dtype=torch.float64, device=device)
     return hit
 
 
-def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, eps: float, *,
+def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, quadrature: tuple, *,
                           precision: str = "ieee") -> torch.Tensor:
     """The exponential-sum approximation of ``y_i = sum_j sum_d x_j / (xn_id + yn_jd)``, fused on the GPU.
 
@@ -566,7 +615,8 @@ def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, e
     x : (*batch, L, P) float64/float32/bfloat16/float16.
     xn, yn : (*batch, L, d) positive nodes (row nodes with the shift c folded in, column nodes); batch dims
         broadcast with x's.
-    eps : entrywise relative accuracy of the expansion, in [1e-15, 0.1].
+    quadrature : ``(h, s_hi, s_lo1)``, the trapezoid rule of the expansion for its accuracy eps
+        (``structured.cauchy.quadrature_constants(eps)``; :func:`check_quadrature`).
     precision : ``tl.dot`` precision for float32 operands, "ieee" (default) or "tf32".
 
     Returns
@@ -593,17 +643,14 @@ def cauchy_expsum_product(x: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, e
     References: Beylkin & Monzon, "Approximation by exponential sums revisited", ACHA 28(2), 2010 (the
     sum-of-exponentials separation); FlashAttention's fused tiling (Dao et al. 2022, arXiv 2205.14135).
     """
-    from structured.cauchy import _check_eps
     if precision not in DOT_PRECISIONS:
         raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got {precision!r}")
     check_device("cauchy_expsum_product", x)
-    if _check_eps(eps) is None:
-        raise ValueError("cauchy_expsum_product: eps must be a float in [1e-15, 0.1], got None")
+    quadrature = check_quadrature(quadrature)
     x, xn, yn = check_args("cauchy_expsum_product", x, xn, yn)
     acc = torch.float64 if torch.float64 in (x.dtype, xn.dtype, yn.dtype) else torch.float32
     # the dot dtype: bf16 stays on the tensor cores; fp16 goes to fp32 (its exponent range is too narrow
     # for features spanning ~R e^-tau); float64 nodes force float64
     dot = torch.float64 if acc == torch.float64 else (torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32)
-    eps = float(eps)
-    return _ExpSumProduct.apply(x, xn, yn, acc, dot, _quadrature(eps, x.device), expsum_chunk(eps),
-                                expsum_max_features(eps), precision)
+    return _expsum_product(x, xn, yn, _quadrature(quadrature, x.device), acc, dot, expsum_chunk(quadrature),
+                           expsum_max_features(quadrature), precision)[0]

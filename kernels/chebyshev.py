@@ -14,8 +14,8 @@ matrix is stored: U, V and Lam are recomputed in registers from the angles, the 
 Everything data-dependent is decided on the device, per batch element, by a "prep" kernel:
 
 * ``Omega_b = pi s (L-1) max(|q_b|, |k_b|)`` and the number of points: the fewest with bound E(n, Omega_b) <= eps,
-  read off a table of Omega limits (``structured.vandermonde.chebyshev_omega_limits``: the bound grows with Omega,
-  so n = 1 + #{limits < Omega}), rounded up to a multiple of the chunk ``CHUNK`` (more points only tighten the
+  read off the table of Omega limits the caller passes in (``structured.vandermonde.chebyshev_omega_limits``: the
+  bound grows with Omega, so n = 1 + #{limits < Omega}), rounded up to a multiple of the chunk ``CHUNK`` (more points only tighten the
   bound) and capped at ``max_points`` (the size of the Z blocks). Where more points than the cap would be needed,
   the points are NaN, and so are the batch element's outputs: checking would need a sync (the torch path raises);
   ``structured.vandermonde.Vandermonde`` plans on the host and passes its own count as the cap.
@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 
 from ._matfree_tiled import (DOT_PRECISIONS, _cdiv, _dense, _flat_dims, _interpreting, _next_pow2, _node_extremes, _put,
-                             check_args, check_device)
+                             check_args, check_device, fake_gradients)
 from .cauchy import _cast_out
 from .vandermonde import _cos_turns, _reduce_turns, _sin_turns
 
@@ -292,8 +292,9 @@ def _prep(q3, k3, prm, n_cap, acc, P):
     tensor argument costs a Triton launch several microseconds of host time), and the forward and backward Z
     blocks (bh, 2, n_cap, P) in acc, zero in the rows the counts use."""
     bh, L, D = _flat_dims(q3)
-    tab = torch.empty((bh, n_cap + _cdiv(L, 16) * 16 + 16), dtype=acc, device=q3.device)
-    z = torch.empty((2, bh, 2, n_cap, P), dtype=acc, device=q3.device)
+    # zeroed: the table and the forward Z are outputs of the product's operator, so no entry is left undefined
+    tab = torch.zeros((bh, n_cap + _cdiv(L, 16) * 16 + 16), dtype=acc, device=q3.device)
+    z = torch.zeros((2, bh, 2, n_cap, P), dtype=acc, device=q3.device)
     _cheb_prep_kernel[(bh,)](q3, k3, prm, tab, z, L, P, D=D, D_PAD=_next_pow2(D), N_CAP=n_cap,
            N_PAD=_next_pow2(n_cap), FC=CHUNK, BLOCK_L=_PREP_BLOCK["interpret" if _interpreting() else "gpu"],
            BLOCK_P=max(16, _next_pow2(P)))
@@ -333,59 +334,92 @@ def _rows(ang3, w, prm, tab, xx, out, dang, sign, fast, precision):
            PRECISION=precision, EMULATE=_interpreting(), num_warps=warps)
 
 
-class _ChebyshevProduct(torch.autograd.Function):
-    """``y = U (Lam^T x) - Lam (V^T x)`` with the point count chosen per batch element on the device. Takes and
-    returns the caller's shapes (the flattening to (bh, L, .) happens inside: no view nodes in the graph)."""
+# The product and its backward are torch custom operators (torch.compile traces through them). The forward returns
+# its intermediates beside y (the table of points and row factors, and the forward Z), which the backward reuses.
+@torch.library.custom_op("mixerzoo::chebyshev_product", mutates_args=())
+def _chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, prm: torch.Tensor, n_cap: int,
+                       acc: torch.dtype, fast: bool, precision: str) -> list[torch.Tensor]:
+    """``[y, tab, z]``: ``y = U (Lam^T x) - Lam (V^T x)`` with the point count chosen per batch element on the device,
+    in x's shape and dtype; the prep kernel's table and ``Z = [Lam^T x ; V^T x]``."""
+    x, q, k = _dense(x), _dense(q), _dense(k)       # (*batch, L, .) as they are: the kernels take them flat
+    tab, z, _ = _prep(q, k, prm, n_cap, acc, x.shape[-1])
+    _reduce(k, x, prm, tab, z, fast, precision)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _rows(q, z, prm, tab, y, y, None, 1, fast, precision)
+    return [y, tab, z]
 
-    @staticmethod
-    def forward(ctx, x, q, k, prm, n_cap, acc, fast, precision):
-        x, q, k = _dense(x), _dense(q), _dense(k)       # (*batch, L, .) as they are: the kernels take them flat
-        tab, z, zg = _prep(q, k, prm, n_cap, acc, x.shape[-1])
-        _reduce(k, x, prm, tab, z, fast, precision)
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        _rows(q, z, prm, tab, y, y, None, 1, fast, precision)
-        ctx.save_for_backward(x, q, k)
-        # intermediates (neither inputs nor outputs) are kept on ctx directly
-        ctx.tab, ctx.z, ctx.zg, ctx.prm, ctx.meta = tab, z, zg, prm, (fast, precision)
-        return y
 
-    @staticmethod
-    def backward(ctx, gy):
-        x, q, k = ctx.saved_tensors
-        fast, precision = ctx.meta
-        need_x, need_q, need_k = ctx.needs_input_grad[:3]
-        g = _dense(gy.to(x.dtype))
-        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
-        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if need_q else None
-        dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if need_k else None
-        if need_x or need_k:                   # Zg = [Lam^T g ; U^T g]; the rows of k: dx and dk
-            _reduce(q, g, ctx.prm, ctx.tab, ctx.zg, fast, precision)
-            _rows(k, ctx.zg, ctx.prm, ctx.tab, x, dx, dk, -1, fast, precision)
-        if need_q:                             # the rows of q against the forward Z: dq
-            _rows(q, ctx.z, ctx.prm, ctx.tab, g, None, dq, 1, fast, precision)
-        return dx, dq, dk, None, None, None, None, None
+@_chebyshev_product.register_fake
+def _chebyshev_product_fake(x, q, k, prm, n_cap, acc, fast, precision):
+    bh, L, _ = _flat_dims(q)
+    P = x.shape[-1]
+    return [torch.empty(x.shape, dtype=x.dtype, device=x.device),
+            x.new_empty((bh, n_cap + _cdiv(L, 16) * 16 + 16), dtype=acc), x.new_empty((bh, 2, n_cap, P), dtype=acc)]
+
+
+@torch.library.custom_op("mixerzoo::chebyshev_product_backward", mutates_args=())
+def _chebyshev_product_backward(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, prm: torch.Tensor,
+                                tab: torch.Tensor, z: torch.Tensor, gy: torch.Tensor, fast: bool, precision: str,
+                                need_x: bool, need_q: bool, need_k: bool) -> list[torch.Tensor]:
+    """``[dx, dq, dk]`` in the inputs' shapes and dtypes (an unneeded one is an empty tensor)."""
+    x, q, k = _dense(x), _dense(q), _dense(k)
+    g = _dense(gy.to(x.dtype))
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if need_q else None
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if need_k else None
+    if need_x or need_k:                   # Zg = [Lam^T g ; U^T g]; the rows of k: dx and dk
+        zg = torch.zeros_like(z)           # the reduce kernel adds its segments into it
+        _reduce(q, g, prm, tab, zg, fast, precision)
+        _rows(k, zg, prm, tab, x, dx, dk, -1, fast, precision)
+    if need_q:                             # the rows of q against the forward Z: dq
+        _rows(q, z, prm, tab, g, None, dq, 1, fast, precision)
+    return [t if t is not None else x.new_empty(0) for t in (dx, dq, dk)]
+
+
+@_chebyshev_product_backward.register_fake
+def _chebyshev_product_backward_fake(x, q, k, prm, tab, z, gy, fast, precision, need_x, need_q, need_k):
+    return fake_gradients((x, need_x), (q, need_q), (k, need_k))
+
+
+def _chebyshev_setup_context(ctx, inputs, output):
+    x, q, k, prm, n_cap, acc, fast, precision = inputs
+    _, tab, z = output
+    ctx.save_for_backward(x, q, k, prm, tab, z)
+    ctx.cfg = (fast, precision)
+
+
+def _chebyshev_backward(ctx, grads):
+    gy = grads[0]             # the gradient of y; the intermediates returned beside it are not differentiated
+    x, q, k, prm, tab, z = ctx.saved_tensors
+    need = ctx.needs_input_grad[:3]
+    dx, dq, dk = _chebyshev_product_backward(x, q, k, prm, tab, z, gy, *ctx.cfg, *need)
+    return dx if need[0] else None, dq if need[1] else None, dk if need[2] else None, None, None, None, None, None
+
+
+_chebyshev_product.register_autograd(_chebyshev_backward, setup_context=_chebyshev_setup_context)
 
 
 _PARAMS: dict = {}
 
 
-def _params(eps: float, n_cap: int, scale: float, L: int, device) -> torch.Tensor:
-    """float64 device tensor ``[s, pi s (L-1), (L-1)/2, Omega limits for n = 1 .. n_cap]``, cached (a host-to-device
-    copy per call would wait for the GPU, and could not be captured in a CUDA graph)."""
-    key = (eps, n_cap, scale, L, device)
+def _params(omega_limits: tuple, scale: float, L: int, device) -> torch.Tensor:
+    """float64 device tensor ``[s, pi s (L-1), (L-1)/2, omega_limits...]``, cached (a host-to-device copy per call
+    would wait for the GPU, and could not be captured in a CUDA graph). Keyed by the limits' identity (hashing up
+    to a thousand floats per call would cost more than the lookup saves); the entry keeps them alive."""
+    key = (id(omega_limits), scale, L, device)
     hit = _PARAMS.get(key)
-    if hit is None:
-        from structured.vandermonde import chebyshev_omega_limits
+    if hit is None or hit[0] is not omega_limits:
         if len(_PARAMS) >= 64:
             _PARAMS.clear()
-        values = [scale, math.pi * scale * (L - 1), (L - 1) / 2, *chebyshev_omega_limits(n_cap, eps)]
-        hit = _PARAMS[key] = torch.tensor(values, dtype=torch.float64, device=device)
-    return hit
+        values = [scale, math.pi * scale * (L - 1), (L - 1) / 2, *omega_limits]
+        hit = _PARAMS[key] = (omega_limits, torch.tensor(values, dtype=torch.float64, device=device))
+    return hit[1]
 
 
 def points_cap(length: int, max_points: int | None = None) -> int:
-    """The number of points the kernels can take (the size of the Z blocks): ``max_points`` (default
-    ``min(L, DEFAULT_MAX_POINTS)``) rounded up to a multiple of ``CHUNK``."""
+    """The number of points the kernels can take (the size of the Z blocks, and the number of Omega limits
+    :func:`vandermonde_chebyshev_product` takes): ``max_points`` (default ``min(L, DEFAULT_MAX_POINTS)``) rounded up
+    to a multiple of ``CHUNK``."""
     if max_points is None:
         max_points = min(length, DEFAULT_MAX_POINTS)
     elif isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
@@ -394,17 +428,29 @@ def points_cap(length: int, max_points: int | None = None) -> int:
     return _cdiv(max_points, CHUNK) * CHUNK
 
 
-def device_points(omega: float, eps: float, n_cap: int) -> int | None:
+def check_omega_limits(omega_limits) -> tuple:
+    """``omega_limits`` as a tuple of floats whose length is a positive multiple of ``CHUNK``; a ValueError
+    otherwise (the values are not checked: their order is the caller's contract)."""
+    if (not isinstance(omega_limits, tuple) or not omega_limits or len(omega_limits) % CHUNK
+            or not all(isinstance(v, float) for v in omega_limits)):
+        got = f"a {type(omega_limits).__name__} of length {len(omega_limits)}" if hasattr(omega_limits, "__len__") \
+            else repr(omega_limits)
+        raise ValueError(f"omega_limits must be a tuple of floats whose length (the points cap) is a positive "
+                         f"multiple of {CHUNK} (see points_cap), got {got}")
+    return omega_limits
+
+
+def device_points(omega: float, omega_limits: tuple) -> int | None:
     """The point count the prep kernel picks for a batch element with ``Omega`` (here on the host, for tests and
-    reports): the fewest with bound <= eps, rounded up to a multiple of ``CHUNK``, at most ``n_cap``; None where
-    more than ``n_cap`` would be needed (the kernels then give NaN)."""
-    from structured.vandermonde import chebyshev_omega_limits
-    need = 1 + sum(1 for v in chebyshev_omega_limits(n_cap, eps) if v < omega)
+    reports): the fewest with bound <= eps (``1 + #{limits < Omega}``), rounded up to a multiple of ``CHUNK``, at
+    most ``n_cap = len(omega_limits)``; None where more than ``n_cap`` would be needed (the kernels then give NaN)."""
+    n_cap = len(omega_limits)
+    need = 1 + sum(1 for v in omega_limits if v < omega)
     return None if need > n_cap else min(_cdiv(need, CHUNK) * CHUNK, n_cap)
 
 
-def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float, eps: float, *,
-                                  max_points: int | None = None, precision: str = "ieee") -> torch.Tensor:
+def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float,
+                                  omega_limits: tuple, *, precision: str = "ieee") -> torch.Tensor:
     """The Chebyshev approximation of ``y_i = sum_j sum_d [cos(2 pi s q_id j) - cos(2 pi s k_jd i)] x_j``, fused on
     the GPU with no host synchronization (the point count is chosen on the device; see the module docstring).
 
@@ -413,10 +459,12 @@ def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Ten
     x : (*batch, L, P) float64/float32/bfloat16/float16.
     q, k : (*batch, L, d) (batch dims broadcast with x's).
     scale : s > 0, the angle scale (a float).
-    eps : bound E on each interpolated cosine, in [1e-14, 0.1]; per column p, ``|y_hat_i - y_i| <= 2 d E ||x_p||_1``
-        (exact arithmetic, ``structured.vandermonde`` module docstring), the gradients within their E' bounds.
-    max_points : the most points per batch element (default ``min(L, 1024)``), rounded up to a multiple of
-        ``CHUNK``; a batch element that needs more gets NaN outputs.
+    omega_limits : the largest Omega each number of points n = 1 .. n_cap covers within the bound E = eps on each
+        interpolated cosine (increasing; ``structured.vandermonde.chebyshev_omega_limits(n_cap, eps)``), a tuple of
+        floats whose length n_cap, the most points per batch element, is a multiple of ``CHUNK``
+        (:func:`points_cap`); a batch element that needs more gets NaN outputs. Per column p,
+        ``|y_hat_i - y_i| <= 2 d E ||x_p||_1`` (exact arithmetic, ``structured.vandermonde`` module docstring), the
+        gradients within their E' bounds.
     precision : ``tl.dot`` precision for float32 products, "ieee" (default) or "tf32".
 
     Returns
@@ -440,15 +488,14 @@ def vandermonde_chebyshev_product(x: torch.Tensor, q: torch.Tensor, k: torch.Ten
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale < math.inf):
         raise ValueError(f"vandermonde_chebyshev_product: scale must be a finite float > 0, got {scale!r}")
     x, q, k = check_args("vandermonde_chebyshev_product", x, q, k)
-    from structured.vandermonde import _check_nufft_eps
-    eps = _check_nufft_eps(eps)
-    batch, L, P, D = x.shape[:-2], x.shape[-2], x.shape[-1], q.shape[-1]
-    n_cap = points_cap(L, max_points)
+    omega_limits = check_omega_limits(omega_limits)
+    L = x.shape[-2]
+    n_cap = len(omega_limits)
     acc = torch.float64 if torch.float64 in (x.dtype, q.dtype, k.dtype) else torch.float32
     if acc == torch.float64:
         precision = "ieee"
     # half x: the hardware's cosines (|error| <= ~2^-21 on [-pi, pi], the turns are reduced first), 2^12 below the
     # output's own rounding; the interpreter has no such function and evaluates accurate ones
     fast = x.dtype in (torch.bfloat16, torch.float16) and not _interpreting()
-    return _ChebyshevProduct.apply(x, q, k, _params(eps, n_cap, float(scale), L, x.device), n_cap, acc, fast,
-                                   precision)
+    return _chebyshev_product(x, q, k, _params(omega_limits, float(scale), L, x.device), n_cap, acc, fast,
+                              precision)[0]

@@ -12,19 +12,17 @@ Public entry points (autograd-aware; forward and backward run Triton kernels):
 Both reduce to one generic quasiseparable operator (lower + upper triangle + diagonal, each triangle given by
 row generators, column generators and log-decays with small index offsets; see :mod:`kernels._ssd_triton`).
 Forward: one right-to-left kernel stores the upper triangle's chunk states, one left-to-right kernel forms the
-output. Backward (one kernel pair for all gradients of that operator, causal or bidirectional): a
-right-to-left kernel stores the two states that come from the right (the lower triangle's adjoint state and
-the upper triangle's state), and one left-to-right kernel writes dx, the generator gradients (summed over
-broadcast batch dims in the kernel), the log-decay gradients (running sums of ``b . db - c . dc``, carried by
-the sweep) and the diagonal's gradient. It runs as one program per batch element that forms each chunk's
-``C B^T`` and ``dy x^T`` once for all gradients, or as three (dx; column-generator gradients; row-generator
-gradients), adjacent in launch order so that they share x and dy in L2 (``TUNING["bwd_split"]``); the
-three run in one launch of one binary holding all roles, or as three launches of role-specialized binaries
-(``TUNING["bwd_split_launch"]``).
+output. Backward (all gradients of that operator, causal or bidirectional): a right-to-left kernel stores the two
+states that come from the right (the lower triangle's adjoint state and the upper triangle's state), then three
+launches of the left-to-right gradient kernel, one per role, each compiled for its role alone: dx and the
+diagonal's gradient; the column-generator gradients; the row-generator gradients. Generator gradients are summed
+over broadcast batch dims in the kernel, the log-decay gradients come from running sums of ``b . db - c . dc``
+carried by the sweeps.
 
-Launch configurations (chunk, columns per program, stages) are chosen before launching from shared-memory
-sizes measured ahead of time for sm_90 (:data:`SMEM_TABLE`, :func:`plan_candidates`), so that a launch does
-not run out of shared memory; never with fewer than two pipeline stages.
+Launch configurations (chunk, columns per program, stages) are tried in order of preference
+(:func:`plan_candidates`); one whose launch raises Triton's ``OutOfResources`` (its shared memory exceeds the
+device's) is remembered for this device and the next one runs, so the first launch of a shape may compile a few
+configurations, later ones go straight to the one that fits. Never fewer than two pipeline stages.
 
 Reference: T. Dao, A. Gu, "Transformers are SSMs" (arXiv 2405.21060), Section 6 (chunked SSD); S. Hwang,
 A. Lahoti, T. Dao, A. Gu, "Hydra" (arXiv 2407.09941), Section 3 (quasiseparable mixer).
@@ -48,38 +46,18 @@ _MAX_GRAM_DIM = 256
 DEFAULT_CHUNK = 64
 # Launch configuration (columns of V per program, warps, software-pipelining stages; None = Triton's
 # default). Module-level so that benchmarks can sweep it; chosen on an H100 (see results/bench).
-# H100, triton 3.6, B=8 H=24 P=N=64 bf16, L=16384 fused fwd / fwd+bwd (ms): (64, default, default)
-# 2.89 / 20.3; (64, 8, default) 3.24 / 24.6; (64, 4, 2) 1.97 / 18.8; (32, 4, 3) 3.41 / 22.8;
-# (32, 8, 3) 4.09 / 27.3; (32, 4, 1) failed with an illegal memory access at this L (not at L=4096) -- not
-# understood yet, so that configuration is to be avoided. (Those fwd+bwd times predate the fused backward.)
-# bwd_*: the backward's left-to-right gradient kernel. bwd_split: one program per batch element (False: 17
-# Q x 64 x 64 products per chunk, each x^T dy and C B^T tile formed once; at 4 warps two programs fit an SM,
-# so the benchmark's 192 programs run in one wave) or three (True: about 7 products each, half the register
-# spills, but 576 programs take three waves at two per SM). Which wins is a GPU measurement (the forward's
-# table above suggests that waves cost more than spills). bwd_atomic_sum: sum generator gradients over
-# broadcast batch dims (one B, C for all heads) with float32 atomics in the kernel (True) or write them per
-# batch element in the input dtype and sum them in torch (False). Timed by `python -m benchmarks.kernels
-# --tune-bwd` on the H100 at L = 16384: 7.94 ms (True) against 7.81 ms (False), with peak memory 1.80 against
-# 2.54 GB, so True stays (results/bench/kernels-cuda-tune-bwd.json). bwd_states_pair: the backward's right-to-left kernel
-# computes its two states in one program per batch element (one wave here) or in two (two waves).
-# bwd_split_launch (split arrangement only): "one" launch whose programs pick their role at run time (one
-# binary with all three roles' code: on sm_90 at the benchmark shape 145 KiB of shared memory, 1 program
-# per SM, 255 registers and 252 B of spills; results/bench/scan-static-sm90.md), or "per_role": three
-# launches, each compiled for one role alone (its own shared memory and registers), which run one after
-# another, so x and dy are read once per role instead of once from DRAM and twice from L2. Which wins is
-# a GPU measurement (`--tune-bwd` sweeps both); where the table has no per-role entry that fits, the
-# planner runs the one-launch plan at the same chunk (Plan.split_launch says which ran).
-# Defaults chosen on the H100: split + per_role. Fused Hydra fwd+bwd at L = 16384 (B=8 H=24
-# P=N=64 bf16): 7.8 ms against 9.9 (split, one launch) and 13.7 (unsplit) (results/bench/
-# kernels-cuda-tune-bwd.json); the lab model's training step (d_state 256, L = 128): quasiseparable 33.8
-# against 26.1 steps/s, semiseparable 40.5 against 32.8.
-# These are starting points: plan_candidates lowers the chunk and block_v (then stages, never below 2, and
-# for the backward it tries the other bwd_split arrangement) until the measured shared memory of the kernel
-# pair fits the device (_SMEM_SM90); the backward's state kernel runs with the bwd_* warps and stages.
-TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2,
-          "bwd_num_warps": 4, "bwd_num_stages": 2, "bwd_atomic_sum": True, "bwd_split": True,
-          "bwd_states_pair": True, "bwd_split_launch": "per_role"}
-BWD_SPLIT_LAUNCHES = ("one", "per_role")
+# H100, triton 3.6, B=8 H=24 P=N=64 bf16, L=16384 fused fwd (ms): (64, default, default) 2.89; (64, 8, default)
+# 3.24; (64, 4, 2) 1.97; (32, 4, 3) 3.41; (32, 8, 3) 4.09; (32, 4, 1) failed with an illegal memory access at this
+# L (not at L=4096) -- not understood yet, so one stage is never used.
+# bwd_*: warps and stages of the backward's kernels. Its arrangement (three role-specialized launches of the
+# gradient sweep, one program per batch element for the states) measured fastest on the H100: fused Hydra
+# fwd+bwd at L = 16384 (B=8 H=24 P=N=64 bf16) 7.8 ms, against 9.9 for one launch of a binary holding all three
+# roles and 13.7 for one program computing every gradient (results/bench/kernels-cuda-tune-bwd.json); the lab
+# model's training step (d_state 256, L = 128): quasiseparable 33.8 against 26.1 steps/s, semiseparable 40.5
+# against 32.8.
+# These are starting points: plan_candidates lowers the chunk and block_v, then the stages (never below 2), and
+# the planner takes the first that the device runs.
+TUNING = {"block_v": 64, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 4, "bwd_num_stages": 2}
 
 
 class _Tri(NamedTuple):
@@ -175,578 +153,16 @@ def _apply(V: torch.Tensor, lo: _Tri, up: Optional[_Tri], delta: Optional[torch.
 
 
 # ------------------------------------------------------------------------------------ launch planning
-# Shared memory per program on sm_90 (KiB, rounded up), measured ahead of time with triton 3.6 by
-#     PYTHONPATH=/path/to/triton-3.6:. python -m kernels._ssd_triton --jobs 2
-# (see kernels._ssd_triton.measure_shared_memory: each kernel in its largest variant, 4 warps). Row
-# "kernel dtype stages BQ BG:", columns BV = 16, 32, 64, 128 (forward: columns of V per program) or
-# BP = 16, 32, 64, 128, 256 (backward: pow2(P), all of P in one program). The bwd_sweep_role0/1/2 rows (the
-# split backward sweep compiled for one role, TUNING["bwd_split_launch"] = "per_role") were added later by
-#     PYTHONPATH=/path/to/triton-3.6:. python -m kernels._ssd_triton --jobs 2 \
-#         --kernels bwd_sweep_role0 bwd_sweep_role1 bwd_sweep_role2
-# (triton 3.6.0, 1.5 min on 2 CPU cores). All backward sweep rows were then remeasured as the maximum over
-# the shared-generator variants (kernels._ssd_triton._VARIANTS; the split sweep had been 32 KiB under at
-# bf16 64/64/64) by the same command with --kernels bwd_sweep bwd_sweep_split bwd_sweep_role0
-# bwd_sweep_role1 bwd_sweep_role2 (12 min on 2 busy CPU cores). bwd_sweep_split's binary holds all three
-# roles. In the unshared variant it needs about the largest role's memory, because shared memory is reused
-# across the role branches. In the shared-generator variant, where BQ = BG, it needs more: at bf16 BQ = 64,
-# N = P = 64 the per-role rows are 113 / 105 / 105 KiB against the split's 145.
-# When float32 inputs' decay exponents moved to float64 (DEC in kernels._ssd_triton), all fp32 rows were
-# remeasured by the same command with --dtypes fp32 (triton 3.6.0, 8 min on 2 CPU cores): all 750 entries
-# unchanged (bf16 and fp64 compile as before: their DEC is unchanged).
-# Spot checks with measure_shared_memory: float16 needs exactly what bfloat16 needs; 8 warps what 4 need
-# except the backward sweep at BG = 64 (+4 KiB); see _SMEM_MARGIN. What grows:
-# the software pipeline keeps `stages` copies of each tile it prefetches, (BQ, BG) generator tiles and
-# the (BG, BV) stored state of each triangle; so d_state 256 with both triangles exceeds an H100's 227 KiB
-# at BQ = 64 in two stages and fits at BQ = 32.
-_SMEM_SM90 = """
-upper_states bf16 2 16 16: 2 3 5 9
-upper_states bf16 2 16 32: 3 4 6 10
-upper_states bf16 2 16 64: 4 6 11 13
-upper_states bf16 2 16 128: 6 7 11 13
-upper_states bf16 2 16 256: 10 11 13 17
-upper_states bf16 2 32 16: 4 6 10 18
-upper_states bf16 2 32 32: 5 7 11 19
-upper_states bf16 2 32 64: 7 9 13 21
-upper_states bf16 2 32 128: 11 13 17 25
-upper_states bf16 2 32 256: 19 21 25 33
-upper_states bf16 2 64 16: 7 11 19 35
-upper_states bf16 2 64 32: 9 13 21 37
-upper_states bf16 2 64 64: 13 17 25 41
-upper_states bf16 2 64 128: 21 25 33 49
-upper_states bf16 2 64 256: 37 41 49 65
-upper_states bf16 3 16 16: 3 4 7 13
-upper_states bf16 3 16 32: 3 5 8 14
-upper_states bf16 3 16 64: 4 7 13 17
-upper_states bf16 3 16 128: 6 8 13 17
-upper_states bf16 3 16 256: 10 12 15 21
-upper_states bf16 3 32 16: 5 8 14 26
-upper_states bf16 3 32 32: 6 9 15 27
-upper_states bf16 3 32 64: 8 11 17 29
-upper_states bf16 3 32 128: 12 15 21 33
-upper_states bf16 3 32 256: 20 23 29 41
-upper_states bf16 3 64 16: 9 15 27 51
-upper_states bf16 3 64 32: 11 17 29 53
-upper_states bf16 3 64 64: 15 21 33 57
-upper_states bf16 3 64 128: 23 29 41 65
-upper_states bf16 3 64 256: 39 45 57 81
-upper_states fp32 2 16 16: 5 7 11 19
-upper_states fp32 2 16 32: 7 9 15 21
-upper_states fp32 2 16 64: 11 15 17 25
-upper_states fp32 2 16 128: 19 21 25 33
-upper_states fp32 2 16 256: 35 37 41 49
-upper_states fp32 2 32 16: 9 13 21 37
-upper_states fp32 2 32 32: 13 17 25 41
-upper_states fp32 2 32 64: 21 25 33 49
-upper_states fp32 2 32 128: 37 41 49 65
-upper_states fp32 2 32 256: 69 73 81 97
-upper_states fp32 2 64 16: 17 25 41 73
-upper_states fp32 2 64 32: 25 33 49 81
-upper_states fp32 2 64 64: 41 49 65 97
-upper_states fp32 2 64 128: 73 81 97 129
-upper_states fp32 2 64 256: 137 145 161 193
-upper_states fp32 3 16 16: 7 10 16 28
-upper_states fp32 3 16 32: 10 13 21 31
-upper_states fp32 3 16 64: 16 21 25 37
-upper_states fp32 3 16 128: 28 31 37 49
-upper_states fp32 3 16 256: 52 55 61 73
-upper_states fp32 3 32 16: 13 19 31 55
-upper_states fp32 3 32 32: 19 25 37 61
-upper_states fp32 3 32 64: 31 37 49 73
-upper_states fp32 3 32 128: 55 61 73 97
-upper_states fp32 3 32 256: 103 109 121 145
-upper_states fp32 3 64 16: 25 37 61 109
-upper_states fp32 3 64 32: 37 49 73 121
-upper_states fp32 3 64 64: 61 73 97 145
-upper_states fp32 3 64 128: 109 121 145 193
-upper_states fp32 3 64 256: 205 217 241 289
-upper_states fp64 2 16 16: 7 11 19 35
-upper_states fp64 2 16 32: 11 13 21 37
-upper_states fp64 2 16 64: 19 17 25 41
-upper_states fp64 2 16 128: 27 29 33 49
-upper_states fp64 2 16 256: 43 45 57 65
-upper_states fp64 2 32 16: 13 21 37 69
-upper_states fp64 2 32 32: 17 25 41 73
-upper_states fp64 2 32 64: 29 33 49 81
-upper_states fp64 2 32 128: 45 49 65 97
-upper_states fp64 2 32 256: 77 81 97 129
-upper_states fp64 2 64 16: 25 41 73 137
-upper_states fp64 2 64 32: 33 49 81 145
-upper_states fp64 2 64 64: 49 65 97 161
-upper_states fp64 2 64 128: 81 97 129 193
-upper_states fp64 2 64 256: 145 161 193 257
-upper_states fp64 3 16 16: 11 17 29 53
-upper_states fp64 3 16 32: 17 21 33 57
-upper_states fp64 3 16 64: 29 29 41 65
-upper_states fp64 3 16 128: 45 49 57 81
-upper_states fp64 3 16 256: 77 81 97 113
-upper_states fp64 3 32 16: 21 33 57 105
-upper_states fp64 3 32 32: 29 41 65 113
-upper_states fp64 3 32 64: 49 57 81 129
-upper_states fp64 3 32 128: 81 89 113 161
-upper_states fp64 3 32 256: 145 153 177 225
-upper_states fp64 3 64 16: 42 66 114 210
-upper_states fp64 3 64 32: 58 82 130 226
-upper_states fp64 3 64 64: 90 114 162 258
-upper_states fp64 3 64 128: 154 178 226 322
-upper_states fp64 3 64 256: 282 306 354 450
-sweep bf16 2 16 16: 4 6 9 15
-sweep bf16 2 16 32: 7 9 13 21
-sweep bf16 2 16 64: 12 18 29 51
-sweep bf16 2 16 128: 22 32 51 89
-sweep bf16 2 16 256: 42 60 95 165
-sweep bf16 2 32 16: 7 10 15 25
-sweep bf16 2 32 32: 12 15 21 33
-sweep bf16 2 32 64: 20 27 41 69
-sweep bf16 2 32 128: 36 47 69 113
-sweep bf16 2 32 256: 68 87 125 201
-sweep bf16 2 64 16: 22 30 45 75
-sweep bf16 2 64 32: 38 47 65 101
-sweep bf16 2 64 64: 67 77 97 137
-sweep bf16 2 64 128: 129 145 177 241
-sweep bf16 2 64 256: 253 281 337 449
-sweep bf16 3 16 16: 7 9 14 24
-sweep bf16 3 16 32: 11 15 22 36
-sweep bf16 3 16 64: 21 29 45 77
-sweep bf16 3 16 128: 39 53 81 137
-sweep bf16 3 16 256: 75 101 153 257
-sweep bf16 3 32 16: 12 16 24 40
-sweep bf16 3 32 32: 20 25 35 55
-sweep bf16 3 32 64: 35 45 65 105
-sweep bf16 3 32 128: 65 81 113 177
-sweep bf16 3 32 256: 125 153 209 321
-sweep bf16 3 64 16: 33 43 63 103
-sweep bf16 3 64 32: 57 69 93 141
-sweep bf16 3 64 64: 103 117 145 201
-sweep bf16 3 64 128: 199 221 265 353
-sweep bf16 3 64 256: 391 429 505 657
-sweep fp32 2 16 16: 9 13 21 37
-sweep fp32 2 16 32: 15 21 33 57
-sweep fp32 2 16 64: 27 37 57 97
-sweep fp32 2 16 128: 51 69 105 177
-sweep fp32 2 16 256: 99 133 201 337
-sweep fp32 2 32 16: 18 21 33 57
-sweep fp32 2 32 32: 27 33 49 81
-sweep fp32 2 32 64: 49 57 81 129
-sweep fp32 2 32 128: 93 105 145 225
-sweep fp32 2 32 256: 181 201 273 417
-sweep fp32 2 64 16: 42 51 69 97
-sweep fp32 2 64 32: 55 69 81 129
-sweep fp32 2 64 64: 93 105 129 193
-sweep fp32 2 64 128: 177 193 225 321
-sweep fp32 2 64 256: 345 369 417 577
-sweep fp32 3 16 16: 15 21 33 57
-sweep fp32 3 16 32: 26 35 53 89
-sweep fp32 3 16 64: 48 63 93 153
-sweep fp32 3 16 128: 92 119 173 281
-sweep fp32 3 16 256: 180 231 333 537
-sweep fp32 3 32 16: 29 35 53 89
-sweep fp32 3 32 32: 47 57 81 129
-sweep fp32 3 32 64: 87 101 137 209
-sweep fp32 3 32 128: 167 189 249 369
-sweep fp32 3 32 256: 327 365 473 689
-sweep fp32 3 64 16: 64 78 105 153
-sweep fp32 3 64 32: 94 114 137 209
-sweep fp32 3 64 64: 165 185 225 321
-sweep fp32 3 64 128: 317 345 401 545
-sweep fp32 3 64 256: 621 665 753 993
-sweep fp64 2 16 16: 15 21 33 57
-sweep fp64 2 16 32: 25 33 49 81
-sweep fp64 2 16 64: 45 57 81 129
-sweep fp64 2 16 128: 85 105 145 225
-sweep fp64 2 16 256: 165 201 273 417
-sweep fp64 2 32 16: 27 37 57 97
-sweep fp64 2 32 32: 41 57 81 129
-sweep fp64 2 32 64: 73 97 129 193
-sweep fp64 2 32 128: 137 177 225 321
-sweep fp64 2 32 256: 265 337 417 577
-sweep fp64 2 64 16: 47 65 101 177
-sweep fp64 2 64 32: 73 97 145 225
-sweep fp64 2 64 64: 129 161 225 321
-sweep fp64 2 64 128: 241 289 385 513
-sweep fp64 2 64 256: 465 545 705 897
-sweep fp64 3 16 16: 25 35 55 95
-sweep fp64 3 16 32: 43 57 85 141
-sweep fp64 3 16 64: 79 101 145 233
-sweep fp64 3 16 128: 151 189 265 417
-sweep fp64 3 16 256: 295 365 505 785
-sweep fp64 3 32 16: 45 61 93 157
-sweep fp64 3 32 32: 73 97 137 217
-sweep fp64 3 32 64: 133 169 225 337
-sweep fp64 3 32 128: 253 313 401 577
-sweep fp64 3 32 256: 493 601 753 1057
-sweep fp64 3 64 16: 82 110 166 282
-sweep fp64 3 64 32: 134 170 242 370
-sweep fp64 3 64 64: 242 290 386 546
-sweep fp64 3 64 128: 458 530 674 898
-sweep fp64 3 64 256: 890 1010 1250 1602
-sweep_causal bf16 2 16 16: 3 4 6 10
-sweep_causal bf16 2 16 32: 4 5 7 11
-sweep_causal bf16 2 16 64: 6 10 17 31
-sweep_causal bf16 2 16 128: 10 16 27 49
-sweep_causal bf16 2 16 256: 18 28 47 85
-sweep_causal bf16 2 32 16: 5 7 11 19
-sweep_causal bf16 2 32 32: 7 9 13 21
-sweep_causal bf16 2 32 64: 10 15 25 45
-sweep_causal bf16 2 32 128: 16 23 37 65
-sweep_causal bf16 2 32 256: 28 39 61 105
-sweep_causal bf16 2 64 16: 13 20 33 59
-sweep_causal bf16 2 64 32: 20 27 41 69
-sweep_causal bf16 2 64 64: 31 37 49 73
-sweep_causal bf16 2 64 128: 57 65 81 113
-sweep_causal bf16 2 64 256: 109 121 145 193
-sweep_causal fp32 2 16 16: 7 10 16 28
-sweep_causal fp32 2 16 32: 10 14 22 38
-sweep_causal fp32 2 16 64: 16 22 34 58
-sweep_causal fp32 2 16 128: 28 38 58 98
-sweep_causal fp32 2 16 256: 52 70 106 178
-sweep_causal fp32 2 32 16: 15 19 29 49
-sweep_causal fp32 2 32 32: 21 25 37 61
-sweep_causal fp32 2 32 64: 33 37 53 85
-sweep_causal fp32 2 32 128: 57 61 85 133
-sweep_causal fp32 2 32 256: 105 109 149 229
-sweep_causal fp32 2 64 16: 37 45 61 97
-sweep_causal fp32 2 64 32: 49 57 73 113
-sweep_causal fp32 2 64 64: 73 81 97 145
-sweep_causal fp32 2 64 128: 121 129 145 209
-sweep_causal fp32 2 64 256: 217 225 241 337
-sweep_causal fp64 2 16 16: 9 13 21 37
-sweep_causal fp64 2 16 32: 13 17 25 41
-sweep_causal fp64 2 16 64: 21 25 33 49
-sweep_causal fp64 2 16 128: 37 41 49 65
-sweep_causal fp64 2 16 256: 69 73 81 97
-sweep_causal fp64 2 32 16: 17 25 45 77
-sweep_causal fp64 2 32 32: 21 33 49 81
-sweep_causal fp64 2 32 64: 33 49 65 97
-sweep_causal fp64 2 32 128: 57 81 97 129
-sweep_causal fp64 2 32 256: 105 145 161 193
-sweep_causal fp64 2 64 16: 29 45 77 169
-sweep_causal fp64 2 64 32: 37 57 97 177
-sweep_causal fp64 2 64 64: 57 81 129 193
-sweep_causal fp64 2 64 128: 97 129 193 257
-sweep_causal fp64 2 64 256: 177 225 321 385
-bwd_states bf16 2 16 16: 3 4 7 13 25
-bwd_states bf16 2 16 32: 3 5 8 14 26
-bwd_states bf16 2 16 64: 4 7 13 17 33
-bwd_states bf16 2 16 128: 6 8 13 17 33
-bwd_states bf16 2 16 256: 10 12 15 21 33
-bwd_states bf16 2 32 16: 5 8 14 26 50
-bwd_states bf16 2 32 32: 6 9 15 27 51
-bwd_states bf16 2 32 64: 8 11 17 29 53
-bwd_states bf16 2 32 128: 12 15 21 33 57
-bwd_states bf16 2 32 256: 20 23 29 41 65
-bwd_states bf16 2 64 16: 9 15 27 51 99
-bwd_states bf16 2 64 32: 11 17 29 53 101
-bwd_states bf16 2 64 64: 15 21 33 57 105
-bwd_states bf16 2 64 128: 23 29 41 65 113
-bwd_states bf16 2 64 256: 39 45 57 81 129
-bwd_states fp32 2 16 16: 7 10 16 28 52
-bwd_states fp32 2 16 32: 10 13 21 31 55
-bwd_states fp32 2 16 64: 16 21 25 37 61
-bwd_states fp32 2 16 128: 28 31 37 49 73
-bwd_states fp32 2 16 256: 52 55 61 73 97
-bwd_states fp32 2 32 16: 13 19 31 55 103
-bwd_states fp32 2 32 32: 19 25 37 61 109
-bwd_states fp32 2 32 64: 31 37 49 73 121
-bwd_states fp32 2 32 128: 55 61 73 97 145
-bwd_states fp32 2 32 256: 103 109 121 145 193
-bwd_states fp32 2 64 16: 25 37 61 109 205
-bwd_states fp32 2 64 32: 37 49 73 121 217
-bwd_states fp32 2 64 64: 61 73 97 145 241
-bwd_states fp32 2 64 128: 109 121 145 193 289
-bwd_states fp32 2 64 256: 205 217 241 289 385
-bwd_states fp64 2 16 16: 11 17 29 53 101
-bwd_states fp64 2 16 32: 17 21 33 57 105
-bwd_states fp64 2 16 64: 29 33 49 65 113
-bwd_states fp64 2 16 128: 45 49 65 97 129
-bwd_states fp64 2 16 256: 77 81 97 129 193
-bwd_states fp64 2 32 16: 21 33 57 105 201
-bwd_states fp64 2 32 32: 29 41 65 113 209
-bwd_states fp64 2 32 64: 49 57 81 129 225
-bwd_states fp64 2 32 128: 81 89 113 161 257
-bwd_states fp64 2 32 256: 145 153 177 225 321
-bwd_states fp64 2 64 16: 42 66 114 210 402
-bwd_states fp64 2 64 32: 58 82 130 226 418
-bwd_states fp64 2 64 64: 90 114 162 258 450
-bwd_states fp64 2 64 128: 154 178 226 322 514
-bwd_states fp64 2 64 256: 282 306 354 450 642
-bwd_sweep bf16 2 16 16: 6 10 17 29 55
-bwd_sweep bf16 2 16 32: 10 15 25 43 81
-bwd_sweep bf16 2 16 64: 19 26 41 71 133
-bwd_sweep bf16 2 16 128: 33 46 73 127 237
-bwd_sweep bf16 2 16 256: 63 88 139 241 445
-bwd_sweep bf16 2 32 16: 11 18 27 45 81
-bwd_sweep bf16 2 32 32: 17 23 37 61 109
-bwd_sweep bf16 2 32 64: 30 39 57 93 165
-bwd_sweep bf16 2 32 128: 52 67 97 157 277
-bwd_sweep bf16 2 32 256: 98 125 179 287 503
-bwd_sweep bf16 2 64 16: 27 38 59 101 193
-bwd_sweep bf16 2 64 32: 38 51 77 129 241
-bwd_sweep bf16 2 64 64: 61 81 121 201 369
-bwd_sweep bf16 2 64 128: 107 133 193 313 561
-bwd_sweep bf16 2 64 256: 203 245 345 545 945
-bwd_sweep fp32 2 16 16: 15 21 33 63 107
-bwd_sweep fp32 2 16 32: 22 31 49 91 159
-bwd_sweep fp32 2 16 64: 36 51 81 147 263
-bwd_sweep fp32 2 16 128: 64 91 145 259 471
-bwd_sweep fp32 2 16 256: 120 171 273 483 887
-bwd_sweep fp32 2 32 16: 34 43 61 97 169
-bwd_sweep fp32 2 32 32: 45 57 81 129 225
-bwd_sweep fp32 2 32 64: 67 85 121 193 337
-bwd_sweep fp32 2 32 128: 111 141 201 321 561
-bwd_sweep fp32 2 32 256: 199 253 361 577 1009
-bwd_sweep fp32 2 64 16: 96 111 141 201 321
-bwd_sweep fp32 2 64 32: 115 133 169 241 385
-bwd_sweep fp32 2 64 64: 153 177 225 321 513
-bwd_sweep fp32 2 64 128: 229 265 337 481 769
-bwd_sweep fp32 2 64 256: 381 441 561 801 1281
-bwd_sweep fp64 2 16 16: 29 41 65 113 209
-bwd_sweep fp64 2 16 32: 49 65 97 161 289
-bwd_sweep fp64 2 16 64: 89 113 161 273 481
-bwd_sweep fp64 2 16 128: 169 209 289 449 801
-bwd_sweep fp64 2 16 256: 329 401 545 833 1409
-bwd_sweep fp64 2 32 16: 65 93 117 193 353
-bwd_sweep fp64 2 32 32: 105 121 161 257 449
-bwd_sweep fp64 2 32 64: 169 193 249 385 641
-bwd_sweep fp64 2 32 128: 313 353 441 625 1025
-bwd_sweep fp64 2 32 256: 601 673 825 1137 1761
-bwd_sweep fp64 2 64 16: 187 269 305 377 641
-bwd_sweep fp64 2 64 32: 233 257 369 465 769
-bwd_sweep fp64 2 64 64: 385 417 481 641 1025
-bwd_sweep fp64 2 64 128: 625 673 769 977 1537
-bwd_sweep fp64 2 64 256: 1169 1249 1409 1745 2465
-bwd_sweep_split bf16 2 16 16: 6 9 17 33 65
-bwd_sweep_split bf16 2 16 32: 8 10 17 31 59
-bwd_sweep_split bf16 2 16 64: 14 17 27 49 93
-bwd_sweep_split bf16 2 16 128: 24 31 49 85 161
-bwd_sweep_split bf16 2 16 256: 46 59 93 161 297
-bwd_sweep_split bf16 2 32 16: 8 12 19 35 67
-bwd_sweep_split bf16 2 32 32: 14 21 33 65 129
-bwd_sweep_split bf16 2 32 64: 23 27 37 65 121
-bwd_sweep_split bf16 2 32 128: 41 47 65 105 193
-bwd_sweep_split bf16 2 32 256: 79 89 121 193 337
-bwd_sweep_split bf16 2 64 16: 30 37 59 103 191
-bwd_sweep_split bf16 2 64 32: 45 53 69 117 221
-bwd_sweep_split bf16 2 64 64: 77 97 145 273 529
-bwd_sweep_split bf16 2 64 128: 137 153 193 273 433
-bwd_sweep_split bf16 2 64 256: 257 289 353 481 737
-bwd_sweep_split fp32 2 16 16: 13 21 37 69 133
-bwd_sweep_split fp32 2 16 32: 17 23 35 63 119
-bwd_sweep_split fp32 2 16 64: 29 39 59 99 187
-bwd_sweep_split fp32 2 16 128: 53 71 107 179 323
-bwd_sweep_split fp32 2 16 256: 101 135 203 339 611
-bwd_sweep_split fp32 2 32 16: 23 29 45 77 141
-bwd_sweep_split fp32 2 32 32: 35 49 81 145 273
-bwd_sweep_split fp32 2 32 64: 53 65 89 137 249
-bwd_sweep_split fp32 2 32 128: 93 113 153 233 393
-bwd_sweep_split fp32 2 32 256: 181 209 281 425 713
-bwd_sweep_split fp32 2 64 16: 59 69 97 153 265
-bwd_sweep_split fp32 2 64 32: 77 89 113 177 305
-bwd_sweep_split fp32 2 64 64: 113 137 193 321 577
-bwd_sweep_split fp32 2 64 128: 185 209 257 353 545
-bwd_sweep_split fp32 2 64 256: 345 369 449 609 929
-bwd_sweep_split fp64 2 16 16: 17 29 49 89 169
-bwd_sweep_split fp64 2 16 32: 29 41 69 125 237
-bwd_sweep_split fp64 2 16 64: 49 69 109 197 373
-bwd_sweep_split fp64 2 16 128: 93 125 197 341 645
-bwd_sweep_split fp64 2 16 256: 181 237 373 645 1189
-bwd_sweep_split fp64 2 32 16: 39 57 89 161 305
-bwd_sweep_split fp64 2 32 32: 57 73 113 193 353
-bwd_sweep_split fp64 2 32 64: 89 113 161 273 497
-bwd_sweep_split fp64 2 32 128: 161 193 273 433 785
-bwd_sweep_split fp64 2 32 256: 313 353 497 785 1361
-bwd_sweep_split fp64 2 64 16: 108 137 193 321 593
-bwd_sweep_split fp64 2 64 32: 137 161 225 353 641
-bwd_sweep_split fp64 2 64 64: 193 225 289 449 769
-bwd_sweep_split fp64 2 64 128: 322 354 449 641 1089
-bwd_sweep_split fp64 2 64 256: 594 642 769 1089 1729
-bwd_sweep_role0 bf16 2 16 16: 5 6 10 16 30
-bwd_sweep_role0 bf16 2 16 32: 8 10 14 22 40
-bwd_sweep_role0 bf16 2 16 64: 14 17 27 47 87
-bwd_sweep_role0 bf16 2 16 128: 24 31 49 85 157
-bwd_sweep_role0 bf16 2 16 256: 46 59 93 161 297
-bwd_sweep_role0 bf16 2 32 16: 8 11 16 26 48
-bwd_sweep_role0 bf16 2 32 32: 14 17 23 35 59
-bwd_sweep_role0 bf16 2 32 64: 23 27 37 61 109
-bwd_sweep_role0 bf16 2 32 128: 41 47 65 105 185
-bwd_sweep_role0 bf16 2 32 256: 79 89 121 193 337
-bwd_sweep_role0 bf16 2 64 16: 30 37 51 79 143
-bwd_sweep_role0 bf16 2 64 32: 45 53 69 101 173
-bwd_sweep_role0 bf16 2 64 64: 77 89 113 169 281
-bwd_sweep_role0 bf16 2 64 128: 137 153 193 273 433
-bwd_sweep_role0 bf16 2 64 256: 257 289 353 481 737
-bwd_sweep_role0 fp32 2 16 16: 11 15 23 39 71
-bwd_sweep_role0 fp32 2 16 32: 17 23 35 59 107
-bwd_sweep_role0 fp32 2 16 64: 29 39 59 99 179
-bwd_sweep_role0 fp32 2 16 128: 53 71 107 179 323
-bwd_sweep_role0 fp32 2 16 256: 101 135 203 339 611
-bwd_sweep_role0 fp32 2 32 16: 23 29 41 65 113
-bwd_sweep_role0 fp32 2 32 32: 33 41 57 89 153
-bwd_sweep_role0 fp32 2 32 64: 53 65 89 137 233
-bwd_sweep_role0 fp32 2 32 128: 93 113 153 233 393
-bwd_sweep_role0 fp32 2 32 256: 181 209 281 425 713
-bwd_sweep_role0 fp32 2 64 16: 59 69 89 129 209
-bwd_sweep_role0 fp32 2 64 32: 77 89 113 161 257
-bwd_sweep_role0 fp32 2 64 64: 113 129 161 225 353
-bwd_sweep_role0 fp32 2 64 128: 185 209 257 353 545
-bwd_sweep_role0 fp32 2 64 256: 345 369 449 609 929
-bwd_sweep_role0 fp64 2 16 16: 17 23 35 63 119
-bwd_sweep_role0 fp64 2 16 32: 29 41 53 85 157
-bwd_sweep_role0 fp64 2 16 64: 49 69 109 133 233
-bwd_sweep_role0 fp64 2 16 128: 93 125 197 341 393
-bwd_sweep_role0 fp64 2 16 256: 181 237 373 645 1189
-bwd_sweep_role0 fp64 2 32 16: 39 49 69 109 189
-bwd_sweep_role0 fp64 2 32 32: 57 73 89 137 233
-bwd_sweep_role0 fp64 2 32 64: 89 113 161 201 329
-bwd_sweep_role0 fp64 2 32 128: 161 193 273 433 521
-bwd_sweep_role0 fp64 2 32 256: 313 353 497 785 1361
-bwd_sweep_role0 fp64 2 64 16: 108 126 162 234 378
-bwd_sweep_role0 fp64 2 64 32: 137 161 194 274 434
-bwd_sweep_role0 fp64 2 64 64: 193 225 289 354 546
-bwd_sweep_role0 fp64 2 64 128: 322 354 449 641 802
-bwd_sweep_role0 fp64 2 64 256: 594 642 769 1089 1729
-bwd_sweep_role1 bf16 2 16 16: 4 7 12 22 42
-bwd_sweep_role1 bf16 2 16 32: 6 10 17 31 59
-bwd_sweep_role1 bf16 2 16 64: 10 16 27 49 93
-bwd_sweep_role1 bf16 2 16 128: 18 28 47 85 161
-bwd_sweep_role1 bf16 2 16 256: 34 52 87 157 297
-bwd_sweep_role1 bf16 2 32 16: 8 12 19 35 67
-bwd_sweep_role1 bf16 2 32 32: 11 15 25 45 85
-bwd_sweep_role1 bf16 2 32 64: 16 23 37 65 121
-bwd_sweep_role1 bf16 2 32 128: 28 39 61 105 193
-bwd_sweep_role1 bf16 2 32 256: 52 71 109 185 337
-bwd_sweep_role1 bf16 2 64 16: 26 37 59 103 191
-bwd_sweep_role1 bf16 2 64 32: 33 45 69 117 221
-bwd_sweep_role1 bf16 2 64 64: 57 73 105 169 313
-bwd_sweep_role1 bf16 2 64 128: 101 121 161 241 433
-bwd_sweep_role1 bf16 2 64 256: 189 217 273 385 673
-bwd_sweep_role1 fp32 2 16 16: 9 14 24 44 84
-bwd_sweep_role1 fp32 2 16 32: 13 20 34 62 118
-bwd_sweep_role1 fp32 2 16 64: 21 32 54 98 186
-bwd_sweep_role1 fp32 2 16 128: 37 56 94 170 322
-bwd_sweep_role1 fp32 2 16 256: 69 104 174 314 594
-bwd_sweep_role1 fp32 2 32 16: 20 27 41 73 137
-bwd_sweep_role1 fp32 2 32 32: 25 33 53 93 173
-bwd_sweep_role1 fp32 2 32 64: 35 49 77 133 245
-bwd_sweep_role1 fp32 2 32 128: 63 81 125 213 389
-bwd_sweep_role1 fp32 2 32 256: 119 145 221 373 677
-bwd_sweep_role1 fp32 2 64 16: 54 67 93 145 249
-bwd_sweep_role1 fp32 2 64 32: 63 77 105 161 289
-bwd_sweep_role1 fp32 2 64 64: 81 97 129 209 369
-bwd_sweep_role1 fp32 2 64 128: 117 137 193 305 529
-bwd_sweep_role1 fp32 2 64 256: 221 249 321 497 849
-bwd_sweep_role1 fp64 2 16 16: 17 29 49 89 169
-bwd_sweep_role1 fp64 2 16 32: 25 39 67 123 235
-bwd_sweep_role1 fp64 2 16 64: 41 63 107 195 371
-bwd_sweep_role1 fp64 2 16 128: 73 111 187 339 643
-bwd_sweep_role1 fp64 2 16 256: 137 207 347 627 1187
-bwd_sweep_role1 fp64 2 32 16: 39 53 89 161 305
-bwd_sweep_role1 fp64 2 32 32: 49 65 113 193 353
-bwd_sweep_role1 fp64 2 32 64: 69 97 153 265 489
-bwd_sweep_role1 fp64 2 32 128: 117 161 249 425 777
-bwd_sweep_role1 fp64 2 32 256: 213 289 441 745 1353
-bwd_sweep_role1 fp64 2 64 16: 108 134 186 321 593
-bwd_sweep_role1 fp64 2 64 32: 126 154 210 353 641
-bwd_sweep_role1 fp64 2 64 64: 162 194 258 449 769
-bwd_sweep_role1 fp64 2 64 128: 234 274 385 609 1057
-bwd_sweep_role1 fp64 2 64 256: 378 465 641 993 1697
-bwd_sweep_role2 bf16 2 16 16: 4 7 12 22 42
-bwd_sweep_role2 bf16 2 16 32: 6 10 17 31 59
-bwd_sweep_role2 bf16 2 16 64: 10 16 27 49 93
-bwd_sweep_role2 bf16 2 16 128: 18 28 47 85 161
-bwd_sweep_role2 bf16 2 16 256: 34 52 87 157 297
-bwd_sweep_role2 bf16 2 32 16: 7 12 19 35 67
-bwd_sweep_role2 bf16 2 32 32: 11 15 25 45 85
-bwd_sweep_role2 bf16 2 32 64: 16 23 37 65 121
-bwd_sweep_role2 bf16 2 32 128: 28 39 61 105 193
-bwd_sweep_role2 bf16 2 32 256: 52 71 109 185 337
-bwd_sweep_role2 bf16 2 64 16: 22 33 55 99 191
-bwd_sweep_role2 bf16 2 64 32: 33 45 69 117 221
-bwd_sweep_role2 bf16 2 64 64: 57 73 105 169 313
-bwd_sweep_role2 bf16 2 64 128: 101 121 161 241 433
-bwd_sweep_role2 bf16 2 64 256: 189 217 273 385 673
-bwd_sweep_role2 fp32 2 16 16: 10 15 25 45 85
-bwd_sweep_role2 fp32 2 16 32: 14 21 35 63 119
-bwd_sweep_role2 fp32 2 16 64: 22 33 55 99 187
-bwd_sweep_role2 fp32 2 16 128: 38 57 95 171 323
-bwd_sweep_role2 fp32 2 16 256: 70 105 175 315 595
-bwd_sweep_role2 fp32 2 32 16: 21 29 45 77 141
-bwd_sweep_role2 fp32 2 32 32: 27 37 57 97 177
-bwd_sweep_role2 fp32 2 32 64: 39 53 81 137 249
-bwd_sweep_role2 fp32 2 32 128: 63 85 129 217 393
-bwd_sweep_role2 fp32 2 32 256: 119 149 225 377 681
-bwd_sweep_role2 fp32 2 64 16: 55 69 97 153 265
-bwd_sweep_role2 fp32 2 64 32: 65 81 113 177 305
-bwd_sweep_role2 fp32 2 64 64: 85 105 145 225 385
-bwd_sweep_role2 fp32 2 64 128: 125 153 209 321 545
-bwd_sweep_role2 fp32 2 64 256: 221 249 337 513 865
-bwd_sweep_role2 fp64 2 16 16: 15 29 49 89 169
-bwd_sweep_role2 fp64 2 16 32: 23 37 69 125 237
-bwd_sweep_role2 fp64 2 16 64: 39 61 105 197 373
-bwd_sweep_role2 fp64 2 16 128: 71 109 185 337 645
-bwd_sweep_role2 fp64 2 16 256: 135 205 345 625 1185
-bwd_sweep_role2 fp64 2 32 16: 27 57 89 153 297
-bwd_sweep_role2 fp64 2 32 32: 37 57 113 193 353
-bwd_sweep_role2 fp64 2 32 64: 61 89 145 273 497
-bwd_sweep_role2 fp64 2 32 128: 109 153 241 417 785
-bwd_sweep_role2 fp64 2 32 256: 205 281 433 737 1345
-bwd_sweep_role2 fp64 2 64 16: 47 137 193 305 561
-bwd_sweep_role2 fp64 2 64 32: 65 97 225 353 609
-bwd_sweep_role2 fp64 2 64 64: 105 145 225 449 769
-bwd_sweep_role2 fp64 2 64 128: 193 241 353 577 1089
-bwd_sweep_role2 fp64 2 64 256: 369 433 609 961 1665
-"""
-_SM90_SHARED_BYTES = 232448  # an H100's (sm_90) opt-in shared memory per block, 227 KiB
-
-
-def _parse_smem_table(text: str) -> dict:
-    table = {}
-    for line in text.strip().splitlines():
-        head, vals = line.split(":")
-        kernel, dtype, stages, BQ, BG = head.split()
-        cols = (16, 32, 64, 128, 256) if kernel.startswith("bwd") else (16, 32, 64, 128)
-        for BV, v in zip(cols, vals.split()):
-            if v != "-":
-                table[(kernel, dtype, int(stages), int(BQ), int(BG), BV)] = int(v) * 1024
-    return table
-
-
-SMEM_TABLE = _parse_smem_table(_SMEM_SM90)
 _BWD_KERNELS = ("bwd_states", "bwd_sweep")
-# Headroom for what the table does not hold (see kernels._ssd_triton): variants of the split backward
-# sweep measured up to 0.5 KiB above its table entries, 8 warps up to 4 KiB above 4 (the table's).
-_SMEM_MARGIN = {"bwd_sweep_split": 2048, "bwd_sweep_role0": 2048, "bwd_sweep_role1": 2048,
-                "bwd_sweep_role2": 2048, "warps": 8192}
-# The split backward sweep's table names per launch arrangement (TUNING["bwd_split_launch"]).
-_SPLIT_SWEEP_NAMES = {"one": ("bwd_sweep_split",),
-                      "per_role": ("bwd_sweep_role0", "bwd_sweep_role1", "bwd_sweep_role2")}
-_TABLE_DTYPE = {torch.float16: "bf16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
 
 
 class Plan(NamedTuple):
-    """One launch configuration of a kernel pair: chunk rows BQ, columns per program BV (backward: BP,
-    all of P), warps, pipeline stages, the backward's sweep arrangement (``TUNING["bwd_split"]``) and, when
-    split, how its three roles are launched (``TUNING["bwd_split_launch"]``: "one" launch of a binary with
-    all roles, or "per_role": one role-specialized launch each)."""
+    """One launch configuration of a kernel pair: chunk rows BQ, columns per program BV (backward: BP, all of P),
+    warps and pipeline stages."""
     BQ: int
     BV: int
     num_warps: int
     num_stages: int
-    split: bool = False
-    split_launch: str = "one"
-
-
-def _smem_limit(device: torch.device) -> int:
-    """Shared memory per block the launch may use: the device's (CUDA), else an H100's, so that the
-    interpreter picks the configurations a GPU run would."""
-    if device.type == "cuda" and not _interpreting():
-        return _device_smem(device.index if device.index is not None else torch.cuda.current_device())
-    return _SM90_SHARED_BYTES
-
-
-@functools.lru_cache(maxsize=None)
-def _device_smem(index: int) -> int:
-    # What Triton's launch compares a kernel's shared memory with (the opt-in maximum per block).
-    return int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
 
 
 def _tile_pairs(BQ: int, BV: int) -> list:
@@ -760,105 +176,90 @@ def _tile_pairs(BQ: int, BV: int) -> list:
 
 # The plan each kernel pair last launched with, {kernels: Plan}, for benchmarks to record what ran.
 LAST_PLANS: dict = {}
-# Plans whose launch raised OutOfResources on this process's device although the sm_90 table says they
-# fit (another GPU, another Triton): {(kernels, dtype, BG, plan)}; later plans skip them.
+# Plans whose launch raised OutOfResources, {(device, kernels, dtype, BG, BP, plan)}: what does not fit this
+# device's shared memory is not compiled again; plan_candidates leaves them out.
 _REFUSED: set = set()
-# Launches that fit by the table but that Triton 3.6 miscompiles on sm_90: {(kernel, dtype, BQ, BG)}, never
+# Launches that fit but that Triton 3.6 miscompiles on sm_90: {(kernel, half precision?, BQ, BG)}, never
 # planned. The causal forward sweep at bf16, chunk 64, state 256 (the lab SSM mixers' shape) declares 112 KiB
-# of shared memory and reads at 225 KiB: compute-sanitizer on an H100 reported "Invalid __shared__ read of size 1024 bytes ...
-# at _sweep_kernel ... _ssd_triton.py:55" (the tl.dot), and the mixer's training step died with an illegal
-# memory access. It happens only for the argument specialization that the mixer's strided tensors give
+# of shared memory and reads at 225 KiB: compute-sanitizer on an H100 reported "Invalid __shared__ read of size
+# 1024 bytes ... at _sweep_kernel ... _ssd_triton.py:55" (the tl.dot), and the mixer's training step died with an
+# illegal memory access. It happens only for the argument specialization that the mixer's strided tensors give
 # (the same plan on contiguous test tensors ran clean), so no unit test on a GPU catches it. Chunk 32 at that
-# shape ran clean under the sanitizer. fp16 uses the bf16 rows (_TABLE_DTYPE), so it is excluded with it.
-_MISCOMPILED = {("sweep_causal", "bf16", 64, 256)}
-
-
+# shape ran clean under the sanitizer. fp16 compiles the same tiles as bf16, so it is excluded with it.
+_MISCOMPILED = {("sweep_causal", True, 64, 256)}
+_HALF = (torch.float16, torch.bfloat16)
 _PLAN_MEMO: dict = {}
 
 
-def plan_candidates(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: int, limit: int,
-                    backward: bool = False) -> list:
-    """Launch configurations for ``kernels`` (names of :data:`SMEM_TABLE`, launched with one chunk size)
-    that the table says fit ``limit`` bytes (with :data:`_SMEM_MARGIN`'s headroom), in order of preference.
+def _device_key(device: torch.device):
+    """The device a refusal holds for: a CUDA device by index (each GPU has its own shared memory)."""
+    if device.type == "cuda":
+        return ("cuda", device.index if device.index is not None else torch.cuda.current_device())
+    return (device.type, None)
 
-    Forward: from ``TUNING``'s (chunk, block_v) through smaller (BQ, BV) (:func:`_tile_pairs`) at
-    TUNING's stages, then the same at each smaller stage count down to 2 (one stage is never used:
-    (32, 4, 1) faulted on an H100 at L = 16384, not understood). Backward: BP = pow2(P) is fixed (one
-    program holds all of P), so only BQ moves; ``TUNING["bwd_split"]``'s arrangement first, the other one
-    after it. With ``TUNING["bwd_split_launch"] == "per_role"`` each split step is tried as three
-    role-specialized launches (table rows ``bwd_sweep_role0/1/2``, the largest of them must fit) and then,
-    at the same chunk, as the one launch (``bwd_sweep_split``), so a shape the per-role rows do not cover
-    or fit still runs; the plan run says which (``Plan.split_launch``, recorded in :data:`LAST_PLANS`).
-    Chunks above 64 are not measured: a 128 request runs at 64 or less.
-    Memoized (about 20 us a call otherwise, twice per forward).
+
+def plan_candidates(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: int,
+                    device: torch.device = torch.device("cpu"), backward: bool = False) -> list:
+    """Launch configurations for the kernel pair ``kernels`` (launched with one chunk size) in order of
+    preference, less those that ran out of shared memory on ``device`` (:data:`_REFUSED`) and the known
+    miscompiled ones (:data:`_MISCOMPILED`).
+
+    Forward: from ``TUNING``'s (chunk, block_v) through smaller (BQ, BV) (:func:`_tile_pairs`) at TUNING's stages,
+    then the same at each smaller stage count down to 2 (one stage is never used: (32, 4, 1) faulted on an H100
+    at L = 16384, not understood). Backward: BP = pow2(P) is fixed (one program holds all of P), so only BQ
+    moves, then the stages. Chunks above 64 are not offered: the kernels are tuned and tested on the GPU up to
+    64, and a larger chunk only grows the Q x Q tiles of every kernel. Memoized (about 20 us a call otherwise,
+    twice per forward).
     """
-    key = (kernels, _pow2(N), _pow2(P), dtype, chunk, limit, backward, tuple(sorted(TUNING.items())),
-           id(_REFUSED), len(_REFUSED))
+    dev = _device_key(device)
+    key = (kernels, _pow2(N), _pow2(P), dtype, chunk, dev, backward, tuple(sorted(TUNING.items())), len(_REFUSED))
     if key not in _PLAN_MEMO:
-        _PLAN_MEMO[key] = _plan_candidates(kernels, N, P, dtype, chunk, limit, backward)
+        _PLAN_MEMO[key] = _plan_candidates(kernels, N, P, dtype, chunk, dev, backward)
     return list(_PLAN_MEMO[key])
 
 
-def _plan_candidates(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: int, limit: int,
-                     backward: bool = False) -> list:
-    """The uncached :func:`plan_candidates`."""
+def _plan_candidates(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: int, dev, backward: bool) -> list:
+    """The uncached :func:`plan_candidates` (``dev`` from :func:`_device_key`)."""
     BG = _pow2(N)
-    dt = _TABLE_DTYPE[dtype]
-    if backward:
-        split0 = bool(TUNING["bwd_split"])
-        launch0 = TUNING.get("bwd_split_launch", "one")
-        if launch0 not in BWD_SPLIT_LAUNCHES:
-            raise ValueError(f"kernels.ssd.TUNING['bwd_split_launch'] is {launch0!r}; allowed: "
-                             f"{BWD_SPLIT_LAUNCHES} (one launch of the all-roles binary, or one per role)")
-        launches = ("per_role", "one") if launch0 == "per_role" else ("one",)
-        warps, stages0 = TUNING["bwd_num_warps"] or 4, TUNING["bwd_num_stages"] or 3
-        BV0 = _pow2(P)
-        steps = [(q, BV0, s, lnch if s else "one") for s in (split0, not split0)
-                 for q, _ in _tile_pairs(min(chunk, 64), 16) for lnch in (launches if s else ("one",))]
-    else:
-        BV0 = min(TUNING["block_v"], _pow2(P))
-        warps, stages0 = TUNING["num_warps"] or 4, TUNING["num_stages"] or 3
-        steps = [(q, v, False, "one") for q, v in _tile_pairs(min(chunk, 64), BV0)]
-    key = "bwd_num_stages" if backward else "num_stages"
+    prefix = "bwd_" if backward else ""
+    warps, stages0 = TUNING[prefix + "num_warps"] or 4, TUNING[prefix + "num_stages"] or 3
     if stages0 < 2:
-        raise ValueError(f"kernels.ssd.TUNING[{key!r}] is {TUNING[key]!r}; the scan kernels run with 2 or more "
-                         f"pipeline stages (one stage faulted on an H100), or None for Triton's default")
+        raise ValueError(f"kernels.ssd.TUNING[{prefix + 'num_stages'!r}] is {TUNING[prefix + 'num_stages']!r}; the "
+                         f"scan kernels run with 2 or more pipeline stages (one stage faulted on an H100), or None "
+                         f"for Triton's default")
+    BV0 = _pow2(P) if backward else min(TUNING["block_v"], _pow2(P))
+    tiles = [(q, BV0) for q, _ in _tile_pairs(min(chunk, 64), 16)] if backward else _tile_pairs(min(chunk, 64), BV0)
     out = []
     for stages in range(stages0, 1, -1):
-        for BQ, BV, split, split_launch in steps:
-            names = tuple(n for k in kernels
-                          for n in (_SPLIT_SWEEP_NAMES[split_launch] if split and k == "bwd_sweep" else (k,)))
-            need = max(SMEM_TABLE.get((k, dt, stages, BQ, BG, BV), float("inf")) + _SMEM_MARGIN.get(k, 0)
-                       for k in names) + (_SMEM_MARGIN["warps"] if warps != 4 else 0)
-            plan = Plan(BQ, BV, warps, stages, split, split_launch)
-            if (need <= limit and (kernels, dt, BG, plan) not in _REFUSED
-                    and not any((n, dt, BQ, BG) in _MISCOMPILED for n in names)):
+        for BQ, BV in tiles:
+            plan = Plan(BQ, BV, warps, stages)
+            if ((dev, kernels, dtype, BG, _pow2(P), plan) not in _REFUSED
+                    and not any((k, dtype in _HALF, BQ, BG) in _MISCOMPILED for k in kernels)):
                 out.append(plan)
     return out
 
 
 def _run_planned(kernels: tuple, N: int, P: int, dtype: torch.dtype, chunk: int, device: torch.device,
                  run, backward: bool = False):
-    """``run(plan)`` with the first fitting plan (:func:`plan_candidates`); a plan whose launch still
-    runs out of shared memory is remembered and the next one runs (all of ``run`` again: it launches
-    the whole kernel pair). Raises ValueError when no plan fits."""
-    limit = _smem_limit(device)
-    plans = plan_candidates(kernels, N, P, dtype, chunk, limit, backward=backward)
+    """``run(plan)`` with the first plan of :func:`plan_candidates` that the device runs: a plan whose launch
+    raises ``OutOfResources`` (too much shared memory for this device) is remembered and the next one runs (all
+    of ``run`` again: it launches the whole kernel pair into fresh outputs). Raises ValueError when none fits."""
+    plans = plan_candidates(kernels, N, P, dtype, chunk, device, backward=backward)
     for plan in plans:
         try:
             LAST_PLANS[kernels] = plan
             return run(plan)
         except OutOfResources:
-            _REFUSED.add((kernels, _TABLE_DTYPE[dtype], _pow2(N), plan))
-    raise _no_plan(kernels, N, P, dtype, chunk, limit, plans)
+            _REFUSED.add((_device_key(device), kernels, dtype, _pow2(N), _pow2(P), plan))
+    raise _no_plan(kernels, N, P, dtype, chunk, plans)
 
 
-def _no_plan(kernels, N, P, dtype, chunk, limit, tried) -> ValueError:
+def _no_plan(kernels, N, P, dtype, chunk, tried) -> ValueError:
     return ValueError(
-        f"no launch configuration of the scan kernels {kernels} fits {limit} bytes of shared memory for "
-        f"state size N={N}, head dim P={P} and dtype {dtype} (chunk_size={chunk}, "
-        f"{'tried ' + str(tried) if tried else 'none fits by the sm_90 table'}; stages below 2 are not "
-        f"used); use a smaller N or P, or a narrower dtype")
+        f"no launch configuration of the scan kernels {kernels} fits this device's shared memory for state size "
+        f"N={N}, head dim P={P} and dtype {dtype} (chunk_size={chunk}; "
+        f"{'tried ' + str(tried) if tried else 'every configuration ran out of shared memory before'}; stages "
+        f"below 2 are not used); use a smaller N or P, or a narrower dtype")
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -932,14 +333,14 @@ def _grad_target(param: torch.Tensor, batch, L: int, acc_t: torch.dtype) -> _Gra
     if tuple(param.shape) == full:  # one gradient row per batch element: plain stores in the param's dtype
         buf = torch.empty(full, dtype=param.dtype, device=param.device)
         return _GradTarget(_view4(buf, nb), False, buf)
-    if TUNING["bwd_atomic_sum"]:
-        # Broadcast over batch dims (e.g. one B for all heads): the kernel sums into one float32/64 buffer
-        # through a stride-0 view, so no per-head gradient copy exists.
-        red = torch.zeros(param.shape, dtype=acc_t, device=param.device)
-        try:
-            return _GradTarget(_strict_view4(red.expand(full), nb), True, red)
-        except RuntimeError:  # batch dims not mergeable as a view: per-element rows, reduced afterwards
-            pass
+    # Broadcast over batch dims (e.g. one B for all heads): the kernel sums into one float32/64 buffer through a
+    # stride-0 view, so no per-head gradient copy exists (on the H100, 1.80 GB peak against 2.54 for per-head
+    # rows summed in torch, at the same speed: results/bench/kernels-cuda-tune-bwd.json).
+    red = torch.zeros(param.shape, dtype=acc_t, device=param.device)
+    try:
+        return _GradTarget(_strict_view4(red.expand(full), nb), True, red)
+    except RuntimeError:  # batch dims not mergeable as a view: per-element rows, reduced afterwards
+        pass
     buf = torch.empty(full, dtype=param.dtype, device=param.device)
     return _GradTarget(_view4(buf, nb), False, buf)
 
@@ -955,8 +356,8 @@ def _backward_planned(x, dy, lower, upper, delta, s: int, combine: bool, plan: P
     """All gradients of ``y = (lower + upper + diag(delta)) x`` with the products' offsets (both triangles
     shifted by ``s``); ``lower``/``upper`` are ``(b, c, log_a)`` broadcastable to x's batch dims, ``upper``
     may be None (causal), ``combine``: upper's b, c are lower's (the same tensors), so their gradients are
-    summed in the kernel and returned once. Two Triton launches (four with ``plan.split_launch ==
-    "per_role"``; see :mod:`kernels._ssd_triton`). Returns
+    summed in the kernel and returned once. Four Triton launches: the states, then the gradient sweep once per
+    role (see :mod:`kernels._ssd_triton`). Returns
     ``(dx, db, dc, dlog_a, db', dc', dlog_a', ddelta)`` (None where absent or combined)."""
     nb = x.dim() - 2
     batch, L, P = x.shape[:-2], x.shape[-2], x.shape[-1]
@@ -981,13 +382,12 @@ def _backward_planned(x, dy, lower, upper, delta, s: int, combine: bool, plan: P
     # Adjoint/upper states from the right, stored in x's dtype (cast to it before every product anyway).
     g_lo = torch.empty((B0 * B1, n_chunks, N, P), dtype=x.dtype, device=dev)
     h_up = torch.empty_like(g_lo) if has_up else g_lo
-    # The state kernel is planned with the sweep (one table row each, same chunk, warps and stages).
+    # The state kernel runs with the sweep's plan (one plan, same chunk, warps and stages, for all four launches).
     launch = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
-    pair = has_up and bool(TUNING["bwd_states_pair"])
-    _k._bwd_states_kernel[(B0 * B1, 2 if has_up and not pair else 1)](
+    _k._bwd_states_kernel[(B0 * B1,)](
         CL, *CL.stride(), AL, *AL.stride()[:3], DY, *DY.stride(), g_lo,
         BU, *BU.stride(), AU, *AU.stride()[:3], X, *X.stride(), h_up,
-        B1, L, N, P, n_chunks, LO_S=s, PAIR=pair, **common, **launch)
+        B1, L, N, P, n_chunks, LO_S=s, HAS_UP=has_up, **common, **launch)
     dx = torch.empty((B0, B1, L, P), dtype=x.dtype, device=dev)
     t_bl, t_cl = _grad_target(b, batch, L, acc_t), _grad_target(c, batch, L, acc_t)
     t_bu, t_cu = ((_grad_target(bu, batch, L, acc_t), _grad_target(cu, batch, L, acc_t))
@@ -995,10 +395,7 @@ def _backward_planned(x, dy, lower, upper, delta, s: int, combine: bool, plan: P
     rs = torch.empty((4 if has_up else 2, B0 * B1, L), dtype=acc_t, device=dev)
     ddl = torch.empty((B0 * B1, L), dtype=acc_t, device=dev) if delta is not None else rs
     D = Vv(delta) if delta is not None else AL
-    split = plan.split
-    # Split: one launch of (3, batch) programs that pick their role at run time (ROLE = -1), or one launch
-    # of (1, batch) programs per role, each compiled for its role alone; the roles write disjoint outputs.
-    per_role = split and plan.split_launch == "per_role"
+    # One launch per role, each compiled for its role alone; the roles write disjoint outputs.
     args = (X, *X.stride(), DY, *DY.stride(), BL, *BL.stride(), CL, *CL.stride(), AL, *AL.stride()[:3],
             BU, *BU.stride(), CU, *CU.stride(), AU, *AU.stride()[:3], D, *D.stride()[:3], g_lo, h_up,
             dx, *dx.stride(), t_bl.view, *t_bl.view.stride(), t_cl.view, *t_cl.view.stride(),
@@ -1007,9 +404,8 @@ def _backward_planned(x, dy, lower, upper, delta, s: int, combine: bool, plan: P
     consts = dict(LO_S=s, HAS_UP=has_up, UP_S=s, SHARED_GRAM=has_up and _same(b, bu) and _same(c, cu),
                   COMBINE=combine, JOINT_DY=has_up and s == 0, HAS_D=delta is not None,
                   AT_BL=t_bl.atomic, AT_CL=t_cl.atomic, AT_BU=t_bu.atomic, AT_CU=t_cu.atomic, **common, **launch)
-    for role in ((0, 1, 2) if per_role else (-1,)):
-        _k._bwd_sweep_kernel[(1 if per_role else 3 if split else 1, B0 * B1)](*args, SPLIT=split,
-                ROLE=role, **consts)
+    for role in (0, 1, 2):
+        _k._bwd_sweep_kernel[(B0 * B1,)](*args, ROLE=role, **consts)
     # Log-decay gradients from the running sums of the row dots (see kernels._ssd_triton):
     # d log_a_t = sum_{i<t} (b.db - c.dc),  d log_a'_t = sum_{i<=t} (c'.dc' - b'.db').
     dla_lo = rs[1] - rs[0]
@@ -1103,9 +499,10 @@ def _qs_apply(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, s: int, has_up: bo
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd)):
         # Refuse now rather than in the backward pass.
-        N, P, limit = b.shape[-1], x.shape[-1], _smem_limit(x.device)
-        if not plan_candidates(_BWD_KERNELS, N, P, x.dtype, chunk, limit, backward=True):
-            raise _no_plan(_BWD_KERNELS, N, P, x.dtype, chunk, limit, [])
+        # Refuse now rather than in the backward pass, once every backward plan ran out of shared memory here.
+        N, P = b.shape[-1], x.shape[-1]
+        if not plan_candidates(_BWD_KERNELS, N, P, x.dtype, chunk, x.device, backward=True):
+            raise _no_plan(_BWD_KERNELS, N, P, x.dtype, chunk, [])
     return _qs_product(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, s, has_up, chunk)
 
 
@@ -1122,7 +519,7 @@ def semiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_
     chunk_size : rows per chunk Q (16, 32, 64 or 128), an upper bound: each kernel pair runs with the
         largest chunk <= chunk_size (and <= 64) whose launch fits the device's shared memory, forward and
         backward planned separately (:func:`plan_candidates`; e.g. d_state 256 in bf16 runs at 32 on an
-        H100). The chunk only reorganises the computation: every chunk gives the same product in exact
+        H100, where chunk 64 runs out of shared memory). The chunk only reorganises the computation: every chunk gives the same product in exact
         arithmetic, results differ in rounding only (tested in float64 to 1e-12).
 
     Returns ``(*batch, L, P)`` in x's dtype; products accumulate in float32 (bf16/fp16 operands on the matrix
@@ -1167,7 +564,7 @@ def quasiseparable_matmul(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log
     chunk_size : rows per chunk Q (16, 32, 64 or 128), an upper bound: each kernel pair runs with the
         largest chunk <= chunk_size (and <= 64) whose launch fits the device's shared memory, forward and
         backward planned separately (:func:`plan_candidates`; e.g. d_state 256 in bf16 runs at 32 on an
-        H100). The chunk only reorganises the computation: every chunk gives the same product in exact
+        H100, where chunk 64 runs out of shared memory). The chunk only reorganises the computation: every chunk gives the same product in exact
         arithmetic, results differ in rounding only (tested in float64 to 1e-12).
 
     Returns ``(*batch, L, P)`` in x's dtype, float32 accumulation (float64 for float64 x; decay exponents in

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._matfree_tiled import Term, check_args, matfree_matmul, upcast_nodes
+from ._matfree_tiled import Term, check_args, matfree_matmul, register_term, upcast_nodes
 
 try:  # triton >= 3.1
     from triton.language.extra import libdevice
@@ -88,8 +88,8 @@ def _vandermonde_terms2(qa, ka, qb, kb, rows, cols, FAST: tl.constexpr):
     return fa + fb, dqa, dka, dqb, dkb
 
 
-VANDERMONDE = Term("vandermonde_matmul", _vandermonde_value, _vandermonde_terms,
-                   _vandermonde_value2, _vandermonde_terms2)
+VANDERMONDE = register_term(Term("vandermonde_matmul", _vandermonde_value, _vandermonde_terms,
+                                 _vandermonde_value2, _vandermonde_terms2))
 
 
 def vandermonde_matmul(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale=1.0, *,

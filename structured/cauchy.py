@@ -91,6 +91,7 @@ def _check_eps(eps) -> float | None:
 # --------------------------------------------------------------------------------------------------
 # Exponential sums for 1/z on [1, R]
 # --------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
 def quadrature_constants(eps: float) -> tuple[float, float, float]:
     """``(h, s_hi, ln(eps/4))`` of the trapezoid rule for accuracy eps (module docstring): the step, the
     right end of the interval, and the left end for R = 1 (``s_lo = ln(eps/4) - ln R``). One place for the
@@ -188,7 +189,7 @@ def cauchy_matmul_expsum(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, c=0.
     xn, yn = (q, k) if isinstance(c, float) and c == 0.0 else (q + c, k)
     kc = _expsum_kernels(x)
     if kc is not None:
-        return kc.cauchy_expsum_product(x, xn, yn, eps)
+        return kc.cauchy_expsum_product(x, xn, yn, quadrature_constants(eps))
     a, R = _node_scaling(xn, yn)
     tau, w = exp_sum_nodes(eps, R)
     return _expsum_product(x, xn, yn, a.to(xn.dtype), tau.to(x.device, x.dtype), w.to(x.device, x.dtype))
@@ -401,8 +402,8 @@ class Cauchy(StructuredMatrix):
             n_nodes = len(exp_sum_nodes(eps, R)[0])
             n_cost = n_nodes
         else:
-            n_nodes = kc.expsum_features(eps, R)
-            n_cost = kc.expsum_max_features(eps)
+            n_nodes = kc.expsum_features(quadrature_constants(eps), R)
+            n_cost = kc.expsum_max_features(quadrature_constants(eps))
         method, cost_expsum = self._choose(P, n_cost, cm, cost_tiled)
         return CauchyPlan(method, eps if method == "expsum" else 0.0, R, n_nodes, D * n_nodes, cost_expsum,
                           cost_tiled, backend)
@@ -424,7 +425,7 @@ class Cauchy(StructuredMatrix):
         cm = COST_MODELS["triton"]
         eps = self._eps_for(dtype)
         dtype = compute_dtype(dtype)
-        method, _ = self._choose(P, kc.expsum_max_features(eps), cm, self._cost_tiled(P, cm))
+        method, _ = self._choose(P, kc.expsum_max_features(quadrature_constants(eps)), cm, self._cost_tiled(P, cm))
         if method == "expsum" and self.validate:
             _, R = _node_scaling(*self._nodes(dtype))
             if R > kc.R_MAX:

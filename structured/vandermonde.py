@@ -503,7 +503,9 @@ def _chebyshev_matmul(x, q, k, scale: float, eps: float, n: int | None = None) -
     (None: at min(L, 1024); NaN past the cap)."""
     import kernels
     if kernels.enabled(x):
-        return kernels.vandermonde_chebyshev_product(x, q, k, scale, eps, max_points=None if n is None else n + 1)
+        from kernels.chebyshev import points_cap
+        n_cap = points_cap(x.shape[-2], None if n is None else n + 1)
+        return kernels.vandermonde_chebyshev_product(x, q, k, scale, chebyshev_omega_limits(n_cap, eps))
     x, q, k = expand_matrices(x, q, k)
     if n is None:
         cplan = chebyshev_plan(x.shape[-2], chebyshev_omega(q, k, scale), eps)

@@ -16,8 +16,8 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("name", ["semiseparable", "quasiseparable"])
-def test_half_generators_run_the_kernels_in_half_and_match_float64(monkeypatch, name):
-    monkeypatch.setenv("MIXERZOO_KERNELS", "on")
+def test_half_generators_run_the_kernels_in_half_and_match_float64(kernels_mode, monkeypatch, name):
+    kernels_mode("on")
     seen = []
     real = getattr(kernels, f"{name}_matmul")
 
@@ -49,8 +49,8 @@ def test_half_generators_run_the_kernels_in_half_and_match_float64(monkeypatch, 
         assert (t.grad.double() - r.grad).abs().max() <= 5e-2 * r.grad.abs().max()
 
 
-def test_float32_generators_keep_float32_operands(monkeypatch):
-    monkeypatch.setenv("MIXERZOO_KERNELS", "on")
+def test_float32_generators_keep_float32_operands(kernels_mode, monkeypatch):
+    kernels_mode("on")
     seen = []
     real = kernels.semiseparable_matmul
     monkeypatch.setattr(kernels, "semiseparable_matmul", lambda x, *a, **k: seen.append(x.dtype) or real(x, *a, **k))
@@ -61,12 +61,12 @@ def test_float32_generators_keep_float32_operands(monkeypatch):
 
 
 @pytest.mark.parametrize("mixer", ["quasiseparable", "semiseparable", "bidir_add"])
-def test_ssm_mixers_under_autocast_send_bf16_operands(monkeypatch, mixer):
+def test_ssm_mixers_under_autocast_send_bf16_operands(kernels_mode, monkeypatch, mixer):
     """End to end through a mixer block: under bf16 autocast the SSM mixers' x and input generators
     b = B dt reach the kernels in bfloat16 (dt comes out of softplus in float32; b must not promote the
     product to float32, as it did before), the decays in float32."""
     import mixers
-    monkeypatch.setenv("MIXERZOO_KERNELS", "on")
+    kernels_mode("on")
     seen = []
     for name in ("semiseparable_matmul", "quasiseparable_matmul"):
         real = getattr(kernels, name)
@@ -94,18 +94,18 @@ def test_discretize_keeps_the_generator_dtype():
     assert b.shape == (2, m.nheads, 8, m.d_state)
 
 
-def test_compile_prefers_torch_only_while_compiling_and_only_in_auto_mode(monkeypatch):
+def test_compile_prefers_torch_only_while_compiling_and_only_in_auto_mode(kernels_mode, monkeypatch):
     """The SSD products hand torch.compile their chunk-parallel torch algorithm (which inductor fuses) in
     auto mode; eager calls and MIXERZOO_KERNELS=on keep the kernels."""
     import types
     import kernels
     cuda_like = types.SimpleNamespace(is_cuda=True)
     monkeypatch.setattr(kernels, "triton_available", lambda: True)
-    monkeypatch.setenv("MIXERZOO_KERNELS", "auto")
+    kernels_mode("auto")
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
     assert kernels.enabled(cuda_like, compile_prefers_torch=True)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert not kernels.enabled(cuda_like, compile_prefers_torch=True)
     assert kernels.enabled(cuda_like)
-    monkeypatch.setenv("MIXERZOO_KERNELS", "on")
+    kernels_mode("on")
     assert kernels.enabled(cuda_like, compile_prefers_torch=True)

@@ -3,7 +3,7 @@
 On a machine without CUDA the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
 ``tests/conftest.py``); with CUDA they run compiled on the GPU. References are written directly
 from the contract's formulas in float64 (dense L x L, small L), on the inputs rounded to the tested
-dtype, so only the kernels' own arithmetic is measured.
+dtype, so only the kernels' own arithmetic is measured: ``kernels.naive``'s references.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from kernels import naive  # noqa: E402
 from kernels.cauchy import cauchy_matmul  # noqa: E402
 from kernels.vandermonde import vandermonde_matmul  # noqa: E402
 
@@ -24,18 +25,13 @@ LENGTHS = [1, 5, 19, 40]   # L = 1, odd, and lengths not divisible by the 16/32/
 
 
 def cauchy_reference(x, q, k, c):
-    """float64: y_i = sum_j sum_d x_j / (q_id + k_jd + c)."""
-    m = (1.0 / (q[..., :, None, :] + k[..., None, :, :] + c)).sum(-1)
-    return m @ x
+    """float64: y_i = sum_j sum_d x_j / (q_id + k_jd + c) (kernels.naive, float64 inputs)."""
+    return naive.cauchy_matmul(x, q, k, c)
 
 
 def vandermonde_reference(x, q, k, s):
-    """float64: m_ij = sum_d cos(2 pi s q_id j) - cos(2 pi s k_jd i)."""
-    L = x.shape[-2]
-    idx = torch.arange(L, dtype=torch.float64, device=x.device)
-    m = (torch.cos(2 * math.pi * s * q[..., :, None, :] * idx[None, :, None])
-         - torch.cos(2 * math.pi * s * k[..., None, :, :] * idx[:, None, None])).sum(-1)
-    return m @ x
+    """float64: m_ij = sum_d cos(2 pi s q_id j) - cos(2 pi s k_jd i) (kernels.naive, float64 inputs)."""
+    return naive.vandermonde_matmul(x, q, k, s)
 
 
 def positive_nodes(shape, gen):
@@ -212,15 +208,16 @@ def test_memory_is_linear_in_length(name):
 #     |y_hat - y| <= (eps + 3 u_dot + (L + d F + 32) u_acc) (|M| |x|)   (+ u_out |y| for a rounded output)
 # entrywise, and the same factor times sum_j |g_i . x_j| / den_ijd^2 for the node gradients.
 # ------------------------------------------------------------------------------------------------------
-from kernels.cauchy import cauchy_expsum_product, expsum_chunk, expsum_feature_count  # noqa: E402
+from kernels.cauchy import cauchy_expsum_product, expsum_chunk, expsum_feature_count, expsum_features  # noqa: E402,E501
+from structured.cauchy import quadrature_constants  # noqa: E402
 
 UNIT = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 
 
 @pytest.fixture
-def kernels_on(monkeypatch):
+def kernels_on(kernels_mode):
     """structured dispatches to the Triton kernels here (compiled on CUDA, interpreted on the CPU)."""
-    monkeypatch.setenv("MIXERZOO_KERNELS", "on")
+    kernels_mode("on")
 
 
 def expsum_reference(x, q, k, c, g):
@@ -255,7 +252,7 @@ def test_expsum_float64_within_stated_bound(kernels_on, eps, L):
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(L), dtype=torch.float64)
     plan, y, gx, gq, gk = run_expsum_class(x, q, k, c, g, eps, torch.float64)
     assert plan.backend == "triton" and plan.method == "expsum"
-    chunk = expsum_chunk(plan.eps)
+    chunk = expsum_chunk(quadrature_constants(plan.eps))
     assert plan.n_nodes == expsum_feature_count(plan.n_nodes, chunk) >= chunk >= 16   # whole chunks
     ref = expsum_reference(x, q, k, c, g)
     tol = eps + (L + plan.rank + 35) * UNIT[torch.float64]
@@ -307,44 +304,22 @@ def test_expsum_gradcheck(kernels_on, L):
                                     eps=1e-6, atol=1e-7, fast_mode=True)
 
 
-def per_term_expansion(x, xn, yn, eps):
-    """float64 reference of the kernels' expansion: for each batch element b and term d its own scaling
-    a = min xn + min yn, spread R = (max xn + max yn)/a and trapezoid grid (structured.cauchy's rule at
-    the exact R, the count rounded up to a multiple of the kernels' chunk by a finer step), then U (V^T x) term
-    by term."""
-    from structured.cauchy import node_count, quadrature_constants
-    h0, s_hi, log_eps4 = quadrature_constants(eps)
-    B, L, D = xn.shape
-    y = torch.zeros_like(x)
-    counts = torch.zeros(B, D, dtype=torch.long)
-    for b in range(B):
-        for d in range(D):
-            u, v = xn[b, :, d], yn[b, :, d]
-            a = u.min() + v.min()
-            R = float((u.max() + v.max()) / a)
-            n = expsum_feature_count(node_count(eps, R), expsum_chunk(eps))
-            s_lo = log_eps4 - math.log(R)
-            s = s_lo + (s_hi - s_lo) / (n - 1) * torch.arange(n, dtype=torch.float64)
-            tau, w = torch.exp(s), (s_hi - s_lo) / (n - 1) * torch.exp(s)
-            U = w * torch.exp(-(u / a)[:, None] * tau) / a
-            V = torch.exp(-(v / a)[:, None] * tau)
-            y[b] += U @ (V.T @ x[b])
-            counts[b, d] = n
-    return y, counts
-
-
 def test_expsum_kernel_equals_its_float64_definition():
     """Per-term scaling and node grid chosen on the device, broadcast batch dims: the kernel computes the
-    expansion of per_term_expansion to float64 rounding, with node counts that differ between terms."""
+    expansion of kernels.naive.cauchy_expsum_product to float64 rounding, with node counts that differ between
+    terms."""
     gen_ = torch.Generator().manual_seed(80)
     B, H, L, P, D = 2, 3, 23, 5, 2
     x = torch.randn((B, H, L, P), generator=gen_, dtype=torch.float64)
     q = positive_nodes((B, 1, L, D), gen_).expand(B, H, L, D).clone()
     k = positive_nodes((1, H, L, D), gen_).expand(B, H, L, D).clone()
     q[0, 0, 3, 1] = 1e6                      # one term with a much wider spread: more nodes there
-    ref, counts = per_term_expansion(x.reshape(-1, L, P), q.reshape(-1, L, D), k.reshape(-1, L, D), 1e-3)
-    assert counts.max() > counts.min()
-    y = cauchy_expsum_product(x.to(DEVICE), q.to(DEVICE), k[:1].to(DEVICE).expand(B, H, L, D), 1e-3)
+    quad = quadrature_constants(1e-3)
+    ref = naive.cauchy_expsum_product(x, q, k, quad)
+    spread = lambda u, v: float((u.max() + v.max()) / (u.min() + v.min()))  # noqa: E731
+    assert expsum_features(quad, spread(q[0, 0, :, 1], k[0, 0, :, 1])) > expsum_features(quad, spread(q[1, 0, :, 1],
+                                                                                                    k[1, 0, :, 1]))
+    y = cauchy_expsum_product(x.to(DEVICE), q.to(DEVICE), k[:1].to(DEVICE).expand(B, H, L, D), quad)
     assert rel_err(y, ref.reshape(B, H, L, P)) <= 1e-13
 
 
@@ -356,21 +331,22 @@ def test_expsum_out_of_range_terms_give_nan_in_their_batch_element_only():
     q, k = q.clone(), k.clone()
     q[0, 2, 1] = -k[0, :, 1].min() - 0.1            # batch element 0: one non-positive denominator
     q[1, 4, 0] = 4.0 * R_MAX * (q[1, :, 0].min() + k[1, :, 0].min())   # element 1: spread beyond R_MAX
-    y = cauchy_expsum_product(x, q, k, 1e-6)
+    y = cauchy_expsum_product(x, q, k, quadrature_constants(1e-6))
     assert torch.isnan(y[0]).all() and torch.isnan(y[1]).all() and torch.isfinite(y[2]).all()
-    ref, _ = per_term_expansion(x[2:].double().cpu(), q[2:].double().cpu(), k[2:].double().cpu(), 1e-6)
+    ref = naive.cauchy_expsum_product(x[2:].double().cpu(), q[2:].double().cpu(), k[2:].double().cpu(),
+                                      quadrature_constants(1e-6))
     assert rel_err(y[2:], ref) <= 1e-12
 
 
 def test_expsum_bad_arguments():
     x, q, k = (t.to(DEVICE) for t in draw("cauchy", (2,), 6, 3, 2, seed=0))
     with pytest.raises(ValueError, match="precision must be one of"):
-        cauchy_expsum_product(x, q, k, 1e-6, precision="bf16x3")
-    for bad in (None, 0.0, 0.5, "1e-6"):
-        with pytest.raises(ValueError, match="eps must be"):
+        cauchy_expsum_product(x, q, k, quadrature_constants(1e-6), precision="bf16x3")
+    for bad in (None, 1e-6, (1.0, 2.0), (0.0, 1.0, -1.0), (1.0, -1.0, 1.0), (1.0, float("nan"), -1.0)):
+        with pytest.raises(ValueError, match="quadrature must be"):
             cauchy_expsum_product(x, q, k, bad)
     with pytest.raises(ValueError, match="length of x"):
-        cauchy_expsum_product(x, q[:, :5], k[:, :5], 1e-6)
+        cauchy_expsum_product(x, q[:, :5], k[:, :5], quadrature_constants(1e-6))
     with pytest.raises(ValueError, match="n_nodes must be a positive int"):
         expsum_feature_count(0)
 
@@ -465,3 +441,54 @@ def test_benchmark_methods_filter_keeps_the_other_rows(tmp_path):
     assert rows == {(m, L) for m in ("torch_tiled", "materialize", "expsum_triton") for L in bench.SMOKE_LENGTHS}
     assert set(payload["accuracy_vs_float64"]["cauchy"]) == {"L", "torch_tiled", "materialize", "expsum_triton"}
     assert payload["earlier_commands"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Registration as torch operators: opcheck (schema, fake tensors, autograd, tracing) and torch.compile
+# ------------------------------------------------------------------------------------------------------
+def _op_leaves(seed, L=5, P=3, D=2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, L, P, generator=g, dtype=torch.float64)
+    q = torch.rand(2, L, D, generator=g, dtype=torch.float64) + 0.5
+    k = torch.rand(2, L, D, generator=g, dtype=torch.float64) + 0.5
+    return [t.to(DEVICE).requires_grad_() for t in (x, q, k)]
+
+
+@pytest.mark.parametrize("term", ["cauchy_matmul", "vandermonde_matmul"])
+def test_matfree_product_is_a_valid_torch_operator(term):
+    from kernels import _matfree_tiled
+    torch.library.opcheck(_matfree_tiled._matfree_product, (*_op_leaves(1), term, "ieee"))
+
+
+def test_expsum_product_is_a_valid_torch_operator():
+    from kernels import cauchy as kc
+    quad = quadrature_constants(1e-3)
+    args = (*_op_leaves(2), kc._quadrature(quad, torch.device(DEVICE)), torch.float64, torch.float64,
+            kc.expsum_chunk(quad), kc.expsum_max_features(quad), "ieee")
+    torch.library.opcheck(kc._expsum_product, args)
+
+
+@pytest.mark.parametrize("kind", ["cauchy", "vandermonde", "expsum"])
+def test_matfree_products_compile_without_graph_breaks(compiled_matches_eager, kind):
+    from kernels import cauchy as kc, vandermonde as kv
+    quad = quadrature_constants(1e-6)
+    fns = {"cauchy": lambda x, q, k: kc.cauchy_matmul(x, q, k, 0.25),
+           "vandermonde": lambda x, q, k: kv.vandermonde_matmul(x, q, k, 0.01),
+           "expsum": lambda x, q, k: kc.cauchy_expsum_product(x, q, k, quad)}
+    compiled_matches_eager(lambda x, q, k: (2 * fns[kind](x, q, k)).sin(), _op_leaves(3, L=7))
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_expsum_kernel_matches_naive_with_gradients(dtype, tol):
+    """The expansion kernels against kernels.naive's approximant on fresh inputs, values and all gradients."""
+    quad = quadrature_constants(1e-6)
+    leaves = [t.to(dtype).to(DEVICE).requires_grad_() for t in draw("cauchy", (2,), 13, 3, 2, seed=90)]
+    ref_leaves = [t.detach().double().cpu().requires_grad_() for t in leaves]
+    g = torch.randn(2, 13, 3, generator=torch.Generator().manual_seed(91), dtype=torch.float64)
+    y = cauchy_expsum_product(*leaves, quad)
+    y.backward(g.to(dtype).to(DEVICE))
+    y_ref = naive.cauchy_expsum_product(*ref_leaves, quad)
+    y_ref.backward(g.to(dtype).double())
+    assert y.dtype == dtype and rel_err(y, y_ref) <= tol
+    for a, b in zip(leaves, ref_leaves):
+        assert rel_err(a.grad, b.grad) <= tol

@@ -345,7 +345,7 @@ def test_kernel_dispatch_hook(monkeypatch):
     assert calls == [((3, L, 4), (3, L, 2), (3, L, 2), torch.float32, 0.0)] and (y == 0).all()
     assert len(calls) == 1
 
-    # the expansion goes to the fused feature-map kernel with eps only: the kernels place the nodes on
+    # the expansion goes to the fused feature-map kernel with eps's quadrature rule only: the kernels place the nodes on
     # the device, so with validate=False no value ever comes back to the host (no synchronization)
     import structured.cauchy as sc
     import kernels.cauchy as kc
@@ -362,12 +362,12 @@ def test_kernel_dispatch_hook(monkeypatch):
     monkeypatch.setattr(kc, "cauchy_expsum_product", fake_expsum)
     M = Cauchy(q, k, method_fast="expsum")
     plan = M.plan(4)
-    chunk = kc.expsum_chunk(plan.eps)
+    chunk = kc.expsum_chunk(sc.quadrature_constants(plan.eps))
     assert plan.backend == "triton" and plan.n_nodes == kc.expsum_feature_count(plan.n_nodes, chunk)
-    assert plan.n_nodes % chunk == 0 and plan.n_nodes <= kc.expsum_max_features(plan.eps)
+    assert plan.n_nodes % chunk == 0 and plan.n_nodes <= kc.expsum_max_features(sc.quadrature_constants(plan.eps))
     monkeypatch.setattr(sc, "_node_scaling", no_sync)
     fast = Cauchy(q, k, method_fast="expsum", validate=False)
-    assert (fast.matmul(x) == 1).all() and expsum_calls == [plan.eps] and len(calls) == 1
+    assert (fast.matmul(x) == 1).all() and expsum_calls == [sc.quadrature_constants(plan.eps)] and len(calls) == 1
     # "auto" decides from the kernels' largest feature count, without the data either
     assert Cauchy(q, k, validate=False)._kernel_method(kc, 4, torch.float32) == ("tiled", 0.0)   # L = 6
     with pytest.raises(AssertionError, match="synchronization"):      # validate=True checks the range
