@@ -332,6 +332,26 @@ class MatrixMixerBlock(nn.Module):
                              f"extendable (use sequence_aligned=True, or a larger max_seq_len)")
         return normalize_mask(mask, u.shape[:2])
 
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        """The depthwise conv along the sequence of ``x`` ``(B, L, channels)``, returned in that layout.
+
+        Eager: ``nn.Conv1d`` on the transposed view. Under ``torch.compile``: the same cross-correlation as a sum
+        of ``d_conv`` shifted, scaled copies in the ``(B, L, channels)`` layout, which inductor fuses (forward and
+        backward) with the surrounding SiLU and splits into a few elementwise kernels; the conv kernels and
+        their layout copies took an eighth of a compiled Hydra step (docs/performance.md). Accumulates in
+        float32 at least, rounds to ``x``'s dtype."""
+        if not torch.compiler.is_compiling():
+            # Back to (B, L, channels) in memory, not a transposed view: every per-head slice taken from it
+            # then has unit stride in its last dim, which SDPA's fused kernels require (a strided q/k/v falls
+            # back to the math backend and its L x L tensor) and which the scans' loads need to coalesce.
+            return self.conv1d(x.transpose(1, 2)).transpose(1, 2).contiguous()
+        L, K = x.shape[1], self.conv1d.kernel_size[0]
+        acc = torch.promote_types(x.dtype, torch.float32)
+        w = self.conv1d.weight[:, 0, :].to(acc)                                    # (channels, K)
+        xp = F.pad(x, (0, 0, K // 2, K // 2))
+        y = self.conv1d.bias.to(acc) + sum(xp[:, k:k + L, :] * w[:, k] for k in range(K))
+        return y.to(x.dtype)
+
     def _split_heads(self, name, x):
         """(B, L, width) -> (B, H or 1, L, size)."""
         s = self._specs[name]
@@ -359,10 +379,7 @@ class MatrixMixerBlock(nn.Module):
         n_conv = sum(self._width[n] for n in self._conv_groups)
         z, xc, raw = torch.split(h, [self.d_inner, self.d_inner + n_conv, h.shape[-1] - 2 * self.d_inner - n_conv],
                                  dim=-1)
-        # Back to (B, L, channels) in memory, not a transposed view: every per-head slice taken from it below
-        # then has unit stride in its last dim, which SDPA's fused kernels require (a strided q/k/v falls back
-        # to the math backend and its L x L tensor) and which the scans' loads need to coalesce.
-        xc = self.conv1d(xc.transpose(1, 2)).transpose(1, 2).contiguous()
+        xc = self._conv(xc)
         if m is not None:
             xc = xc * m
             # raw (unconvolved) groups were zeroed with h

@@ -345,3 +345,20 @@ def test_an_unknown_mixer_name_is_a_value_error_listing_the_registered_ones():
     with pytest.raises(ValueError, match="mixer: unknown mixer 'nosuch'"):
         mixers.MixerEncoder(vocab_size=10, d_model=16, n_layers=1, mixer="nosuch", sequence_aligned=True,
                             max_seq_len=8, headdim=8)
+
+
+@pytest.mark.parametrize("mixer", ["quasiseparable", "attention"])
+def test_compiled_block_convolves_like_the_eager_block(mixer):
+    """Under torch.compile the block's depthwise conv is a sum of shifted copies (what inductor fuses); traced
+    with aot_eager, the block's output and every parameter's gradient equal the eager block's (nn.Conv1d) in
+    float64."""
+    torch.manual_seed(3)
+    block = mixers.MatrixMixerBlock(16, mixer, True, expand=2, headdim=8, qk_dim=4, d_conv=5).double()
+    u = torch.randn(2, 11, 16, dtype=torch.float64)
+    eager = block(u)
+    g_eager = torch.autograd.grad(eager.square().sum(), list(block.parameters()))
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)(u)
+    g_comp = torch.autograd.grad(compiled.square().sum(), list(block.parameters()))
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+    for (name, _), a, b in zip(block.named_parameters(), g_comp, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11, msg=name)
