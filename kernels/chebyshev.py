@@ -406,12 +406,14 @@ def _params(omega_limits: tuple, scale: float, L: int, device) -> torch.Tensor:
     """float64 device tensor ``[s, pi s (L-1), (L-1)/2, omega_limits...]``, cached (a host-to-device copy per call
     would wait for the GPU, and could not be captured in a CUDA graph). Keyed by the limits' identity (hashing up
     to a thousand floats per call would cost more than the lookup saves); the entry keeps them alive."""
+    values = [scale, math.pi * scale * (L - 1), (L - 1) / 2, *omega_limits]
+    if torch.compiler.is_compiling():  # traced: a constant of the graph (dynamo cannot trace the id() key)
+        return torch.tensor(values, dtype=torch.float64, device=device)
     key = (id(omega_limits), scale, L, device)
     hit = _PARAMS.get(key)
     if hit is None or hit[0] is not omega_limits:
         if len(_PARAMS) >= 64:
             _PARAMS.clear()
-        values = [scale, math.pi * scale * (L - 1), (L - 1) / 2, *omega_limits]
         hit = _PARAMS[key] = (omega_limits, torch.tensor(values, dtype=torch.float64, device=device))
     return hit[1]
 

@@ -355,18 +355,19 @@ def test_out_of_resources_moves_to_the_next_plan_and_remembers(monkeypatch, kind
     leaves, shape = make_inputs(70, shared=True, seed=24)
     N, P = shape[3], leaves["x"].shape[-1]
     fwd = FWD_PAIRS["quasiseparable" if kind == "qs" else "semiseparable"]
-    first_fwd = ssd.plan_candidates(fwd, N, P, torch.float64, 64)
-    first_bwd = ssd.plan_candidates(BWD_PAIR, N, P, torch.float64, 64, backward=True)
+    dev = leaves["x"].device  # refusals hold for the device that refused
+    first_fwd = ssd.plan_candidates(fwd, N, P, torch.float64, 64, dev)
+    first_bwd = ssd.plan_candidates(BWD_PAIR, N, P, torch.float64, 64, dev, backward=True)
     out = run_both(kind, leaves, shape, torch.float64, shift=True if kind == "qs" else None, shared=True)
     check(out, 1e-12)
     assert ssd.LAST_PLANS[fwd] == first_fwd[1] and first_fwd[0].BQ == 64 and first_fwd[1].BQ == 32
     assert ssd.LAST_PLANS[BWD_PAIR] == first_bwd[1] and first_bwd[1].BQ == 32
     assert [m["BQ"] for m in fwd_seen] == [64, 32]
     assert [(m["BQ"], m["ROLE"]) for m in bwd_seen] == [(64, 0), (64, 1), (64, 2), (32, 0), (32, 1), (32, 2)]
-    assert ssd.plan_candidates(fwd, N, P, torch.float64, 64) == first_fwd[1:]
-    assert ssd.plan_candidates(BWD_PAIR, N, P, torch.float64, 64, backward=True) == first_bwd[1:]
+    assert ssd.plan_candidates(fwd, N, P, torch.float64, 64, dev) == first_fwd[1:]
+    assert ssd.plan_candidates(BWD_PAIR, N, P, torch.float64, 64, dev, backward=True) == first_bwd[1:]
     # another device, or another dtype, still starts at the first plan
-    assert ssd.plan_candidates(fwd, N, P, torch.float32, 64)[0].BQ == 64
+    assert ssd.plan_candidates(fwd, N, P, torch.float32, 64, dev)[0].BQ == 64
     assert ssd.plan_candidates(fwd, N, P, torch.float64, 64, torch.device("cuda", 7))[0].BQ == 64
 
 
