@@ -141,10 +141,10 @@ class Quasiseparable(StructuredMatrix):
     shift : True for Hydra's matrix (free diagonal), False for the addition-based bidirectional SSM.
     validate : check log_a, log_a_bwd <= 0 (ValueError otherwise); False skips the check.
 
-    ``order`` is N. Fast product: two chunked SSD passes (:func:`structured.semiseparable.ssd_chunked`),
-    the backward one on the flipped sequence; then the shifts and delta * x.
-    O(L Q (N + P) + L N P) flops, no L x L tensor. On CUDA the fused Triton kernel
-    ``kernels.quasiseparable_matmul`` is used instead (see :mod:`kernels`). Defining property: every
+    ``order`` is N. Fast product, O(L Q (N + P) + L N P) flops, no L x L tensor: on the CPU two chunked SSD
+    passes (:func:`structured.semiseparable.ssd_chunked`), the backward one on the flipped sequence, then the
+    shifts and delta * x; on CUDA the fused Triton scan ``kernels.quasiseparable_matmul`` (eager), or
+    :func:`qs_chunk_parallel` (under ``torch.compile``, which fuses it, or without Triton). Defining property: every
     submatrix strictly below or strictly above the diagonal has rank <= N; the diagonal is free
     (:func:`structured.properties.quasiseparable_order`).
     """
