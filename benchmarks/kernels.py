@@ -34,6 +34,11 @@ and ``fraction_of_bound`` = bound_ms / time. Outputs in ``out``: ``kernels-<devi
 records which peers were importable and their versions (or why not); install them outside the repository
 (their Triton sources and einops on ``PYTHONPATH``, e.g. ``PYTHONPATH=.:/path/to/peers python -m benchmarks.kernels ...``). Then, if
 ``benchmarks.kernels_matfree`` is importable, its ``run(device, out, quick)``.
+
+``--only shapes``: the shape grid instead: ``qs_fused`` and ``qs_paper`` forward+backward at d_state N in
+{64, 128, 192, 256} x headdim P in {64, 128} x (batch, L) in {(64, 512), (2, 16384)}, heads = 1536 / P (the
+Table 2 model's width). ``kernels-<device>-shapes.{json,png}``; the JSON's ``summary`` gives each cell's
+tokens/s, its fraction of the best cell and its speed-up over the paper's arrangement, and the worst of each.
 """
 from __future__ import annotations
 
@@ -114,14 +119,14 @@ def peer_versions() -> dict:
 
 
 # -------------------------------------------------------------------------------------------- methods
-def make_inputs(L, device, dtype=torch.bfloat16, seed=0):
+def make_inputs(L, device, dtype=torch.bfloat16, seed=0, batch=B, heads=H, headdim=P, d_state=N):
     g = torch.Generator(device=device).manual_seed(seed)
     r = lambda *s, dt=dtype: torch.randn(*s, generator=g, device=device, dtype=torch.float32).to(dt)  # noqa
-    x = r(B, H, L, P)
-    b = r(B, 1, L, N) / N ** 0.5
-    c = r(B, 1, L, N) / N ** 0.5
-    log_a = -torch.rand(B, H, L, generator=g, device=device) * 0.1
-    delta = r(B, H, L, dt=torch.float32)
+    x = r(batch, heads, L, headdim)
+    b = r(batch, 1, L, d_state) / d_state ** 0.5
+    c = r(batch, 1, L, d_state) / d_state ** 0.5
+    log_a = -torch.rand(batch, heads, L, generator=g, device=device) * 0.1
+    delta = r(batch, heads, L, dt=torch.float32)
     return dict(x=x, b=b, c=c, log_a=log_a, delta=delta)
 
 
@@ -164,7 +169,7 @@ def qs_paper(t, mamba=None):
         # D, z, dt_bias, seq_idx: none; dt_softplus off; dt_limit (0, inf) leaves dt > 0 as is.
         dt2 = (-la2).clamp_min(1e-20)
         x2 = x2 / dt2[..., None].to(x2.dtype)
-        y2 = mamba(x2.transpose(1, 2), dt2.transpose(1, 2), -torch.ones(H, device=x.device),
+        y2 = mamba(x2.transpose(1, 2), dt2.transpose(1, 2), -torch.ones(x.shape[1], device=x.device),
                    b2.transpose(1, 2), c2.transpose(1, 2), chunk_size=256)
         y2 = y2.transpose(1, 2)
     else:
@@ -172,7 +177,7 @@ def qs_paper(t, mamba=None):
         y2 = semiseparable_matmul(x2, b2, c2, la2)
     y2 = torch.roll(y2, shifts=1, dims=-2)
     y2[..., 0, :] = 0
-    yf, yb = y2[:B], y2[B:]
+    yf, yb = y2[:x.shape[0]], y2[x.shape[0]:]
     return yf + yb.flip(-2) + delta[..., None].to(x.dtype) * x
 
 
@@ -342,6 +347,100 @@ def run_scans(device, out, quick) -> dict:
     return doc
 
 
+# -------------------------------------------------------------------------------------------- shape grid
+#: (d_state N, headdim P, batch, L) cells of the shape grid; heads = SHAPE_D_INNER // P (the Table 2 model's width)
+SHAPE_GRID = tuple((n, p, b, L) for n in (64, 128, 192, 256) for p in (64, 128) for b, L in ((64, 512), (2, 16384)))
+SHAPE_D_INNER = 1536
+
+
+def shape_summary(rows) -> dict:
+    """Per cell: tokens/s of the fused scan's forward+backward, its fraction of the best cell (the "no shape cliff"
+    target: >= 0.5 everywhere) and its speed-up over the paper's arrangement (target: >= 3); plus the worst of each."""
+    ok = [r for r in rows if r["method"] == "qs_fused" and "fwd_bwd_ms" in r]
+    if not ok:
+        return {}
+    best = max(r["tokens_per_s"] for r in ok)
+    paper = {(r["d_state"], r["headdim"], r["batch"], r["L"]): r for r in rows
+             if r["method"] == "qs_paper" and "fwd_bwd_ms" in r}
+    cells = []
+    for r in ok:
+        key = (r["d_state"], r["headdim"], r["batch"], r["L"])
+        cell = dict(d_state=key[0], headdim=key[1], batch=key[2], L=key[3], tokens_per_s=r["tokens_per_s"],
+                    fraction_of_best=r["tokens_per_s"] / best)
+        if key in paper:
+            cell["speedup_over_paper"] = paper[key]["fwd_bwd_ms"] / r["fwd_bwd_ms"]
+        cells.append(cell)
+    speedups = [c["speedup_over_paper"] for c in cells if "speedup_over_paper" in c]
+    return dict(cells=cells, best_tokens_per_s=best, worst_fraction_of_best=min(c["fraction_of_best"] for c in cells),
+                worst_speedup_over_paper=min(speedups) if speedups else None)
+
+
+def run_shapes(device, out, grid=SHAPE_GRID) -> dict:
+    """The fused scan's forward+backward across state sizes, head dims and (batch, L) at one token budget per L,
+    beside the paper's arrangement (mamba_ssm when importable): ``kernels-<device>-shapes.{json,png}``."""
+    from triton.testing import do_bench
+    import triton
+    mamba = _mamba_chunk_scan()
+    methods = {"qs_fused": qs_fused, "qs_paper": lambda t: qs_paper(t, mamba)}
+    rows = []
+    for n, p, b, L in grid:
+        heads = SHAPE_D_INNER // p
+        t = make_inputs(L, device, batch=b, heads=heads, headdim=p, d_state=n)
+        for name, fn in methods.items():
+            base = dict(method=name, d_state=n, headdim=p, batch=b, heads=heads, L=L)
+            try:
+                t_fwd, t_fb, peak = bench_one(fn, t, ("x", "b", "c", "log_a", "delta"), do_bench)
+            except (torch.cuda.OutOfMemoryError, BackwardRefused, ValueError) as e:
+                rows.append(dict(base, error=f"{type(e).__name__}: {e}"[:300]))
+                torch.cuda.empty_cache()
+                continue
+            rows.append(dict(base, fwd_ms=t_fwd, fwd_bwd_ms=t_fb, peak_bytes_fwd_bwd=peak,
+                             tokens_per_s=b * L / (t_fb * 1e-3)))
+            print(f"N={n:3d} P={p:3d} B={b:3d} L={L:6d} {name:9s} fwd+bwd {t_fb:8.3f} ms", flush=True)
+        del t
+        torch.cuda.empty_cache()
+    summary = shape_summary(rows)
+    doc = dict(benchmark="kernels (shape grid)", device=torch.cuda.get_device_name(device),
+               torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
+               command=" ".join(["python -m benchmarks.kernels"] + sys.argv[1:]),
+               timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+               config=dict(d_inner=SHAPE_D_INNER, ngroups=1, dtype="bfloat16", shift=True, shared_bc=True,
+                           warmup_ms=WARMUP_MS, rep_ms=REP_MS, timer="triton.testing.do_bench median"),
+               paper_arrangement_scan="mamba_ssm.mamba_chunk_scan_combined" if mamba else
+               "kernels.ssd.semiseparable_matmul (mamba_ssm not importable)",
+               peers=peer_versions(), rows=rows, summary=summary)
+    os.makedirs(out, exist_ok=True)
+    tag = f"kernels-{device}-shapes"
+    with open(os.path.join(out, tag + ".json"), "w") as f:
+        json.dump(doc, f, indent=1)
+    _plot_shapes(rows, os.path.join(out, tag + ".png"), doc["device"])
+    print(json.dumps({k: v for k, v in summary.items() if k != "cells"}, indent=1))
+    return doc
+
+
+def _plot_shapes(rows, path, device_name):
+    """One bar group per (batch, L): fused and paper forward+backward tokens/s for each (N, P)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    shapes = sorted({(r["batch"], r["L"]) for r in rows})
+    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.2), squeeze=False)
+    for ax, (b, L) in zip(axes[0], shapes):
+        cells = sorted({(r["d_state"], r["headdim"]) for r in rows if (r["batch"], r["L"]) == (b, L)})
+        for i, m in enumerate(("qs_fused", "qs_paper")):
+            got = {(r["d_state"], r["headdim"]): r.get("tokens_per_s", 0.0) for r in rows
+                   if r["method"] == m and (r["batch"], r["L"]) == (b, L)}
+            ax.bar([j + 0.4 * i for j in range(len(cells))], [got.get(c, 0.0) / 1e6 for c in cells], 0.4, label=m)
+        ax.set_xticks([j + 0.2 for j in range(len(cells))], [f"N{n}\nP{p}" for n, p in cells], fontsize=8)
+        ax.set_ylabel("fwd+bwd tokens/s (millions)")
+        ax.set_title(f"batch {b}, L {L}, bf16")
+    axes[0][0].legend()
+    fig.suptitle(device_name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _plans_run(ssd) -> dict:
     """What the planner actually launched (it may shrink the requested configuration to fit shared memory)."""
     return {str(k): str(v) for k, v in ssd.LAST_PLANS.items()}
@@ -434,7 +533,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda", help="a CUDA device (the kernels need a GPU)")
     ap.add_argument("--out", default="results/bench", help="output folder")
     ap.add_argument("--quick", action="store_true", help="L in 1024, 4096 only")
-    ap.add_argument("--only", choices=("scans", "matfree"), default=None, help="run one half only")
+    ap.add_argument("--only", choices=("scans", "shapes", "matfree"), default=None,
+                    help="run one part only (default: scans, then matfree); 'shapes': the fused scan across N, P "
+                    "and (batch, L) beside the paper's arrangement")
     ap.add_argument("--launch", default=None, metavar="BV,WARPS,STAGES",
                     help="launch configuration of the scan kernels (kernels.ssd.TUNING; 0 = Triton's default)")
     ap.add_argument("--bwd-launch", default=None, metavar="WARPS,STAGES",
@@ -487,6 +588,8 @@ def main(argv=None) -> int:
         print(f"tuned: {ssd.TUNING}")
     if args.only in (None, "scans"):
         run_scans(args.device, args.out, args.quick)
+    if args.only == "shapes":
+        run_shapes(args.device, args.out)
     if args.only in (None, "matfree"):
         try:
             from benchmarks import kernels_matfree

@@ -100,3 +100,26 @@ def test_tune_bwd_marks_rows_the_planner_ran_differently(monkeypatch):
     assert all("not_as_asked" in r and "stages=3" in r["not_as_asked"] for r in three)
     assert not any("not_as_asked" in r for r in rows if r["bwd_num_stages"] == 2)
     assert ssd.TUNING == saved
+
+
+def test_qs_paper_follows_the_shape_of_its_inputs(gen, rel_err):
+    """The shape grid's cells differ from the module's default shape: the paper arrangement reads batch and heads
+    from its inputs (the mamba stand-in gets one A per head of these inputs)."""
+    t = bk.make_inputs(9, "cpu", dtype=torch.float64, batch=3, heads=2, headdim=5, d_state=4,
+                       seed=int(torch.randint(2 ** 31, (1,), generator=gen)))
+    t = {k: v.to(torch.float64) for k, v in t.items()}
+    assert t["x"].shape == (3, 2, 9, 5) and t["b"].shape == (3, 1, 9, 4)
+    assert rel_err(bk.qs_paper(t, mamba_standin), bk.qs_torch(t)) < 1e-12
+
+
+def test_shape_summary_reports_the_cliff_and_the_speedup():
+    rows = [dict(method="qs_fused", d_state=64, headdim=64, batch=64, L=512, fwd_bwd_ms=1.0, tokens_per_s=400.0),
+            dict(method="qs_fused", d_state=192, headdim=128, batch=2, L=16384, fwd_bwd_ms=4.0, tokens_per_s=100.0),
+            dict(method="qs_paper", d_state=64, headdim=64, batch=64, L=512, fwd_bwd_ms=5.0, tokens_per_s=80.0),
+            dict(method="qs_paper", d_state=192, headdim=128, batch=2, L=16384, fwd_bwd_ms=8.0, tokens_per_s=50.0),
+            dict(method="qs_fused", d_state=256, headdim=128, batch=2, L=16384, error="ValueError: no plan")]
+    s = bk.shape_summary(rows)
+    assert s["best_tokens_per_s"] == 400.0 and s["worst_fraction_of_best"] == 0.25
+    assert s["worst_speedup_over_paper"] == 2.0
+    assert [(c["d_state"], c["speedup_over_paper"]) for c in s["cells"]] == [(64, 5.0), (192, 2.0)]
+    assert bk.shape_summary([]) == {}
