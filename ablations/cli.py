@@ -283,7 +283,8 @@ def cmd_ablate(args) -> int:
     try:
         results = runner.run_grid(specs, out, jobs=args.jobs, backend=args.backend, ray_address=args.ray_address,
                                   retry_failed=args.retry_failed, progress=not args.no_progress,
-                                  gpus_per_run=args.gpus_per_run, rerun_stale=args.rerun_stale)
+                                  gpus_per_run=args.gpus_per_run, rerun_stale=args.rerun_stale,
+                                  stop_after=args.stop_after)
     except runner.MissingBackend as e:
         _err(str(e))
         return EXIT_MISSING
@@ -316,8 +317,20 @@ def cmd_ablate(args) -> int:
         from .sinks import write_tensorboard
         write_tensorboard(out, args.tensorboard, run_ids=[s.run_id for s in specs])
     failed = [r for r in results if r.get("status") != "completed"]
-    print(f"\n{len(results) - len(failed)}/{len(results)} run(s) completed; results in {out}")
+    left = len(specs) - len(results)
+    print(f"\n{len(results) - len(failed)}/{len(results)} run(s) completed; results in {out}"
+          + (f"; {left} not started (--stop-after): run the same command again to run them" if left else ""))
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
 
 
 def _gpus_per_run(text: str) -> float:
@@ -514,6 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--rerun-stale", action="store_true",
                    help="rerun finished runs made by other code (another source hash); their old files are "
                         "kept in <run-id>/stale-<hash>/")
+    q.add_argument("--stop-after", type=_seconds, default=None, metavar="SECONDS",
+                   help="start no run after SECONDS (runs under way finish); the rest wait for the next call of the "
+                        "same command, so a machine lent for minutes works through a grid in several calls "
+                        "(local backend)")
     q.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     q.add_argument("--no-report", action="store_true", help="do not print the table at the end")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -462,9 +462,12 @@ def _run_in_worker(cfg_dict: dict, out_dir: str, retry_failed: bool, failures: d
 
 def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str = "local", ray_address=None,
              retry_failed: bool = False, progress: bool = True, ray_init_kwargs: dict | None = None,
-             echo=print, gpus_per_run: float | None = None, rerun_stale: bool = False, warn=None) -> list[dict]:
+             echo=print, gpus_per_run: float | None = None, rerun_stale: bool = False, warn=None,
+             stop_after: float | None = None) -> list[dict]:
     """Run every spec (skipping finished ones), print one line per finished run, return the summaries
-    in the order of ``specs``. ``jobs``: concurrent runs (worker processes, or Ray tasks sharing a GPU),
+    in the order of ``specs`` (of the runs that finished). ``stop_after``: seconds after which no run starts (runs
+    under way finish; the rest are left, unstarted, for a later call: a session with a time limit works through
+    a grid in several calls). ``jobs``: concurrent runs (worker processes, or Ray tasks sharing a GPU),
     or ``"auto"`` (see :func:`resolve_jobs`). ``gpus_per_run``: Ray only, see :mod:`ablations.backends.ray_backend`.
 
     Finished runs made by other code (another source hash, :mod:`ablations.provenance`) are reused with
@@ -473,6 +476,16 @@ def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str
     warn = warn or (lambda msg: print(f"mixerzoo: warning: {msg}", file=sys.stderr))
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be one of local, ray; got {backend!r}")
+    if stop_after is not None:
+        if isinstance(stop_after, bool) or not isinstance(stop_after, (int, float)) or not stop_after > 0:
+            raise ValueError(f"stop_after must be a number of seconds > 0, got {stop_after!r}")
+        if backend != "local":
+            raise ValueError("stop_after (--stop-after) works with the local backend; Ray schedules every run at once")
+    deadline = None if stop_after is None else time.monotonic() + stop_after
+
+    def may_start() -> bool:
+        return deadline is None or time.monotonic() < deadline
+
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     world, rank, _ = dist_info()
@@ -524,12 +537,18 @@ def run_grid(specs: list[RunSpec], out_dir, *, jobs: int | str = 1, backend: str
             _run_ray(todo, out_dir, jobs, ray_address, retry_failed, ray_init_kwargs or {}, done, gpus_per_run)
         elif jobs == 1 or len(todo) <= 1:
             for s in todo:
+                if not may_start():
+                    break
                 done(execute_run(s.config, out_dir, retry_failed=retry_failed, progress=progress))
         else:
-            _run_pool(todo, out_dir, jobs, retry_failed, done)
+            _run_pool(todo, out_dir, jobs, retry_failed, done, may_start)
     finally:
         if bar is not None:
             bar.close()
+    left = sum(s.run_id not in results for s in todo)
+    if left:
+        echo(f"{left} run(s) not started: {stop_after:g} s (stop_after) had passed; run the same command again to "
+             f"run them")
     return [results[s.run_id] for s in specs if s.run_id in results]
 
 
@@ -619,7 +638,7 @@ def death_cause(exitcode: int | None, oom_before: int | None = None, oom_after: 
     return f"exited with code {exitcode} before reporting a result"
 
 
-def _run_pool(todo, out_dir, jobs, retry_failed, done):
+def _run_pool(todo, out_dir, jobs, retry_failed, done, may_start=lambda: True):
     """Run ``todo`` in up to ``jobs`` worker processes, one fresh process per run.
 
     One process per run: a fatal CUDA error (an illegal memory access, say) leaves a process's CUDA
@@ -634,8 +653,8 @@ def _run_pool(todo, out_dir, jobs, retry_failed, done):
     queue = list(todo)
     running: dict = {}  # process sentinel -> [process, reader, spec, OOM-kill count at start, result]
     try:
-        while queue or running:
-            while queue and len(running) < jobs:
+        while (queue and may_start()) or running:
+            while queue and len(running) < jobs and may_start():
                 s = queue.pop(0)
                 reader, writer = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_worker_main, name=f"mixerzoo-{s.run_id}",

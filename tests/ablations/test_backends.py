@@ -204,3 +204,31 @@ def test_death_cause_names_signal_exit_code_and_oom():
     assert "out of memory" in runner.death_cause(-9, 0, 1)
     assert runner.death_cause(-11) == "killed by SIGSEGV"
     assert "code 3" in runner.death_cause(3)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_stop_after_starts_no_run_once_the_time_has_passed(tmp_path, monkeypatch, jobs):
+    """--stop-after: runs start only while the time has not passed; those under way finish; a second call runs
+    the rest (and skips the finished ones)."""
+    sp = specs(4)
+    clock = {"t": 0.0}
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock["t"])
+    lines = []
+
+    def echo(line):  # the time passes once the first run has finished
+        lines.append(line)
+        clock["t"] = 100.0
+
+    first = runner.run_grid(sp, tmp_path, jobs=jobs, progress=False, echo=echo, stop_after=15)
+    # the runs that started at t = 0 (one per job) finish; none starts after
+    assert len(first) == jobs and all(r["status"] == "completed" for r in first)
+    assert f"{4 - jobs} run(s) not started" in lines[-1] and "run the same command again" in lines[-1]
+    second = runner.run_grid(sp, tmp_path, jobs=jobs, progress=False, echo=lambda *_: None)
+    assert [r["run_id"] for r in second] == [s.run_id for s in sp]
+    assert sum(bool(r.get("skipped")) for r in second) == jobs
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, True, "10"])
+def test_stop_after_must_be_positive_seconds(tmp_path, bad):
+    with pytest.raises(ValueError, match="stop_after must be a number of seconds > 0"):
+        runner.run_grid(specs(1), tmp_path, progress=False, echo=lambda *_: None, stop_after=bad)
