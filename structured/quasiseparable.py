@@ -26,33 +26,13 @@ from . import properties as P
 from . import register
 from .base import (HALF_DTYPES, StructuredMatrix, StructureReport, broadcast_batch, check_tensor, compute_dtype, promote,
                    rand, randn)
-from .semiseparable import _check_generators, half_kernel_dtype, segsum, semiseparable_dense, ssd_product
+from .semiseparable import (_check_generators, causal_decays, half_kernel_dtype, passed_states, semiseparable_dense,
+                            ssd_product)
 
 
 def _delay(y: torch.Tensor) -> torch.Tensor:
     """One-step delay along the sequence dim -2: out[0] = 0, out[i] = y[i-1]."""
     return F.pad(y[..., :-1, :], (0, 0, 1, 0))
-
-
-def _lower_decays(lc: torch.Tensor, shift: bool) -> torch.Tensor:
-    """Per chunk, ``E[i, j] = exp(sum_{t=j+1..i-s} lc_t)`` for j <= i - s, else 0 (s = 1 with ``shift``).
-    ``lc``: ``(..., nc, Q)`` -> ``(..., nc, Q, Q)``, from segment sums (exponents <= 0)."""
-    seg = segsum(lc)
-    Q = lc.shape[-1]
-    if shift:  # row i takes the sums of row i - 1: the one-step delay of the causal pass
-        seg = F.pad(seg[..., :-1, :], (0, 0, 1, 0))
-    keep = torch.ones(Q, Q, dtype=torch.bool, device=lc.device).tril(-1 if shift else 0)
-    return torch.exp(seg).masked_fill(~keep, 0)
-
-
-def _passed_states(states: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
-    """The state entering each chunk from the left: ``H_k = sum_{k' < k} exp(sum totals_{k'+1..k-1}) S_k'``.
-    states ``(..., nc, N, P)``, totals ``(..., nc)`` (each chunk's summed log-decay) -> ``(..., nc, N, P)``."""
-    nc, N, P = states.shape[-3:]
-    between = torch.exp(segsum(totals)).masked_fill(
-        ~torch.ones(nc, nc, dtype=torch.bool, device=states.device).tril(), 0).to(states.dtype)
-    passed = between @ states.reshape(*states.shape[:-2], N * P)  # state after chunk k
-    return F.pad(passed[..., :-1, :], (0, 0, 1, 0)).reshape(states.shape)
 
 
 def qs_chunk_parallel(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor, delta: torch.Tensor,
@@ -103,8 +83,8 @@ def qs_chunk_parallel(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: 
     lf, lb = vec(log_a), vec(log_a_bwd)
 
     # 1. within chunks: the lower (forward) and upper (backward) parts in one matrix, one product
-    e_f = _lower_decays(lf, shift)
-    e_b = _lower_decays(lb.flip(-1), shift).flip(-1, -2)
+    e_f = causal_decays(lf, shift)
+    e_b = causal_decays(lb.flip(-1), shift).flip(-1, -2)
     m = (rf @ bf.transpose(-1, -2)) * e_f + (rb @ bb.transpose(-1, -2)) * e_b
     y = m.to(mdt) @ xc                                                          # (..., nc, Q, P)
     # 2. chunk states: forward S_k = sum_j exp(sum_{t=j+1..Q-1} l_t) b_j x_j^T (decay to the chunk's end),
@@ -117,8 +97,8 @@ def qs_chunk_parallel(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: 
     s_b = bb.transpose(-1, -2) @ (xc * from_start[..., None].to(mdt))
     # 3. the state entering each chunk: from the left (forward); from the right (backward: the same pass
     #    over the chunks in reverse order)
-    h_f = _passed_states(s_f, pre_f[..., -1])
-    h_b = _passed_states(s_b.flip(-3), pre_b[..., -1].flip(-1)).flip(-3)
+    h_f = passed_states(s_f, pre_f[..., -1])
+    h_b = passed_states(s_b.flip(-3), pre_b[..., -1].flip(-1)).flip(-3)
     # 4. state -> output: forward row i decays by exp(sum_{t=0..i-s} l_t), backward by exp(sum_{t=i+s..Q-1} l'_t)
     out_f = torch.exp(F.pad(pre_f[..., :Q - s], (s, 0)))
     out_b = torch.exp(F.pad(suf_b[..., s:], (0, s)))

@@ -42,11 +42,26 @@ def segsum(log_a: torch.Tensor) -> torch.Tensor:
     return rep.cumsum(dim=-1).transpose(-1, -2)
 
 
-def _causal_decay(log_a: torch.Tensor) -> torch.Tensor:
-    """``exp(segsum(log_a))`` on and below the diagonal, 0 above: ``(*batch, L)`` -> ``(*batch, L, L)``."""
+def causal_decays(log_a: torch.Tensor, shift: bool = False) -> torch.Tensor:
+    """``E[..., i, j] = exp(sum_{t=j+1..i-s} log_a_t)`` for j <= i - s, else 0 (s = 1 with ``shift``: the decays
+    of the one-step-delayed causal pass). ``(*batch, L)`` -> ``(*batch, L, L)``, from segment sums (no exp of a
+    positive number, so strong decay gives exact zeros, not inf * 0)."""
+    seg = segsum(log_a)
     L = log_a.shape[-1]
-    lower = torch.ones(L, L, dtype=torch.bool, device=log_a.device).tril()
-    return torch.exp(segsum(log_a)).masked_fill(~lower, 0)
+    if shift:  # row i takes the sums of row i - 1
+        seg = F.pad(seg[..., :-1, :], (0, 0, 1, 0))
+    keep = torch.ones(L, L, dtype=torch.bool, device=log_a.device).tril(-1 if shift else 0)
+    return torch.exp(seg).masked_fill(~keep, 0)
+
+
+def passed_states(states: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
+    """The state entering each chunk from the left, ``H_k = sum_{k' < k} exp(sum totals_{k'+1..k-1}) S_k'``: one
+    product with the ``(n_chunks x n_chunks)`` matrix of decays between chunks. states ``(..., nc, N, P)``,
+    totals ``(..., nc)`` (each chunk's summed log-decay) -> ``(..., nc, N, P)`` in the dtype of ``states``."""
+    nc, N, P = states.shape[-3:]
+    between = causal_decays(totals).to(states.dtype)
+    passed = between @ states.reshape(*states.shape[:-2], N * P)  # the state after chunk k
+    return F.pad(passed[..., :-1, :], (0, 0, 1, 0)).reshape(states.shape)
 
 
 def _check_ssd_args(x, b, c, log_a) -> torch.Size:
@@ -109,14 +124,12 @@ def _ssd_chunks(x, b, c, log_a, h, Q: int):
     cc = c.reshape(*batch, n_chunks, Q, c.shape[-1])
     lc = log_a.reshape(*batch, n_chunks, Q)
 
-    seg = segsum(lc)                                            # (..., nc, Q, Q), all <= 0
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp(seg).masked_fill(~causal, 0)
+    decay = causal_decays(lc)                                   # (..., nc, Q, Q)
 
     # 1. diagonal blocks
     y = ((cc @ bc.transpose(-1, -2)) * decay) @ xc               # (..., nc, Q, P)
 
-    # 2. chunk states; the last row of seg holds sum_{u=s+1..Q-1} log_a_u
+    # 2. chunk states; the last row of decay holds exp(sum_{u=s+1..Q-1} log_a_u)
     to_end = decay[..., Q - 1, :]                               # (..., nc, Q)
     states = (bc * to_end[..., None]).transpose(-1, -2) @ xc    # (..., nc, N, P)
 
@@ -210,21 +223,16 @@ def ssd_chunk_parallel(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a:
     xc = chunks(x.to(mdt), (x.shape[-1],))
     bc, cc = chunks(b.to(mdt), (b.shape[-1],)), chunks(c.to(mdt), (c.shape[-1],))
     lc = log_a.to(ddt).reshape(*log_a.shape[:-1], nc, Q)
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp(segsum(lc)).masked_fill(~causal, 0)                      # (..., nc, Q, Q), ddt
+    decay = causal_decays(lc)                                                  # (..., nc, Q, Q), ddt
     # 1. diagonal blocks
     y = ((cc @ bc.transpose(-1, -2)) * decay).to(mdt) @ xc                    # (..., nc, Q, P)
     # 2. chunk states S_k = sum_s exp(sum_{u=s+1..end} log_a_u) b_s x_s^T
     states = (bc * decay[..., Q - 1, :, None]).to(mdt).transpose(-1, -2) @ xc  # (..., nc, N, P)
-    # 3. state entering chunk k: sum_{k' < k} exp(sum of chunk totals k'+1..k-1) S_k'
-    between = torch.exp(segsum(lc.sum(-1))).masked_fill(
-        ~torch.ones(nc, nc, dtype=torch.bool, device=x.device).tril(), 0).to(mdt)  # (..., nc, nc)
-    N, P = states.shape[-2:]
-    passed = between @ states.reshape(*states.shape[:-2], N * P)              # state after chunk k
-    entering = F.pad(passed[..., :-1, :], (0, 0, 1, 0)).reshape(*passed.shape[:-1], N, P)
+    # 3. the state entering chunk k
+    entering = passed_states(states, lc.sum(-1))
     # 4. state -> output with exp(sum_{u=0..t} log_a_u) from the chunk start
     y = y + (cc @ entering) * torch.exp(lc.cumsum(-1))[..., None].to(mdt)
-    y = y.reshape(*y.shape[:-3], nc * Q, P)[..., :L, :]
+    y = y.reshape(*y.shape[:-3], nc * Q, y.shape[-1])[..., :L, :]
     return y.to(out_dtype)
 
 
@@ -243,7 +251,7 @@ def semiseparable_dense(b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor) -
     b, c: ``(*batch, L, N)``; log_a: ``(*batch, L)`` -> ``(*batch, L, L)``. Built from segment sums
     (no exp of a positive number, so strong decay gives exact zeros, not inf * 0). O(L^2 (N + 1)).
     """
-    return (c @ b.transpose(-1, -2)) * _causal_decay(log_a)
+    return (c @ b.transpose(-1, -2)) * causal_decays(log_a)
 
 
 def _check_generators(b, c, log_a, validate: bool, suffix: str = "") -> None:
