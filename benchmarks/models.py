@@ -23,7 +23,8 @@ Rows (``--rows``, comma-separated; default: every row below that can be built he
   put it on ``PYTHONPATH``); its d_state and headdim follow ``--d-state`` and ``--headdim``.
 
 A cell that runs out of memory is recorded as ``oom``; another failure as ``error`` with its message; the
-remaining cells go on. The JSON is rewritten after every cell, so an interrupted run keeps what it measured.
+remaining cells go on. The JSON is rewritten after every cell, so an interrupted run keeps what it measured, and
+``--resume`` measures only the cells it lacks (the whole default grid takes longer than one 10-minute call).
 ``--profile`` also writes a torch.profiler table of each cell's step (top kernels by device time).
 
 Outputs in ``--out``: ``models-<device>[-<tag>].json`` (device, versions, argv, configuration, cells) and
@@ -261,6 +262,24 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _resumable_cells(path: Path, config: dict, fail) -> dict:
+    """``{(row, L): cell}`` of the measured cells (ok or oom) in ``path``, written with the same ``config``; cells
+    that failed with an error are measured again. No file: nothing to keep."""
+    if not path.exists():
+        return {}
+    try:
+        prev = json.loads(path.read_text())
+        cells, prev_config = prev["cells"], prev["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        fail(f"--resume: {path} is not a readable benchmark file ({type(e).__name__}: {e}); move it away or drop "
+             f"--resume")
+    if prev_config != config:
+        keys = sorted(k for k in set(config) | set(prev_config) if config.get(k) != prev_config.get(k))
+        fail(f"--resume: {path} was measured with another configuration (differs in {', '.join(keys)}); use "
+             f"another --out or --tag, or drop --resume")
+    return {(c["row"], c["L"]): c for c in cells if c.get("status") in ("ok", "oom")}
+
+
 def _positive_ints(ap, flag, text):
     try:
         vals = tuple(int(x) for x in text.split(","))
@@ -286,6 +305,9 @@ def main(argv=None) -> int:
                          "each repeated layer on its own ('layers': regional compilation, faster to compile)")
     ap.add_argument("--profile", action="store_true", help="also write a torch.profiler table per cell")
     ap.add_argument("--tag", default="", help="suffix of the output names (e.g. a configuration label)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the cells already measured (ok or oom) in the output JSON of the same configuration "
+                         "and measure only the rest: a run cut short (a time limit, an interruption) goes on")
     ap.add_argument("--quick", action="store_true", help="tiny models, L in (32, 64), 256 tokens: a smoke test")
     args = ap.parse_args(argv)
     device = parse_device(args.device, ap.error)
@@ -323,10 +345,15 @@ def main(argv=None) -> int:
                        "compile": args.compile, "mask_prob": MASK_PROB, "optimizer": "AdamW (fused on CUDA)",
                        "kernels": os.environ.get("MIXERZOO_KERNELS", "auto"), "steps": args.steps},
             "skipped_rows": missing, "cells": []}
+    kept = _resumable_cells(out / f"{stem}.json", data["config"], ap.error) if args.resume else {}
     from tqdm.auto import tqdm
     bar = tqdm(total=len(rows) * len(lengths), desc="models", unit="cell")
     for row in rows:
         for L in lengths:
+            if (row, L) in kept:
+                data["cells"].append(kept[(row, L)])
+                bar.update(1)
+                continue
             bar.set_postfix_str(f"{row} L={L}")
             prof = out / f"{stem}-profile-{row}-L{L}.txt" if args.profile else None
             try:

@@ -58,3 +58,36 @@ def test_peer_rows_need_their_packages(monkeypatch):
     rows, missing = models.rows_available(["bert-base", "paper-hydra", "toeplitz-sa"])
     assert rows == ["toeplitz-sa"]
     assert "transformers" in missing["bert-base"] and "paper" in missing["paper-hydra"]
+
+
+def test_resume_measures_only_the_missing_and_failed_cells(tmp_path, monkeypatch):
+    real, calls, broken = models.measure, [], [True]
+
+    def measure(row, L, *a, **k):
+        calls.append((row, L))
+        if row == "dense-fixed" and L == 64 and broken[0]:
+            raise RuntimeError("cut short")
+        return real(row, L, *a, **k)
+
+    monkeypatch.setattr(models, "measure", measure)
+    argv = ["--quick", "--out", str(tmp_path), "--steps", "1", "--rows", "quasiseparable-sa,dense-fixed"]
+    assert models.main(argv) == 1
+    first = json.loads((tmp_path / "models-cpu-quick.json").read_text())["cells"]
+    calls.clear()
+    broken[0] = False
+    assert models.main(argv + ["--resume"]) == 0
+    assert calls == [("dense-fixed", 64)]
+    cells = json.loads((tmp_path / "models-cpu-quick.json").read_text())["cells"]
+    assert [(c["row"], c["L"], c["status"]) for c in cells] == [
+        ("quasiseparable-sa", 32, "ok"), ("quasiseparable-sa", 64, "ok"), ("dense-fixed", 32, "ok"),
+        ("dense-fixed", 64, "ok")]
+    assert cells[:3] == first[:3]  # kept as measured
+
+
+def test_resume_refuses_a_file_of_another_configuration(tmp_path, capsys):
+    argv = ["--quick", "--out", str(tmp_path), "--steps", "1", "--rows", "dense-fixed", "--lengths", "32"]
+    assert models.main(argv) == 0
+    with pytest.raises(SystemExit) as e:
+        models.main(argv[:-2] + ["--lengths", "32", "--tokens", "128", "--resume"])
+    assert e.value.code == 2
+    assert "another configuration (differs in tokens_per_step)" in capsys.readouterr().err
