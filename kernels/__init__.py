@@ -96,8 +96,8 @@ def enabled(x, compile_prefers_torch: bool = False) -> bool:
     """Whether a product on tensor ``x`` should run a Triton kernel (see the module docstring).
 
     ``compile_prefers_torch``: the caller's torch algorithm is one that inductor fuses into faster code
-    than the opaque kernel call (the chunk-parallel SSD: a compiled Hydra model trains at 163k tokens/s on
-    the torch algorithm against 103k with the scan kernels, docs/performance.md); in ``auto`` mode it then
+    than the opaque kernel call (the chunk-parallel SSD: a compiled Hydra model trained at 163k tokens/s on
+    the torch algorithm against 103k with the scan kernels, on an H200, docs/performance.md); in ``auto`` mode it then
     runs instead of the kernel while ``torch.compile`` traces. Eager calls are unaffected."""
     m = mode()
     if m == "off":
