@@ -320,18 +320,24 @@ class _SSMParams(Mixer):
         fixed tables initialized like the paper's (L, 2 N) BC table."""
         return Channels(self.d_state, shared=True, init_std=_xavier_std(2 * self.d_state, self.norm_length))
 
-    def _discretize(self, dt_raw, B, mask, suffix=""):
-        """dt_raw (B, H, L, 1), B (B, 1, L, N) -> (b, log_a) with b (B, H, L, N), log_a (B, H, L)."""
+    def _steps(self, dt_raw, mask, suffix=""):
+        """dt_raw (B, H, L, 1) -> (dt, log_a), both (B, H, L): the steps softplus(dt_raw + dt_bias) (zero at
+        padded positions) and the log-decays A dt."""
         dt_bias = getattr(self, "dt_bias" + suffix).to(dt_raw.dtype)
         A = -torch.exp(getattr(self, "A_log" + suffix).to(dt_raw.dtype))
         dt = F.softplus(dt_raw[..., 0] + dt_bias[:, None])                 # (B, H, L)
         if mask is not None:
             dt = dt * mask.to(dt.dtype)[:, None, :]
+        return dt, A[:, None] * dt
+
+    def _discretize(self, dt_raw, B, mask, suffix=""):
+        """dt_raw (B, H, L, 1), B (B, 1, L, N) -> (b, log_a) with b (B, H, L, N), log_a (B, H, L)."""
+        dt, log_a = self._steps(dt_raw, mask, suffix)
         # b keeps B's dtype: under CUDA bf16 autocast dt comes out of softplus in float32, and a float32 b
         # would send the whole SSD product to the kernels in float32 (FMAs instead of tensor cores: the lab
         # model's Hydra steps ran at 2.8/s against attention's 45/s on an H100, 95% of it in the float32
         # scans). The decays stay float32.
-        return (B * dt[..., None]).to(B.dtype), A[:, None] * dt
+        return (B * dt[..., None]).to(B.dtype), log_a
 
 
 def _one_sided_with_skip(b, c, log_a, D, backward=False):
@@ -454,11 +460,13 @@ class QuasiseparableMixer(_SSMParams):
         B_b, C_b = params.get("B_b", B), params.get("C_b", C)
         # no dt input: dt = softplus(dt_bias), the same at every position
         zero = B.new_zeros(B.shape[0], self.nheads, length, 1)
-        b, log_a = self._discretize(params.get("dt_f", zero), B, mask)
-        b_bwd, log_a_bwd = self._discretize(params.get("dt_b", zero), B_b, mask)
-        delta = params["delta"][..., 0] + self.D.to(b.dtype)[:, None]
-        return _structured("quasiseparable")(b, C, log_a, delta, b_bwd=b_bwd, c_bwd=C_b, log_a_bwd=log_a_bwd,
-                                             shift=True, validate=False)
+        dt_f, log_a = self._steps(params.get("dt_f", zero), mask)
+        dt_b, log_a_bwd = self._steps(params.get("dt_b", zero), mask)
+        delta = params["delta"][..., 0] + self.D.to(B.dtype)[:, None]
+        # The steps stay column scales of B (b = B dt): B, shared by the heads, is multiplied once for all of them
+        # on the GPU path; the kernels and the CPU form b = B dt in B's dtype, as the other SSM mixers do.
+        return _structured("quasiseparable")(B, C, log_a, delta, b_bwd=B_b, c_bwd=C_b, log_a_bwd=log_a_bwd,
+                                             shift=True, validate=False, b_scale=dt_f, b_bwd_scale=dt_b)
 
 
 @register_mixer("hydra")

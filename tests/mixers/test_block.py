@@ -348,10 +348,13 @@ def test_an_unknown_mixer_name_is_a_value_error_listing_the_registered_ones():
 
 
 @pytest.mark.parametrize("mixer", ["quasiseparable", "attention"])
-def test_compiled_block_convolves_like_the_eager_block(mixer):
-    """Under torch.compile the block's depthwise conv is a sum of shifted copies (what inductor fuses); traced
-    with aot_eager, the block's output and every parameter's gradient equal the eager block's (nn.Conv1d) in
-    float64."""
+def test_compiled_block_convolves_like_the_eager_block(mixer, monkeypatch):
+    """Under torch.compile the block's depthwise conv is a sum of shifted copies (what inductor fuses) and Hydra's
+    product the chunk-parallel form with B, C shared by the heads (chunks of 4 here, so that states pass between
+    chunks); traced with aot_eager, the block's output and every parameter's gradient equal the eager block's
+    (nn.Conv1d, the blocked CPU product) in float64."""
+    import structured
+    monkeypatch.setattr(structured.get("quasiseparable"), "chunk_size", 4)
     torch.manual_seed(3)
     block = mixers.MatrixMixerBlock(16, mixer, True, expand=2, headdim=8, qk_dim=4, d_conv=5).double()
     u = torch.randn(2, 11, 16, dtype=torch.float64)

@@ -132,3 +132,41 @@ def test_bidirectional_parallel_product_chunk_size_must_be_a_positive_int(bad, g
     x, b, c, bb, cb, la, lab, delta = _qs_inputs(8, 2, 2, torch.float64, gen)
     with pytest.raises(ValueError, match="chunk_size"):
         qs.qs_chunk_parallel(x, b, c, la, delta, bb, cb, lab, True, bad)
+
+
+@pytest.mark.parametrize("shift", [True, False])
+@pytest.mark.parametrize("one_gram", [True, False])
+def test_bidirectional_parallel_product_with_column_scales(shift, one_gram, gen):
+    """Generators given as B (shared by the heads) times a per-head step (Mamba's b = B dt): values and gradients,
+    the scales' included, equal the explicit matrix of the scaled generators in float64; with B, C shared by the
+    directions (the same objects) the product forms one Gram for both."""
+    L, N = 27, 4
+    x, b, c, bb, cb, la, lab, delta = _qs_inputs(L, N, 5, torch.float64, gen, heads_share_bc=True)
+    if one_gram:
+        bb, cb = b, c
+    s_f, s_b = (torch.rand(2, 3, L, generator=gen, dtype=torch.float64) + 0.1 for _ in range(2))
+    leaves = [t.requires_grad_() for t in dict.fromkeys((x, b, c, bb, cb, la, lab, delta, s_f, s_b))]
+    y = qs.qs_chunk_parallel(x, b, c, la, delta, bb, cb, lab, shift, 8, s_f, s_b)
+    ref = Quasiseparable(b * s_f[..., None], c, la, delta, b_bwd=bb * s_b[..., None], c_bwd=cb, log_a_bwd=lab,
+                         shift=shift, validate=False).matmul(x, method="explicit")
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    for a, w in zip(torch.autograd.grad(y, leaves, g), torch.autograd.grad(ref, leaves, g)):
+        torch.testing.assert_close(a, w, rtol=1e-11, atol=1e-11)
+
+
+def test_column_scales_of_the_matrix(gen, rel_err):
+    """Quasiseparable(b, ..., b_scale=s) is the matrix of the generators b * s, explicitly and by the CPU's fast
+    product; b_bwd_scale follows b_scale when b_bwd follows b; a scale of the wrong length is refused."""
+    L = 19
+    x, b, c, bb, cb, la, lab, delta = _qs_inputs(L, 3, 4, torch.float64, gen, heads_share_bc=True)
+    s_f, s_b = (torch.rand(2, 3, L, generator=gen, dtype=torch.float64) for _ in range(2))
+    M = Quasiseparable(b, c, la, delta, b_bwd=bb, c_bwd=cb, log_a_bwd=lab, b_scale=s_f, b_bwd_scale=s_b)
+    want = Quasiseparable(b * s_f[..., None], c, la, delta, b_bwd=bb * s_b[..., None], c_bwd=cb, log_a_bwd=lab)
+    torch.testing.assert_close(M.to_dense(), want.to_dense(), rtol=0, atol=0)
+    assert rel_err(M.matmul(x), want.matmul(x, method="explicit")) < 1e-13
+    shared = Quasiseparable(b, c, la, delta, b_scale=s_f)
+    torch.testing.assert_close(shared.to_dense(), Quasiseparable(b * s_f[..., None], c, la, delta).to_dense(),
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"b_bwd_scale must have shape \(\*batch, L\) with L=19"):
+        Quasiseparable(b, c, la, delta, b_bwd_scale=s_b[..., :-1])
