@@ -412,6 +412,23 @@ def fake_gradients(*pairs) -> list:
     return [torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else ref.new_empty(0) for t, need in pairs]
 
 
+def register_intermediate_autograd(op, backward_op, n_saved: int, cfg_at: tuple) -> None:
+    """Autograd for a product operator that returns ``(y, *intermediates)`` and differentiates its first three
+    inputs: saves ``inputs[:n_saved]`` and the intermediates, keeps ``inputs[i]`` for ``i`` in ``cfg_at``, and calls
+    ``backward_op(*saved, gy, *cfg, need_0, need_1, need_2)``; the intermediates are not differentiated."""
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:n_saved], *output[1:])
+        ctx.cfg = tuple(inputs[i] for i in cfg_at)
+        ctx.n_inputs = len(inputs)
+
+    def backward(ctx, grads):
+        need = ctx.needs_input_grad[:3]
+        got = backward_op(*ctx.saved_tensors, grads[0], *ctx.cfg, *need)
+        return (*(g if n else None for g, n in zip(got, need)),) + (None,) * (ctx.n_inputs - 3)
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
 #: The terms the products know, by name (a custom operator takes strings, not objects): each term module
 #: registers its own with :func:`register_term` at import.
 TERMS: dict = {}

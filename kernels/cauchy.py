@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from ._matfree_tiled import (DOT_PRECISIONS, Term, _cdiv, _dense, _flat_dims, _interpreting, _next_pow2, _node_extremes,
-                             _put, check_args, check_device, fake_gradients, matfree_matmul, register_term,
-                             upcast_nodes)
+                             _put, check_args, check_device, fake_gradients, matfree_matmul,
+                             register_intermediate_autograd, register_term, upcast_nodes)
 
 
 @triton.jit
@@ -565,23 +565,8 @@ def _expsum_product_backward_fake(x, xn, yn, uvt, tab, z, gy, fc, precision, nee
     return fake_gradients((x, need_x), (xn, need_xn), (yn, need_yn))
 
 
-def _expsum_setup_context(ctx, inputs, output):
-    x, xn, yn, quad, acc, dot, fc, f_max, precision = inputs
-    _, uvt, tab, z = output
-    ctx.save_for_backward(x, xn, yn, uvt, tab, z)
-    ctx.cfg = (fc, precision)
-
-
-def _expsum_backward(ctx, grads):
-    gy = grads[0]             # the gradient of y; the intermediates returned beside it are not differentiated
-    x, xn, yn, uvt, tab, z = ctx.saved_tensors
-    need = ctx.needs_input_grad[:3]
-    dx, dxn, dyn = _expsum_product_backward(x, xn, yn, uvt, tab, z, gy, *ctx.cfg, *need)
-    return (dx if need[0] else None, dxn if need[1] else None, dyn if need[2] else None,
-            None, None, None, None, None, None)
-
-
-_expsum_product.register_autograd(_expsum_backward, setup_context=_expsum_setup_context)
+# inputs (x, xn, yn, quad, acc, dot, fc, f_max, precision); outputs (y, uvt, tab, z)
+register_intermediate_autograd(_expsum_product, _expsum_product_backward, n_saved=3, cfg_at=(6, 8))
 
 
 _QUADRATURE: dict = {}

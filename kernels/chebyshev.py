@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 
 from ._matfree_tiled import (DOT_PRECISIONS, _cdiv, _dense, _flat_dims, _interpreting, _next_pow2, _node_extremes, _put,
-                             check_args, check_device, fake_gradients)
+                             check_args, check_device, fake_gradients, register_intermediate_autograd)
 from .cauchy import _cast_out
 from .vandermonde import _cos_turns, _reduce_turns, _sin_turns
 
@@ -381,22 +381,8 @@ def _chebyshev_product_backward_fake(x, q, k, prm, tab, z, gy, fast, precision, 
     return fake_gradients((x, need_x), (q, need_q), (k, need_k))
 
 
-def _chebyshev_setup_context(ctx, inputs, output):
-    x, q, k, prm, n_cap, acc, fast, precision = inputs
-    _, tab, z = output
-    ctx.save_for_backward(x, q, k, prm, tab, z)
-    ctx.cfg = (fast, precision)
-
-
-def _chebyshev_backward(ctx, grads):
-    gy = grads[0]             # the gradient of y; the intermediates returned beside it are not differentiated
-    x, q, k, prm, tab, z = ctx.saved_tensors
-    need = ctx.needs_input_grad[:3]
-    dx, dq, dk = _chebyshev_product_backward(x, q, k, prm, tab, z, gy, *ctx.cfg, *need)
-    return dx if need[0] else None, dq if need[1] else None, dk if need[2] else None, None, None, None, None, None
-
-
-_chebyshev_product.register_autograd(_chebyshev_backward, setup_context=_chebyshev_setup_context)
+# inputs (x, q, k, prm, n_cap, acc, fast, precision); outputs (y, tab, z)
+register_intermediate_autograd(_chebyshev_product, _chebyshev_product_backward, n_saved=4, cfg_at=(6, 7))
 
 
 _PARAMS: dict = {}
