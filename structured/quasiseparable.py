@@ -112,6 +112,8 @@ def qs_chunk_parallel(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: 
         g_f, g_b = rf @ bf.transpose(-1, -2), rb @ bb.transpose(-1, -2)
     m = g_f * e_f + g_b * e_b
     y = m.to(mdt) @ xc                                                          # (..., nc, Q, P)
+    if nc == 1:  # one chunk holds the whole sequence: the matrix above is all of M's off-diagonal part
+        return (y[..., 0, :L, :].to(compute_dtype(out_dtype)) + delta[..., None].to(ddt) * x).to(out_dtype)
     # 2. chunk states: forward S_k = sum_j exp(sum_{t=j+1..Q-1} l_t) b_j x_j^T (decay to the chunk's end),
     #    backward S'_k = sum_j exp(sum_{t=0..j-1} l'_t) b'_j x_j^T (decay from the chunk's start)
     pre_f, suf_f = lf.cumsum(-1), suffix_sums(lf)

@@ -134,19 +134,21 @@ def test_bidirectional_parallel_product_chunk_size_must_be_a_positive_int(bad, g
         qs.qs_chunk_parallel(x, b, c, la, delta, bb, cb, lab, True, bad)
 
 
+@pytest.mark.parametrize("Q", [8, 32])
 @pytest.mark.parametrize("shift", [True, False])
 @pytest.mark.parametrize("one_gram", [True, False])
-def test_bidirectional_parallel_product_with_column_scales(shift, one_gram, gen):
+def test_bidirectional_parallel_product_with_column_scales(shift, one_gram, Q, gen):
     """Generators given as B (shared by the heads) times a per-head step (Mamba's b = B dt): values and gradients,
     the scales' included, equal the explicit matrix of the scaled generators in float64; with B, C shared by the
-    directions (the same objects) the product forms one Gram for both."""
+    directions (the same objects) the product forms one Gram for both; chunks of 8 pass states, one chunk of 32
+    holds the whole sequence."""
     L, N = 27, 4
     x, b, c, bb, cb, la, lab, delta = _qs_inputs(L, N, 5, torch.float64, gen, heads_share_bc=True)
     if one_gram:
         bb, cb = b, c
     s_f, s_b = (torch.rand(2, 3, L, generator=gen, dtype=torch.float64) + 0.1 for _ in range(2))
     leaves = [t.requires_grad_() for t in dict.fromkeys((x, b, c, bb, cb, la, lab, delta, s_f, s_b))]
-    y = qs.qs_chunk_parallel(x, b, c, la, delta, bb, cb, lab, shift, 8, s_f, s_b)
+    y = qs.qs_chunk_parallel(x, b, c, la, delta, bb, cb, lab, shift, Q, s_f, s_b)
     ref = Quasiseparable(b * s_f[..., None], c, la, delta, b_bwd=bb * s_b[..., None], c_bwd=cb, log_a_bwd=lab,
                          shift=shift, validate=False).matmul(x, method="explicit")
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
