@@ -61,7 +61,8 @@ def qs_chunk_parallel(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: 
     are shared by them), and once for both directions when they share b and c (passed as the same objects:
     the shifted Grams are then row shifts of one). Half-precision
     operands stay half in the products; decays are formed in float32 (float64 for float64 inputs).
-    Cost O(L Q (N + P) + L N P + (L/Q)^2 N P) flops, O(L Q + (L/Q) N P) memory per batch element.
+    Cost O(L Q (N + P) + L N P + (L/Q)^2 N P) flops, O(L Q + (L/Q) N P) memory per batch element. With
+    ``chunk_size >= L`` one chunk holds the sequence and no states are formed: the quadratic form, O(L^2 (N + P)).
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
