@@ -26,6 +26,9 @@ A cell that runs out of memory is recorded as ``oom``; another failure as ``erro
 remaining cells go on. The JSON is rewritten after every cell, so an interrupted run keeps what it measured, and
 ``--resume`` measures only the cells it lacks (the whole default grid takes longer than one 10-minute call).
 ``--profile`` also writes a torch.profiler table of each cell's step (top kernels by device time).
+``--chunk-size`` sets the chunk of the SSD products' torch algorithms (the chunk-parallel pass that compile
+traces, and the CPU's blocked passes; the Triton scans plan their own): a number, or ``seq`` for one chunk
+holding the whole sequence (the quadratic form, no chunk states).
 
 Outputs in ``--out``: ``models-<device>[-<tag>].json`` (device, versions, argv, configuration, cells) and
 ``.png`` (tokens/s against L, one line per row).
@@ -41,7 +44,7 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -137,9 +140,33 @@ def _logits(model, ids):
     return out.logits if hasattr(out, "logits") else out
 
 
+@contextmanager
+def chunk_size_of_products(chunk):
+    """Within the block, every registered structured class with a ``chunk_size`` runs its torch algorithm in
+    chunks of ``chunk`` positions (None: their own defaults)."""
+    import structured
+    classes = [structured.get(n) for n in structured.names()]
+    classes = [c for c in classes if isinstance(c.__dict__.get("chunk_size"), int)]
+    before = [c.chunk_size for c in classes]
+    try:
+        if chunk is not None:
+            for c in classes:
+                c.chunk_size = chunk
+        yield
+    finally:
+        for c, q in zip(classes, before):
+            c.chunk_size = q
+
+
 def measure(row, length, tokens, cfg, device, d_state=None, steps=5, warmup=2, compile_model=None,
-            profile_path=None) -> dict:
-    """Train ``steps`` timed steps (after ``warmup``) of one row at one length; tokens/s, ms/step, peak memory."""
+            profile_path=None, chunk_size=None) -> dict:
+    """Train ``steps`` timed steps (after ``warmup``) of one row at one length; tokens/s, ms/step, peak memory.
+    ``chunk_size``: the SSD products' chunk (an int, ``"seq"`` for one chunk of ``length``, None: default)."""
+    with chunk_size_of_products(length if chunk_size == "seq" else chunk_size):
+        return _measure(row, length, tokens, cfg, device, d_state, steps, warmup, compile_model, profile_path)
+
+
+def _measure(row, length, tokens, cfg, device, d_state, steps, warmup, compile_model, profile_path) -> dict:
     batch = max(1, tokens // length)
     torch.manual_seed(0)
     model = build(row, length, cfg, d_state).to(device)
@@ -304,6 +331,9 @@ def main(argv=None) -> int:
                     help="torch.compile each model before timing: the whole model (default when given) or "
                          "each repeated layer on its own ('layers': regional compilation, faster to compile)")
     ap.add_argument("--profile", action="store_true", help="also write a torch.profiler table per cell")
+    ap.add_argument("--chunk-size", default=None,
+                    help="chunk of the SSD products' torch algorithms (compiled or CPU; the Triton scans plan their "
+                         "own): a positive integer, or 'seq' for one chunk of the whole sequence (default: 64)")
     ap.add_argument("--tag", default="", help="suffix of the output names (e.g. a configuration label)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the cells already measured (ok or oom) in the output JSON of the same configuration "
@@ -320,6 +350,11 @@ def main(argv=None) -> int:
         cfg["headdim"] = args.headdim
     if args.d_state is not None and args.d_state < 1:
         ap.error(f"--d-state must be a positive integer, got {args.d_state}")
+    chunk = args.chunk_size
+    if chunk is not None and chunk != "seq":
+        chunk = int(chunk) if chunk.isdigit() else 0
+        if chunk < 1:
+            ap.error(f"--chunk-size must be a positive integer or 'seq', got {args.chunk_size!r}")
     lengths = _positive_ints(ap, "--lengths", args.lengths) if args.lengths else \
         ((32, 64) if args.quick else DEFAULT_LENGTHS)
     tokens = args.tokens if args.tokens is not None else (256 if args.quick else 32768)
@@ -342,7 +377,7 @@ def main(argv=None) -> int:
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "config": {**cfg, "tokens_per_step": tokens, "d_state": args.d_state, "mlp_ratio": 0,
                        "precision": "bf16 autocast" if device.type == "cuda" else "float32",
-                       "compile": args.compile, "mask_prob": MASK_PROB, "optimizer": "AdamW (fused on CUDA)",
+                       "compile": args.compile, "chunk_size": chunk, "mask_prob": MASK_PROB, "optimizer": "AdamW (fused on CUDA)",
                        "kernels": os.environ.get("MIXERZOO_KERNELS", "auto"), "steps": args.steps},
             "skipped_rows": missing, "cells": []}
     kept = _resumable_cells(out / f"{stem}.json", data["config"], ap.error) if args.resume else {}
@@ -358,7 +393,7 @@ def main(argv=None) -> int:
             prof = out / f"{stem}-profile-{row}-L{L}.txt" if args.profile else None
             try:
                 cell = measure(row, L, tokens, cfg, device, args.d_state, args.steps, compile_model=args.compile,
-                               profile_path=prof)
+                               profile_path=prof, chunk_size=chunk)
             except torch.OutOfMemoryError:
                 cell = {"row": row, "L": L, "batch": max(1, tokens // L), "status": "oom"}
             except Exception as e:  # one failing cell never stops the others; its message is kept

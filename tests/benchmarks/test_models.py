@@ -44,6 +44,8 @@ def test_a_failing_cell_is_recorded_and_the_rest_go_on(tmp_path, monkeypatch):
     (["--lengths", "0"], "--lengths"),
     (["--tokens", "0"], "--tokens"),
     (["--headdim", "7"], "--headdim"),
+    (["--chunk-size", "0"], "--chunk-size must be a positive integer or 'seq', got '0'"),
+    (["--chunk-size", "whole"], "--chunk-size must be a positive integer or 'seq', got 'whole'"),
 ])
 def test_bad_arguments_are_one_line_usage_errors(argv, match, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
@@ -111,3 +113,27 @@ def test_compile_layers_compiles_each_repeated_layer(tmp_path, monkeypatch):
     assert sorted(compiled) == ["LayerNorm", "LayerNorm", "MatrixMixerBlock", "MatrixMixerBlock"]
     cell = json.loads((tmp_path / "models-cpu-quick.json").read_text())["cells"][0]
     assert cell["status"] == "ok" and cell["tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("given,want", [("8", {32: 8, 64: 8}), ("seq", {32: 32, 64: 64})])
+def test_chunk_size_reaches_the_products_and_is_recorded(given, want, tmp_path, monkeypatch):
+    """--chunk-size sets the chunk of every structured class with one while each cell runs ('seq': the cell's L),
+    puts it in the JSON's configuration, and leaves the defaults as they were."""
+    import structured
+    from structured.quasiseparable import Quasiseparable
+    from structured.semiseparable import Semiseparable
+    seen, real = {}, Quasiseparable.matmul
+
+    def spy(self, x, *a, **k):
+        seen.setdefault(self.length, set()).add((Quasiseparable.chunk_size, Semiseparable.chunk_size))
+        return real(self, x, *a, **k)
+
+    monkeypatch.setattr(Quasiseparable, "matmul", spy)
+    defaults = {n: structured.get(n).chunk_size for n in structured.names() if hasattr(structured.get(n), "chunk_size")}
+    assert models.main(["--quick", "--out", str(tmp_path), "--steps", "1", "--rows", "quasiseparable-sa",
+                        "--chunk-size", given]) == 0
+    assert seen == {L: {(q, q)} for L, q in want.items()}
+    data = json.loads((tmp_path / "models-cpu-quick.json").read_text())
+    assert data["config"]["chunk_size"] == (given if given == "seq" else int(given))
+    assert all(c["status"] == "ok" for c in data["cells"])
+    assert {n: structured.get(n).chunk_size for n in defaults} == defaults
