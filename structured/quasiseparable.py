@@ -113,28 +113,27 @@ def qs_chunk_parallel(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: 
         g_f, g_b = rf @ bf.transpose(-1, -2), rb @ bb.transpose(-1, -2)
     m = g_f * e_f + g_b * e_b
     y = m.to(mdt) @ xc                                                          # (..., nc, Q, P)
-    if nc == 1:  # one chunk holds the whole sequence: the matrix above is all of M's off-diagonal part
-        return (y[..., 0, :L, :].to(compute_dtype(out_dtype)) + delta[..., None].to(ddt) * x).to(out_dtype)
-    # 2. chunk states: forward S_k = sum_j exp(sum_{t=j+1..Q-1} l_t) b_j x_j^T (decay to the chunk's end),
-    #    backward S'_k = sum_j exp(sum_{t=0..j-1} l'_t) b'_j x_j^T (decay from the chunk's start)
-    pre_f, suf_f = lf.cumsum(-1), suffix_sums(lf)
-    pre_b, suf_b = lb.cumsum(-1), suffix_sums(lb)
-    to_end = torch.exp(F.pad(suf_f[..., 1:], (0, 1)))
-    from_start = torch.exp(F.pad(pre_b[..., :-1], (1, 0)))
-    if sf is not None:
-        to_end = to_end * sf
-    if sb is not None:
-        from_start = from_start * sb
-    s_f = bf.transpose(-1, -2) @ (xc * to_end[..., None].to(mdt))              # (..., nc, N, P)
-    s_b = bb.transpose(-1, -2) @ (xc * from_start[..., None].to(mdt))
-    # 3. the state entering each chunk: from the left (forward); from the right (backward: the same pass
-    #    over the chunks in reverse order)
-    h_f = passed_states(s_f, pre_f[..., -1])
-    h_b = passed_states(s_b.flip(-3), pre_b[..., -1].flip(-1)).flip(-3)
-    # 4. state -> output: forward row i decays by exp(sum_{t=0..i-s} l_t), backward by exp(sum_{t=i+s..Q-1} l'_t)
-    out_f = torch.exp(F.pad(pre_f[..., :Q - s], (s, 0)))
-    out_b = torch.exp(F.pad(suf_b[..., s:], (0, s)))
-    y = y + (rf @ h_f) * out_f[..., None].to(mdt) + (rb @ h_b) * out_b[..., None].to(mdt)
+    if nc > 1:  # with one chunk holding the whole sequence the matrix above is all of M's off-diagonal part
+        # 2. chunk states: forward S_k = sum_j exp(sum_{t=j+1..Q-1} l_t) b_j x_j^T (decay to the chunk's end),
+        #    backward S'_k = sum_j exp(sum_{t=0..j-1} l'_t) b'_j x_j^T (decay from the chunk's start)
+        pre_f, suf_f = lf.cumsum(-1), suffix_sums(lf)
+        pre_b, suf_b = lb.cumsum(-1), suffix_sums(lb)
+        to_end = torch.exp(F.pad(suf_f[..., 1:], (0, 1)))
+        from_start = torch.exp(F.pad(pre_b[..., :-1], (1, 0)))
+        if sf is not None:
+            to_end = to_end * sf
+        if sb is not None:
+            from_start = from_start * sb
+        s_f = bf.transpose(-1, -2) @ (xc * to_end[..., None].to(mdt))              # (..., nc, N, P)
+        s_b = bb.transpose(-1, -2) @ (xc * from_start[..., None].to(mdt))
+        # 3. the state entering each chunk: from the left (forward); from the right (backward: the same pass
+        #    over the chunks in reverse order)
+        h_f = passed_states(s_f, pre_f[..., -1])
+        h_b = passed_states(s_b.flip(-3), pre_b[..., -1].flip(-1)).flip(-3)
+        # 4. state -> output: forward row i decays by exp(sum_{t=0..i-s} l_t), backward by exp(sum_{t=i+s..Q-1} l'_t)
+        out_f = torch.exp(F.pad(pre_f[..., :Q - s], (s, 0)))
+        out_b = torch.exp(F.pad(suf_b[..., s:], (0, s)))
+        y = y + (rf @ h_f) * out_f[..., None].to(mdt) + (rb @ h_b) * out_b[..., None].to(mdt)
     y = y.reshape(*y.shape[:-3], nc * Q, y.shape[-1])[..., :L, :]
     return (y.to(compute_dtype(out_dtype)) + delta[..., None].to(ddt) * x).to(out_dtype)
 

@@ -172,3 +172,19 @@ def test_column_scales_of_the_matrix(gen, rel_err):
                                rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"b_bwd_scale must have shape \(\*batch, L\) with L=19"):
         Quasiseparable(b, c, la, delta, b_bwd_scale=s_b[..., :-1])
+
+
+def test_one_chunk_forms_no_chunk_states(gen, monkeypatch):
+    """With chunk_size >= L the product is the quadratic form: no chunk states are formed or passed (and chunks
+    shorter than L do pass them, so the spy can fire)."""
+    x, b, c, bb, cb, la, lab, delta = _qs_inputs(24, 3, 4, torch.float64, gen)
+    calls = []
+    real = qs.passed_states
+    monkeypatch.setattr(qs, "passed_states", lambda *a: calls.append(1) or real(*a))
+    want = Quasiseparable(b, c, la, delta, b_bwd=bb, c_bwd=cb, log_a_bwd=lab).matmul(x, method="explicit")
+    for Q in (24, 64):
+        torch.testing.assert_close(qs.qs_chunk_parallel(x, b, c, la, delta, bb, cb, lab, True, Q), want,
+                                   rtol=1e-12, atol=1e-12)
+    assert calls == []
+    qs.qs_chunk_parallel(x, b, c, la, delta, bb, cb, lab, True, 8)
+    assert calls
