@@ -9,7 +9,11 @@ The environment variable ``MIXERZOO_KERNELS``, read once per process at the firs
   torch algorithm is the better one to hand to ``torch.compile`` (``compile_prefers_torch``);
 * ``off``: never (always the torch algorithms of ``structured``);
 * ``on``: always; an error if Triton is missing, or if the tensor is on the CPU and
-  ``TRITON_INTERPRET=1`` is not set (the Triton interpreter runs kernels on the CPU, slowly).
+  ``TRITON_INTERPRET=1`` is not set (the Triton interpreter runs kernels on the CPU, slowly);
+* ``compiled``: as ``auto``, except that the products whose torch algorithm inductor fuses better than the kernel
+  call (``compile_prefers_torch``) run that algorithm through ``torch.compile`` on its own, also from eager code
+  and on any device (regional compilation at the product: an eager model gets the compiled SSD without compiling
+  the model; see ``structured.base.torch_algorithm``).
 
 Entry points (all take tensors with identical batch dims ``(*batch, L, .)``, expanded views allowed,
 and return ``(*batch, L, P)`` in the dtype of ``x``, accumulating in float32 or float64):
@@ -33,7 +37,7 @@ import os
 
 import torch
 
-MODES = ("auto", "on", "off")
+MODES = ("auto", "on", "off", "compiled")
 # The mode in effect; None until the first dispatch reads MIXERZOO_KERNELS (or after set_mode(None)). Read once:
 # structured asks at every product, and an environment lookup per call costs host time at short L.
 _MODE: str | None = None
@@ -98,7 +102,7 @@ def enabled(x, compile_prefers_torch: bool = False) -> bool:
     ``compile_prefers_torch``: the caller's torch algorithm is one that inductor fuses into faster code
     than the opaque kernel call (the chunk-parallel SSD: a compiled Hydra model trained at 163k tokens/s on
     the torch algorithm against 103k with the scan kernels, on an H200, docs/performance.md); in ``auto`` mode it then
-    runs instead of the kernel while ``torch.compile`` traces. Eager calls are unaffected."""
+    runs instead of the kernel while ``torch.compile`` traces, and always in ``compiled`` mode."""
     m = mode()
     if m == "off":
         return False
@@ -109,7 +113,7 @@ def enabled(x, compile_prefers_torch: bool = False) -> bool:
             raise RuntimeError("MIXERZOO_KERNELS=on with a CPU tensor needs TRITON_INTERPRET=1 (set before importing "
                                "triton); use MIXERZOO_KERNELS=auto to fall back to the torch algorithms")
         return True
-    if compile_prefers_torch and torch.compiler.is_compiling():
+    if compile_prefers_torch and (m == "compiled" or torch.compiler.is_compiling()):
         return False
     return bool(x.is_cuda and triton_available())
 

@@ -24,8 +24,9 @@ Conventions shared by all classes
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 
@@ -37,6 +38,22 @@ METHODS = ("fast", "explicit")
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype arithmetic is carried out in: half precisions accumulate in float32."""
     return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+def torch_algorithm(fn: Callable) -> Callable:
+    """``fn`` (a product's torch algorithm), or ``fn`` through its own ``torch.compile`` when the kernels' mode is
+    ``compiled`` (``MIXERZOO_KERNELS=compiled``, :mod:`kernels`) and no outer compile is tracing (inside one, the
+    outer graph holds ``fn``). The compiled function is built once per ``fn``; shapes follow torch.compile's
+    default (static at first, dynamic after a second shape), so varying batch and length recompile at most once."""
+    import kernels
+    if kernels.mode() == "compiled" and not torch.compiler.is_compiling():
+        return _compiled(fn)
+    return fn
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(fn: Callable) -> Callable:
+    return torch.compile(fn)
 
 
 def check_length(length, name: str = "length") -> int:

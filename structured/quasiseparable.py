@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from . import properties as P
 from . import register
 from .base import (HALF_DTYPES, StructuredMatrix, StructureReport, broadcast_batch, check_tensor, compute_dtype, promote,
-                   rand, randn)
+                   rand, randn, torch_algorithm)
 from .semiseparable import (_check_generators, causal_decays, half_kernel_dtype, passed_states, semiseparable_dense,
                             ssd_product)
 
@@ -246,7 +246,8 @@ class Quasiseparable(StructuredMatrix):
             b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd = self._generators(x.dtype, x.shape[:-2])
             # Shared generators are passed as the same objects (b_bwd is b), so a kernel may share C B^T.
             return kernels.quasiseparable_matmul(x, b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd, self.shift)
-        if x.is_cuda or torch.compiler.is_compiling():
+        product = torch_algorithm(qs_chunk_parallel)
+        if x.is_cuda or product is not qs_chunk_parallel or torch.compiler.is_compiling():
             # Every chunk and both directions at once: few large products, no Python loop over chunks (what
             # compile traces and fuses on any device; eager on the CPU keeps the blocked form below).
             dt, vdt = x.dtype, compute_dtype(x.dtype)  # generators in x's dtype; decays, scales, diagonal >= float32
@@ -254,8 +255,8 @@ class Quasiseparable(StructuredMatrix):
             b_bwd = b if self.b_bwd is self.b else self.b_bwd.to(dt)
             c_bwd = c if self.c_bwd is self.c else self.c_bwd.to(dt)
             scale = (None if t is None else t.to(vdt) for t in (self.b_scale, self.b_bwd_scale))
-            return qs_chunk_parallel(x, b, c, self.log_a.to(vdt), self.delta.to(vdt), b_bwd, c_bwd,
-                                     self.log_a_bwd.to(vdt), self.shift, self.chunk_size, *scale)
+            return product(x, b, c, self.log_a.to(vdt), self.delta.to(vdt), b_bwd, c_bwd,
+                           self.log_a_bwd.to(vdt), self.shift, self.chunk_size, *scale)
         b, c, log_a, delta, b_bwd, c_bwd, log_a_bwd = self._generators(x.dtype, x.shape[:-2])
         # On the CPU: the backward SSM is a causal SSM on the flipped sequence, each pass in cache-sized blocks
         # of chunks. (Two calls rather than one on stacked directions: stacking copies every tensor, which

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from . import properties as P
 from . import register
 from .base import (HALF_DTYPES, StructuredMatrix, StructureReport, block_slices, broadcast_batch, check_tensor, compute_dtype,
-                   promote, rand, randn)
+                   promote, rand, randn, torch_algorithm)
 
 
 def segsum(log_a: torch.Tensor) -> torch.Tensor:
@@ -239,9 +239,11 @@ def ssd_chunk_parallel(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a:
 def ssd_product(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, log_a: torch.Tensor,
                 chunk_size: int = 64) -> torch.Tensor:
     """The torch fast path of the SSD product: :func:`ssd_chunk_parallel` on a GPU (every chunk at once, few
-    large products), :func:`ssd_chunked` on the CPU (cache-sized blocks of chunks, bounded memory)."""
-    if x.is_cuda:
-        return ssd_chunk_parallel(x, b, c, log_a, chunk_size)
+    large products), :func:`ssd_chunked` on the CPU (cache-sized blocks of chunks, bounded memory); the former,
+    compiled on its own, on any device in the kernels' ``compiled`` mode (:func:`structured.base.torch_algorithm`)."""
+    product = torch_algorithm(ssd_chunk_parallel)
+    if x.is_cuda or product is not ssd_chunk_parallel:
+        return product(x, b, c, log_a, chunk_size)
     return ssd_chunked(x, b, c, log_a, chunk_size)
 
 

@@ -29,9 +29,19 @@ def test_set_mode_and_using(kernels_mode):
 
 
 def test_bad_mode_names_variable_value_and_modes(kernels_mode, monkeypatch):
-    with pytest.raises(ValueError, match=r"MIXERZOO_KERNELS must be one of \('auto', 'on', 'off'\), got 'fast'"):
+    with pytest.raises(ValueError, match=r"MIXERZOO_KERNELS must be one of \('auto', 'on', 'off', 'compiled'\), got 'fast'"):
         kernels_mode("fast")
     monkeypatch.setenv("MIXERZOO_KERNELS", "bogus")
     kernels_mode(None)
     with pytest.raises(ValueError, match="got 'bogus'"):
         kernels.mode()
+
+
+def test_compiled_mode_hands_only_compile_preferring_products_to_torch(kernels_mode):
+    import torch
+    x = torch.zeros(2, 3)
+    kernels_mode("compiled")
+    assert not kernels.enabled(x, compile_prefers_torch=True)
+    with kernels.using("auto"):
+        auto = kernels.enabled(x)
+    assert kernels.enabled(x) == auto          # the others are routed as in auto mode
