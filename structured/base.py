@@ -44,7 +44,8 @@ def torch_algorithm(fn: Callable) -> Callable:
     """``fn`` (a product's torch algorithm), or ``fn`` through its own ``torch.compile`` when the kernels' mode is
     ``compiled`` (``MIXERZOO_KERNELS=compiled``, :mod:`kernels`) and no outer compile is tracing (inside one, the
     outer graph holds ``fn``). The compiled function is built once per ``fn``; shapes follow torch.compile's
-    default (static at first, dynamic after a second shape), so varying batch and length recompile at most once."""
+    default (static at first, dynamic after a second shape); a new dtype, chunk size or shift, or a length that
+    changes the algorithm's branches (one chunk or several), compiles another graph."""
     import kernels
     if kernels.mode() == "compiled" and not torch.compiler.is_compiling():
         return _compiled(fn)
